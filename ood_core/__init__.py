@@ -1,0 +1,29 @@
+"""ood_core: training, scoring, geometry and metrics for out-of-distribution detection.
+
+Public API::
+
+    model, meta = ood_core.load_checkpoint("checkpoints/ce_digits.pt")
+    features, logits = model(x)                       # eval mode
+    bench = ood_core.load_benchmark("digits", known=(0, 1, 2, 3, 4, 5))
+    result = ood_core.evaluate(model, bench)          # .report, .scores, .table()
+    trained = ood_core.train("ce", "digits", ood_core.TrainConfig(epochs=30, seed=0))
+    ood_core.save_checkpoint("my.pt", trained.model, trained.meta)
+"""
+__version__ = "0.1.0"
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import DATASETS, IMAGE_OOD_SETS, Benchmark, load_benchmark, load_user_ood
+from .errors import CheckpointError, DataError, OODCoreError, TrainingDiverged
+from .evaluate import Evaluation, evaluate, extract_outputs
+from .methods import METHODS, get_method
+from .metrics import auroc, aupr_in, aupr_out, fpr_at_95_tpr, ood_metrics
+from .models import ModelOutput, build_model
+from .scores import SCORES, make_score
+from .train import TrainConfig, TrainResult, train
+
+__all__ = [
+    "load_checkpoint", "save_checkpoint", "DATASETS", "IMAGE_OOD_SETS", "Benchmark", "load_benchmark",
+    "load_user_ood", "CheckpointError", "DataError", "OODCoreError", "TrainingDiverged", "Evaluation",
+    "evaluate", "extract_outputs", "METHODS", "get_method", "auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr",
+    "ood_metrics", "ModelOutput", "build_model", "SCORES", "make_score", "TrainConfig", "TrainResult", "train",
+]

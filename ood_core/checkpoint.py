@@ -1,0 +1,106 @@
+"""Checkpoints: weights + JSON-able metadata, written atomically, read with the weights-only loader.
+
+File layout (a ``torch.save`` archive of plain containers, nothing else)::
+
+    {"format": "ood_core.checkpoint", "format_version": 1,
+     "meta": {method, dataset, model spec, hyper-parameters, metrics, versions, ...},
+     "state_dict": {name: tensor}}
+
+Loading uses ``torch.load(weights_only=True)``, which refuses any pickled object other than
+tensors and primitive containers, so a checkpoint can never run code on load.
+"""
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointError
+from .fileio import atomic_write
+from .models import OODModel, build_model
+
+FORMAT = "ood_core.checkpoint"
+FORMAT_VERSION = 1
+
+
+def _json_safe(meta: dict) -> dict:
+    """Round-trip through JSON so only plain types are stored (numpy scalars fail loudly here)."""
+    try:
+        return json.loads(json.dumps(meta))
+    except TypeError as e:
+        raise CheckpointError(f"checkpoint metadata must be JSON-serialisable: {e}") from None
+
+
+def save_checkpoint(path, model: OODModel, meta: dict) -> Path:
+    """Write ``model``'s weights and ``meta`` to ``path`` atomically.
+
+    The archive is written to a temporary file in the same folder, flushed and fsync'ed,
+    then renamed over ``path``: a crash mid-write leaves any previous file intact.
+    """
+    path = Path(path)
+    meta = _json_safe({**meta, "model": model.spec})
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta,
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    atomic_write(path, lambda f: torch.save(payload, f))
+    return path
+
+
+def read_checkpoint(source) -> dict:
+    """Read and validate a checkpoint archive from a path or bytes; return the raw dict."""
+    name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
+    if not isinstance(source, (bytes, bytearray)):
+        p = Path(source)
+        if not p.exists():
+            raise CheckpointError(f"{p}: no such checkpoint file")
+        if p.is_dir():
+            raise CheckpointError(f"{p}: is a folder; pass a checkpoint file (.pt)")
+        source = p.read_bytes()
+    if not zipfile.is_zipfile(io.BytesIO(source)):
+        raise CheckpointError(f"{name}: not a PyTorch checkpoint archive (wrong file type, or a truncated file)")
+    try:
+        raw = torch.load(io.BytesIO(source), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message is long; keep the line naming the refused object
+        lines = [ln.strip() for ln in str(e).splitlines() if "Unsupported" in ln or "global" in ln.lower()]
+        detail = lines[0] if lines else "unsupported object"
+        raise CheckpointError(f"{name}: refused: the file holds objects other than tensors and plain data, "
+                              f"which could run code when unpickled ({detail[:200]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError) as e:
+        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{name}: not a readable PyTorch checkpoint (corrupt or truncated: {detail})") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise CheckpointError(f"{name}: a PyTorch file, but not an ood_core checkpoint "
+                              "(expected keys format/meta/state_dict; train one with `python -m ood_core train`)")
+    if raw.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{name}: written by a newer ood_core (format {raw['format_version']}); upgrade to load it")
+    if not isinstance(raw.get("meta"), dict) or not isinstance(raw.get("state_dict"), dict):
+        raise CheckpointError(f"{name}: checkpoint is missing its metadata or weights")
+    return raw
+
+
+def load_checkpoint(source, device: str | torch.device = "cpu") -> tuple[OODModel, dict]:
+    """Load ``(model, meta)`` from a checkpoint path (or its bytes); the model is in eval mode.
+
+    ``features, logits = model(x)``. Raises :class:`CheckpointError` with one clear line for
+    a missing, truncated, foreign, code-carrying or mismatched file.
+    """
+    raw = read_checkpoint(source)
+    meta = raw["meta"]
+    spec = meta.get("model")
+    if not isinstance(spec, dict):
+        raise CheckpointError("checkpoint metadata has no model spec")
+    try:
+        model = build_model(**spec)
+    except (TypeError, KeyError, ValueError) as e:
+        raise CheckpointError(f"checkpoint model spec cannot be built: {e}") from None
+    try:
+        model.load_state_dict(raw["state_dict"], strict=True)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:300]
+        raise CheckpointError(f"checkpoint weights do not fit the {spec.get('arch')} model they claim: {detail}") from None
+    model.to(device).eval()
+    return model, meta

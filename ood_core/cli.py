@@ -1,0 +1,204 @@
+"""Command line: ``python -m ood_core {train,evaluate,list} ...`` (``--help`` on each).
+
+Errors caused by input print one line on stderr and exit with status 2; ``--debug`` shows
+the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import OODCoreError
+from .fileio import atomic_write
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+# --------------------------------------------------------------------------- train
+def cmd_train(args) -> int:
+    from tqdm import tqdm
+
+    from .checkpoint import save_checkpoint
+    from .data import parse_known
+    from .evaluate import format_table
+    from .train import TrainConfig, train
+
+    out = Path(args.out)
+    if out.suffix != ".pt":
+        raise OODCoreError(f"--out must name a .pt file, got {out}")
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                      optimizer=args.optimizer, seed=args.seed, device=args.device)
+    model_params = {k: v for k, v in (("arch", args.arch), ("feature_dim", args.feature_dim)) if v is not None}
+    bar = None
+
+    def progress(p):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=p.epochs * p.steps, desc=f"train {args.method}/{args.dataset}", unit="step",
+                       disable=args.quiet, file=sys.stderr)
+        bar.update(1)
+        if p.val is not None:
+            bar.set_postfix(epoch=f"{p.epoch}/{p.epochs}", loss=f"{p.loss:.4f}",
+                            **{f"val_{k.removeprefix('id_')}": f"{v:.3f}" for k, v in p.val.items()})
+
+    try:
+        result = train(args.method, args.dataset, cfg, known=parse_known(args.known), progress=progress,
+                       model_params=model_params)
+    finally:
+        if bar is not None:
+            bar.close()
+    save_checkpoint(out, result.model, result.meta)
+    report = result.meta["metrics"]
+    quality = {k: v for k, v in report.items() if k.startswith("id_")}
+    print(f"saved {out}  ({', '.join(f'{k} {100 * v:.2f}%' for k, v in quality.items())} on the test split)")
+    if not args.quiet:
+        print(format_table(report))
+    return 0
+
+
+# --------------------------------------------------------------------------- evaluate
+def cmd_evaluate(args) -> int:
+    import numpy as np
+
+    from .checkpoint import load_checkpoint
+    from .data import load_benchmark, load_user_ood
+    from .errors import unknown
+    from .evaluate import evaluate, format_table
+    from .scores import SCORES
+
+    model, meta = load_checkpoint(args.checkpoint)
+    ds = meta.get("dataset") or {}
+    try:
+        bench = load_benchmark(ds["name"], known=ds.get("known"), split_seed=ds.get("split_seed", 0),
+                               ood_seed=ds.get("ood_seed", 0))
+    except KeyError:
+        raise OODCoreError(f"{args.checkpoint}: metadata does not name its dataset") from None
+    ood_names = _csv(args.ood)
+    ood_sets = None  # None = every built-in set of the dataset
+    if ood_names == ["none"]:
+        ood_sets = {}
+    elif ood_names is not None:
+        for n in ood_names:
+            if n not in bench.ood:
+                raise unknown(f"OOD set for {bench.name}", n, list(bench.ood) + ["none"])
+        ood_sets = {n: bench.ood[n] for n in ood_names}
+    extra = {}
+    for f in args.ood_file or []:
+        name, x = load_user_ood(f, bench.input_shape)
+        if name in extra:
+            raise OODCoreError(f"two --ood-file inputs share the name {name!r}; rename one")
+        extra[name] = x
+    score_names = _csv(args.score_names)
+    for n in score_names or []:
+        if n not in SCORES:
+            raise unknown("score", n, SCORES)
+
+    ev = evaluate(model, bench, ood_sets=ood_sets, score_names=score_names, extra_ood=extra,
+                  batch_size=args.batch_size, device=args.device)
+    report = {**ev.report, "checkpoint": str(args.checkpoint), "method": meta.get("method"),
+              "dataset": ds.get("name"), "known": ds.get("known")}
+    if args.json:
+        atomic_write(Path(args.json), lambda f: f.write(json.dumps(report, indent=2).encode()))
+    if args.scores:
+        path = Path(args.scores)
+        if path.suffix != ".npz":
+            raise OODCoreError(f"--scores must name a .npz file, got {path}")
+        atomic_write(path, lambda f: np.savez(f, **ev.scores))
+    quality = {k: v for k, v in report.items() if k.startswith("id_")}
+    print(f"{meta.get('method')} on {ds.get('name')} (known {ds.get('known')}): "
+          + ", ".join(f"{k} {100 * v:.2f}%" for k, v in quality.items()))
+    print(format_table(report))
+    print("AUROC and FPR95 in %; FPR95 = FPR on OOD at the threshold keeping 95% of ID; scores: high = ID.")
+    return 0
+
+
+# --------------------------------------------------------------------------- list
+def cmd_list(args) -> int:
+    from .data import DATASET_DESCRIPTIONS, IMAGE_OOD_SETS, load_benchmark
+    from .methods import METHODS
+    from .scores import SCORES
+
+    print("datasets:")
+    for name, desc in DATASET_DESCRIPTIONS.items():
+        print(f"  {name:16s} {desc}")
+    print("OOD sets:")
+    for name in DATASET_DESCRIPTIONS:
+        b = load_benchmark(name)
+        print(f"  {name:16s} " + ", ".join(f"{s} ({b.ood_groups[s]}, n={b.ood[s].shape[0]})" for s in b.ood))
+    print(f"  generated families for any image dataset: {', '.join(IMAGE_OOD_SETS)}")
+    print("methods:")
+    for name, m in METHODS.items():
+        print(f"  {name:16s} {m.task}, {m.head} head{', spectral norm' if m.spectral_norm else ''}: {m.description}")
+    print("scores (high = ID):")
+    for name, cls in SCORES.items():
+        print(f"  {name:16s} {cls.describe()}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ood_core", description="Train, evaluate and list OOD detectors.")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model and save a checkpoint",
+                       description="Train METHOD on DATASET and save weights + metadata + OOD report to --out.")
+    t.add_argument("--method", default="ce", help="training method (see `list`); default: ce")
+    t.add_argument("--dataset", default="digits", help="embedded dataset (see `list`); default: digits")
+    t.add_argument("--known", default=None, help="known classes, comma-separated, e.g. 1,3,5,7,9; default 0-5")
+    t.add_argument("--epochs", type=int, default=30, help="default: 30")
+    t.add_argument("--batch-size", type=int, default=64, help="default: 64")
+    t.add_argument("--lr", type=float, default=1e-3, help="learning rate; default: 1e-3")
+    t.add_argument("--weight-decay", type=float, default=5e-4, help="default: 5e-4")
+    t.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="default: adam")
+    t.add_argument("--seed", type=int, default=0, help="default: 0")
+    t.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    t.add_argument("--arch", default=None, help="backbone: smallcnn, mlp, resnet18; default: by input shape")
+    t.add_argument("--feature-dim", type=int, default=None, help="feature dimension (smallcnn/mlp)")
+    t.add_argument("--out", required=True, help="checkpoint file to write (.pt); written atomically")
+    t.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="score ID and OOD sets with a checkpoint",
+                       description="Evaluate a checkpoint on its ID test split vs OOD sets with every score.")
+    e.add_argument("--checkpoint", required=True, help="checkpoint file (.pt)")
+    e.add_argument("--ood", default=None,
+                   help="built-in OOD sets, comma-separated, or 'none'; default: all of the dataset's (see `list`)")
+    e.add_argument("--ood-file", action="append", metavar="ARRAY_OR_FOLDER",
+                   help="your own OOD set: .npy/.npz array (images 'x' in an .npz) or image folder, converted to "
+                        "the model's input format and named by its file stem; repeatable")
+    e.add_argument("--score-names", default=None, help="scores, comma-separated; default: all for the task")
+    e.add_argument("--json", metavar="REPORT.json", help="write the metrics report as JSON")
+    e.add_argument("--scores", metavar="SCORES.npz", help="write per-sample scores keyed 'id/SCORE', 'SET/SCORE'")
+    e.add_argument("--batch-size", type=int, default=512, help="default: 512")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    e.set_defaults(func=cmd_evaluate)
+
+    ls = sub.add_parser("list", help="list datasets, OOD sets, methods and scores")
+    ls.set_defaults(func=cmd_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except OODCoreError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug, not bad input: still one line unless --debug
+        if args.debug:
+            raise
+        msg = " ".join(str(e).split())
+        print(f"error: internal error {type(e).__name__}: {msg} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1

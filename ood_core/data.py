@@ -1,0 +1,448 @@
+"""The embedded benchmark: data that ships with installed packages, plus OOD sets made in code.
+
+Everything here works offline and is seeded, so every run sees the same samples.
+
+ID datasets (``DATASETS``)
+  * ``digits``: scikit-learn's 1,797 handwritten digits, 8x8 grey images scaled to [0, 1],
+    split train/val/test 60/20/20, stratified, with a fixed split seed. Open-set protocol:
+    the *known* classes (default 0-5) are ID; the test images of the other classes form
+    the near-OOD set ``unknown``.
+  * ``toy2d``: four 2-D Gaussian classes on a circle (a teaching set whose input plane can
+    be drawn). OOD: ``ring`` (an annulus around the classes) and ``uniform-box``.
+  * ``digit-canvases``: multi-label. A 16x16 canvas is a 2x2 grid of 8x8 slots holding
+    1-3 digits of known classes; the target is the set of labels present. OOD canvases
+    (``unknown``) hold 1-3 digits of unknown classes only. Built from the digit splits, so
+    no test digit is ever seen in training.
+
+Far-OOD sets for image datasets (``IMAGE_OOD_SETS``), same shape and [0, 1] range as the
+ID images:
+  * ``uniform-noise``: i.i.d. U(0, 1) pixels.
+  * ``gaussian-noise``: N(0.5, 0.25^2) pixels, clipped to [0, 1].
+  * ``constant``: every pixel of an image equal to one level drawn from U(0, 1).
+  * ``blobs``: 1-3 smooth Gaussian bumps of random centre and width, scaled to peak 1.
+  * ``textures``: sinusoidal gratings (random frequency, orientation and phase) and
+    checkerboards (random cell size), half each.
+
+User OOD sets come from a ``.npy``/``.npz`` array or a folder of images and are converted
+to the ID format by :func:`load_user_ood` (see its docstring for the rules).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .errors import DataError, unknown
+
+DEFAULT_KNOWN = (0, 1, 2, 3, 4, 5)
+SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
+N_GENERATED = 300  # samples per generated OOD set
+
+
+@dataclasses.dataclass
+class Split:
+    """Inputs and targets of one split. ``y`` is (N,) int64 or (N, K) float32 multi-hot."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+@dataclasses.dataclass
+class Benchmark:
+    """An ID dataset with its splits and its named OOD sets.
+
+    ``ood`` maps a set name to an input tensor in the ID format; ``ood_groups`` says
+    whether each set is ``near`` or ``far`` OOD.
+    """
+
+    name: str
+    task: str  # "multiclass" or "multilabel"
+    input_shape: tuple[int, ...]
+    known: tuple[int, ...]
+    class_names: list[str]
+    train: Split
+    val: Split
+    test: Split
+    ood: dict[str, torch.Tensor]
+    ood_groups: dict[str, str]
+    split_seed: int = 0
+    ood_seed: int = 0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def spec(self) -> dict:
+        """What identifies this benchmark, as stored in checkpoint metadata."""
+        return {"name": self.name, "known": list(self.known), "task": self.task,
+                "input_shape": list(self.input_shape), "class_names": list(self.class_names),
+                "split_seed": self.split_seed, "ood_seed": self.ood_seed}
+
+
+# --------------------------------------------------------------------------- generators
+def _uniform_noise(n, shape, rng):
+    return rng.random((n, *shape))
+
+
+def _gaussian_noise(n, shape, rng):
+    return np.clip(rng.normal(0.5, 0.25, (n, *shape)), 0.0, 1.0)
+
+
+def _constant(n, shape, rng):
+    return np.broadcast_to(rng.random((n,) + (1,) * len(shape)), (n, *shape)).copy()
+
+
+def _grid(shape):
+    h, w = shape[-2:]
+    yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
+    return yy, xx
+
+
+def _blobs(n, shape, rng):
+    yy, xx = _grid(shape)
+    out = np.zeros((n, *shape))
+    for i in range(n):
+        img = np.zeros_like(yy)
+        for _ in range(rng.integers(1, 4)):
+            cy, cx = rng.random(2)
+            sigma = rng.uniform(0.12, 0.35)
+            img += rng.uniform(0.4, 1.0) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))
+        out[i] = img / img.max()
+    return out
+
+
+def _textures(n, shape, rng):
+    yy, xx = _grid(shape)
+    h, w = shape[-2:]
+    out = np.zeros((n, *shape))
+    for i in range(n):
+        if i % 2 == 0:  # grating
+            theta, freq, phase = rng.uniform(0, np.pi), rng.uniform(1.0, 4.0), rng.uniform(0, 2 * np.pi)
+            img = 0.5 + 0.5 * np.sin(2 * np.pi * freq * (xx * np.cos(theta) + yy * np.sin(theta)) + phase)
+        else:  # checkerboard
+            cell = int(rng.integers(1, max(2, min(h, w) // 2) + 1))
+            r, c = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+            img = (((r // cell) + (c // cell)) % 2).astype(float)
+            if rng.random() < 0.5:
+                img = 1.0 - img
+        out[i] = img
+    return out
+
+
+IMAGE_OOD_SETS: dict[str, Callable] = {
+    "uniform-noise": _uniform_noise,
+    "gaussian-noise": _gaussian_noise,
+    "constant": _constant,
+    "blobs": _blobs,
+    "textures": _textures,
+}
+
+
+def generate_ood(name: str, n: int, shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    """Generate ``n`` samples of the far-OOD family ``name`` with image ``shape`` (C, H, W)."""
+    if name not in IMAGE_OOD_SETS:
+        raise unknown("generated OOD set", name, IMAGE_OOD_SETS)
+    # one stream per family: adding a family never changes another's samples
+    rng = np.random.default_rng([seed, sorted(IMAGE_OOD_SETS).index(name)])
+    return torch.as_tensor(IMAGE_OOD_SETS[name](n, tuple(shape), rng), dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------- digits
+def _parse_known(known, n_classes: int = 10) -> tuple[int, ...]:
+    known = DEFAULT_KNOWN if known is None else tuple(sorted({int(k) for k in known}))
+    if len(known) < 2:
+        raise DataError(f"need at least 2 known classes, got {list(known)}")
+    if len(known) == n_classes:
+        raise DataError("every class is known, so there is no unknown-class OOD set; leave at least one out")
+    bad = [k for k in known if not 0 <= k < n_classes]
+    if bad:
+        raise DataError(f"known classes must be in 0..{n_classes - 1}, got {bad}")
+    return known
+
+
+def parse_known(text: str | None) -> tuple[int, ...] | None:
+    """Parse ``"0,1,2"`` into a tuple of ints (CLI helper); None keeps the default."""
+    if text is None or text == "":
+        return None
+    try:
+        return tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise DataError(f"--known takes comma-separated class indices like 0,1,2,3,4,5; got {text!r}") from None
+
+
+def _digit_splits(split_seed: int):
+    """Stratified 60/20/20 split of all 1,797 digits: dict split -> (x (N,1,8,8), y (N,))."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None]  # raw range is 0..16
+    y = d.target.astype(np.int64)
+    idx = np.arange(y.size)
+    tr, rest = train_test_split(idx, train_size=SPLIT_FRACTIONS[0], stratify=y, random_state=split_seed)
+    va, te = train_test_split(rest, test_size=0.5, stratify=y[rest], random_state=split_seed)
+    return {name: (x[i], y[i]) for name, i in (("train", tr), ("val", va), ("test", te))}
+
+
+def _remap(y: np.ndarray, known: tuple[int, ...]) -> np.ndarray:
+    lut = np.full(10, -1, dtype=np.int64)
+    lut[list(known)] = np.arange(len(known))
+    return lut[y]
+
+
+def _add_generated(ood: dict, groups: dict, shape, seed: int) -> None:
+    for name in IMAGE_OOD_SETS:
+        ood[name] = generate_ood(name, N_GENERATED, shape, seed)
+        groups[name] = "far"
+
+
+def load_digits_benchmark(known=None, split_seed: int = 0, ood_seed: int = 0) -> Benchmark:
+    known = _parse_known(known)
+    splits = _digit_splits(split_seed)
+    parts = {}
+    for name, (x, y) in splits.items():
+        keep = np.isin(y, known)
+        parts[name] = Split(torch.from_numpy(x[keep]), torch.from_numpy(_remap(y[keep], known)))
+    x_test, y_test = splits["test"]
+    ood = {"unknown": torch.from_numpy(x_test[~np.isin(y_test, known)])}
+    groups = {"unknown": "near"}
+    _add_generated(ood, groups, (1, 8, 8), ood_seed)
+    return Benchmark("digits", "multiclass", (1, 8, 8), known, [str(k) for k in known],
+                     parts["train"], parts["val"], parts["test"], ood, groups, split_seed, ood_seed)
+
+
+# --------------------------------------------------------------------------- toy2d
+TOY_CLASSES = 4
+TOY_RADIUS = 3.0
+TOY_STD = 0.5
+
+
+def load_toy2d_benchmark(known=None, split_seed: int = 0, ood_seed: int = 0) -> Benchmark:
+    """Four Gaussian classes centred on a circle of radius 3 (std 0.5).
+
+    OOD: ``ring`` (radius U(5, 7), any angle: the open space outside the classes) and
+    ``uniform-box`` (uniform in [-7, 7]^2, keeping only points at least 1.5 from every
+    class centre). ``known`` must be None: all four classes are ID.
+    """
+    if known is not None and tuple(sorted(known)) != tuple(range(TOY_CLASSES)):
+        raise DataError("toy2d has no open-set protocol: all 4 classes are known; drop --known")
+    rng = np.random.default_rng(split_seed)
+    angles = 2 * np.pi * np.arange(TOY_CLASSES) / TOY_CLASSES + np.pi / 4
+    centres = TOY_RADIUS * np.stack([np.cos(angles), np.sin(angles)], 1)
+
+    def sample(n_per_class):
+        y = np.repeat(np.arange(TOY_CLASSES), n_per_class)
+        x = centres[y] + TOY_STD * rng.normal(size=(y.size, 2))
+        return Split(torch.tensor(x, dtype=torch.float32), torch.from_numpy(y))
+
+    train, val, test = sample(300), sample(100), sample(100)
+    orng = np.random.default_rng([ood_seed, 1])
+    r, a = orng.uniform(5.0, 7.0, N_GENERATED), orng.uniform(0, 2 * np.pi, N_GENERATED)
+    ring = np.stack([r * np.cos(a), r * np.sin(a)], 1)
+    box = orng.uniform(-7, 7, (N_GENERATED * 4, 2))
+    far = np.min(np.linalg.norm(box[:, None] - centres[None], axis=2), axis=1) >= 1.5
+    box = box[far][:N_GENERATED]
+    ood = {"ring": torch.tensor(ring, dtype=torch.float32), "uniform-box": torch.tensor(box, dtype=torch.float32)}
+    return Benchmark("toy2d", "multiclass", (2,), tuple(range(TOY_CLASSES)),
+                     [f"class {k}" for k in range(TOY_CLASSES)], train, val, test, ood,
+                     {"ring": "far", "uniform-box": "far"}, split_seed, ood_seed)
+
+
+# --------------------------------------------------------------------------- digit canvases
+CANVAS_SLOTS = ((0, 0), (0, 8), (8, 0), (8, 8))
+CANVAS_SIZES = {"train": 2000, "val": 500, "test": 500}
+
+
+def _make_canvases(x: np.ndarray, y: np.ndarray, n: int, rng, classes) -> tuple[np.ndarray, np.ndarray]:
+    """n canvases of 1-3 digits drawn from (x, y) restricted to `classes`; multi-hot over `classes`."""
+    pool = np.flatnonzero(np.isin(y, classes))
+    col = {c: i for i, c in enumerate(classes)}
+    canv = np.zeros((n, 1, 16, 16), dtype=np.float32)
+    tgt = np.zeros((n, len(classes)), dtype=np.float32)
+    for i in range(n):
+        k = rng.integers(1, 4)
+        slots = rng.choice(4, size=k, replace=False)
+        for s, j in zip(slots, rng.choice(pool, size=k, replace=False)):
+            r, c = CANVAS_SLOTS[s]
+            canv[i, 0, r:r + 8, c:c + 8] = x[j, 0]
+            tgt[i, col[int(y[j])]] = 1.0
+    return canv, tgt
+
+
+def load_digit_canvases_benchmark(known=None, split_seed: int = 0, ood_seed: int = 0) -> Benchmark:
+    known = _parse_known(known)
+    splits = _digit_splits(split_seed)
+    rng = np.random.default_rng([split_seed, 2])
+    parts = {}
+    for name, (x, y) in splits.items():
+        c, t = _make_canvases(x, y, CANVAS_SIZES[name], rng, list(known))
+        parts[name] = Split(torch.from_numpy(c), torch.from_numpy(t))
+    x_test, y_test = splits["test"]
+    unknown_classes = [k for k in range(10) if k not in known]
+    orng = np.random.default_rng([ood_seed, 3])
+    unk, _ = _make_canvases(x_test, y_test, N_GENERATED, orng, unknown_classes)
+    ood = {"unknown": torch.from_numpy(unk)}
+    groups = {"unknown": "near"}
+    _add_generated(ood, groups, (1, 16, 16), ood_seed)
+    return Benchmark("digit-canvases", "multilabel", (1, 16, 16), known, [str(k) for k in known],
+                     parts["train"], parts["val"], parts["test"], ood, groups, split_seed, ood_seed)
+
+
+# --------------------------------------------------------------------------- registry
+DATASETS: dict[str, Callable[..., Benchmark]] = {
+    "digits": load_digits_benchmark,
+    "toy2d": load_toy2d_benchmark,
+    "digit-canvases": load_digit_canvases_benchmark,
+}
+
+DATASET_DESCRIPTIONS = {
+    "digits": "sklearn digits 8x8, open-set: known classes ID, others near-OOD; 5 generated far-OOD sets",
+    "toy2d": "4 Gaussian classes in 2-D; OOD: ring around them, uniform box",
+    "digit-canvases": "multi-label 16x16 canvases of 1-3 known digits; OOD: unknown-digit canvases + generated sets",
+}
+
+
+def load_benchmark(name: str, known=None, split_seed: int = 0, ood_seed: int = 0) -> Benchmark:
+    """Load an embedded benchmark by name (see ``DATASETS``)."""
+    if name not in DATASETS:
+        raise unknown("dataset", name, DATASETS)
+    return DATASETS[name](known=known, split_seed=split_seed, ood_seed=ood_seed)
+
+
+# --------------------------------------------------------------------------- user OOD sets
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def _to_unit_range(arr: np.ndarray, source: str) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    if arr.dtype.kind == "b":
+        return arr.astype(np.float32)
+    if arr.dtype.kind not in "fiu":
+        raise DataError(f"{source}: dtype {arr.dtype} is not numeric; save images as uint8 or float arrays")
+    arr = arr.astype(np.float32)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        raise DataError(f"{source}: {int(bad.sum())} NaN/Inf value(s); replace them before evaluating")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo >= 0.0 and hi <= 1.0:
+        return arr
+    if lo >= 0.0 and hi <= 255.0:
+        return arr / 255.0  # 0..255 pixel values stored as float/int
+    raise DataError(f"{source}: values span [{lo:g}, {hi:g}]; images must be in [0, 1] or [0, 255]")
+
+
+def _as_nchw(arr: np.ndarray, channels: int, source: str) -> np.ndarray:
+    """Accept (N,H,W), (N,H,W,C) or (N,C,H,W) with C in {1,3,4}; return (N, channels, H, W)."""
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    elif arr.ndim == 4:
+        if arr.shape[1] not in (1, 3, 4) and arr.shape[3] in (1, 3, 4):
+            arr = arr.transpose(0, 3, 1, 2)
+        elif arr.shape[1] not in (1, 3, 4):
+            raise DataError(f"{source}: shape {arr.shape} has no channel axis of size 1, 3 or 4")
+    else:
+        raise DataError(f"{source}: shape {arr.shape} is not an image batch; "
+                        "expected (N, H, W), (N, H, W, C) or (N, C, H, W)")
+    if arr.shape[1] == 4:
+        arr = arr[:, :3]  # drop alpha
+    if arr.shape[1] == 3 and channels == 1:
+        arr = (0.299 * arr[:, 0] + 0.587 * arr[:, 1] + 0.114 * arr[:, 2])[:, None]
+    elif arr.shape[1] == 1 and channels == 3:
+        arr = np.repeat(arr, 3, axis=1)
+    return arr
+
+
+def convert_to_id_format(arr: np.ndarray, input_shape: tuple[int, ...], source: str = "array") -> torch.Tensor:
+    """Convert a user array to the ID format ``input_shape`` (C, H, W) or (D,), range [0, 1].
+
+    Rules: uint8 is divided by 255; float/int arrays in [0, 1] are kept, in [0, 255]
+    divided by 255, anything else is refused. Channels: RGB(A) -> grey by luminance when
+    the model takes 1 channel, grey -> RGB by repetition. Spatial size: bilinear resize
+    with antialiasing. Vector datasets (toy2d) need an (N, D) array and are not rescaled.
+    """
+    arr = np.asarray(arr)
+    if arr.size == 0 or arr.shape[0] == 0:
+        raise DataError(f"{source}: no samples (shape {arr.shape})")
+    if len(input_shape) == 1:
+        if arr.ndim != 2 or arr.shape[1] != input_shape[0]:
+            raise DataError(f"{source}: shape {arr.shape} does not fit this model; it takes (N, {input_shape[0]}) points")
+        if arr.dtype.kind not in "fiu":
+            raise DataError(f"{source}: dtype {arr.dtype} is not numeric")
+        if not np.isfinite(arr).all():
+            raise DataError(f"{source}: contains NaN/Inf values; replace them before evaluating")
+        return torch.tensor(arr, dtype=torch.float32)
+    c, h, w = input_shape
+    arr = _as_nchw(_to_unit_range(arr, source), c, source)
+    x = torch.tensor(np.ascontiguousarray(arr), dtype=torch.float32)
+    if x.shape[-2:] != (h, w):
+        x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+        x = x.clamp_(0.0, 1.0)
+    return x
+
+
+def _read_array_file(path: Path) -> np.ndarray:
+    try:
+        loaded = np.load(path, allow_pickle=False)  # never unpickle user files
+    except ValueError as e:
+        raise DataError(f"{path}: refused: object arrays need pickle, which is not loaded ({e})") from None
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: not a readable .npy/.npz file ({e})") from None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            keys = list(loaded.keys())
+            if not keys:
+                raise DataError(f"{path}: the .npz archive holds no array")
+            key = "x" if "x" in keys else keys[0]
+            if len(keys) > 1 and key != "x":
+                raise DataError(f"{path}: the .npz holds several arrays {keys}; name the images 'x'")
+            return loaded[key]
+    return loaded
+
+
+def _read_image_folder(path: Path, channels: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{path}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+    imgs = []
+    size = None
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im = im.convert("L" if channels == 1 else "RGB")
+                if size is None:
+                    size = im.size
+                elif im.size != size:
+                    im = im.resize(size, Image.BILINEAR)
+                imgs.append(np.asarray(im, dtype=np.uint8))
+        except (UnidentifiedImageError, OSError) as e:
+            raise DataError(f"{f}: unreadable image ({e.__class__.__name__}: {e})") from None
+    return np.stack(imgs)
+
+
+def load_user_ood(path, input_shape: tuple[int, ...]) -> tuple[str, torch.Tensor]:
+    """Load a user's OOD set from ``.npy``/``.npz`` or an image folder; returns (name, tensor).
+
+    The name is the file stem (or folder name). See :func:`convert_to_id_format` for the
+    conversion rules. Pickled (object) arrays are refused.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if path.is_dir():
+        if len(input_shape) != 3:
+            raise DataError(f"{path}: an image folder cannot be an OOD set for a model taking points of shape {input_shape}")
+        arr = _read_image_folder(path, input_shape[0])
+    elif path.suffix.lower() in (".npy", ".npz"):
+        arr = _read_array_file(path)
+    else:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}; pass a .npy/.npz array or a folder of images")
+    return path.stem if path.is_file() else path.name, convert_to_id_format(arr, tuple(input_shape), str(path))

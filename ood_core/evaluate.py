@@ -1,0 +1,147 @@
+"""Feature extraction and the one evaluator.
+
+:func:`extract_outputs` runs the model once per dataset in batches and keeps features and
+logits on the CPU; every score then reads those cached outputs. :func:`evaluate` returns an
+:class:`Evaluation` holding a JSON-able report (one entry per OOD set and score, plus
+near/far group means) and the per-sample scores that every number can be recomputed from.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from .data import Benchmark
+from .errors import DataError, OODCoreError
+from .metrics import accuracy, mean_average_precision, ood_metrics
+from .models import ModelOutput
+from .runtime import select_device
+from .scores import make_score, scores_for_task
+
+FPR95_DEFINITION = "FPR on OOD at the threshold that keeps 95% of ID (ID = positive class)"
+
+
+@torch.no_grad()
+def extract_outputs(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512,
+                    device: str | torch.device | None = None) -> ModelOutput:
+    """Features and logits of `x` (on the CPU), in eval mode, `batch_size` samples at a time."""
+    if x.shape[0] == 0:
+        raise DataError("cannot extract features of an empty set")
+    device = select_device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    feats, logits = [], []
+    try:
+        for i in range(0, x.shape[0], batch_size):
+            out = model(x[i:i + batch_size].to(device))
+            feats.append(out.features.float().cpu())
+            logits.append(out.logits.float().cpu())
+    finally:
+        model.train(was_training)
+    return ModelOutput(torch.cat(feats), torch.cat(logits))
+
+
+def check_input_shape(x: torch.Tensor, input_shape, name: str) -> None:
+    if tuple(x.shape[1:]) != tuple(input_shape):
+        raise DataError(f"OOD set {name!r} has samples of shape {tuple(x.shape[1:])}; "
+                        f"the model takes {tuple(input_shape)}")
+    if not torch.isfinite(x).all():
+        raise DataError(f"OOD set {name!r} contains NaN/Inf values")
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """``report``: JSON-able metrics; ``scores``: per-sample arrays keyed ``"SET/SCORE"``
+    (``"id/SCORE"`` for the ID test set); ``outputs``: cached model outputs per set."""
+
+    report: dict
+    scores: dict[str, np.ndarray]
+    outputs: dict[str, ModelOutput]
+
+    def table(self) -> list[dict]:
+        """Tidy rows: one per (OOD set, score), then the near/far group means."""
+        rows = []
+        for set_name, per_score in self.report["ood"].items():
+            for score, m in per_score.items():
+                rows.append({"ood_set": set_name, "group": self.report["groups"][set_name], "score": score, **m})
+        for group, per_score in self.report["group_means"].items():
+            for score, m in per_score.items():
+                rows.append({"ood_set": f"mean ({group})", "group": group, "score": score, **m})
+        return rows
+
+
+def id_quality(task: str, out: ModelOutput, y: torch.Tensor) -> dict[str, float]:
+    """ID accuracy (multiclass) or mAP over labels (multilabel) on a labelled split."""
+    if task == "multilabel":
+        return {"id_map": mean_average_precision(out.logits.numpy(), y.numpy())}
+    return {"id_accuracy": accuracy(out.logits.numpy(), y.numpy())}
+
+
+def evaluate(model: torch.nn.Module, bench: Benchmark, ood_sets: dict[str, torch.Tensor] | None = None,
+             score_names: list[str] | None = None, extra_ood: dict[str, torch.Tensor] | None = None,
+             batch_size: int = 512, device: str | torch.device | None = None) -> Evaluation:
+    """Score the ID test split and each OOD set with every requested score.
+
+    ``ood_sets`` defaults to all of ``bench.ood``; ``extra_ood`` adds user sets (group
+    ``user``). ``score_names`` defaults to every registered score for the task.
+    """
+    sets = dict(bench.ood if ood_sets is None else ood_sets)
+    groups = {n: bench.ood_groups.get(n, "user") for n in sets}
+    for name, x in (extra_ood or {}).items():
+        if name in sets or name == "id":
+            raise DataError(f"user OOD set name {name!r} clashes with a built-in set; rename the file")
+        sets[name], groups[name] = x, "user"
+    if not sets:
+        raise OODCoreError("no OOD set to evaluate; pass --ood NAME or --ood-file PATH")
+    for name, x in sets.items():
+        check_input_shape(x, bench.input_shape, name)
+    names = score_names or scores_for_task(bench.task)
+    scorers = {n: make_score(n) for n in names}
+    for n, s in scorers.items():
+        if bench.task not in s.tasks:
+            raise OODCoreError(f"score {n!r} does not apply to {bench.task} models")
+
+    if device is not None:
+        model.to(select_device(device))
+    outputs = {"id": extract_outputs(model, bench.test.x, batch_size)}
+    if any(s.requires_fit for s in scorers.values()):
+        train_out = extract_outputs(model, bench.train.x, batch_size)
+        for s in scorers.values():
+            s.fit(train_out, model)
+    for name, x in sets.items():
+        outputs[name] = extract_outputs(model, x, batch_size)
+
+    per_sample = {f"{set_name}/{n}": s(out) for set_name, out in outputs.items() for n, s in scorers.items()}
+    report: dict = {**id_quality(bench.task, outputs["id"], bench.test.y), "ood": {}, "groups": groups}
+    for set_name in sets:
+        report["ood"][set_name] = {n: ood_metrics(per_sample[f"id/{n}"], per_sample[f"{set_name}/{n}"])
+                                   for n in names}
+    report["group_means"] = group_means(report["ood"], groups)
+    report["fpr95_definition"] = FPR95_DEFINITION
+    report["score_convention"] = "higher score = more in-distribution"
+    return Evaluation(report, per_sample, outputs)
+
+
+def group_means(per_set: dict, groups: dict[str, str]) -> dict:
+    """Mean of each metric over the OOD sets of each group (near / far / user)."""
+    out: dict = {}
+    for group in sorted(set(groups.values())):
+        members = [s for s in per_set if groups[s] == group]
+        out[group] = {}
+        for score in per_set[members[0]]:
+            out[group][score] = {m: float(np.mean([per_set[s][score][m] for s in members]))
+                                 for m in per_set[members[0]][score]}
+    return out
+
+
+def format_table(report: dict, metrics=("auroc", "fpr95")) -> str:
+    """A markdown table in percent: one row per OOD set and group mean, a column per (score, metric)."""
+    score_names = list(next(iter(report["ood"].values())).keys())
+    head = ["OOD set"] + [f"{s} {m}" for s in score_names for m in metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = list(report["ood"].items()) + [(f"mean ({g})", v) for g, v in report["group_means"].items()]
+    for name, per_score in rows:
+        cells = [f"{100 * per_score[s][m]:.1f}" for s in score_names for m in metrics]
+        lines.append("| " + " | ".join([name] + cells) + " |")
+    return "\n".join(lines)

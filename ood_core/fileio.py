@@ -1,0 +1,29 @@
+"""Atomic file writes: a reader sees the old file or the complete new one, never a partial one."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+
+def atomic_write(path, write: Callable[[BinaryIO], object]) -> Path:
+    """Call ``write(f)`` on a temporary file in ``path``'s folder, fsync it, then rename it over ``path``.
+
+    If ``write`` or the process fails midway, ``path`` keeps its previous content and the
+    temporary file is removed (or, after a hard kill, left as a hidden ``.NAME.*.tmp``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; checkpoints and reports are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,174 @@
+"""Models: a backbone that maps inputs to features z, and a head that maps z to logits.
+
+Every model returns ``ModelOutput(features, logits)``; ``features`` is the backbone's
+un-normalised penultimate representation z (the cosine and L2 heads normalise it
+internally, so the feature-norm score still sees ||z||).
+
+Backbones: ``smallcnn`` (grey 8x8 .. 28x28), ``mlp`` (vectors, e.g. toy2d), ``resnet18``
+(torchvision ResNet-18 with a 3x3 stride-1 stem and no max-pool, for 32x32 RGB).
+Heads: ``linear`` (W z + b), ``cosine`` (scale * cos(z, w_k), unit features and weights),
+``l2norm`` (W z/||z|| + b, Haas et al. 2023). ``spectral_norm=True`` wraps every conv
+(and, with ``spectral_norm_linear``, every linear) layer of the backbone in
+``torch.nn.utils.parametrizations.spectral_norm``; the head and BatchNorm are left alone.
+
+A model is rebuilt from the JSON-able spec stored in its checkpoint, ``build_model(**spec)``.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import unknown
+
+
+class ModelOutput(NamedTuple):
+    features: torch.Tensor  # (N, d) penultimate representation z
+    logits: torch.Tensor  # (N, K)
+
+
+def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class SmallCNN(nn.Module):
+    """Three conv stages (32, 64, feature_dim channels), two 2x max-pools, global average pool."""
+
+    def __init__(self, in_channels: int = 1, feature_dim: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(
+            _conv_block(in_channels, 32), _conv_block(32, 32), nn.MaxPool2d(2),
+            _conv_block(32, 64), _conv_block(64, 64), nn.MaxPool2d(2),
+            _conv_block(64, feature_dim), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.feature_dim = feature_dim
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class MLP(nn.Module):
+    """Two hidden ReLU layers of width `hidden`, then a ReLU feature layer."""
+
+    def __init__(self, in_features: int = 2, feature_dim: int = 32, hidden: int = 64):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+            nn.Linear(hidden, feature_dim), nn.ReLU(),
+        )
+        self.feature_dim = feature_dim
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class ResNet18Small(nn.Module):
+    """torchvision ResNet-18 with a 32x32 stem (3x3 conv, stride 1, no max-pool); 512 features."""
+
+    def __init__(self, in_channels: int = 3):
+        super().__init__()
+        from torchvision.models import resnet18
+
+        net = resnet18(weights=None)
+        net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+        net.fc = nn.Identity()
+        self.net = net
+        self.feature_dim = 512
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class LinearHead(nn.Linear):
+    """logits = W z + b."""
+
+
+class CosineHead(nn.Module):
+    """logits_k = scale * cos(z, w_k): unit-normalised features and weight rows."""
+
+    def __init__(self, in_features: int, out_features: int, scale: float = 16.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+        self.scale = float(scale)
+
+    def forward(self, z):
+        return self.scale * F.linear(F.normalize(z, dim=1), F.normalize(self.weight, dim=1))
+
+
+class L2NormHead(nn.Linear):
+    """logits = W z/||z||_2 + b (training-time normalisation of Haas et al. 2023)."""
+
+    def forward(self, z):
+        return super().forward(F.normalize(z, dim=1))
+
+
+class OODModel(nn.Module):
+    """backbone + head, returning ``ModelOutput(features, logits)``."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, spec: dict):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.spec = dict(spec)
+
+    def forward(self, x) -> ModelOutput:
+        z = self.backbone(x)
+        return ModelOutput(z, self.head(z))
+
+
+BACKBONES = ("smallcnn", "mlp", "resnet18")
+HEADS = ("linear", "cosine", "l2norm")
+
+
+def apply_spectral_norm(module: nn.Module, linear: bool = False) -> nn.Module:
+    """Wrap every Conv (and optionally Linear) weight of `module` in spectral normalisation."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    kinds = (nn.Conv1d, nn.Conv2d, nn.Conv3d) + ((nn.Linear,) if linear else ())
+    for name, child in list(module.named_modules()):
+        if isinstance(child, kinds):
+            spectral_norm(child)
+    return module
+
+
+def build_model(arch: str, num_classes: int, input_shape, head: str = "linear", feature_dim: int | None = None,
+                spectral_norm: bool = False, spectral_norm_linear: bool = False, cosine_scale: float = 16.0) -> OODModel:
+    """Build a model from explicit parameters (the spec stored in checkpoints).
+
+    ``input_shape`` is (C, H, W) for images or (D,) for vectors.
+    """
+    input_shape = tuple(int(s) for s in input_shape)
+    if arch == "smallcnn":
+        backbone = SmallCNN(input_shape[0], feature_dim or 128)
+    elif arch == "mlp":
+        backbone = MLP(input_shape[0], feature_dim or 32)
+    elif arch == "resnet18":
+        backbone = ResNet18Small(input_shape[0])
+    else:
+        raise unknown("architecture", arch, BACKBONES)
+    d = backbone.feature_dim
+    if head == "linear":
+        head_mod = LinearHead(d, num_classes)
+    elif head == "cosine":
+        head_mod = CosineHead(d, num_classes, cosine_scale)
+    elif head == "l2norm":
+        head_mod = L2NormHead(d, num_classes)
+    else:
+        raise unknown("head", head, HEADS)
+    if spectral_norm:
+        apply_spectral_norm(backbone, linear=spectral_norm_linear)
+    spec = dict(arch=arch, num_classes=int(num_classes), input_shape=list(input_shape), head=head,
+                feature_dim=int(d), spectral_norm=bool(spectral_norm),
+                spectral_norm_linear=bool(spectral_norm_linear), cosine_scale=float(cosine_scale))
+    return OODModel(backbone, head_mod, spec)
+
+
+def default_arch(input_shape) -> str:
+    """The backbone used for a dataset's input shape: mlp for vectors, resnet18 for RGB, else smallcnn."""
+    if len(input_shape) == 1:
+        return "mlp"
+    return "resnet18" if input_shape[0] == 3 else "smallcnn"

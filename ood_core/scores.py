@@ -1,0 +1,107 @@
+"""OOD scores: one registry, used by the CLI, the benchmarks and every app page.
+
+Convention: **higher score = more in-distribution (ID)**. Each score is a small class whose
+docstring gives the formula and the paper. Scores run on cached model outputs
+(``ModelOutput(features, logits)``), so one forward pass serves every score. A score that
+needs statistics of the training data (Mahalanobis, KNN, ...) overrides :meth:`Score.fit`,
+which receives the training-set outputs and the model.
+
+Add a score by subclassing :class:`Score` and decorating it with :func:`register_score`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .errors import unknown
+from .models import ModelOutput
+
+SCORES: dict[str, type["Score"]] = {}
+
+
+def register_score(cls: type["Score"]) -> type["Score"]:
+    """Class decorator adding a score to ``SCORES`` under ``cls.name``."""
+    if cls.name in SCORES:
+        raise ValueError(f"score {cls.name!r} is registered twice")
+    SCORES[cls.name] = cls
+    return cls
+
+
+class Score:
+    """Base class. Subclasses set ``name``, ``tasks`` and implement :meth:`compute`."""
+
+    name: str = ""
+    tasks: tuple[str, ...] = ("multiclass", "multilabel")
+    requires_fit: bool = False
+
+    def fit(self, train: ModelOutput, model: torch.nn.Module | None = None) -> "Score":
+        """Learn what the score needs from training-set outputs; default: nothing."""
+        return self
+
+    def compute(self, out: ModelOutput) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, out: ModelOutput) -> np.ndarray:
+        with torch.no_grad():
+            s = self.compute(ModelOutput(out.features.float(), out.logits.float()))
+        return s.double().cpu().numpy()
+
+    @classmethod
+    def describe(cls) -> str:
+        return (cls.__doc__ or "").strip().splitlines()[0]
+
+
+@register_score
+class MSP(Score):
+    """Maximum softmax probability, max_k softmax(f(x))_k (Hendrycks & Gimpel, ICLR 2017)."""
+
+    name = "msp"
+
+    def compute(self, out):
+        return out.logits.softmax(dim=1).max(dim=1).values
+
+
+@register_score
+class MaxLogit(Score):
+    """Maximum logit, max_k f_k(x) (Hendrycks et al., ICML 2022)."""
+
+    name = "maxlogit"
+
+    def compute(self, out):
+        return out.logits.max(dim=1).values
+
+
+@register_score
+class Energy(Score):
+    """Negative free energy, T * logsumexp_k(f_k(x) / T) (Liu et al., NeurIPS 2020); T = 1."""
+
+    name = "energy"
+
+    def __init__(self, temperature: float = 1.0):
+        self.temperature = float(temperature)
+
+    def compute(self, out):
+        t = self.temperature
+        return t * torch.logsumexp(out.logits / t, dim=1)
+
+
+@register_score
+class FeatureNorm(Score):
+    """L2 norm of the penultimate features, ||z||_2 (Haas et al., TMLR 2024)."""
+
+    name = "feature_norm"
+
+    def compute(self, out):
+        return out.features.norm(dim=1)
+
+
+def make_score(name: str, **params) -> Score:
+    """Instantiate a registered score by name with keyword parameters."""
+    if name not in SCORES:
+        raise unknown("score", name, SCORES)
+    return SCORES[name](**params)
+
+
+def scores_for_task(task: str) -> list[str]:
+    """Names of the registered scores that apply to a task ("multiclass"/"multilabel")."""
+    return [n for n, cls in SCORES.items() if task in cls.tasks]

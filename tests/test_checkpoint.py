@@ -1,0 +1,116 @@
+import json
+import os
+import pickle
+
+import pytest
+import torch
+
+import ood_core
+from ood_core.checkpoint import load_checkpoint, save_checkpoint
+from ood_core.errors import CheckpointError
+from ood_core.models import build_model
+
+from conftest import CHECKPOINTS
+
+
+def test_roundtrip_gives_identical_outputs(tmp_path, tiny_digits_run):
+    path = save_checkpoint(tmp_path / "m.pt", tiny_digits_run.model, tiny_digits_run.meta)
+    model, meta = load_checkpoint(path)
+    assert not model.training
+    x = ood_core.load_benchmark("digits").test.x[:16]
+    tiny_digits_run.model.eval()
+    with torch.no_grad():
+        a, b = tiny_digits_run.model(x), model(x)
+    assert torch.equal(a.features, b.features) and torch.equal(a.logits, b.logits)
+    assert meta["method"] == "ce" and meta["model"]["arch"] == "smallcnn"
+    assert meta["metrics"] == json.loads(json.dumps(tiny_digits_run.meta["metrics"]))
+
+
+def test_spectral_norm_model_roundtrip(tmp_path):
+    model = build_model("smallcnn", 3, (1, 8, 8), spectral_norm=True)
+    model.train()
+    model(torch.rand(4, 1, 8, 8))  # one power iteration updates u, v
+    model.eval()
+    save_checkpoint(tmp_path / "sn.pt", model, {"method": "test"})
+    loaded, _ = load_checkpoint(tmp_path / "sn.pt")
+    x = torch.rand(5, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(model(x).logits, loaded(x).logits)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_payload_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "ood_core.checkpoint", "meta": {}, "state_dict": {}, "x": _Payload(marker)}, path)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_plain_pickle_file_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps(_Payload(tmp_path / "PWNED")))
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        load_checkpoint(path)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_truncated_and_foreign_files_give_one_clear_error(tmp_path):
+    good = (CHECKPOINTS / "ce_digits.pt").read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(good[: len(good) // 2])
+    (tmp_path / "text.pt").write_text("hello")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    for name, pattern in [("trunc.pt", "truncated"), ("text.pt", "not a PyTorch"),
+                          ("foreign.pt", "not an ood_core checkpoint"), ("missing.pt", "no such")]:
+        with pytest.raises(CheckpointError, match=pattern) as info:
+            load_checkpoint(tmp_path / name)
+        assert "\n" not in str(info.value)
+
+
+def test_wrong_architecture_weights_are_refused(tmp_path, tiny_digits_run):
+    path = save_checkpoint(tmp_path / "m.pt", tiny_digits_run.model, tiny_digits_run.meta)
+    raw = torch.load(path, weights_only=True)
+    raw["meta"]["model"]["feature_dim"] = 64  # claims a different shape than the weights have
+    torch.save(raw, tmp_path / "mismatch.pt")
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_checkpoint(tmp_path / "mismatch.pt")
+
+
+def test_failed_save_keeps_previous_checkpoint(tmp_path, tiny_digits_run, monkeypatch):
+    path = save_checkpoint(tmp_path / "m.pt", tiny_digits_run.model, tiny_digits_run.meta)
+    before = path.read_bytes()
+
+    def broken_save(obj, f, *a, **k):
+        f.write(b"partial data")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        save_checkpoint(path, tiny_digits_run.model, {"method": "other"})
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temporary file left behind
+    load_checkpoint(path)
+
+
+@pytest.mark.parametrize("name,dataset", [("ce_digits.pt", "digits"), ("ce_toy2d.pt", "toy2d")])
+def test_shipped_checkpoints_load_and_their_stored_metrics_hold(name, dataset):
+    model, meta = load_checkpoint(CHECKPOINTS / name)
+    assert meta["dataset"]["name"] == dataset and meta["method"] == "ce"
+    ds = meta["dataset"]
+    bench = ood_core.load_benchmark(ds["name"], known=ds["known"], split_seed=ds["split_seed"], ood_seed=ds["ood_seed"])
+    report = ood_core.evaluate(model, bench).report
+    assert report["id_accuracy"] == pytest.approx(meta["metrics"]["id_accuracy"], abs=0.005)
+    for s, per_score in meta["metrics"]["ood"].items():
+        for score, m in per_score.items():
+            assert report["ood"][s][score]["auroc"] == pytest.approx(m["auroc"], abs=2e-3)  # tolerance: BLAS differences across CPUs
+    if dataset == "digits":
+        assert report["id_accuracy"] >= 0.97

@@ -1,0 +1,111 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ood_core import metrics
+from ood_core.cli import main
+
+from conftest import CHECKPOINTS, ROOT
+
+DIGITS = str(CHECKPOINTS / "ce_digits.pt")
+
+
+def test_train_writes_a_loadable_checkpoint(tmp_path, capsys):
+    out = tmp_path / "sub" / "m.pt"
+    assert main(["train", "--dataset", "toy2d", "--epochs", "2", "--seed", "1", "--out", str(out), "--quiet"]) == 0
+    assert "saved" in capsys.readouterr().out
+    import ood_core
+
+    model, meta = ood_core.load_checkpoint(out)
+    assert meta["train_config"]["seed"] == 1 and meta["dataset"]["name"] == "toy2d"
+
+
+def test_train_with_other_known_classes(tmp_path):
+    out = tmp_path / "odd.pt"
+    assert main(["train", "--known", "1,3,5,7,9", "--epochs", "1", "--out", str(out), "--quiet"]) == 0
+    import ood_core
+
+    _, meta = ood_core.load_checkpoint(out)
+    assert meta["dataset"]["known"] == [1, 3, 5, 7, 9] and meta["model"]["num_classes"] == 5
+
+
+def test_evaluate_report_and_scores_are_consistent(tmp_path, capsys):
+    report_path, scores_path = tmp_path / "r.json", tmp_path / "s.npz"
+    user = tmp_path / "my-set.npy"
+    np.save(user, (np.random.default_rng(0).random((25, 8, 8)) * 255).astype(np.uint8))
+    rc = main(["evaluate", "--checkpoint", DIGITS, "--ood-file", str(user), "--json", str(report_path),
+               "--scores", str(scores_path)])
+    assert rc == 0
+    report = json.loads(report_path.read_text())
+    assert report["id_accuracy"] >= 0.97
+    expected_sets = {"unknown", "uniform-noise", "gaussian-noise", "constant", "blobs", "textures", "my-set"}
+    assert set(report["ood"]) == expected_sets
+    scores = np.load(scores_path)
+    assert scores["my-set/msp"].shape == (25,)
+    # every reported number is reproducible from the exported per-sample scores
+    for s in expected_sets:
+        for score, m in report["ood"][s].items():
+            assert set(m) >= {"auroc", "fpr95", "aupr_in", "aupr_out"}
+            ids, oods = scores[f"id/{score}"], scores[f"{s}/{score}"]
+            assert m["auroc"] == pytest.approx(metrics.auroc(ids, oods))
+            assert m["fpr95"] == pytest.approx(metrics.fpr_at_95_tpr(ids, oods))
+    assert "| unknown |" in capsys.readouterr().out
+
+
+def test_evaluate_subset_and_image_folder(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        Image.fromarray((rng.random((20, 20, 3)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    rc = main(["evaluate", "--checkpoint", DIGITS, "--ood", "blobs", "--ood-file", str(folder),
+               "--score-names", "energy", "--json", str(tmp_path / "r.json")])
+    assert rc == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert set(report["ood"]) == {"blobs", "photos"} and set(report["ood"]["photos"]) == {"energy"}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["evaluate", "--checkpoint", "missing.pt"], "no such checkpoint"),
+    (["evaluate", "--checkpoint", str(ROOT / "requirements.txt")], "not a PyTorch checkpoint"),
+    (["evaluate", "--checkpoint", DIGITS, "--ood", "nope"], "unknown OOD set"),
+    (["evaluate", "--checkpoint", DIGITS, "--score-names", "nope"], "unknown score"),
+    (["evaluate", "--checkpoint", DIGITS, "--ood-file", "missing.npy"], "no such file"),
+    (["train", "--method", "nope", "--out", "x.pt"], "unknown method"),
+    (["train", "--dataset", "nope", "--out", "x.pt"], "unknown dataset"),
+    (["train", "--known", "0", "--out", "x.pt"], "at least 2 known"),
+    (["train", "--out", "model.txt"], ".pt"),
+])
+def test_bad_input_gives_one_line_error(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_bad_arrays_give_one_line_errors(tmp_path, capsys):
+    nan = np.random.default_rng(0).random((5, 8, 8))
+    nan[0, 0, 0] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    np.save(tmp_path / "shape.npy", np.zeros((5, 3)))
+    (tmp_path / "notes.txt").write_text("x")
+    for f, message in [("nan.npy", "NaN"), ("shape.npy", "shape (5, 3)"), ("notes.txt", "unsupported file type")]:
+        assert main(["evaluate", "--checkpoint", DIGITS, "--ood-file", str(tmp_path / f)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err
+
+
+def test_list_and_module_entry_point():
+    out = subprocess.run([sys.executable, "-m", "ood_core", "list"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    for word in ("digits", "toy2d", "digit-canvases", "textures", "ce", "msp", "energy", "feature_norm"):
+        assert word in out.stdout
+    helps = subprocess.run([sys.executable, "-m", "ood_core", "evaluate", "--help"], capture_output=True, text=True,
+                           cwd=ROOT, timeout=120)
+    assert "--ood-file" in helps.stdout and "SCORES.npz" in helps.stdout

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 PORT ?= 8501
 
-.PHONY: setup run test bench clean-venv
+.PHONY: setup run test checkpoints clean-venv
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,3 +23,9 @@ test: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Rebuild the shipped checkpoints of the embedded benchmark (seed 0) and their manifest.
+checkpoints: $(STAMP)
+	$(PY) -m ood_core train --method ce --dataset digits --epochs 30 --seed 0 --out checkpoints/ce_digits.pt --quiet
+	$(PY) -m ood_core train --method ce --dataset toy2d --epochs 30 --seed 0 --out checkpoints/ce_toy2d.pt --quiet
+	$(PY) -m ood_core manifest checkpoints

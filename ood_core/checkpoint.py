@@ -104,3 +104,29 @@ def load_checkpoint(source, device: str | torch.device = "cpu") -> tuple[OODMode
         raise CheckpointError(f"checkpoint weights do not fit the {spec.get('arch')} model they claim: {detail}") from None
     model.to(device).eval()
     return model, meta
+
+
+def manifest_entry(path) -> dict:
+    """Summary of one checkpoint for ``manifest.json``: what it is and how well it did."""
+    meta = read_checkpoint(path)["meta"]
+    metrics = meta.get("metrics") or {}
+    return {
+        "file": Path(path).name,
+        "method": meta.get("method"),
+        "dataset": (meta.get("dataset") or {}).get("name"),
+        "known": (meta.get("dataset") or {}).get("known"),
+        "arch": (meta.get("model") or {}).get("arch"),
+        "seed": (meta.get("train_config") or {}).get("seed"),
+        "epochs": (meta.get("train_config") or {}).get("epochs"),
+        "id_metrics": {k: v for k, v in metrics.items() if k.startswith("id_")},
+        "auroc_group_means": {g: {s: m["auroc"] for s, m in per.items()}
+                              for g, per in (metrics.get("group_means") or {}).items()},
+    }
+
+
+def write_manifest(folder) -> Path:
+    """Write ``folder/manifest.json`` listing every ``*.pt`` checkpoint in ``folder``."""
+    folder = Path(folder)
+    entries = [manifest_entry(p) for p in sorted(folder.glob("*.pt"))]
+    text = json.dumps({"checkpoints": entries}, indent=2) + "\n"
+    return atomic_write(folder / "manifest.json", lambda f: f.write(text.encode()))

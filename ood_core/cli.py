@@ -139,6 +139,14 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_manifest(args) -> int:
+    from .checkpoint import write_manifest
+
+    path = write_manifest(args.folder)
+    print(f"wrote {path}")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ood_core", description="Train, evaluate and list OOD detectors.")
@@ -180,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="list datasets, OOD sets, methods and scores")
     ls.set_defaults(func=cmd_list)
+
+    mf = sub.add_parser("manifest", help="write FOLDER/manifest.json describing every checkpoint in FOLDER")
+    mf.add_argument("folder", nargs="?", default="checkpoints", help="default: checkpoints")
+    mf.set_defaults(func=cmd_manifest)
     return p
 
 

@@ -388,11 +388,16 @@ def convert_to_id_format(arr: np.ndarray, input_shape: tuple[int, ...], source: 
 
 
 def _read_array_file(path: Path) -> np.ndarray:
+    import zipfile
+    import zlib
+
+    # a .npz is a zip whose members are read lazily, so reading a member can fail too
+    unreadable = (OSError, EOFError, zipfile.BadZipFile, zlib.error)
     try:
         loaded = np.load(path, allow_pickle=False)  # never unpickle user files
     except ValueError as e:
         raise DataError(f"{path}: refused: object arrays need pickle, which is not loaded ({e})") from None
-    except (OSError, EOFError) as e:
+    except unreadable as e:
         raise DataError(f"{path}: not a readable .npy/.npz file ({e})") from None
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
@@ -402,7 +407,13 @@ def _read_array_file(path: Path) -> np.ndarray:
             key = "x" if "x" in keys else keys[0]
             if len(keys) > 1 and key != "x":
                 raise DataError(f"{path}: the .npz holds several arrays {keys}; name the images 'x'")
-            return loaded[key]
+            try:
+                return loaded[key]
+            except ValueError as e:
+                raise DataError(f"{path}: refused: array {key!r}: object arrays need pickle, "
+                                f"which is not loaded ({e})") from None
+            except unreadable as e:
+                raise DataError(f"{path}: array {key!r} is not readable ({e})") from None
     return loaded
 
 

@@ -126,7 +126,8 @@ def evaluate(model: torch.nn.Module, bench: Benchmark, ood_sets: dict[str, torch
 def group_means(per_set: dict, groups: dict[str, str]) -> dict:
     """Mean of each metric over the OOD sets of each group (near / far / user)."""
     out: dict = {}
-    for group in sorted(set(groups.values())):
+    order = {"near": 0, "far": 1, "user": 2}
+    for group in sorted(set(groups.values()), key=lambda g: (order.get(g, 3), g)):
         members = [s for s in per_set if groups[s] == group]
         out[group] = {}
         for score in per_set[members[0]]:

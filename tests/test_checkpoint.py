@@ -114,3 +114,10 @@ def test_shipped_checkpoints_load_and_their_stored_metrics_hold(name, dataset):
             assert report["ood"][s][score]["auroc"] == pytest.approx(m["auroc"], abs=2e-3)  # tolerance: BLAS differences across CPUs
     if dataset == "digits":
         assert report["id_accuracy"] >= 0.97
+
+
+def test_manifest_describes_every_shipped_checkpoint():
+    from ood_core.checkpoint import manifest_entry
+
+    manifest = json.loads((CHECKPOINTS / "manifest.json").read_text())
+    assert manifest["checkpoints"] == [manifest_entry(p) for p in sorted(CHECKPOINTS.glob("*.pt"))]

@@ -1,0 +1,50 @@
+"""OOD geometry lab: the Streamlit entrypoint (router + sidebar).
+
+Run with ``streamlit run app.py``. Pages live in ``pages/`` and are registered here with
+``st.navigation`` (the legacy auto-discovery of ``pages/`` is therefore off).
+
+Checkpoint folder: the sidebar lists the ``*.pt`` files of ``checkpoints/`` next to this
+file. Set the environment variable ``OOD_CHECKPOINT_DIR`` (absolute, or relative to the
+working directory) to list another folder instead; the tests use it to point the app at
+checkpoints they train in a temporary folder::
+
+    OOD_CHECKPOINT_DIR=/path/to/my/checkpoints streamlit run app.py
+
+The chosen checkpoint's absolute path is stored in ``st.session_state["checkpoint"]``
+(the sidebar selectbox's key); pages read it from there. When the folder holds no
+checkpoint, the app says how to train one and the pages show nothing else.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+APP_DIR = Path(__file__).resolve().parent
+if str(APP_DIR) not in sys.path:  # make `ood_core` importable whatever the working directory
+    sys.path.insert(0, str(APP_DIR))
+
+import streamlit as st  # noqa: E402
+
+from ood_core.app_support import CHECKPOINT_ENV, TRAIN_COMMAND, checkpoint_dir, list_checkpoints  # noqa: E402
+
+st.set_page_config(page_title="OOD geometry lab", layout="wide")
+
+pg = st.navigation([
+    st.Page("pages/overview.py", title="Model overview", default=True, url_path="overview"),
+])
+
+folder = checkpoint_dir(APP_DIR)
+options = [str(p) for p in list_checkpoints(folder)]
+if st.session_state.get("checkpoint") not in options:
+    st.session_state.pop("checkpoint", None)  # the file is gone (or the folder changed): fall back to the first
+
+st.sidebar.title("OOD geometry lab")
+if options:
+    st.sidebar.selectbox("Checkpoint", options, key="checkpoint", format_func=lambda p: Path(p).name,
+                         help=f"`*.pt` files in `{folder}` (set ${CHECKPOINT_ENV} to list another folder)")
+else:
+    st.info(f"No checkpoint (`*.pt`) in `{folder}`. Train one from the repository root:\n\n"
+            f"```\n{TRAIN_COMMAND}\n```\n\nthen reload this page "
+            f"(or set `{CHECKPOINT_ENV}` to a folder that holds checkpoints).")
+
+pg.run()

@@ -1,0 +1,178 @@
+"""Headless tests of the Streamlit app (streamlit.testing.v1.AppTest, no browser).
+
+The app lists checkpoints from ``$OOD_CHECKPOINT_DIR`` when set (see app.py's docstring);
+the tests train a small checkpoint once per session into a temporary folder and point the
+app there, so they do not depend on the files shipped in ``checkpoints/``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from streamlit.runtime.pages_manager import PagesManager
+from streamlit.runtime.scriptrunner import script_runner
+
+import ood_core
+from ood_core import app_support as sup
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+TIMEOUT = 120
+
+
+class _NavigationOnlyPagesManager(PagesManager):
+    uses_pages_directory = False
+
+
+@pytest.fixture(autouse=True)
+def _navigation_mode(monkeypatch):
+    """Run app.py the way a live server does after its first run: st.navigation only.
+
+    AppTest resets ``PagesManager.uses_pages_directory`` before every run and, because a
+    ``pages/`` folder sits next to app.py, it becomes True again, so the script runner
+    takes the legacy MPA-v1 path. After the first run that path executes the last page
+    *without* app.py (no sidebar, the ``checkpoint`` widget is dropped). A live server
+    sets the flag to False for good at the first ``st.navigation`` call. The script runner
+    reads the flag through its module-level name, so a subclass pinned to False fixes it.
+    """
+    monkeypatch.setattr(script_runner, "PagesManager", _NavigationOnlyPagesManager)
+
+
+@pytest.fixture(autouse=True)
+def _clear_caches():
+    """Streamlit caches are process-wide: every test starts cold."""
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+@pytest.fixture(scope="session")
+def ckpt_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("checkpoints")
+    r = ood_core.train("ce", "digits", ood_core.TrainConfig(epochs=3))
+    ood_core.save_checkpoint(folder / "ce_digits.pt", r.model, r.meta)
+    r = ood_core.train("ce", "toy2d", ood_core.TrainConfig(epochs=2))
+    ood_core.save_checkpoint(folder / "ce_toy2d.pt", r.model, r.meta)
+    return folder
+
+
+@pytest.fixture
+def app(ckpt_dir, monkeypatch) -> AppTest:
+    monkeypatch.setenv(sup.CHECKPOINT_ENV, str(ckpt_dir))
+    return AppTest.from_file(APP, default_timeout=TIMEOUT)
+
+
+def _chart_spec(at: AppTest) -> dict:
+    charts = at.get("plotly_chart")
+    assert len(charts) == 1
+    return json.loads(charts[0].proto.spec)
+
+
+def test_default_run_shows_table_and_histogram(app, ckpt_dir):
+    at = app.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error
+    assert at.selectbox(key="checkpoint").value == str(ckpt_dir / "ce_digits.pt")
+    assert at.metric[0].label == "ID accuracy"
+    assert at.metric[0].value.endswith("%")
+
+    df = at.dataframe[0].value
+    assert list(df.columns[:7]) == ["ood_set", "group", "score", "auroc", "fpr95", "aupr_in", "aupr_out"]
+    assert {"unknown", "uniform-noise", "mean (near)", "mean (far)"} <= set(df["ood_set"])
+    assert df[["auroc", "fpr95", "aupr_in", "aupr_out"]].apply(lambda c: c.between(0, 1).all()).all()
+    assert any("FPR95" in c.value and "high score = in-distribution" in c.value for c in at.caption)
+
+    spec = _chart_spec(at)
+    assert len(spec["data"]) == 2
+    assert all(t["type"] == "histogram" for t in spec["data"])
+    assert [t["name"] for t in spec["data"]] == ["ID (test)", "OOD: unknown"]
+
+
+def test_score_and_ood_set_selection_change_the_chart(app):
+    at = app.run()
+    before = _chart_spec(at)
+    assert at.selectbox(key="score").value == "msp"
+
+    at.selectbox(key="score").set_value("energy").run()
+    assert not at.exception
+    after_score = _chart_spec(at)
+    assert after_score["data"] != before["data"]
+    assert after_score["layout"]["xaxis"]["title"]["text"] == "energy"
+
+    at.selectbox(key="ood_set").set_value("textures").run()
+    assert not at.exception
+    after_set = _chart_spec(at)
+    assert after_set["data"] != after_score["data"]
+    assert after_set["data"][0] == after_score["data"][0]  # the ID trace is unchanged
+    assert after_set["data"][1]["name"] == "OOD: textures"
+    assert at.selectbox(key="checkpoint").value.endswith("ce_digits.pt")  # sidebar survived the reruns
+
+
+def test_switching_checkpoint_resets_choices_it_lacks(app, ckpt_dir):
+    at = app.run()
+    at.selectbox(key="ood_set").set_value("textures").run()
+    at.selectbox(key="checkpoint").set_value(str(ckpt_dir / "ce_toy2d.pt")).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.metric[2].value == "toy2d"
+    assert at.selectbox(key="ood_set").options == ["ring (far)", "uniform-box (far)"]
+    assert at.selectbox(key="ood_set").value == "ring"
+    assert _chart_spec(at)["data"][1]["name"] == "OOD: ring"
+    assert set(at.dataframe[0].value["ood_set"]) == {"ring", "uniform-box", "mean (far)"}
+
+
+def test_corrupt_checkpoint_shows_error(tmp_path, monkeypatch):
+    (tmp_path / "broken.pt").write_bytes(os.urandom(2048))
+    monkeypatch.setenv(sup.CHECKPOINT_ENV, str(tmp_path))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert len(at.error) == 1
+    assert "broken.pt" in at.error[0].value and "checkpoint" in at.error[0].value
+    assert not at.get("plotly_chart")
+    assert not at.dataframe
+
+
+def test_empty_folder_says_how_to_train(tmp_path, monkeypatch):
+    monkeypatch.setenv(sup.CHECKPOINT_ENV, str(tmp_path))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert not at.error
+    assert any(sup.TRAIN_COMMAND in i.value for i in at.info)
+    assert not at.get("plotly_chart")
+
+
+def test_plain_helpers_work_without_streamlit(ckpt_dir, tmp_path):
+    (tmp_path / "b.pt").write_bytes(b"x")
+    (tmp_path / "a.pt").write_bytes(b"x")
+    (tmp_path / ".a.pt.123.tmp").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("x")
+    assert [p.name for p in sup.list_checkpoints(tmp_path)] == ["a.pt", "b.pt"]
+    assert sup.list_checkpoints(tmp_path / "missing") == []
+
+    res = sup.compute_evaluation(ckpt_dir / "ce_digits.pt")
+    assert pickle.loads(pickle.dumps(res)).keys() == {"report", "scores", "table"}
+    assert all(isinstance(v, np.ndarray) for v in res["scores"].values())
+    assert sup.score_names(res["scores"]) == ["msp", "maxlogit", "energy", "feature_norm"]
+    fig = sup.histogram_figure(res["scores"]["id/msp"], res["scores"]["blobs/msp"], "msp", "blobs")
+    assert len(fig.data) == 2 and fig.layout.barmode == "overlay"
+    assert all(t.histnorm == "probability density" for t in fig.data)
+
+
+def test_replaced_checkpoint_is_not_served_stale(tmp_path):
+    p = tmp_path / "m.pt"
+    r1 = ood_core.train("ce", "toy2d", ood_core.TrainConfig(epochs=1), evaluate_after=False)
+    ood_core.save_checkpoint(p, r1.model, r1.meta)
+    ev1 = sup.evaluation_cached(str(p), sup.file_mtime(p))
+    r2 = ood_core.train("ce", "toy2d", ood_core.TrainConfig(epochs=1, seed=1), evaluate_after=False)
+    ood_core.save_checkpoint(p, r2.model, r2.meta)
+    os.utime(p, (sup.file_mtime(p) + 5, sup.file_mtime(p) + 5))  # make sure the mtime moves
+    ev2 = sup.evaluation_cached(str(p), sup.file_mtime(p))
+    assert not np.array_equal(ev1["scores"]["id/msp"], ev2["scores"]["id/msp"])
+    assert np.array_equal(ev2["scores"]["id/msp"], sup.compute_evaluation(p)["scores"]["id/msp"])

@@ -30,7 +30,7 @@ import plotly.express as px
 import streamlit as st
 
 from .checkpoint import load_checkpoint
-from .data import load_benchmark
+from .data import load_benchmark_from_spec
 from .errors import CheckpointError
 from .evaluate import FPR95_DEFINITION, evaluate
 from .runtime import select_device
@@ -81,22 +81,13 @@ def file_mtime(path: str | Path) -> float:
         raise CheckpointError(f"{path}: cannot read the checkpoint file ({e.strerror or e})") from None
 
 
-def benchmark_for(meta: dict):
-    """Rebuild the exact benchmark a checkpoint was trained on from its metadata."""
-    ds = meta.get("dataset")
-    if not isinstance(ds, dict) or "name" not in ds:
-        raise CheckpointError("checkpoint metadata does not say which dataset the model was trained on")
-    return load_benchmark(ds["name"], known=ds.get("known"), split_seed=ds.get("split_seed", 0),
-                          ood_seed=ds.get("ood_seed", 0))
-
-
 def evaluate_model(model, meta: dict) -> dict:
     """Evaluate ``model`` on its benchmark; a pickleable dict ``{report, scores, table}``.
 
     ``scores`` maps ``"SET/SCORE"`` (``"id/SCORE"`` for the ID test split) to a 1-D numpy
     array; ``table`` is :meth:`Evaluation.table`'s list of row dicts.
     """
-    result = evaluate(model, benchmark_for(meta))
+    result = evaluate(model, load_benchmark_from_spec(meta.get("dataset")))
     return {"report": result.report,
             "scores": {k: np.asarray(v) for k, v in result.scores.items()},
             "table": result.table()}

@@ -65,18 +65,14 @@ def cmd_evaluate(args) -> int:
     import numpy as np
 
     from .checkpoint import load_checkpoint
-    from .data import load_benchmark, load_user_ood
+    from .data import load_benchmark_from_spec, load_user_ood
     from .errors import unknown
     from .evaluate import evaluate, format_table
     from .scores import SCORES
 
     model, meta = load_checkpoint(args.checkpoint)
-    ds = meta.get("dataset") or {}
-    try:
-        bench = load_benchmark(ds["name"], known=ds.get("known"), split_seed=ds.get("split_seed", 0),
-                               ood_seed=ds.get("ood_seed", 0))
-    except KeyError:
-        raise OODCoreError(f"{args.checkpoint}: metadata does not name its dataset") from None
+    bench = load_benchmark_from_spec(meta.get("dataset"))
+    ds = meta["dataset"]
     ood_names = _csv(args.ood)
     ood_sets = None  # None = every built-in set of the dataset
     if ood_names == ["none"]:

@@ -29,6 +29,8 @@ to the ID format by :func:`load_user_ood` (see its docstring for the rules).
 from __future__ import annotations
 
 import dataclasses
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -315,6 +317,14 @@ def load_benchmark(name: str, known=None, split_seed: int = 0, ood_seed: int = 0
     return DATASETS[name](known=known, split_seed=split_seed, ood_seed=ood_seed)
 
 
+def load_benchmark_from_spec(spec) -> Benchmark:
+    """Rebuild the exact benchmark described by :meth:`Benchmark.spec` (as stored in checkpoints)."""
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise DataError("the checkpoint metadata does not say which dataset the model was trained on")
+    return load_benchmark(spec["name"], known=spec.get("known"), split_seed=spec.get("split_seed", 0),
+                          ood_seed=spec.get("ood_seed", 0))
+
+
 # --------------------------------------------------------------------------- user OOD sets
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -388,9 +398,6 @@ def convert_to_id_format(arr: np.ndarray, input_shape: tuple[int, ...], source: 
 
 
 def _read_array_file(path: Path) -> np.ndarray:
-    import zipfile
-    import zlib
-
     # a .npz is a zip whose members are read lazily, so reading a member can fail too
     unreadable = (OSError, EOFError, zipfile.BadZipFile, zlib.error)
     try:

@@ -7,6 +7,7 @@ import torch
 
 import ood_core
 from ood_core.checkpoint import load_checkpoint, save_checkpoint
+from ood_core.data import load_benchmark_from_spec
 from ood_core.errors import CheckpointError
 from ood_core.models import build_model
 
@@ -105,8 +106,7 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, tiny_digits_run, monkey
 def test_shipped_checkpoints_load_and_their_stored_metrics_hold(name, dataset):
     model, meta = load_checkpoint(CHECKPOINTS / name)
     assert meta["dataset"]["name"] == dataset and meta["method"] == "ce"
-    ds = meta["dataset"]
-    bench = ood_core.load_benchmark(ds["name"], known=ds["known"], split_seed=ds["split_seed"], ood_seed=ds["ood_seed"])
+    bench = load_benchmark_from_spec(meta["dataset"])
     report = ood_core.evaluate(model, bench).report
     assert report["id_accuracy"] == pytest.approx(meta["metrics"]["id_accuracy"], abs=0.005)
     for s, per_score in meta["metrics"]["ood"].items():

@@ -21,6 +21,8 @@ from .models import ModelOutput, build_model
 from .scores import SCORES, make_score
 from .train import TrainConfig, TrainResult, train
 
+from . import recipes  # noqa: E402,F401  (registers the methods and their scores)
+
 __all__ = [
     "load_checkpoint", "save_checkpoint", "DATASETS", "IMAGE_OOD_SETS", "Benchmark", "load_benchmark",
     "load_user_ood", "CheckpointError", "DataError", "OODCoreError", "TrainingDiverged", "Evaluation",

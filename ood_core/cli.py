@@ -18,6 +18,24 @@ def _csv(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
+def _key_values(items: list[str] | None) -> dict:
+    """Parse ``["T=32", "rotation=true"]`` into ``{"T": 32.0, "rotation": True}``."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise OODCoreError(f"--param takes KEY=VALUE, got {item!r}")
+        low = value.strip().lower()
+        if low in ("true", "false"):
+            out[key.strip()] = low == "true"
+        else:
+            try:
+                out[key.strip()] = int(value) if low.lstrip("-").isdigit() else float(value)
+            except ValueError:
+                raise OODCoreError(f"--param {key}: {value!r} is not a number or true/false") from None
+    return out
+
+
 # --------------------------------------------------------------------------- train
 def cmd_train(args) -> int:
     from tqdm import tqdm
@@ -33,6 +51,7 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                       optimizer=args.optimizer, seed=args.seed, device=args.device)
     model_params = {k: v for k, v in (("arch", args.arch), ("feature_dim", args.feature_dim)) if v is not None}
+    loss_params = _key_values(args.param)
     bar = None
 
     def progress(p):
@@ -47,7 +66,7 @@ def cmd_train(args) -> int:
 
     try:
         result = train(args.method, args.dataset, cfg, known=parse_known(args.known), progress=progress,
-                       model_params=model_params)
+                       model_params=model_params, loss_params=loss_params)
     finally:
         if bar is not None:
             bar.close()
@@ -128,7 +147,9 @@ def cmd_list(args) -> int:
     print(f"  generated families for any image dataset: {', '.join(IMAGE_OOD_SETS)}")
     print("methods:")
     for name, m in METHODS.items():
-        print(f"  {name:16s} {m.task}, {m.head} head{', spectral norm' if m.spectral_norm else ''}: {m.description}")
+        params = ", ".join(f"{k}={v}" for k, v in m.loss_params.items())
+        print(f"  {name:16s} {m.task}, {m.head} head{', spectral norm' if m.spectral_norm else ''}: {m.description}"
+              + (f" [params: {params}]" if params else ""))
     print("scores (high = ID):")
     for name, cls in SCORES.items():
         print(f"  {name:16s} {cls.describe()}")
@@ -163,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     t.add_argument("--arch", default=None, help="backbone: smallcnn, mlp, resnet18; default: by input shape")
     t.add_argument("--feature-dim", type=int, default=None, help="feature dimension (smallcnn/mlp)")
+    t.add_argument("--param", action="append", metavar="KEY=VALUE",
+                   help="override a loss parameter of the method (see `list`), e.g. --param T=32; repeatable")
     t.add_argument("--out", required=True, help="checkpoint file to write (.pt); written atomically")
     t.add_argument("--quiet", action="store_true", help="no progress bar or table")
     t.set_defaults(func=cmd_train)

@@ -317,6 +317,22 @@ def load_benchmark(name: str, known=None, split_seed: int = 0, ood_seed: int = 0
     return DATASETS[name](known=known, split_seed=split_seed, ood_seed=ood_seed)
 
 
+# Auxiliary outliers for outlier-exposure training. They must never be one of the
+# evaluation OOD sets; each entry maps a name to fn(bench, n, rng) -> tensor in the ID format.
+TRAIN_OUTLIERS: dict[str, Callable] = {}
+N_TRAIN_OUTLIERS = 1000
+
+
+def training_outliers(name: str, bench: Benchmark, n: int = N_TRAIN_OUTLIERS, seed: int = 0) -> torch.Tensor:
+    """``n`` auxiliary training outliers of family ``name`` for ``bench`` (seeded)."""
+    if name not in TRAIN_OUTLIERS:
+        raise unknown("training-outlier family", name, TRAIN_OUTLIERS)
+    if name in bench.ood:
+        raise DataError(f"training outliers {name!r} are also an evaluation OOD set of {bench.name}")
+    rng = np.random.default_rng([seed, 7])
+    return torch.as_tensor(TRAIN_OUTLIERS[name](bench, n, rng), dtype=torch.float32)
+
+
 def load_benchmark_from_spec(spec) -> Benchmark:
     """Rebuild the exact benchmark described by :meth:`Benchmark.spec` (as stored in checkpoints)."""
     if not isinstance(spec, dict) or "name" not in spec:

@@ -112,7 +112,9 @@ def evaluate(model: torch.nn.Module, bench: Benchmark, ood_sets: dict[str, torch
     for name, x in sets.items():
         outputs[name] = extract_outputs(model, x, batch_size)
 
-    per_sample = {f"{set_name}/{n}": s(out) for set_name, out in outputs.items() for n, s in scorers.items()}
+    inputs = {"id": bench.test.x, **sets}
+    per_sample = {f"{set_name}/{n}": (s.score_inputs(model, inputs[set_name]) if s.requires_inputs else s(out))
+                  for set_name, out in outputs.items() for n, s in scorers.items()}
     report: dict = {**id_quality(bench.task, outputs["id"], bench.test.y), "ood": {}, "groups": groups}
     for set_name in sets:
         report["ood"][set_name] = {n: ood_metrics(per_sample[f"id/{n}"], per_sample[f"{set_name}/{n}"])

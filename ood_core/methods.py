@@ -1,18 +1,32 @@
-"""Training methods: a recipe is a head, optional spectral norm and a loss.
+"""Training methods: a recipe is a head, optional spectral norm, a loss and its scores.
 
 One registry, ``METHODS``, used by the CLI, the benchmarks and the app. A loss is a plain
-``nn.Module`` called as ``loss(output: ModelOutput, target, batch_x)``; ``batch_x`` is there
-for recipes with auxiliary inputs (rotations, outliers).
+``nn.Module`` called as ``loss(output: ModelOutput, target, ctx: LossContext)``; ``ctx``
+carries the batch inputs, the model, the epoch and (for outlier-exposure recipes) a batch
+of auxiliary outliers. Anything a *score* needs after training (prototypes, centres) must
+live in the model, not in the loss, because only the model is saved.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Callable
 
+import torch
 from torch import nn
 
 from .errors import unknown
 from .models import ModelOutput
+
+
+@dataclasses.dataclass
+class LossContext:
+    """What a loss may need beyond (output, target). Tensors are on the training device."""
+
+    x: torch.Tensor  # the ID batch
+    model: nn.Module
+    epoch: int  # 1-based
+    epochs: int
+    outliers: torch.Tensor | None = None  # auxiliary outlier batch when the method asks for one
 
 
 class CrossEntropy(nn.Module):
@@ -22,13 +36,19 @@ class CrossEntropy(nn.Module):
         super().__init__()
         self.ce = nn.CrossEntropyLoss()
 
-    def forward(self, out: ModelOutput, target, batch_x=None):
+    def forward(self, out: ModelOutput, target, ctx: LossContext | None = None):
         return self.ce(out.logits, target)
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-    """A training recipe. ``make_loss(**loss_params)`` builds its loss module."""
+    """A training recipe. ``make_loss(**loss_params)`` builds its loss module.
+
+    ``model_params`` override the model spec (e.g. ``cosine_scale``); ``outliers`` names a
+    training-outlier family of ``ood_core.data.TRAIN_OUTLIERS`` (never an evaluation set);
+    ``scores`` are the scores reported for the method (the first is its own score);
+    ``baseline`` is the method it must be compared with.
+    """
 
     name: str
     description: str
@@ -37,6 +57,11 @@ class Method:
     make_loss: Callable[..., nn.Module]
     spectral_norm: bool = False
     loss_params: dict = dataclasses.field(default_factory=dict)
+    model_params: dict = dataclasses.field(default_factory=dict)
+    outliers: str | None = None
+    outlier_ratio: float = 1.0  # outliers per ID sample in a batch
+    scores: tuple[str, ...] = ("msp", "maxlogit", "energy", "feature_norm")
+    baseline: str | None = None
     paper: str = ""
 
 
@@ -60,3 +85,12 @@ def get_method(name: str) -> Method:
     if name not in METHODS:
         raise unknown("method", name, METHODS)
     return METHODS[name]
+
+
+def applicable_scores(method: Method, bench=None) -> list[str]:
+    """The method's own scores followed by every other registered score for its task."""
+    from .scores import scores_for_task
+
+    task = bench.task if bench is not None else method.task
+    rest = [s for s in scores_for_task(task) if s not in method.scores]
+    return [s for s in method.scores if s in scores_for_task(task)] + rest

@@ -33,6 +33,9 @@ class Score:
     name: str = ""
     tasks: tuple[str, ...] = ("multiclass", "multilabel")
     requires_fit: bool = False
+    # True for scores that need the inputs themselves (e.g. Jacobian norms): the evaluator
+    # then calls score_inputs(model, x) instead of reading cached outputs.
+    requires_inputs: bool = False
 
     def fit(self, train: ModelOutput, model: torch.nn.Module | None = None) -> "Score":
         """Learn what the score needs from training-set outputs; default: nothing."""
@@ -40,6 +43,9 @@ class Score:
 
     def compute(self, out: ModelOutput) -> torch.Tensor:
         raise NotImplementedError
+
+    def score_inputs(self, model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+        raise NotImplementedError(f"score {self.name!r} is computed from cached outputs")
 
     def __call__(self, out: ModelOutput) -> np.ndarray:
         with torch.no_grad():

@@ -13,10 +13,10 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from .data import Benchmark, load_benchmark
+from .data import Benchmark, load_benchmark, training_outliers
 from .errors import OODCoreError, TrainingDiverged
 from .evaluate import evaluate, extract_outputs, id_quality
-from .methods import get_method
+from .methods import LossContext, applicable_scores, get_method
 from .models import OODModel, build_model, default_arch
 from .runtime import library_versions, seed_everything, select_device
 
@@ -75,11 +75,12 @@ def _optimizer(cfg: TrainConfig, params):
 
 def train(method: str = "ce", dataset: str | Benchmark = "digits", config: TrainConfig | None = None,
           known=None, progress: Callable[[Progress], None] | None = None, model_params: dict | None = None,
-          evaluate_after: bool = True) -> TrainResult:
+          loss_params: dict | None = None, evaluate_after: bool = True) -> TrainResult:
     """Train ``method`` on ``dataset`` and return the model with its checkpoint metadata.
 
-    ``model_params`` override the model spec (``arch``, ``feature_dim``, ...). With
-    ``evaluate_after`` the full OOD report of the default scores is stored in
+    ``model_params`` override the model spec (``arch``, ``feature_dim``, ...) and
+    ``loss_params`` the method's loss defaults (e.g. ``{"T": 32, "m": 0.5}``). With
+    ``evaluate_after`` the OOD report of every score that applies is stored in
     ``meta["metrics"]``.
     """
     cfg = config or TrainConfig()
@@ -93,9 +94,19 @@ def train(method: str = "ce", dataset: str | Benchmark = "digits", config: Train
 
     spec = dict(arch=default_arch(bench.input_shape), num_classes=bench.num_classes,
                 input_shape=bench.input_shape, head=m.head, spectral_norm=m.spectral_norm)
+    spec.update(m.model_params)
     spec.update(model_params or {})
     model = build_model(**spec).to(device)
-    loss_fn = m.make_loss(**m.loss_params).to(device)
+    unknown_params = set(loss_params or {}) - set(m.loss_params)
+    if unknown_params:
+        raise OODCoreError(f"method {m.name!r} has no loss parameter {sorted(unknown_params)}; "
+                           f"its parameters are {sorted(m.loss_params) or 'none'}")
+    used_loss_params = {**m.loss_params, **(loss_params or {})}
+    loss_fn = m.make_loss(**used_loss_params).to(device)
+    outliers = None
+    if m.outliers is not None:
+        outliers = training_outliers(m.outliers, bench, seed=cfg.seed)
+        out_batch = max(1, round(cfg.batch_size * m.outlier_ratio))
     opt = _optimizer(cfg, list(model.parameters()) + list(loss_fn.parameters()))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
 
@@ -110,7 +121,10 @@ def train(method: str = "ce", dataset: str | Benchmark = "digits", config: Train
         for step in range(1, steps + 1):
             idx = order[(step - 1) * cfg.batch_size: step * cfg.batch_size]
             xb, yb = x_train[idx].to(device), y_train[idx].to(device)
-            loss = loss_fn(model(xb), yb, xb)
+            ob = None
+            if outliers is not None:
+                ob = outliers[torch.randint(outliers.shape[0], (out_batch,), generator=gen)].to(device)
+            loss = loss_fn(model(xb), yb, LossContext(xb, model, epoch, cfg.epochs, ob))
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"training loss became {loss.item()} at epoch {epoch}, step {step}; nothing was saved. "
@@ -135,11 +149,11 @@ def train(method: str = "ce", dataset: str | Benchmark = "digits", config: Train
         "dataset": bench.spec(),
         "model": model.spec,
         "train_config": {**dataclasses.asdict(cfg), "device_used": str(device)},
-        "loss_params": dict(m.loss_params),
+        "loss_params": used_loss_params,
         "history": history,
         "versions": library_versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if evaluate_after:
-        meta["metrics"] = evaluate(model, bench).report
+        meta["metrics"] = evaluate(model, bench, score_names=applicable_scores(m, bench)).report
     return TrainResult(model, meta, history)

@@ -108,7 +108,7 @@ def evaluate(model: torch.nn.Module, bench: Benchmark, ood_sets: dict[str, torch
     if any(s.requires_fit for s in scorers.values()):
         train_out = extract_outputs(model, bench.train.x, batch_size)
         for s in scorers.values():
-            s.fit(train_out, model)
+            s.fit(train_out, bench.train.y, model)
     for name, x in sets.items():
         outputs[name] = extract_outputs(model, x, batch_size)
 

@@ -4,7 +4,7 @@ Convention: **higher score = more in-distribution (ID)**. Each score is a small 
 docstring gives the formula and the paper. Scores run on cached model outputs
 (``ModelOutput(features, logits)``), so one forward pass serves every score. A score that
 needs statistics of the training data (Mahalanobis, KNN, ...) overrides :meth:`Score.fit`,
-which receives the training-set outputs and the model.
+which receives the training-set outputs, their labels and the model.
 
 Add a score by subclassing :class:`Score` and decorating it with :func:`register_score`.
 """
@@ -37,8 +37,11 @@ class Score:
     # then calls score_inputs(model, x) instead of reading cached outputs.
     requires_inputs: bool = False
 
-    def fit(self, train: ModelOutput, model: torch.nn.Module | None = None) -> "Score":
-        """Learn what the score needs from training-set outputs; default: nothing."""
+    def fit(self, train: ModelOutput, labels: torch.Tensor, model: torch.nn.Module | None = None) -> "Score":
+        """Learn what the score needs from training-set outputs and labels; default: nothing.
+
+        ``labels`` are (N,) class indices, or (N, K) multi-hot for multi-label data.
+        """
         return self
 
     def compute(self, out: ModelOutput) -> torch.Tensor:

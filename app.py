@@ -1,7 +1,9 @@
 """OOD geometry lab: the Streamlit entrypoint (router + sidebar).
 
-Run with ``streamlit run app.py``. Pages live in ``pages/`` and are registered here with
-``st.navigation`` (the legacy auto-discovery of ``pages/`` is therefore off).
+Run with ``streamlit run app.py``. Pages live in ``app_pages/`` and are registered here with
+``st.navigation``. (Not ``pages/``: Streamlit treats a ``pages/`` folder beside the entrypoint
+as legacy auto-discovered pages and then runs a page without this script, so the sidebar
+and the chosen checkpoint vanish, in the browser and in AppTest alike.)
 
 Checkpoint folder: the sidebar lists the ``*.pt`` files of ``checkpoints/`` next to this
 file. Set the environment variable ``OOD_CHECKPOINT_DIR`` (absolute, or relative to the
@@ -30,7 +32,7 @@ from ood_core.app_support import CHECKPOINT_ENV, TRAIN_COMMAND, checkpoint_dir, 
 st.set_page_config(page_title="OOD geometry lab", layout="wide")
 
 pg = st.navigation([
-    st.Page("pages/overview.py", title="Model overview", default=True, url_path="overview"),
+    st.Page("app_pages/overview.py", title="Model overview", default=True, url_path="overview"),
 ])
 
 folder = checkpoint_dir(APP_DIR)

@@ -16,32 +16,11 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from streamlit.runtime.pages_manager import PagesManager
-from streamlit.runtime.scriptrunner import script_runner
-
 import ood_core
 from ood_core import app_support as sup
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 TIMEOUT = 120
-
-
-class _NavigationOnlyPagesManager(PagesManager):
-    uses_pages_directory = False
-
-
-@pytest.fixture(autouse=True)
-def _navigation_mode(monkeypatch):
-    """Run app.py the way a live server does after its first run: st.navigation only.
-
-    AppTest resets ``PagesManager.uses_pages_directory`` before every run and, because a
-    ``pages/`` folder sits next to app.py, it becomes True again, so the script runner
-    takes the legacy MPA-v1 path. After the first run that path executes the last page
-    *without* app.py (no sidebar, the ``checkpoint`` widget is dropped). A live server
-    sets the flag to False for good at the first ``st.navigation`` call. The script runner
-    reads the flag through its module-level name, so a subclass pinned to False fixes it.
-    """
-    monkeypatch.setattr(script_runner, "PagesManager", _NavigationOnlyPagesManager)
 
 
 @pytest.fixture(autouse=True)

@@ -42,7 +42,7 @@ c4.metric("Device (auto)", str(select_device("auto")), help="The device torch pi
 left, right = st.columns(2)
 with left:
     st.subheader("Checkpoint")
-    st.json(sup.metadata_summary(meta))
+    st.json(sup.metadata_summary(meta), expanded=1)
 with right:
     st.subheader("Details")
     t_model, t_train, t_versions = st.tabs(["Model spec", "Train config", "Library versions"])

@@ -43,13 +43,14 @@ def cmd_train(args) -> int:
     from .checkpoint import save_checkpoint
     from .data import parse_known
     from .evaluate import format_table
-    from .train import TrainConfig, train
+    from .train import recommended_config, train
 
     out = Path(args.out)
     if out.suffix != ".pt":
         raise OODCoreError(f"--out must name a .pt file, got {out}")
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                      optimizer=args.optimizer, seed=args.seed, device=args.device)
+    cfg = recommended_config(args.method, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                             weight_decay=args.weight_decay, optimizer=args.optimizer, seed=args.seed,
+                             device=args.device)
     model_params = {k: v for k, v in (("arch", args.arch), ("feature_dim", args.feature_dim)) if v is not None}
     loss_params = _key_values(args.param)
     bar = None
@@ -148,8 +149,9 @@ def cmd_list(args) -> int:
     print("methods:")
     for name, m in METHODS.items():
         params = ", ".join(f"{k}={v}" for k, v in m.loss_params.items())
+        train_opts = ", ".join(f"{k}={v}" for k, v in m.train_defaults.items())
         print(f"  {name:16s} {m.task}, {m.head} head{', spectral norm' if m.spectral_norm else ''}: {m.description}"
-              + (f" [params: {params}]" if params else ""))
+              + (f" [params: {params}]" if params else "") + (f" [training: {train_opts}]" if train_opts else ""))
     print("scores (high = ID):")
     for name, cls in SCORES.items():
         print(f"  {name:16s} {cls.describe()}")
@@ -175,11 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--method", default="ce", help="training method (see `list`); default: ce")
     t.add_argument("--dataset", default="digits", help="embedded dataset (see `list`); default: digits")
     t.add_argument("--known", default=None, help="known classes, comma-separated, e.g. 1,3,5,7,9; default 0-5")
-    t.add_argument("--epochs", type=int, default=30, help="default: 30")
-    t.add_argument("--batch-size", type=int, default=64, help="default: 64")
-    t.add_argument("--lr", type=float, default=1e-3, help="learning rate; default: 1e-3")
-    t.add_argument("--weight-decay", type=float, default=5e-4, help="default: 5e-4")
-    t.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="default: adam")
+    t.add_argument("--epochs", type=int, default=None, help="default: 30, or the method's own (see `list`)")
+    t.add_argument("--batch-size", type=int, default=None, help="default: 64, or the method's own")
+    t.add_argument("--lr", type=float, default=None, help="learning rate; default: 1e-3, or the method's own")
+    t.add_argument("--weight-decay", type=float, default=None, help="default: 5e-4, or the method's own")
+    t.add_argument("--optimizer", choices=("adam", "sgd"), default=None, help="default: adam, or the method's own")
     t.add_argument("--seed", type=int, default=0, help="default: 0")
     t.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     t.add_argument("--arch", default=None, help="backbone: smallcnn, mlp, resnet18; default: by input shape")

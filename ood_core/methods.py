@@ -47,7 +47,8 @@ class Method:
     ``model_params`` override the model spec (e.g. ``cosine_scale``); ``outliers`` names a
     training-outlier family of ``ood_core.data.TRAIN_OUTLIERS`` (never an evaluation set);
     ``scores`` are the scores reported for the method (the first is its own score);
-    ``baseline`` is the method it must be compared with.
+    ``baseline`` is the method it must be compared with; ``train_defaults`` are the
+    TrainConfig values the recipe is run with unless the user overrides them.
     """
 
     name: str
@@ -62,6 +63,7 @@ class Method:
     outlier_ratio: float = 1.0  # outliers per ID sample in a batch
     scores: tuple[str, ...] = ("msp", "maxlogit", "energy", "feature_norm")
     baseline: str | None = None
+    train_defaults: dict = dataclasses.field(default_factory=dict)  # TrainConfig fields this recipe needs
     paper: str = ""
 
 

@@ -46,6 +46,19 @@ class TrainConfig:
             raise OODCoreError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
 
 
+def recommended_config(method: str, **overrides) -> TrainConfig:
+    """TrainConfig for ``method``: class defaults < the method's ``train_defaults`` < ``overrides``.
+
+    ``overrides`` whose value is None are ignored (so CLI options left unset fall through).
+    """
+    m = get_method(method)
+    values = {**m.train_defaults, **{k: v for k, v in overrides.items() if v is not None}}
+    bad = set(values) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if bad:
+        raise OODCoreError(f"unknown training option(s) {sorted(bad)}")
+    return TrainConfig(**values)
+
+
 class Progress(NamedTuple):
     """Passed to the progress callback after every batch.
 

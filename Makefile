@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 PORT ?= 8501
 
-.PHONY: setup run test checkpoints clean-venv
+.PHONY: setup run test checkpoints bench clean-venv
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,16 @@ test: $(STAMP)
 clean-venv:
 	rm -rf $(VENV)
 
-# Rebuild the shipped checkpoints of the embedded benchmark (seed 0) and their manifest.
+# Rebuild the shipped checkpoints (one per method, seed 0, each method's own training settings)
+# and their manifest.
+CKPT_DIGITS := ce movr l2norm ib oe separation
+CKPT_CANVASES := jointenergy snojoe
 checkpoints: $(STAMP)
-	$(PY) -m ood_core train --method ce --dataset digits --epochs 30 --seed 0 --out checkpoints/ce_digits.pt --quiet
-	$(PY) -m ood_core train --method ce --dataset toy2d --epochs 30 --seed 0 --out checkpoints/ce_toy2d.pt --quiet
+	$(PY) -m ood_core train --method ce --dataset toy2d --seed 0 --out checkpoints/ce_toy2d.pt --quiet
+	for m in $(CKPT_DIGITS); do $(PY) -m ood_core train --method $$m --dataset digits --seed 0 --out checkpoints/$${m}_digits.pt --quiet || exit 1; done
+	for m in $(CKPT_CANVASES); do $(PY) -m ood_core train --method $$m --dataset digit-canvases --seed 0 --out checkpoints/$${m}_canvases.pt --quiet || exit 1; done
 	$(PY) -m ood_core manifest checkpoints
+
+# The side-by-side benchmark of every method (3 seeds; about 15 minutes on 2 CPU cores).
+bench: $(STAMP)
+	$(PY) benchmarks/compare.py

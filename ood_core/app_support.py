@@ -33,6 +33,7 @@ from .checkpoint import load_checkpoint
 from .data import load_benchmark_from_spec
 from .errors import CheckpointError
 from .evaluate import FPR95_DEFINITION, evaluate
+from .methods import default_score_names
 from .runtime import select_device
 
 CHECKPOINT_ENV = "OOD_CHECKPOINT_DIR"
@@ -87,7 +88,8 @@ def evaluate_model(model, meta: dict) -> dict:
     ``scores`` maps ``"SET/SCORE"`` (``"id/SCORE"`` for the ID test split) to a 1-D numpy
     array; ``table`` is :meth:`Evaluation.table`'s list of row dicts.
     """
-    result = evaluate(model, load_benchmark_from_spec(meta.get("dataset")))
+    bench = load_benchmark_from_spec(meta.get("dataset"))
+    result = evaluate(model, bench, score_names=default_score_names(meta, bench))
     return {"report": result.report,
             "scores": {k: np.asarray(v) for k, v in result.scores.items()},
             "table": result.table()}

@@ -88,6 +88,7 @@ def cmd_evaluate(args) -> int:
     from .data import load_benchmark_from_spec, load_user_ood
     from .errors import unknown
     from .evaluate import evaluate, format_table
+    from .methods import default_score_names
     from .scores import SCORES
 
     model, meta = load_checkpoint(args.checkpoint)
@@ -112,6 +113,7 @@ def cmd_evaluate(args) -> int:
     for n in score_names or []:
         if n not in SCORES:
             raise unknown("score", n, SCORES)
+    score_names = score_names or default_score_names(meta, bench)
 
     ev = evaluate(model, bench, ood_sets=ood_sets, score_names=score_names, extra_ood=extra,
                   batch_size=args.batch_size, device=args.device)
@@ -200,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ood-file", action="append", metavar="ARRAY_OR_FOLDER",
                    help="your own OOD set: .npy/.npz array (images 'x' in an .npz) or image folder, converted to "
                         "the model's input format and named by its file stem; repeatable")
-    e.add_argument("--score-names", default=None, help="scores, comma-separated; default: all for the task")
+    e.add_argument("--score-names", default=None,
+                   help="scores, comma-separated (see `list`); default: the checkpoint's method's scores")
     e.add_argument("--json", metavar="REPORT.json", help="write the metrics report as JSON")
     e.add_argument("--scores", metavar="SCORES.npz", help="write per-sample scores keyed 'id/SCORE', 'SET/SCORE'")
     e.add_argument("--batch-size", type=int, default=512, help="default: 512")

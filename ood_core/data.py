@@ -23,6 +23,11 @@ ID images:
   * ``textures``: sinusoidal gratings (random frequency, orientation and phase) and
     checkerboards (random cell size), half each.
 
+Training outliers (``TRAIN_OUTLIERS``, for outlier-exposure recipes; never an evaluation set):
+  * ``scrambled-digits``: known-class *training* images cut into square blocks (side 2,
+    H/4 or H/2, drawn per image) whose positions are randomly permuted; every evaluation
+    set (``unknown`` and the generated families above) stays held out.
+
 User OOD sets come from a ``.npy``/``.npz`` array or a folder of images and are converted
 to the ID format by :func:`load_user_ood` (see its docstring for the rules).
 """
@@ -317,9 +322,55 @@ def load_benchmark(name: str, known=None, split_seed: int = 0, ood_seed: int = 0
     return DATASETS[name](known=known, split_seed=split_seed, ood_seed=ood_seed)
 
 
+def _scrambled_images(bench: Benchmark, n: int, rng) -> np.ndarray:
+    """Block-scrambled training images: ``n`` outliers made from ``bench.train`` only.
+
+    Each outlier takes a random training image (C, H, W), picks a block side b uniformly
+    from the admissible sides in {2, min(H,W)//4, min(H,W)//2} (those giving at least 2
+    blocks per axis; 1-pixel blocks when none does), cuts the top-left (H//b*b, W//b*b)
+    region into b x b blocks (all channels together) and permutes the blocks at random; a
+    border that does not fill a block is left as it is. A draw that leaves the image
+    unchanged is redrawn. Pixel values are only moved, so the range stays [0, 1]. Only the
+    training split is read.
+    """
+    x = bench.train.x.detach().cpu().numpy() if isinstance(bench.train.x, torch.Tensor) else np.asarray(bench.train.x)
+    if x.ndim != 4:
+        raise DataError(f"block-scrambled outliers need image data (C, H, W); {bench.name} has inputs of shape "
+                        f"{tuple(x.shape[1:])}")
+    if x.shape[0] == 0:
+        raise DataError(f"{bench.name} has no training images to scramble")
+    h, w = x.shape[-2:]
+    m = min(h, w)
+    sides = sorted({s for s in (2, m // 4, m // 2) if s >= 1 and h // s >= 2 and w // s >= 2}) or [1]
+    if h * w < 2:
+        raise DataError(f"images of size {h}x{w} have a single pixel; there is nothing to scramble")
+    c = x.shape[1]
+    out = np.empty((n, *x.shape[1:]), dtype=np.float32)
+    i, tries = 0, 0
+    while i < n:
+        tries += 1
+        if tries > 100 * n + 1000:
+            raise DataError(f"{bench.name}: block-scrambling leaves the training images unchanged "
+                            "(are they constant?); cannot make outliers from them")
+        src = x[rng.integers(x.shape[0])].astype(np.float32)
+        b = int(sides[rng.integers(len(sides))])
+        nh, nw = h // b, w // b
+        blocks = src[:, :nh * b, :nw * b].reshape(c, nh, b, nw, b).transpose(1, 3, 0, 2, 4).reshape(nh * nw, c, b, b)
+        perm = rng.permutation(nh * nw)
+        img = src.copy()
+        img[:, :nh * b, :nw * b] = blocks[perm].reshape(nh, nw, c, b, b).transpose(2, 0, 3, 1, 4).reshape(c, nh * b, nw * b)
+        if np.array_equal(img, src):  # identity permutation or identical blocks: not an outlier, draw again
+            continue
+        out[i] = img
+        i += 1
+    return out
+
+
 # Auxiliary outliers for outlier-exposure training. They must never be one of the
 # evaluation OOD sets; each entry maps a name to fn(bench, n, rng) -> tensor in the ID format.
-TRAIN_OUTLIERS: dict[str, Callable] = {}
+TRAIN_OUTLIERS: dict[str, Callable] = {
+    "scrambled-digits": _scrambled_images,
+}
 N_TRAIN_OUTLIERS = 1000
 
 

@@ -80,6 +80,7 @@ def register_method(method: Method) -> Method:
 register_method(Method(
     name="ce", description="cross-entropy baseline, linear head", task="multiclass", head="linear",
     make_loss=CrossEntropy, paper="baseline",
+    scores=("msp", "maxlogit", "energy", "feature_norm", "mahalanobis", "knn", "vim", "min_distance"),
 ))
 
 
@@ -90,9 +91,14 @@ def get_method(name: str) -> Method:
 
 
 def applicable_scores(method: Method, bench=None) -> list[str]:
-    """The method's own scores followed by every other registered score for its task."""
+    """The scores reported for ``method`` (its own first) that are registered for the data's task."""
     from .scores import scores_for_task
 
-    task = bench.task if bench is not None else method.task
-    rest = [s for s in scores_for_task(task) if s not in method.scores]
-    return [s for s in method.scores if s in scores_for_task(task)] + rest
+    task_scores = scores_for_task(bench.task if bench is not None else method.task)
+    return [s for s in method.scores if s in task_scores]
+
+
+def default_score_names(meta: dict, bench) -> list[str] | None:
+    """The scores to report for a checkpoint: its method's, or None (every score) if the method is unknown."""
+    method = METHODS.get(str(meta.get("method")))
+    return applicable_scores(method, bench) if method is not None else None

@@ -106,6 +106,22 @@ class L2NormHead(nn.Linear):
         return super().forward(F.normalize(z, dim=1))
 
 
+class CentersHead(nn.Module):
+    """logits_k = -||z - c_k||_2^2 with learned class centres C (K, d) (Ando, arXiv 2111.12950).
+
+    The centres live in the model so that the distance score (``min_distance``) can read them
+    after training. Initialised N(0, 1/d) (so ||c_k|| is about 1). Distances are computed as
+    sum((z - c_k)^2) (exact, never negative; memory N*K*d per batch).
+    """
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.centers = nn.Parameter(torch.randn(out_features, in_features) / in_features**0.5)
+
+    def forward(self, z):
+        return -(z.unsqueeze(1) - self.centers.unsqueeze(0)).pow(2).sum(dim=2)
+
+
 class OODModel(nn.Module):
     """backbone + head, returning ``ModelOutput(features, logits)``."""
 
@@ -121,7 +137,7 @@ class OODModel(nn.Module):
 
 
 BACKBONES = ("smallcnn", "mlp", "resnet18")
-HEADS = ("linear", "cosine", "l2norm")
+HEADS = ("linear", "cosine", "l2norm", "centers")
 
 
 def apply_spectral_norm(module: nn.Module, linear: bool = False) -> nn.Module:
@@ -157,6 +173,8 @@ def build_model(arch: str, num_classes: int, input_shape, head: str = "linear", 
         head_mod = CosineHead(d, num_classes, cosine_scale)
     elif head == "l2norm":
         head_mod = L2NormHead(d, num_classes)
+    elif head == "centers":
+        head_mod = CentersHead(d, num_classes)
     else:
         raise unknown("head", head, HEADS)
     if spectral_norm:

@@ -138,7 +138,7 @@ def test_plain_helpers_work_without_streamlit(ckpt_dir, tmp_path):
     res = sup.compute_evaluation(ckpt_dir / "ce_digits.pt")
     assert pickle.loads(pickle.dumps(res)).keys() == {"report", "scores", "table"}
     assert all(isinstance(v, np.ndarray) for v in res["scores"].values())
-    assert sup.score_names(res["scores"]) == ["msp", "maxlogit", "energy", "feature_norm"]
+    assert sup.score_names(res["scores"]) == list(ood_core.METHODS["ce"].scores)  # the method's scores, in order
     fig = sup.histogram_figure(res["scores"]["id/msp"], res["scores"]["blobs/msp"], "msp", "blobs")
     assert len(fig.data) == 2 and fig.layout.barmode == "overlay"
     assert all(t.histnorm == "probability density" for t in fig.data)

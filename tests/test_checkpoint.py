@@ -8,6 +8,7 @@ import torch
 import ood_core
 from ood_core.checkpoint import load_checkpoint, save_checkpoint
 from ood_core.data import load_benchmark_from_spec
+from ood_core.methods import default_score_names
 from ood_core.errors import CheckpointError
 from ood_core.models import build_model
 
@@ -102,17 +103,28 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, tiny_digits_run, monkey
     load_checkpoint(path)
 
 
-@pytest.mark.parametrize("name,dataset", [("ce_digits.pt", "digits"), ("ce_toy2d.pt", "toy2d")])
-def test_shipped_checkpoints_load_and_their_stored_metrics_hold(name, dataset):
+SHIPPED = sorted(p.name for p in CHECKPOINTS.glob("*.pt"))
+
+
+def test_one_checkpoint_per_method_is_shipped():
+    import ood_core
+
+    methods = {load_checkpoint(CHECKPOINTS / n)[1]["method"] for n in SHIPPED}
+    assert methods == set(ood_core.METHODS)
+    assert {"ce_digits.pt", "ce_toy2d.pt"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_checkpoints_load_and_their_stored_metrics_hold(name):
     model, meta = load_checkpoint(CHECKPOINTS / name)
-    assert meta["dataset"]["name"] == dataset and meta["method"] == "ce"
     bench = load_benchmark_from_spec(meta["dataset"])
-    report = ood_core.evaluate(model, bench).report
-    assert report["id_accuracy"] == pytest.approx(meta["metrics"]["id_accuracy"], abs=0.005)
+    report = ood_core.evaluate(model, bench, score_names=default_score_names(meta, bench)).report
+    quality = next(k for k in report if k.startswith("id_"))
+    assert report[quality] == pytest.approx(meta["metrics"][quality], abs=0.005)
     for s, per_score in meta["metrics"]["ood"].items():
         for score, m in per_score.items():
             assert report["ood"][s][score]["auroc"] == pytest.approx(m["auroc"], abs=2e-3)  # tolerance: BLAS differences across CPUs
-    if dataset == "digits":
+    if name == "ce_digits.pt":
         assert report["id_accuracy"] >= 0.97
 
 

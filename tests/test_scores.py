@@ -85,15 +85,25 @@ def test_msp_is_a_probability_and_shift_invariant():
     np.testing.assert_allclose(make_score("msp")(shifted), s, rtol=1e-4)
 
 
-def test_every_registered_score_runs():
-    z, logits, out = _random_output(6)
+def test_every_registered_score_runs_on_a_model():
+    # the evaluator's path: fit on training outputs and labels, then score outputs (or inputs)
+    from ood_core.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("smallcnn", 3, (1, 8, 8)).eval()
+    x = torch.rand(160, 1, 8, 8)  # enough samples for ViM's 64-dim principal space to leave a residual
+    y = torch.arange(160) % 3
+    with torch.no_grad():
+        out = model(x)
     for name, cls in SCORES.items():
         assert issubclass(cls, Score) and cls.name == name
         assert cls.describe()
-        if cls.requires_fit:
-            continue
-        s = make_score(name)(out)
-        assert s.shape == (len(z),) and np.isfinite(s).all(), name
+        score = make_score(name)
+        labels = y if "multiclass" in cls.tasks else torch.nn.functional.one_hot(y, 3).float()
+        if score.requires_fit:
+            score.fit(out, labels, model)
+        s = score.score_inputs(model, x[:6]) if score.requires_inputs else score(ModelOutput(out.features[:6], out.logits[:6]))
+        assert s.shape == (6,) and np.isfinite(s).all(), name
 
 
 def test_make_score_unknown_lists_names():

@@ -1,0 +1,256 @@
+"""Information-bottleneck loss for compact, separated classes (deep data description).
+
+Ando, "Deep Representation Learning with an Information-theoretic Loss" (arXiv 2111.12950;
+earlier "Few-shot Deep Representation Learning based on Information Bottleneck
+Principle"). It extends Deep SVDD (Ruff et al., ICML 2018: one hypersphere around one
+centre) and Deep-MCDD (Lee, Yu, Yu, KDD 2020, arXiv 2104.00941: one spherical Gaussian per
+class) to a trade-off between *relevance* (the embedding predicts the class) and
+*compression* (each class is squeezed around its centre), plus a margin between classes.
+
+The model uses the ``centers`` head: learned class centres C = (c_1..c_K) in R^{K x d}
+stored in the model, logits_k = -||z - c_k||^2. The score ``min_distance`` reads them back
+after training. The geometry helpers at the bottom measure what the paper says explains
+the method: per-class radius, centre-to-centre distances, their ratio and Davies-Bouldin.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import DataError, OODCoreError
+from ..methods import LossContext, Method, register_method
+from ..models import CentersHead, ModelOutput
+from ..scores import Score, register_score
+
+
+class IBLoss(nn.Module):
+    """Information-bottleneck data-description loss over class-centre distances.
+
+    With d_k(x) = ||z(x) - c_k||^2 (the ``centers`` head returns logits_k = -d_k):
+
+      L = CE(-d(x), y)                                  relevance / discrimination
+          + beta  * mean_i d_{y_i}(x_i)                  intra-class compactness (IB compression)
+          + gamma * mean_i mean_{k != y_i} max(0, M - d_k(x_i))   inter-class margin
+
+    (all means over the batch). The paper's exact form is not available in machine-readable
+    form; this is the form of methods.md section 4 and the reasons for it are:
+
+    * the CE over -||z - c_k||^2 is the discriminative term of Deep-MCDD: softmax over
+      Gaussian log-likelihoods of identity covariance, i.e. I(Z; Y) (relevance) is raised;
+    * beta * mean d_y is the data-description / compression term: it bounds the spread of
+      each class around its centre, the IB's I(X; Z) penalty for a Gaussian channel;
+    * the hinge pushes every sample at least sqrt(M) away from the *other* centres
+      (squared-distance units). It equals -gamma * mean min(d_k, M) up to a constant, the
+      "- gamma * inter" of methods.md, but is bounded so it cannot blow distances up.
+
+    Limits:
+    * gamma = 0: L = CE(-d, y) + beta * mean d_y = beta * [mean d_y + (1/beta) CE], which is
+      the Deep-MCDD objective (data-description term + lambda * classification term) with
+      lambda = 1/beta, every class covariance sigma_k^2 I fixed at sigma_k^2 = 1/2 and no
+      class bias (its -log N(z; c_k, sigma^2 I) is then d_k + const, and constants cancel
+      in the softmax).
+    * K = 1, gamma = 0: the CE of a single logit is log 1 = 0 and L = beta * mean ||z - c||^2,
+      the (one-class) Deep SVDD objective (its weight decay is the optimiser's). As in Deep
+      SVDD, a collapse of the features onto c is then a trivial optimum; with K > 1 the CE
+      and the margin prevent it.
+
+    Defaults (ours; the paper does not fix them): beta = 1, gamma = 0.1, margin M = 10.
+    M is in squared-distance units, about the logit gap at which the CE saturates
+    (e^-10 = 4.5e-5). beta = 1 was chosen over 0.1 on ID data only (separation ratio of the
+    digits *val* split, seed 0: 9.7-9.9 with beta = 1 vs 8.3 with beta = 0.1). Keep
+    gamma <= beta: while the hinge is active for every pair, a centre feels the pull of its
+    own samples (weight beta) against the push of the other classes' samples (weight gamma),
+    and with gamma > beta it is driven away from its class mean.
+
+    ``init_centers`` (default True, ours): at the first training step every centre present
+    in the batch is set to the mean feature of that class in the batch (Deep SVDD likewise
+    fixes its centre from an initial forward pass). With the random N(0, 1/d) init the
+    centres, moved by Adam at lr 1e-3, lag behind the features and the distance score reads
+    the wrong points (digits, seed 0, defaults: separation ratio of the test features around
+    the learned centres 2.7 vs 7.0 around the class means; held-out-class AUROC of
+    min_distance 94.9% vs 99.0% with the init, where the centres end within half a class
+    radius of the class means).
+    """
+
+    def __init__(self, beta: float = 1.0, gamma: float = 0.1, margin: float = 10.0, init_centers: bool = True):
+        super().__init__()
+        for name, v in (("beta", beta), ("gamma", gamma), ("margin", margin)):
+            if not (float(v) >= 0 and np.isfinite(float(v))):
+                raise OODCoreError(f"ib loss parameter {name} must be a finite number >= 0, got {v}")
+        self.beta, self.gamma, self.margin = float(beta), float(gamma), float(margin)
+        self.init_centers = bool(init_centers)
+        self._initialised = False
+
+    @torch.no_grad()
+    def _init_centers(self, out: ModelOutput, target, head: CentersHead) -> None:
+        """Set each centre present in the first batch to that class's mean feature (Deep SVDD style)."""
+        z = out.features.detach()
+        for k in target.unique().tolist():
+            head.centers[k] = z[target == k].mean(0).to(head.centers.dtype)
+
+    def terms(self, out: ModelOutput, target) -> dict[str, torch.Tensor]:
+        """The three terms of the loss (unweighted): ``ce``, ``intra``, ``inter``."""
+        d2 = -out.logits  # (N, K) squared distances to the centres
+        target = target.long()
+        k = d2.shape[1]
+        ce = F.cross_entropy(out.logits, target)
+        intra = d2.gather(1, target[:, None]).mean()
+        if k > 1:
+            others = torch.ones_like(d2, dtype=torch.bool)
+            others[torch.arange(d2.shape[0], device=d2.device), target] = False
+            inter = F.relu(self.margin - d2[others]).mean()
+        else:
+            inter = d2.new_zeros(())
+        return {"ce": ce, "intra": intra, "inter": inter}
+
+    def forward(self, out: ModelOutput, target, ctx: LossContext | None = None):
+        if ctx is not None and not isinstance(getattr(ctx.model, "head", None), CentersHead):
+            raise OODCoreError("the ib loss needs the 'centers' head (logits = -||z - c_k||^2); "
+                               f"this model has {type(getattr(ctx.model, 'head', None)).__name__}")
+        if self.init_centers and not self._initialised and ctx is not None:
+            self._init_centers(out, target, ctx.model.head)
+            out = ModelOutput(out.features, ctx.model.head(out.features))
+        self._initialised = True
+        t = self.terms(out, target)
+        return t["ce"] + self.beta * t["intra"] + self.gamma * t["inter"]
+
+
+def _np(a) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        a = a.detach().cpu().numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+@register_score
+class MinDistance(Score):
+    """Negative squared distance to the nearest class centre, -min_k ||z - c_k||^2 (high = ID).
+
+    Score of the deep data-description family (Deep SVDD, Deep-MCDD, Ando arXiv 2111.12950).
+    ``fit`` reads the learned centres from ``model.head`` when the model has the ``centers``
+    head; for any other model it falls back to the class means of the training features
+    (labels given to ``fit``), so the score also applies to a plain CE model.
+    ``self.source`` says which ("head" or "class_means").
+    """
+
+    name = "min_distance"
+    tasks = ("multiclass",)
+    requires_fit = True
+
+    def __init__(self):
+        self.centers = None
+
+    def fit(self, train: ModelOutput, labels, model=None):
+        head = getattr(model, "head", None)
+        if isinstance(head, CentersHead):
+            self.centers = head.centers.detach().cpu().double()
+            self.source = "head"
+        else:
+            if labels is None:
+                raise OODCoreError("min_distance needs training labels for a model without a centers head")
+            self.centers = torch.from_numpy(class_means(train.features, labels, train.logits.shape[1]))
+            self.source = "class_means"
+        return self
+
+    def compute(self, out):
+        if self.centers is None:
+            raise OODCoreError("score 'min_distance' must be fitted first: fit(train_outputs, labels, model)")
+        z = out.features.double()
+        d2 = (z.unsqueeze(1) - self.centers.unsqueeze(0)).pow(2).sum(2)
+        return -d2.min(dim=1).values
+
+
+register_method(Method(
+    name="ib",
+    description="information-bottleneck data description: learned class centres, CE on -||z-c||^2 "
+                "+ beta*compactness + gamma*margin; min-distance score",
+    task="multiclass", head="centers", make_loss=IBLoss,
+    loss_params={"beta": 1.0, "gamma": 0.1, "margin": 10.0, "init_centers": True},
+    scores=("min_distance", "msp", "energy", "mahalanobis"), baseline="ce",
+    paper="Ando, Deep Representation Learning with an Information-theoretic Loss, arXiv 2111.12950",
+))
+
+
+# --------------------------------------------------------------------------- geometry
+def _check(z, y):
+    z, y = _np(z), np.asarray(torch.as_tensor(y).cpu().numpy() if isinstance(y, torch.Tensor) else y)
+    if z.ndim != 2 or y.ndim != 1 or len(z) != len(y):
+        raise DataError(f"expected features (N, d) and labels (N,), got {z.shape} and {y.shape}")
+    return z, y.astype(np.int64)
+
+
+def class_means(z, y, num_classes: int | None = None) -> np.ndarray:
+    """(K, d) mean feature of each class; K = ``num_classes`` or max(y) + 1. Empty classes are refused."""
+    z, y = _check(z, y)
+    k = int(num_classes if num_classes is not None else y.max() + 1)
+    counts = np.bincount(y, minlength=k)
+    if (counts[:k] == 0).any():
+        raise DataError(f"class(es) {np.flatnonzero(counts[:k] == 0).tolist()} have no sample")
+    means = np.zeros((k, z.shape[1]))
+    np.add.at(means, y, z)
+    return means / counts[:k, None]
+
+
+def class_radii(z, y, centers=None) -> np.ndarray:
+    """(K,) per-class radius: mean Euclidean distance of a class's samples to its own centre.
+
+    ``centers`` default to the class means of (z, y).
+    """
+    z, y = _check(z, y)
+    c = class_means(z, y) if centers is None else _np(centers)
+    dist = np.linalg.norm(z - c[y], axis=1)
+    return np.bincount(y, weights=dist, minlength=len(c)) / np.maximum(np.bincount(y, minlength=len(c)), 1)
+
+
+def center_distances(centers) -> np.ndarray:
+    """(K, K) Euclidean distances between centres (0 on the diagonal)."""
+    c = _np(centers)
+    return np.sqrt(np.maximum(((c[:, None] - c[None]) ** 2).sum(-1), 0))
+
+
+def separation_ratio(z, y, centers=None) -> float:
+    """Fisher-like separation index: mean centre-to-centre distance / mean class radius.
+
+    inter = mean over pairs k != l of ||c_k - c_l||, intra = mean over classes of the class
+    radius (:func:`class_radii`). Scale-invariant; higher = more compact, better separated.
+    ``centers`` default to the class means, which makes models with and without learned
+    centres comparable.
+    """
+    z, y = _check(z, y)
+    c = class_means(z, y) if centers is None else _np(centers)
+    k = len(c)
+    if k < 2:
+        raise DataError("the separation ratio needs at least two classes")
+    inter = center_distances(c)[~np.eye(k, dtype=bool)].mean()
+    return float(inter / class_radii(z, y, c).mean())
+
+
+def davies_bouldin(z, y) -> float:
+    """Davies-Bouldin index (Davies & Bouldin 1979) of the labelled clusters; lower = better separated.
+
+    s_k = mean distance of class k's samples to its mean, M_kl = ||mu_k - mu_l||,
+    DB = (1/K) sum_k max_{l != k} (s_k + s_l) / M_kl (same definition as
+    ``sklearn.metrics.davies_bouldin_score``; pairs of coincident means count as 0 there and here).
+    """
+    z, y = _check(z, y)
+    c = class_means(z, y)
+    s = class_radii(z, y, c)
+    m = center_distances(c)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = (s[:, None] + s[None]) / m
+    r[~np.isfinite(r)] = 0.0
+    np.fill_diagonal(r, -np.inf)
+    return float(r.max(axis=1).mean())
+
+
+def geometry_report(z, y, centers=None) -> dict:
+    """Radii, centre distances, separation ratio and Davies-Bouldin of features z with labels y."""
+    z, y = _check(z, y)
+    c = class_means(z, y) if centers is None else _np(centers)
+    radii = class_radii(z, y, c)
+    cd = center_distances(c)
+    return {"radii": radii.tolist(), "mean_radius": float(radii.mean()),
+            "center_distances": cd.tolist(),
+            "mean_center_distance": float(cd[~np.eye(len(c), dtype=bool)].mean()),
+            "separation_ratio": separation_ratio(z, y, c), "davies_bouldin": davies_bouldin(z, y)}

@@ -1,0 +1,250 @@
+"""Outlier Exposure (baseline) and the neural-collapse Separation loss, with auxiliary outliers.
+
+* OE: Hendrycks, Mazeika, Dietterich, "Deep Anomaly Detection with Outlier Exposure",
+  ICLR 2019 (arXiv 1812.04606). Cross-entropy on ID data plus, on a batch of auxiliary
+  outliers, the cross-entropy of their softmax to the uniform distribution.
+* Separation: Wu, Yu, Cheng, He, Huang, "Pursuing Feature Separation based on Neural
+  Collapse for Out-of-Distribution Detection" (arXiv 2405.17816). Under neural collapse the
+  rows w_c of the last layer span the principal subspace of the ID features; the loss
+  pulls each ID feature towards its own class direction (clustering term L_par) and pushes
+  outlier features into the orthogonal complement of span{w_c} (separation term L_orth):
+
+      L = CE + oe_weight * L_OE + alpha * L_par + beta * L_orth
+      L_par  = -mean_{x in ID}  h^(x) . w^_{y(x)}
+      L_orth =  mean_{x in out} sum_c |h^(x) . w^_c|
+
+  with h^ = h/||h||, w^_c = w_c/||w_c|| and W *detached* inside L_par and L_orth (only the
+  features move). L_par and L_orth are switched on after a warm-up (half of training, as
+  in the reference).
+
+Auxiliary outliers: the family ``scrambled-digits`` of ``ood_core.data.TRAIN_OUTLIERS``
+(block-permuted known-class *training* images). Every evaluation OOD set (``unknown``,
+uniform-noise, gaussian-noise, constant, blobs, textures) is held out.
+
+Choices where the papers are silent (parameters of both losses):
+* ``joint_batch=True``: the ID batch and the outlier batch go through the network as ONE
+  batch, as in the reference OE code (``torch.cat((x_in, x_out))``), so BatchNorm
+  normalises outliers with the statistics of the mixed batch. The loss therefore recomputes
+  the ID outputs in that joint pass (the training loop's ID-only forward pass is not used
+  for the loss; its only effect is one extra update of the BatchNorm running statistics).
+  ``joint_batch=False`` uses the loop's ID outputs and a separate forward pass of the
+  outliers.
+* Warm-up: L_par and L_orth are active when ``epoch > warmup * epochs`` (epochs are
+  1-based; warmup=0.5 with 30 epochs: active from epoch 16).
+
+Score ``separation``: MSP(x) + sum_c |cos(h(x), w_c)| (high = ID); it reads the head
+weight from the model in :meth:`SeparationScore.fit`. Geometry:
+:func:`orthogonal_energy_share` (share of a feature's energy outside span{w_c}).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import OODCoreError
+from ..methods import LossContext, Method, register_method
+from ..models import ModelOutput
+from ..scores import Score, register_score
+
+OUTLIER_FAMILY = "scrambled-digits"
+
+
+# --------------------------------------------------------------------------- loss terms
+def oe_uniform_loss(logits_out: torch.Tensor) -> torch.Tensor:
+    """L_OE = mean over outliers of -(1/K) sum_k log softmax(f(x))_k (cross-entropy to uniform).
+
+    Minimal (= log K) when the outlier logits are all equal (Hendrycks et al., ICLR 2019).
+    """
+    return -F.log_softmax(logits_out, dim=1).mean(dim=1).mean()
+
+
+def parallel_loss(features: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """L_par = -mean_{x in ID} h^(x) . w^_{y(x)} with W detached (Wu et al., arXiv 2405.17816).
+
+    Lies in [-1, 1]; -1 when every ID feature points along its class weight row.
+    """
+    w_hat = F.normalize(weight.detach(), dim=1)
+    return -(F.normalize(features, dim=1) * w_hat[target]).sum(dim=1).mean()
+
+
+def orthogonal_loss(features_out: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """L_orth = mean_{x in out} sum_c |h^(x) . w^_c| with W detached (Wu et al., arXiv 2405.17816).
+
+    Zero exactly when every outlier feature is orthogonal to every class weight row.
+    """
+    w_hat = F.normalize(weight.detach(), dim=1)
+    return (F.normalize(features_out, dim=1) @ w_hat.T).abs().sum(dim=1).mean()
+
+
+def separation_active(epoch: int, epochs: int, warmup: float) -> bool:
+    """True once the warm-up is over: ``epoch > warmup * epochs`` (epoch is 1-based)."""
+    return epoch > warmup * epochs
+
+
+def _check_nonneg(name: str, value) -> float:
+    value = float(value)
+    if not (value >= 0 and np.isfinite(value)):
+        raise OODCoreError(f"{name} must be a finite number >= 0, got {value}")
+    return value
+
+
+def _head_weight(model: nn.Module) -> torch.Tensor:
+    head = getattr(model, "head", None)
+    weight = getattr(head, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise OODCoreError("the separation loss/score needs a model whose classifier head has a (K, d) "
+                           "weight matrix (model.head.weight)")
+    return weight
+
+
+class OutlierExposureLoss(nn.Module):
+    """Outlier Exposure: L = CE(f(x_in), y) + oe_weight * L_OE(f(x_out)).
+
+    L_OE = mean over outliers of -(1/K) sum_k log softmax_k (cross-entropy to the uniform
+    distribution); Hendrycks, Mazeika, Dietterich, ICLR 2019 (arXiv 1812.04606);
+    oe_weight = 0.5 as in the paper. See the module docstring for ``joint_batch``.
+    """
+
+    def __init__(self, oe_weight: float = 0.5, joint_batch: bool = True):
+        super().__init__()
+        self.oe_weight = _check_nonneg("oe_weight", oe_weight)
+        self.joint_batch = bool(joint_batch)
+        self.last_terms: dict[str, float] = {}  # the terms of the last call, for inspection
+
+    def outputs(self, out: ModelOutput, ctx: LossContext) -> tuple[ModelOutput, ModelOutput]:
+        """(ID outputs, outlier outputs) of this batch."""
+        if ctx is None or ctx.outliers is None:
+            raise OODCoreError("this loss needs a batch of auxiliary outliers (LossContext.outliers); "
+                               "train it through a method whose `outliers` names a training-outlier family")
+        if not self.joint_batch:
+            return out, ctx.model(ctx.outliers)
+        n = ctx.x.shape[0]
+        both = ctx.model(torch.cat([ctx.x, ctx.outliers.to(ctx.x.dtype)]))
+        return (ModelOutput(both.features[:n], both.logits[:n]),
+                ModelOutput(both.features[n:], both.logits[n:]))
+
+    def forward(self, out: ModelOutput, target, ctx: LossContext):
+        id_out, ood_out = self.outputs(out, ctx)
+        ce = F.cross_entropy(id_out.logits, target)
+        oe = oe_uniform_loss(ood_out.logits)
+        self.last_terms = {"ce": ce.item(), "oe": oe.item()}
+        return ce + self.oe_weight * oe
+
+
+class SeparationLoss(OutlierExposureLoss):
+    """Separation loss: L = CE + oe_weight*L_OE + alpha*L_par + beta*L_orth (Wu et al., arXiv 2405.17816).
+
+    L_par = -mean_{x in ID} h^(x).w^_{y(x)} (clustering, ID) and L_orth = mean_{x in out}
+    sum_c |h^(x).w^_c| (separation, outliers), h^ = h/||h||, w^_c = w_c/||w_c||, W =
+    ``ctx.model.head.weight`` detached in both terms. Both terms are added only when
+    ``epoch > warmup * epochs`` (warm-up = half of training in the reference). Defaults:
+    oe_weight = 0.5, alpha = beta = 1, warmup = 0.5.
+    """
+
+    def __init__(self, oe_weight: float = 0.5, alpha: float = 1.0, beta: float = 1.0, warmup: float = 0.5,
+                 joint_batch: bool = True):
+        super().__init__(oe_weight, joint_batch)
+        self.alpha = _check_nonneg("alpha", alpha)
+        self.beta = _check_nonneg("beta", beta)
+        warmup = float(warmup)
+        if not 0.0 <= warmup <= 1.0:
+            raise OODCoreError(f"warmup is a fraction of the epochs in [0, 1], got {warmup}")
+        self.warmup = warmup
+
+    def forward(self, out: ModelOutput, target, ctx: LossContext):
+        id_out, ood_out = self.outputs(out, ctx)
+        ce = F.cross_entropy(id_out.logits, target)
+        oe = oe_uniform_loss(ood_out.logits)
+        loss = ce + self.oe_weight * oe
+        self.last_terms = {"ce": ce.item(), "oe": oe.item()}
+        if separation_active(ctx.epoch, ctx.epochs, self.warmup):
+            weight = _head_weight(ctx.model)
+            par = parallel_loss(id_out.features, target, weight)
+            orth = orthogonal_loss(ood_out.features, weight)
+            loss = loss + self.alpha * par + self.beta * orth
+            self.last_terms.update(par=par.item(), orth=orth.item())
+        return loss
+
+
+# --------------------------------------------------------------------------- score
+@register_score
+class SeparationScore(Score):
+    """Separation score, MSP(x) + sum_c |cos(h(x), w_c)| (high = ID; Wu et al., arXiv 2405.17816).
+
+    h: penultimate features, w_c: rows of the classifier head weight (read from the model
+    in :meth:`fit`). ID features lie in span{w_c} (large cosines) while the separation loss
+    pushes OOD features into its orthogonal complement (cosines near 0), so both terms are
+    high for ID inputs.
+    """
+
+    name = "separation"
+    tasks = ("multiclass",)
+    requires_fit = True
+
+    def __init__(self):
+        self.weight: torch.Tensor | None = None
+
+    def fit(self, train, labels, model=None):
+        if model is None:
+            raise OODCoreError("the separation score needs the model (its head weight) to be fitted")
+        self.weight = _head_weight(model).detach().float().cpu().clone()
+        return self
+
+    def compute(self, out):
+        if self.weight is None:
+            raise OODCoreError("the separation score is not fitted; call fit(train_outputs, labels, model) first")
+        if out.features.shape[1] != self.weight.shape[1]:
+            raise OODCoreError(f"features have {out.features.shape[1]} dimensions but the head weight "
+                               f"has {self.weight.shape[1]}")
+        w = self.weight.to(out.features.device)
+        msp = out.logits.softmax(dim=1).max(dim=1).values
+        cos = F.normalize(out.features, dim=1) @ F.normalize(w, dim=1).T
+        return msp + cos.abs().sum(dim=1)
+
+
+# --------------------------------------------------------------------------- geometry
+def orthogonal_energy_share(features, weight, rtol: float = 1e-6) -> np.ndarray:
+    """Per-sample share of feature energy outside span{w_c}: ||h - P h||^2 / ||h||^2.
+
+    P is the orthogonal projector onto the row space of ``weight`` (K, d), built from an
+    orthonormal basis (SVD; singular values below ``rtol`` * the largest are dropped, so a
+    rank-deficient W is handled). 0 for h in span{w_c}, 1 for h orthogonal to every w_c;
+    NaN for h = 0. Wu et al. (arXiv 2405.17816): OOD features should have a larger share
+    than ID features after training with the separation loss.
+    """
+    h = torch.as_tensor(features.detach() if isinstance(features, torch.Tensor) else np.asarray(features)).double()
+    w = torch.as_tensor(weight.detach() if isinstance(weight, torch.Tensor) else np.asarray(weight)).double()
+    if h.dim() != 2 or w.dim() != 2 or h.shape[1] != w.shape[1]:
+        raise OODCoreError(f"features must be (N, d) and weight (K, d) with the same d; got "
+                           f"{tuple(h.shape)} and {tuple(w.shape)}")
+    h, w = h.cpu(), w.cpu()
+    _, s, vh = torch.linalg.svd(w, full_matrices=False)
+    basis = vh[s > rtol * s.max()] if s.numel() and s.max() > 0 else vh[:0]  # (r, d) orthonormal rows
+    proj = (h @ basis.T) @ basis
+    return ((h - proj).pow(2).sum(dim=1) / h.pow(2).sum(dim=1)).numpy()  # 0/0 = NaN for h = 0
+
+
+# --------------------------------------------------------------------------- methods
+_SCORES = ("separation", "msp", "energy", "maxlogit")
+
+register_method(Method(
+    name="oe",
+    description="Outlier Exposure: CE + 0.5 x cross-entropy-to-uniform on block-scrambled training digits",
+    task="multiclass", head="linear", make_loss=OutlierExposureLoss,
+    loss_params={"oe_weight": 0.5, "joint_batch": True},
+    outliers=OUTLIER_FAMILY, outlier_ratio=1.0,
+    scores=("msp", "energy", "maxlogit", "separation"), baseline="ce",
+    paper="Hendrycks, Mazeika, Dietterich, ICLR 2019 (arXiv 1812.04606)",
+))
+
+register_method(Method(
+    name="separation",
+    description="OE + neural-collapse separation: ID features onto their class weight, outliers orthogonal to span{w_c}",
+    task="multiclass", head="linear", make_loss=SeparationLoss,
+    loss_params={"oe_weight": 0.5, "alpha": 1.0, "beta": 1.0, "warmup": 0.5, "joint_batch": True},
+    outliers=OUTLIER_FAMILY, outlier_ratio=1.0,
+    scores=_SCORES, baseline="oe",
+    paper="Wu, Yu, Cheng, He, Huang, arXiv 2405.17816",
+))

@@ -138,14 +138,15 @@ def train(method: str = "ce", dataset: str | Benchmark = "digits", config: Train
             if outliers is not None:
                 ob = outliers[torch.randint(outliers.shape[0], (out_batch,), generator=gen)].to(device)
             loss = loss_fn(model(xb), yb, LossContext(xb, model, epoch, cfg.epochs, ob))
-            if not torch.isfinite(loss):
+            loss_value = loss.item()  # one device sync per step serves the check, the log and the callback
+            if not math.isfinite(loss_value):
                 raise TrainingDiverged(
-                    f"training loss became {loss.item()} at epoch {epoch}, step {step}; nothing was saved. "
+                    f"training loss became {loss_value} at epoch {epoch}, step {step}; nothing was saved. "
                     f"Lower the learning rate (now {cfg.lr:g}) or check the data for NaN/Inf")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.item() * idx.numel()
+            total += loss_value * idx.numel()
             count += idx.numel()
             val = None
             if step == steps:
@@ -153,7 +154,7 @@ def train(method: str = "ce", dataset: str | Benchmark = "digits", config: Train
                 history.append({"epoch": epoch, "train_loss": total / count,
                                 "lr": opt.param_groups[0]["lr"], **{f"val_{k}": v for k, v in val.items()}})
             if progress is not None:
-                progress(Progress(epoch, cfg.epochs, step, steps, loss.item(), val))
+                progress(Progress(epoch, cfg.epochs, step, steps, loss_value, val))
         sched.step()
 
     model.eval()

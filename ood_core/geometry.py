@@ -1,4 +1,5 @@
-"""Geometry of the representation: Jacobian norms of the features with respect to the input.
+"""Geometry of the representation: Jacobian norms, class geometry (radii, centre distances,
+separation ratio, Davies-Bouldin) and the share of feature energy outside span{w_c}.
 
 Park, Park, Jeong, Teoh, "Understanding Open-Set Recognition by Jacobian Norm of
 Representation" (arXiv 2209.11436; Pattern Recognition 2024) argue that intra-class
@@ -150,3 +151,115 @@ def jacobian_norm_difference(model: nn.Module, x_known: torch.Tensor, x_unknown:
     known = jacobian_norm(model, x_known, **kw)
     unknown = jacobian_norm(model, x_unknown, **kw)
     return float(unknown.mean() - known.mean())
+
+
+# --------------------------------------------------------------------------- class geometry
+def _np(a) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        a = a.detach().cpu().numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def _check(z, y):
+    z, y = _np(z), np.asarray(torch.as_tensor(y).cpu().numpy() if isinstance(y, torch.Tensor) else y)
+    if z.ndim != 2 or y.ndim != 1 or len(z) != len(y):
+        raise DataError(f"expected features (N, d) and labels (N,), got {z.shape} and {y.shape}")
+    return z, y.astype(np.int64)
+
+
+def class_means(z, y, num_classes: int | None = None) -> np.ndarray:
+    """(K, d) mean feature of each class; K = ``num_classes`` or max(y) + 1. Empty classes are refused."""
+    z, y = _check(z, y)
+    k = int(num_classes if num_classes is not None else y.max() + 1)
+    counts = np.bincount(y, minlength=k)
+    if (counts[:k] == 0).any():
+        raise DataError(f"class(es) {np.flatnonzero(counts[:k] == 0).tolist()} have no sample")
+    means = np.zeros((k, z.shape[1]))
+    np.add.at(means, y, z)
+    return means / counts[:k, None]
+
+
+def class_radii(z, y, centers=None) -> np.ndarray:
+    """(K,) per-class radius: mean Euclidean distance of a class's samples to its own centre.
+
+    ``centers`` default to the class means of (z, y).
+    """
+    z, y = _check(z, y)
+    c = class_means(z, y) if centers is None else _np(centers)
+    dist = np.linalg.norm(z - c[y], axis=1)
+    return np.bincount(y, weights=dist, minlength=len(c)) / np.maximum(np.bincount(y, minlength=len(c)), 1)
+
+
+def center_distances(centers) -> np.ndarray:
+    """(K, K) Euclidean distances between centres (0 on the diagonal)."""
+    c = _np(centers)
+    return np.sqrt(np.maximum(((c[:, None] - c[None]) ** 2).sum(-1), 0))
+
+
+def separation_ratio(z, y, centers=None) -> float:
+    """Fisher-like separation index: mean centre-to-centre distance / mean class radius.
+
+    inter = mean over pairs k != l of ||c_k - c_l||, intra = mean over classes of the class
+    radius (:func:`class_radii`). Scale-invariant; higher = more compact, better separated.
+    ``centers`` default to the class means, which makes models with and without learned
+    centres comparable.
+    """
+    z, y = _check(z, y)
+    c = class_means(z, y) if centers is None else _np(centers)
+    k = len(c)
+    if k < 2:
+        raise DataError("the separation ratio needs at least two classes")
+    inter = center_distances(c)[~np.eye(k, dtype=bool)].mean()
+    return float(inter / class_radii(z, y, c).mean())
+
+
+def davies_bouldin(z, y) -> float:
+    """Davies-Bouldin index (Davies & Bouldin 1979) of the labelled clusters; lower = better separated.
+
+    s_k = mean distance of class k's samples to its mean, M_kl = ||mu_k - mu_l||,
+    DB = (1/K) sum_k max_{l != k} (s_k + s_l) / M_kl (same definition as
+    ``sklearn.metrics.davies_bouldin_score``; pairs of coincident means count as 0 there and here).
+    """
+    z, y = _check(z, y)
+    c = class_means(z, y)
+    s = class_radii(z, y, c)
+    m = center_distances(c)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = (s[:, None] + s[None]) / m
+    r[~np.isfinite(r)] = 0.0
+    np.fill_diagonal(r, -np.inf)
+    return float(r.max(axis=1).mean())
+
+
+def geometry_report(z, y, centers=None) -> dict:
+    """Radii, centre distances, separation ratio and Davies-Bouldin of features z with labels y."""
+    z, y = _check(z, y)
+    c = class_means(z, y) if centers is None else _np(centers)
+    radii = class_radii(z, y, c)
+    cd = center_distances(c)
+    return {"radii": radii.tolist(), "mean_radius": float(radii.mean()),
+            "center_distances": cd.tolist(),
+            "mean_center_distance": float(cd[~np.eye(len(c), dtype=bool)].mean()),
+            "separation_ratio": separation_ratio(z, y, c), "davies_bouldin": davies_bouldin(z, y)}
+
+
+# --------------------------------------------------------------------------- subspaces
+def orthogonal_energy_share(features, weight, rtol: float = 1e-6) -> np.ndarray:
+    """Per-sample share of feature energy outside span{w_c}: ||h - P h||^2 / ||h||^2.
+
+    P is the orthogonal projector onto the row space of ``weight`` (K, d), built from an
+    orthonormal basis (SVD; singular values below ``rtol`` * the largest are dropped, so a
+    rank-deficient W is handled). 0 for h in span{w_c}, 1 for h orthogonal to every w_c;
+    NaN for h = 0. Wu et al. (arXiv 2405.17816): OOD features should have a larger share
+    than ID features after training with the separation loss.
+    """
+    h = torch.as_tensor(features.detach() if isinstance(features, torch.Tensor) else np.asarray(features)).double()
+    w = torch.as_tensor(weight.detach() if isinstance(weight, torch.Tensor) else np.asarray(weight)).double()
+    if h.dim() != 2 or w.dim() != 2 or h.shape[1] != w.shape[1]:
+        raise OODCoreError(f"features must be (N, d) and weight (K, d) with the same d; got "
+                           f"{tuple(h.shape)} and {tuple(w.shape)}")
+    h, w = h.cpu(), w.cpu()
+    _, s, vh = torch.linalg.svd(w, full_matrices=False)
+    basis = vh[s > rtol * s.max()] if s.numel() and s.max() > 0 else vh[:0]  # (r, d) orthonormal rows
+    proj = (h @ basis.T) @ basis
+    return ((h - proj).pow(2).sum(dim=1) / h.pow(2).sum(dim=1)).numpy()  # 0/0 = NaN for h = 0

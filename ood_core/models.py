@@ -190,3 +190,14 @@ def default_arch(input_shape) -> str:
     if len(input_shape) == 1:
         return "mlp"
     return "resnet18" if input_shape[0] == 3 else "smallcnn"
+
+
+def head_weight(model: nn.Module) -> torch.Tensor:
+    """The (K, d) weight of the model's classifier head (linear, cosine or l2norm head)."""
+    from .errors import OODCoreError
+
+    weight = getattr(getattr(model, "head", None), "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise OODCoreError("this needs a model whose classifier head has a (K, d) weight matrix "
+                           "(linear, cosine or l2norm head; model.head.weight)")
+    return weight

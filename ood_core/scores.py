@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from .errors import unknown
+from .errors import OODCoreError, unknown
 from .models import ModelOutput
 
 SCORES: dict[str, type["Score"]] = {}
@@ -114,3 +115,31 @@ def make_score(name: str, **params) -> Score:
 def scores_for_task(task: str) -> list[str]:
     """Names of the registered scores that apply to a task ("multiclass"/"multilabel")."""
     return [n for n, cls in SCORES.items() if task in cls.tasks]
+
+
+class PrototypeCosineScore(Score):
+    """Base for scores built on cos(z, w_k) with the classifier head's weight rows w_k.
+
+    ``fit`` reads W from the model (linear, cosine or l2norm head); :meth:`cosines` gives
+    the (N, K) matrix of cosines between features and prototypes.
+    """
+
+    tasks = ("multiclass",)
+    requires_fit = True
+
+    def __init__(self):
+        self.prototypes: torch.Tensor | None = None
+
+    def fit(self, train, labels, model=None):
+        from .models import head_weight
+
+        self.prototypes = F.normalize(head_weight(model).detach().float().cpu(), dim=1)
+        return self
+
+    def cosines(self, out: ModelOutput) -> torch.Tensor:
+        if self.prototypes is None:
+            raise OODCoreError(f"score {self.name!r} is not fitted: call fit(train_outputs, labels, model) first")
+        if out.features.shape[1] != self.prototypes.shape[1]:
+            raise OODCoreError(f"features have {out.features.shape[1]} dimensions but the head weight "
+                               f"has {self.prototypes.shape[1]}")
+        return F.normalize(out.features, dim=1) @ self.prototypes.to(out.features.device).T

@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import DataError, OODCoreError
+from ..errors import OODCoreError
+from ..geometry import (  # noqa: F401  (re-exported: the class geometry the IB claim is about)
+    center_distances, class_means, class_radii, davies_bouldin, geometry_report, separation_ratio)
 from ..methods import LossContext, Method, register_method
 from ..models import CentersHead, ModelOutput
 from ..scores import Score, register_score
@@ -117,12 +119,6 @@ class IBLoss(nn.Module):
         return t["ce"] + self.beta * t["intra"] + self.gamma * t["inter"]
 
 
-def _np(a) -> np.ndarray:
-    if isinstance(a, torch.Tensor):
-        a = a.detach().cpu().numpy()
-    return np.asarray(a, dtype=np.float64)
-
-
 @register_score
 class MinDistance(Score):
     """Negative squared distance to the nearest class centre, -min_k ||z - c_k||^2 (high = ID).
@@ -170,87 +166,3 @@ register_method(Method(
     scores=("min_distance", "msp", "energy", "mahalanobis"), baseline="ce",
     paper="Ando, Deep Representation Learning with an Information-theoretic Loss, arXiv 2111.12950",
 ))
-
-
-# --------------------------------------------------------------------------- geometry
-def _check(z, y):
-    z, y = _np(z), np.asarray(torch.as_tensor(y).cpu().numpy() if isinstance(y, torch.Tensor) else y)
-    if z.ndim != 2 or y.ndim != 1 or len(z) != len(y):
-        raise DataError(f"expected features (N, d) and labels (N,), got {z.shape} and {y.shape}")
-    return z, y.astype(np.int64)
-
-
-def class_means(z, y, num_classes: int | None = None) -> np.ndarray:
-    """(K, d) mean feature of each class; K = ``num_classes`` or max(y) + 1. Empty classes are refused."""
-    z, y = _check(z, y)
-    k = int(num_classes if num_classes is not None else y.max() + 1)
-    counts = np.bincount(y, minlength=k)
-    if (counts[:k] == 0).any():
-        raise DataError(f"class(es) {np.flatnonzero(counts[:k] == 0).tolist()} have no sample")
-    means = np.zeros((k, z.shape[1]))
-    np.add.at(means, y, z)
-    return means / counts[:k, None]
-
-
-def class_radii(z, y, centers=None) -> np.ndarray:
-    """(K,) per-class radius: mean Euclidean distance of a class's samples to its own centre.
-
-    ``centers`` default to the class means of (z, y).
-    """
-    z, y = _check(z, y)
-    c = class_means(z, y) if centers is None else _np(centers)
-    dist = np.linalg.norm(z - c[y], axis=1)
-    return np.bincount(y, weights=dist, minlength=len(c)) / np.maximum(np.bincount(y, minlength=len(c)), 1)
-
-
-def center_distances(centers) -> np.ndarray:
-    """(K, K) Euclidean distances between centres (0 on the diagonal)."""
-    c = _np(centers)
-    return np.sqrt(np.maximum(((c[:, None] - c[None]) ** 2).sum(-1), 0))
-
-
-def separation_ratio(z, y, centers=None) -> float:
-    """Fisher-like separation index: mean centre-to-centre distance / mean class radius.
-
-    inter = mean over pairs k != l of ||c_k - c_l||, intra = mean over classes of the class
-    radius (:func:`class_radii`). Scale-invariant; higher = more compact, better separated.
-    ``centers`` default to the class means, which makes models with and without learned
-    centres comparable.
-    """
-    z, y = _check(z, y)
-    c = class_means(z, y) if centers is None else _np(centers)
-    k = len(c)
-    if k < 2:
-        raise DataError("the separation ratio needs at least two classes")
-    inter = center_distances(c)[~np.eye(k, dtype=bool)].mean()
-    return float(inter / class_radii(z, y, c).mean())
-
-
-def davies_bouldin(z, y) -> float:
-    """Davies-Bouldin index (Davies & Bouldin 1979) of the labelled clusters; lower = better separated.
-
-    s_k = mean distance of class k's samples to its mean, M_kl = ||mu_k - mu_l||,
-    DB = (1/K) sum_k max_{l != k} (s_k + s_l) / M_kl (same definition as
-    ``sklearn.metrics.davies_bouldin_score``; pairs of coincident means count as 0 there and here).
-    """
-    z, y = _check(z, y)
-    c = class_means(z, y)
-    s = class_radii(z, y, c)
-    m = center_distances(c)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = (s[:, None] + s[None]) / m
-    r[~np.isfinite(r)] = 0.0
-    np.fill_diagonal(r, -np.inf)
-    return float(r.max(axis=1).mean())
-
-
-def geometry_report(z, y, centers=None) -> dict:
-    """Radii, centre distances, separation ratio and Davies-Bouldin of features z with labels y."""
-    z, y = _check(z, y)
-    c = class_means(z, y) if centers is None else _np(centers)
-    radii = class_radii(z, y, c)
-    cd = center_distances(c)
-    return {"radii": radii.tolist(), "mean_radius": float(radii.mean()),
-            "center_distances": cd.tolist(),
-            "mean_center_distance": float(cd[~np.eye(len(c), dtype=bool)].mean()),
-            "separation_ratio": separation_ratio(z, y, c), "davies_bouldin": davies_bouldin(z, y)}

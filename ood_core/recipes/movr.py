@@ -26,7 +26,7 @@ from ..errors import OODCoreError
 from ..geometry import jacobian_norm
 from ..methods import LossContext, Method, register_method
 from ..models import CosineHead, ModelOutput
-from ..scores import Score, register_score
+from ..scores import PrototypeCosineScore, Score, register_score
 
 ACOS_EPS = 1e-6  # cosines are clamped to [-1 + eps, 1 - eps] before acos (finite gradient)
 
@@ -131,32 +131,8 @@ class MarginalOvRLoss(nn.Module):
         return loss
 
 
-class _PrototypeCosineScore(Score):
-    """Shared part: cos(z, w_k) with the head's weight rows w_k, read from the model in fit()."""
-
-    tasks = ("multiclass",)
-    requires_fit = True
-
-    def __init__(self):
-        self.prototypes: torch.Tensor | None = None
-
-    def fit(self, train, labels, model=None):
-        head = getattr(model, "head", None)
-        weight = getattr(head, "weight", None)
-        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-            raise OODCoreError(f"score {self.name!r} needs a model whose head has a (K, d) weight "
-                               f"(linear, cosine or l2norm head)")
-        self.prototypes = F.normalize(weight.detach().float().cpu(), dim=1)
-        return self
-
-    def cosines(self, out: ModelOutput) -> torch.Tensor:
-        if self.prototypes is None:
-            raise OODCoreError(f"score {self.name!r} must be fitted with the model first (fit(train, labels, model))")
-        return F.normalize(out.features, dim=1) @ self.prototypes.to(out.features.device).T
-
-
 @register_score
-class MaxCosine(_PrototypeCosineScore):
+class MaxCosine(PrototypeCosineScore):
     """Maximum cosine to a class prototype, max_k cos(z, w_k) (Park et al., arXiv 2209.11436); high = ID.
 
     The prototypes are the head's weight rows (read in fit()), so the score applies to any
@@ -171,7 +147,7 @@ class MaxCosine(_PrototypeCosineScore):
 
 
 @register_score
-class OvRScore(_PrototypeCosineScore):
+class OvRScore(PrototypeCosineScore):
     """Negated sample-wise OvR loss at the predicted class (Park et al., arXiv 2209.11436); high = ID.
 
     S(x) = -[softplus(-T s_yhat) + sum_{k != yhat} softplus(T s_k)], yhat = argmax_k s_k,

@@ -34,7 +34,7 @@ Choices where the papers are silent (parameters of both losses):
 
 Score ``separation``: MSP(x) + sum_c |cos(h(x), w_c)| (high = ID); it reads the head
 weight from the model in :meth:`SeparationScore.fit`. Geometry:
-:func:`orthogonal_energy_share` (share of a feature's energy outside span{w_c}).
+``ood_core.geometry.orthogonal_energy_share`` (share of a feature's energy outside span{w_c}).
 """
 from __future__ import annotations
 
@@ -44,9 +44,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import OODCoreError
+from ..geometry import orthogonal_energy_share  # noqa: F401  (re-exported: the geometry of the claim)
 from ..methods import LossContext, Method, register_method
-from ..models import ModelOutput
-from ..scores import Score, register_score
+from ..models import ModelOutput, head_weight
+from ..scores import PrototypeCosineScore, register_score
 
 OUTLIER_FAMILY = "scrambled-digits"
 
@@ -88,15 +89,6 @@ def _check_nonneg(name: str, value) -> float:
     if not (value >= 0 and np.isfinite(value)):
         raise OODCoreError(f"{name} must be a finite number >= 0, got {value}")
     return value
-
-
-def _head_weight(model: nn.Module) -> torch.Tensor:
-    head = getattr(model, "head", None)
-    weight = getattr(head, "weight", None)
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-        raise OODCoreError("the separation loss/score needs a model whose classifier head has a (K, d) "
-                           "weight matrix (model.head.weight)")
-    return weight
 
 
 class OutlierExposureLoss(nn.Module):
@@ -160,7 +152,7 @@ class SeparationLoss(OutlierExposureLoss):
         loss = ce + self.oe_weight * oe
         self.last_terms = {"ce": ce.item(), "oe": oe.item()}
         if separation_active(ctx.epoch, ctx.epochs, self.warmup):
-            weight = _head_weight(ctx.model)
+            weight = head_weight(ctx.model)
             par = parallel_loss(id_out.features, target, weight)
             orth = orthogonal_loss(ood_out.features, weight)
             loss = loss + self.alpha * par + self.beta * orth
@@ -170,7 +162,7 @@ class SeparationLoss(OutlierExposureLoss):
 
 # --------------------------------------------------------------------------- score
 @register_score
-class SeparationScore(Score):
+class SeparationScore(PrototypeCosineScore):
     """Separation score, MSP(x) + sum_c |cos(h(x), w_c)| (high = ID; Wu et al., arXiv 2405.17816).
 
     h: penultimate features, w_c: rows of the classifier head weight (read from the model
@@ -180,50 +172,10 @@ class SeparationScore(Score):
     """
 
     name = "separation"
-    tasks = ("multiclass",)
-    requires_fit = True
-
-    def __init__(self):
-        self.weight: torch.Tensor | None = None
-
-    def fit(self, train, labels, model=None):
-        if model is None:
-            raise OODCoreError("the separation score needs the model (its head weight) to be fitted")
-        self.weight = _head_weight(model).detach().float().cpu().clone()
-        return self
 
     def compute(self, out):
-        if self.weight is None:
-            raise OODCoreError("the separation score is not fitted; call fit(train_outputs, labels, model) first")
-        if out.features.shape[1] != self.weight.shape[1]:
-            raise OODCoreError(f"features have {out.features.shape[1]} dimensions but the head weight "
-                               f"has {self.weight.shape[1]}")
-        w = self.weight.to(out.features.device)
         msp = out.logits.softmax(dim=1).max(dim=1).values
-        cos = F.normalize(out.features, dim=1) @ F.normalize(w, dim=1).T
-        return msp + cos.abs().sum(dim=1)
-
-
-# --------------------------------------------------------------------------- geometry
-def orthogonal_energy_share(features, weight, rtol: float = 1e-6) -> np.ndarray:
-    """Per-sample share of feature energy outside span{w_c}: ||h - P h||^2 / ||h||^2.
-
-    P is the orthogonal projector onto the row space of ``weight`` (K, d), built from an
-    orthonormal basis (SVD; singular values below ``rtol`` * the largest are dropped, so a
-    rank-deficient W is handled). 0 for h in span{w_c}, 1 for h orthogonal to every w_c;
-    NaN for h = 0. Wu et al. (arXiv 2405.17816): OOD features should have a larger share
-    than ID features after training with the separation loss.
-    """
-    h = torch.as_tensor(features.detach() if isinstance(features, torch.Tensor) else np.asarray(features)).double()
-    w = torch.as_tensor(weight.detach() if isinstance(weight, torch.Tensor) else np.asarray(weight)).double()
-    if h.dim() != 2 or w.dim() != 2 or h.shape[1] != w.shape[1]:
-        raise OODCoreError(f"features must be (N, d) and weight (K, d) with the same d; got "
-                           f"{tuple(h.shape)} and {tuple(w.shape)}")
-    h, w = h.cpu(), w.cpu()
-    _, s, vh = torch.linalg.svd(w, full_matrices=False)
-    basis = vh[s > rtol * s.max()] if s.numel() and s.max() > 0 else vh[:0]  # (r, d) orthonormal rows
-    proj = (h @ basis.T) @ basis
-    return ((h - proj).pow(2).sum(dim=1) / h.pow(2).sum(dim=1)).numpy()  # 0/0 = NaN for h = 0
+        return msp + self.cosines(out).abs().sum(dim=1)
 
 
 # --------------------------------------------------------------------------- methods

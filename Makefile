@@ -34,6 +34,6 @@ checkpoints: $(STAMP)
 	for m in $(CKPT_CANVASES); do $(PY) -m ood_core train --method $$m --dataset digit-canvases --seed 0 --out checkpoints/$${m}_canvases.pt --quiet || exit 1; done
 	$(PY) -m ood_core manifest checkpoints
 
-# The side-by-side benchmark of every method (3 seeds; about 15 minutes on 2 CPU cores).
+# The side-by-side benchmark of every method (3 seeds; about 5 minutes on 2 CPU cores).
 bench: $(STAMP)
 	$(PY) benchmarks/compare.py

@@ -4,7 +4,7 @@ Trains each method of ``SUITE`` for several seeds, evaluates all of its scores o
 set of its dataset, prints a markdown table (mean ± std over seeds) and then each paper's
 claim next to the numbers measured for it, with a plain verdict.
 
-    .venv/bin/python benchmarks/compare.py              # 3 seeds, every method (~15 min on 2 CPU cores)
+    .venv/bin/python benchmarks/compare.py              # 3 seeds, every method (~5 min on 2 CPU cores)
     .venv/bin/python benchmarks/compare.py --quick      # 1 seed, 10 epochs: a smoke run
     .venv/bin/python benchmarks/compare.py --json results.json
 
@@ -65,7 +65,7 @@ def jacobian_gap(model, bench) -> dict:
 def orthogonal_share(model, bench) -> dict:
     """Mean share of feature energy outside span{w_c}: ID test, unknown digits, generated far sets."""
     from ood_core.evaluate import extract_outputs
-    from ood_core.recipes.separation import orthogonal_energy_share
+    from ood_core.geometry import orthogonal_energy_share
 
     w = model.head.weight.detach().cpu()
 
@@ -80,7 +80,7 @@ def orthogonal_share(model, bench) -> dict:
 def class_geometry(model, bench) -> dict:
     """Inter/intra separation ratio and Davies-Bouldin index of the ID test features (class means as centres)."""
     from ood_core.evaluate import extract_outputs
-    from ood_core.recipes.ib import davies_bouldin, separation_ratio
+    from ood_core.geometry import davies_bouldin, separation_ratio
 
     z = extract_outputs(model, bench.test.x).features.numpy()
     y = bench.test.y.numpy()

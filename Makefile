@@ -25,13 +25,14 @@ clean-venv:
 	rm -rf $(VENV)
 
 # Rebuild the shipped checkpoints (one per method, seed 0, each method's own training settings)
+# with the per-epoch geometry record (NC1-NC4, JND) that the app plots,
 # and their manifest.
 CKPT_DIGITS := ce movr l2norm ib oe separation
 CKPT_CANVASES := jointenergy snojoe
 checkpoints: $(STAMP)
-	$(PY) -m ood_core train --method ce --dataset toy2d --seed 0 --out checkpoints/ce_toy2d.pt --quiet
-	for m in $(CKPT_DIGITS); do $(PY) -m ood_core train --method $$m --dataset digits --seed 0 --out checkpoints/$${m}_digits.pt --quiet || exit 1; done
-	for m in $(CKPT_CANVASES); do $(PY) -m ood_core train --method $$m --dataset digit-canvases --seed 0 --out checkpoints/$${m}_canvases.pt --quiet || exit 1; done
+	$(PY) -m ood_core train --method ce --dataset toy2d --seed 0 --track-geometry 1 --out checkpoints/ce_toy2d.pt --quiet
+	for m in $(CKPT_DIGITS); do $(PY) -m ood_core train --method $$m --dataset digits --seed 0 --track-geometry 1 --out checkpoints/$${m}_digits.pt --quiet || exit 1; done
+	for m in $(CKPT_CANVASES); do $(PY) -m ood_core train --method $$m --dataset digit-canvases --seed 0 --track-geometry 1 --out checkpoints/$${m}_canvases.pt --quiet || exit 1; done
 	$(PY) -m ood_core manifest checkpoints
 
 # The side-by-side benchmark of every method (3 seeds; about 5 minutes on 2 CPU cores).

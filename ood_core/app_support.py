@@ -12,8 +12,13 @@ Cached wrappers, keyed on ``(path, mtime)`` so a checkpoint replaced on disk is 
 rather than served stale:
 
 * :func:`load_model_cached` (``st.cache_resource``): ``(model, meta)``, one shared model.
+* :func:`outputs_cached` (``st.cache_resource``): the model's outputs on every split and
+  OOD set, extracted once and shared by the evaluation, the geometry and the projections.
 * :func:`evaluation_cached` (``st.cache_data``): a pickleable dict (report, per-sample
   scores as numpy arrays, table rows); no torch objects, so every caller gets a copy.
+* :func:`geometry_cached` (``st.cache_data``): :func:`ood_core.geometry.geometry_summary`.
+* :func:`projection_cached` (``st.cache_data``): a 2-D PCA/UMAP map, also cached on disk
+  (``$OOD_CACHE_DIR`` or ``~/.cache/ood-lab``) so it survives app restarts.
 
 Errors caused by the file (missing, corrupt, foreign, unknown dataset) are raised as
 :class:`~ood_core.errors.OODCoreError` subclasses; Streamlit does not cache exceptions, so
@@ -32,8 +37,10 @@ import streamlit as st
 from .checkpoint import load_checkpoint
 from .data import load_benchmark_from_spec
 from .errors import CheckpointError
-from .evaluate import FPR95_DEFINITION, evaluate
+from .evaluate import FPR95_DEFINITION, evaluate, extract_benchmark_outputs
+from .geometry import geometry_summary
 from .methods import default_score_names
+from .projection import Projection, default_cache_dir, project_benchmark
 from .runtime import select_device
 
 CHECKPOINT_ENV = "OOD_CHECKPOINT_DIR"
@@ -82,14 +89,15 @@ def file_mtime(path: str | Path) -> float:
         raise CheckpointError(f"{path}: cannot read the checkpoint file ({e.strerror or e})") from None
 
 
-def evaluate_model(model, meta: dict) -> dict:
+def evaluate_model(model, meta: dict, outputs: dict | None = None) -> dict:
     """Evaluate ``model`` on its benchmark; a pickleable dict ``{report, scores, table}``.
 
     ``scores`` maps ``"SET/SCORE"`` (``"id/SCORE"`` for the ID test split) to a 1-D numpy
-    array; ``table`` is :meth:`Evaluation.table`'s list of row dicts.
+    array; ``table`` is :meth:`Evaluation.table`'s list of row dicts. ``outputs``: model
+    outputs already extracted (reused, see :func:`outputs_cached`).
     """
     bench = load_benchmark_from_spec(meta.get("dataset"))
-    result = evaluate(model, bench, score_names=default_score_names(meta, bench))
+    result = evaluate(model, bench, score_names=default_score_names(meta, bench), outputs=outputs)
     return {"report": result.report,
             "scores": {k: np.asarray(v) for k, v in result.scores.items()},
             "table": result.table()}
@@ -168,8 +176,35 @@ def load_model_cached(path: str, mtime: float):
     return load_checkpoint(path, device=select_device("auto"))
 
 
+@st.cache_resource(max_entries=8, show_spinner="Extracting features…")
+def outputs_cached(path: str, mtime: float) -> dict:
+    """Model outputs (features, logits) of every split and OOD set of the checkpoint's
+    benchmark, extracted once per (checkpoint, version); shared, treat as read-only."""
+    model, meta = load_model_cached(path, mtime)
+    return extract_benchmark_outputs(model, load_benchmark_from_spec(meta.get("dataset")))
+
+
 @st.cache_data(max_entries=16, show_spinner="Scoring the ID test split and the OOD sets…")
 def evaluation_cached(path: str, mtime: float) -> dict:
     """:func:`evaluate_model` of the cached model: ``{report, scores, table}`` (pickleable)."""
     model, meta = load_model_cached(path, mtime)
-    return evaluate_model(model, meta)
+    return evaluate_model(model, meta, outputs=dict(outputs_cached(path, mtime)))
+
+
+@st.cache_data(max_entries=16, show_spinner="Measuring the representation's geometry…")
+def geometry_cached(path: str, mtime: float, jacobian: str | None = "estimate") -> dict:
+    """:func:`ood_core.geometry.geometry_summary` of the cached model (JSON-able dict)."""
+    model, meta = load_model_cached(path, mtime)
+    bench = load_benchmark_from_spec(meta.get("dataset"))
+    return geometry_summary(model, bench, outputs=dict(outputs_cached(path, mtime)), jacobian=jacobian)
+
+
+@st.cache_data(max_entries=16, show_spinner="Computing the 2-D map…")
+def projection_cached(path: str, mtime: float, method: str = "pca", fit_on: str = "union",
+                      normalize: bool = False, seed: int = 0) -> Projection:
+    """:func:`ood_core.projection.project_benchmark` of the cached model, cached in memory and
+    on disk (:func:`ood_core.projection.default_cache_dir`)."""
+    model, meta = load_model_cached(path, mtime)
+    bench = load_benchmark_from_spec(meta.get("dataset"))
+    return project_benchmark(model, bench, method=method, fit_on=fit_on, normalize=normalize, seed=seed,
+                             outputs=dict(outputs_cached(path, mtime)), cache_dir=default_cache_dir())

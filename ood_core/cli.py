@@ -1,4 +1,4 @@
-"""Command line: ``python -m ood_core {train,evaluate,list} ...`` (``--help`` on each).
+"""Command line: ``python -m ood_core {train,evaluate,geometry,project,list,manifest} ...`` (``--help`` on each).
 
 Errors caused by input print one line on stderr and exit with status 2; ``--debug`` shows
 the traceback instead.
@@ -50,7 +50,7 @@ def cmd_train(args) -> int:
         raise OODCoreError(f"--out must name a .pt file, got {out}")
     cfg = recommended_config(args.method, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              weight_decay=args.weight_decay, optimizer=args.optimizer, seed=args.seed,
-                             device=args.device)
+                             device=args.device, geometry_every=args.track_geometry)
     model_params = {k: v for k, v in (("arch", args.arch), ("feature_dim", args.feature_dim)) if v is not None}
     loss_params = _key_values(args.param)
     bar = None
@@ -134,6 +134,76 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- geometry
+def cmd_geometry(args) -> int:
+    from .checkpoint import load_checkpoint
+    from .data import load_benchmark_from_spec
+    from .geometry import geometry_summary
+    from .runtime import select_device
+
+    if args.probe_size < 1:
+        raise OODCoreError(f"--probe-size must be >= 1, got {args.probe_size}")
+    model, meta = load_checkpoint(args.checkpoint, device=select_device(args.device))
+    bench = load_benchmark_from_spec(meta.get("dataset"))
+    jac = None if args.jacobian == "none" else args.jacobian
+    summary = geometry_summary(model, bench, jacobian=jac, n_proj=args.n_proj, probe_size=args.probe_size)
+    summary = {"checkpoint": str(args.checkpoint), "method": meta.get("method"), **summary}
+    if args.json:
+        atomic_write(Path(args.json), lambda f: f.write(json.dumps(summary, indent=2).encode()))
+    print(f"{meta.get('method')} on {bench.name}: geometry of the representation")
+    if "nc" in summary:
+        print("neural collapse (training split; 0 = collapsed): "
+              + ", ".join(f"{k} {v:.4f}" for k, v in summary["nc"].items()))
+        g = summary["class_geometry"]
+        print(f"classes (ID test): mean radius {g['mean_radius']:.3f}, mean centre distance "
+              f"{g['mean_center_distance']:.3f}, ratio {g['separation_ratio']:.2f}, Davies-Bouldin {g['davies_bouldin']:.3f}")
+    cols = ["||z|| mean", "outside span{w}"] + (["inside means"] if "nc" in summary else []) \
+        + (["||J|| mean", "JND"] if jac else [])
+    print("| set | " + " | ".join(cols) + " |")
+    print("|---|" + "---|" * len(cols))
+    for s in ["id", *bench.ood]:
+        cells = [f"{summary['feature_norms'][s]['mean']:.3f}", f"{summary['energy_outside_span_w'][s]:.3f}"]
+        if "nc" in summary:
+            cells.append(f"{summary['energy_inside_mean_subspace'][s]:.3f}")
+        if jac:
+            cells += [f"{summary['jacobian_mean'][s]:.3f}", "" if s == "id" else f"{summary['jnd'][s]:+.3f}"]
+        print(f"| {s} | " + " | ".join(cells) + " |")
+    print("outside span{w} / inside means: mean share of ||z||^2 outside the classifier's row space / inside the "
+          f"centred class-mean subspace; ||J||: Frobenius norm of d(z/||z||)/dx ({jac or 'not computed'}), "
+          "JND = set mean - ID mean")
+    return 0
+
+
+def cmd_project(args) -> int:
+    import numpy as np
+
+    from .checkpoint import load_checkpoint
+    from .data import load_benchmark_from_spec
+    from .projection import default_cache_dir, project_benchmark, separation_in_map
+    from .runtime import select_device
+
+    out = Path(args.out)
+    if out.suffix != ".npz":
+        raise OODCoreError(f"--out must name a .npz file, got {out}")
+    model, meta = load_checkpoint(args.checkpoint, device=select_device(args.device))
+    bench = load_benchmark_from_spec(meta.get("dataset"))
+    cache = None if args.no_cache else (Path(args.cache_dir) if args.cache_dir else default_cache_dir())
+    if args.method == "umap":
+        print("fitting UMAP (the first fit in a process spends ~10-30 s compiling with numba)...", file=sys.stderr)
+    proj = project_benchmark(model, bench, method=args.method, fit_on=args.fit_on, normalize=args.normalize,
+                             cache_dir=cache, seed=args.seed)
+    atomic_write(out, lambda f: np.savez(f, **proj.coords))
+    where = "from the cache" if proj.from_cache else f"in {proj.seconds:.1f} s"
+    print(f"{args.method} map of {meta.get('method')} features (fit on {args.fit_on}), {where}; wrote {out}")
+    if proj.caveat:
+        print(f"caveat: {proj.caveat}")
+    print("| set | points | mean distance to nearest ID point / ID spacing |\n|---|---|---|")
+    sep = separation_in_map(proj)
+    for name, xy in proj.coords.items():
+        print(f"| {name} | {len(xy)} | {'1 (reference)' if name == 'id' else f'{sep[name]:.2f}'} |")
+    return 0
+
+
 # --------------------------------------------------------------------------- list
 def cmd_list(args) -> int:
     from .data import DATASET_DESCRIPTIONS, IMAGE_OOD_SETS, load_benchmark
@@ -190,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--feature-dim", type=int, default=None, help="feature dimension (smallcnn/mlp)")
     t.add_argument("--param", action="append", metavar="KEY=VALUE",
                    help="override a loss parameter of the method (see `list`), e.g. --param T=32; repeatable")
+    t.add_argument("--track-geometry", type=int, default=0, metavar="N",
+                   help="record NC metrics and the JND on a small probe every N epochs into the checkpoint's "
+                        "history (shown by the app); default: 0 = off")
     t.add_argument("--out", required=True, help="checkpoint file to write (.pt); written atomically")
     t.add_argument("--quiet", action="store_true", help="no progress bar or table")
     t.set_defaults(func=cmd_train)
@@ -210,6 +283,35 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     e.set_defaults(func=cmd_evaluate)
 
+    g = sub.add_parser("geometry", help="neural collapse, subspaces, feature norms and Jacobian norms of a checkpoint",
+                       description="Print (and optionally save as JSON) the representation geometry of a checkpoint "
+                                   "on its benchmark: NC1-NC4, class radii and distances, energy shares in the "
+                                   "principal subspaces, feature norms, Jacobian norms and JND per OOD set.")
+    g.add_argument("--checkpoint", required=True, help="checkpoint file (.pt)")
+    g.add_argument("--jacobian", choices=("estimate", "exact", "none"), default="estimate",
+                   help="how to compute Jacobian norms; default: estimate (random projections)")
+    g.add_argument("--n-proj", type=int, default=16, help="projections for --jacobian estimate; default: 16")
+    g.add_argument("--probe-size", type=int, default=256, help="samples per set for Jacobian norms; default: 256")
+    g.add_argument("--json", metavar="GEOMETRY.json", help="write the whole summary as JSON")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    g.set_defaults(func=cmd_geometry)
+
+    pr = sub.add_parser("project", help="2-D PCA/UMAP map of a checkpoint's ID and OOD features",
+                        description="Map the features of the ID test split and every OOD set to 2-D (one shared "
+                                    "PCA or UMAP), save the coordinates per set as .npz and print how far each "
+                                    "set sits from ID in the map. Maps are cached on disk by model and data.")
+    pr.add_argument("--checkpoint", required=True, help="checkpoint file (.pt)")
+    pr.add_argument("--method", choices=("pca", "umap"), default="pca", help="default: pca")
+    pr.add_argument("--fit-on", choices=("union", "id"), default="union",
+                    help="fit on all sets (default) or on ID only (UMAP then hides OOD inside ID clusters)")
+    pr.add_argument("--normalize", action="store_true", help="L2-normalise features first (cosine-head models)")
+    pr.add_argument("--seed", type=int, default=0, help="UMAP random_state; default: 0")
+    pr.add_argument("--out", required=True, help="coordinates per set (.npz), written atomically")
+    pr.add_argument("--cache-dir", default=None, help="default: $OOD_CACHE_DIR or ~/.cache/ood-lab")
+    pr.add_argument("--no-cache", action="store_true", help="neither read nor write the disk cache")
+    pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    pr.set_defaults(func=cmd_project)
+
     ls = sub.add_parser("list", help="list datasets, OOD sets, methods and scores")
     ls.set_defaults(func=cmd_list)
 
@@ -227,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; nothing was written", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` etc.: not an error
+        sys.stderr.close()
+        return 0
     except OODCoreError as e:
         if args.debug:
             raise

@@ -50,6 +50,29 @@ def check_input_shape(x: torch.Tensor, input_shape, name: str) -> None:
         raise DataError(f"OOD set {name!r} contains NaN/Inf values")
 
 
+def extract_benchmark_outputs(model: torch.nn.Module, bench: Benchmark, sets: list[str] | None = None,
+                              extra_ood: dict[str, torch.Tensor] | None = None, batch_size: int = 512,
+                              outputs: dict[str, ModelOutput] | None = None) -> dict[str, ModelOutput]:
+    """Model outputs of a benchmark's splits and OOD sets, each extracted once.
+
+    Keys: ``"train"`` and ``"val"`` (ID splits), ``"id"`` (the ID test split), every OOD
+    set of ``bench.ood`` and of ``extra_ood``. ``sets`` picks which keys (default: ``"id"``,
+    ``"train"`` and every OOD set). Entries already in ``outputs`` are reused, not
+    recomputed; the returned dict is ``outputs`` with the missing ones added. Every score
+    and geometry function reads these, so one forward pass per set serves them all.
+    """
+    sources = {"train": bench.train.x, "val": bench.val.x, "id": bench.test.x, **bench.ood, **(extra_ood or {})}
+    wanted = sets if sets is not None else ["id", "train", *bench.ood, *(extra_ood or {})]
+    missing = [k for k in wanted if k not in sources]
+    if missing:
+        raise DataError(f"no set named {missing[0]!r}; this benchmark has: {', '.join(sources)}")
+    outputs = {} if outputs is None else outputs
+    for key in wanted:
+        if key not in outputs:
+            outputs[key] = extract_outputs(model, sources[key], batch_size)
+    return outputs
+
+
 @dataclasses.dataclass
 class Evaluation:
     """``report``: JSON-able metrics; ``scores``: per-sample arrays keyed ``"SET/SCORE"``
@@ -80,11 +103,14 @@ def id_quality(task: str, out: ModelOutput, y: torch.Tensor) -> dict[str, float]
 
 def evaluate(model: torch.nn.Module, bench: Benchmark, ood_sets: dict[str, torch.Tensor] | None = None,
              score_names: list[str] | None = None, extra_ood: dict[str, torch.Tensor] | None = None,
-             batch_size: int = 512, device: str | torch.device | None = None) -> Evaluation:
+             batch_size: int = 512, device: str | torch.device | None = None,
+             outputs: dict[str, ModelOutput] | None = None) -> Evaluation:
     """Score the ID test split and each OOD set with every requested score.
 
     ``ood_sets`` defaults to all of ``bench.ood``; ``extra_ood`` adds user sets (group
     ``user``). ``score_names`` defaults to every registered score for the task.
+    ``outputs`` (from :func:`extract_benchmark_outputs` of the same model) are reused instead
+    of running the model again on those sets; the result's ``outputs`` holds every set used.
     """
     sets = dict(bench.ood if ood_sets is None else ood_sets)
     groups = {n: bench.ood_groups.get(n, "user") for n in sets}
@@ -104,17 +130,19 @@ def evaluate(model: torch.nn.Module, bench: Benchmark, ood_sets: dict[str, torch
 
     if device is not None:
         model.to(select_device(device))
-    outputs = {"id": extract_outputs(model, bench.test.x, batch_size)}
-    if any(s.requires_fit for s in scorers.values()):
-        train_out = extract_outputs(model, bench.train.x, batch_size)
+    outputs = dict(outputs or {})
+    user = {n: x for n, x in sets.items() if bench.ood.get(n) is not x}  # anything not the built-in tensor
+    needs_fit = any(s.requires_fit for s in scorers.values())
+    extract_benchmark_outputs(model, bench, ["id", *(["train"] if needs_fit else []), *sets],
+                              extra_ood=user, batch_size=batch_size, outputs=outputs)
+    if needs_fit:
         for s in scorers.values():
-            s.fit(train_out, bench.train.y, model)
-    for name, x in sets.items():
-        outputs[name] = extract_outputs(model, x, batch_size)
+            s.fit(outputs["train"], bench.train.y, model)
 
     inputs = {"id": bench.test.x, **sets}
-    per_sample = {f"{set_name}/{n}": (s.score_inputs(model, inputs[set_name]) if s.requires_inputs else s(out))
-                  for set_name, out in outputs.items() for n, s in scorers.items()}
+    per_sample = {f"{set_name}/{n}": (s.score_inputs(model, inputs[set_name]) if s.requires_inputs
+                                      else s(outputs[set_name]))
+                  for set_name in inputs for n, s in scorers.items()}
     report: dict = {**id_quality(bench.task, outputs["id"], bench.test.y), "ood": {}, "groups": groups}
     for set_name in sets:
         report["ood"][set_name] = {n: ood_metrics(per_sample[f"id/{n}"], per_sample[f"{set_name}/{n}"])

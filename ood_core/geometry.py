@@ -153,6 +153,59 @@ def jacobian_norm_difference(model: nn.Module, x_known: torch.Tensor, x_unknown:
     return float(unknown.mean() - known.mean())
 
 
+def jacobian_norm_path(model: nn.Module, x_start: torch.Tensor, x_end: torch.Tensor, steps: int = 33,
+                       **kw) -> tuple[np.ndarray, np.ndarray]:
+    """||J||_F along the straight path x(t) = (1 - t) x_start + t x_end, t = 0 .. 1.
+
+    ``x_start`` and ``x_end`` are single inputs (the model's input shape, no batch axis).
+    Returns ``(t, norms)``, both of shape (steps,). Between two samples of one class the
+    norm should stay low; between classes it should peak in the open space between them
+    (Park et al.: inter-class learning raises the norm there). Keyword arguments go to
+    :func:`jacobian_norm`; the cost is one :func:`jacobian_norm` call on ``steps`` inputs.
+    """
+    a, b = torch.as_tensor(x_start).float(), torch.as_tensor(x_end).float()
+    if a.shape != b.shape:
+        raise DataError(f"the two end points differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+    if int(steps) < 2:
+        raise OODCoreError(f"steps must be >= 2, got {steps}")
+    t = torch.linspace(0, 1, int(steps))
+    path = a.unsqueeze(0) + t.view(-1, *([1] * a.dim())) * (b - a).unsqueeze(0)
+    return t.double().numpy(), jacobian_norm(model, path, **kw)
+
+
+def jacobian_norm_map(model: nn.Module, bounds: tuple[float, float, float, float], resolution: int = 64,
+                      **kw) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """||J||_F over a grid of the plane, for models with 2-D inputs (the ``toy2d`` benchmark).
+
+    ``bounds`` = (x_min, x_max, y_min, y_max); the grid has ``resolution`` points per axis.
+    Returns ``(xs, ys, norms)`` with norms of shape (resolution, resolution), indexed
+    [y, x] as plotting libraries expect for a heatmap. Keyword arguments go to
+    :func:`jacobian_norm` (``method="exact"`` is cheap here: d passes of a tiny MLP).
+    Cost: resolution^2 Jacobians.
+    """
+    x_min, x_max, y_min, y_max = (float(v) for v in bounds)
+    if not (x_min < x_max and y_min < y_max):
+        raise OODCoreError(f"bounds must be (x_min, x_max, y_min, y_max) with min < max, got {bounds}")
+    if int(resolution) < 2:
+        raise OODCoreError(f"resolution must be >= 2, got {resolution}")
+    xs = np.linspace(x_min, x_max, int(resolution))
+    ys = np.linspace(y_min, y_max, int(resolution))
+    gx, gy = np.meshgrid(xs, ys)  # (res_y, res_x)
+    grid = torch.as_tensor(np.stack([gx.ravel(), gy.ravel()], axis=1), dtype=torch.float32)
+    norms = jacobian_norm(model, grid, **kw)
+    return xs, ys, norms.reshape(gx.shape)
+
+
+def plane_bounds(x, margin: float = 0.25) -> tuple[float, float, float, float]:
+    """(x_min, x_max, y_min, y_max) of 2-D points, widened by ``margin`` times each range."""
+    p = _np(x)
+    if p.ndim != 2 or p.shape[1] != 2:
+        raise DataError(f"expected 2-D points of shape (N, 2), got {p.shape}")
+    lo, hi = p.min(axis=0), p.max(axis=0)
+    pad = margin * np.maximum(hi - lo, 1e-6)
+    return float(lo[0] - pad[0]), float(hi[0] + pad[0]), float(lo[1] - pad[1]), float(hi[1] + pad[1])
+
+
 # --------------------------------------------------------------------------- class geometry
 def _np(a) -> np.ndarray:
     if isinstance(a, torch.Tensor):
@@ -247,19 +300,229 @@ def geometry_report(z, y, centers=None) -> dict:
 def orthogonal_energy_share(features, weight, rtol: float = 1e-6) -> np.ndarray:
     """Per-sample share of feature energy outside span{w_c}: ||h - P h||^2 / ||h||^2.
 
-    P is the orthogonal projector onto the row space of ``weight`` (K, d), built from an
-    orthonormal basis (SVD; singular values below ``rtol`` * the largest are dropped, so a
-    rank-deficient W is handled). 0 for h in span{w_c}, 1 for h orthogonal to every w_c;
-    NaN for h = 0. Wu et al. (arXiv 2405.17816): OOD features should have a larger share
-    than ID features after training with the separation loss.
+    P is the orthogonal projector onto the row space of ``weight`` (K, d), built from
+    :func:`principal_subspace` (a rank-deficient W is handled). 0 for h in span{w_c}, 1 for
+    h orthogonal to every w_c; NaN for h = 0. Wu et al. (arXiv 2405.17816): OOD features
+    should have a larger share than ID features after training with the separation loss.
     """
-    h = torch.as_tensor(features.detach() if isinstance(features, torch.Tensor) else np.asarray(features)).double()
-    w = torch.as_tensor(weight.detach() if isinstance(weight, torch.Tensor) else np.asarray(weight)).double()
-    if h.dim() != 2 or w.dim() != 2 or h.shape[1] != w.shape[1]:
+    h, w = _np(features), _np(weight)
+    if h.ndim != 2 or w.ndim != 2 or h.shape[1] != w.shape[1]:
         raise OODCoreError(f"features must be (N, d) and weight (K, d) with the same d; got "
                            f"{tuple(h.shape)} and {tuple(w.shape)}")
-    h, w = h.cpu(), w.cpu()
-    _, s, vh = torch.linalg.svd(w, full_matrices=False)
-    basis = vh[s > rtol * s.max()] if s.numel() and s.max() > 0 else vh[:0]  # (r, d) orthonormal rows
-    proj = (h @ basis.T) @ basis
-    return ((h - proj).pow(2).sum(dim=1) / h.pow(2).sum(dim=1)).numpy()  # 0/0 = NaN for h = 0
+    basis = principal_subspace(weight=w, rtol=rtol)
+    residual = h - (h @ basis.T) @ basis  # computed directly: 1 - inside share loses digits near 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (residual ** 2).sum(axis=1) / (h ** 2).sum(axis=1)
+
+
+def principal_subspace(weight=None, class_means_=None, k: int | None = None, rtol: float = 1e-6) -> np.ndarray:
+    """Orthonormal basis (r, d) of a model's principal feature subspace; give exactly one source.
+
+    ``weight`` (K, d): span{w_c}, the classifier's row space (what the logits can see); rank
+      r <= K, from the SVD of W (singular values below ``rtol`` * the largest dropped).
+    ``class_means_`` (K, d): the top ``k`` directions of the *centred* class means
+      M = [mu_c - mu_G] (default k = K - 1, the most a centred mean matrix can span), from
+      the SVD of M. Under neural collapse both subspaces coincide (NC3).
+    Cost: one SVD of a (K, d) matrix.
+    """
+    if (weight is None) == (class_means_ is None):
+        raise OODCoreError("give exactly one of weight=(K, d) classifier weights or class_means_=(K, d) class means")
+    if weight is not None:
+        a = _np(weight)
+    else:
+        m = _np(class_means_)
+        a = m - m.mean(axis=0)
+    if a.ndim != 2 or a.shape[0] == 0:
+        raise DataError(f"expected a (K, d) matrix, got shape {a.shape}")
+    _, s, vh = np.linalg.svd(a, full_matrices=False)
+    keep = s > rtol * s.max() if s.size and s.max() > 0 else np.zeros_like(s, dtype=bool)
+    if class_means_ is not None:
+        k = a.shape[0] - 1 if k is None else int(k)
+        if k < 1:
+            raise OODCoreError(f"k must be >= 1, got {k}")
+        keep &= np.arange(len(s)) < k
+    return vh[keep]
+
+
+def subspace_energy_share(features, basis) -> np.ndarray:
+    """Per-sample share of feature energy inside the subspace spanned by ``basis``: ||P h||^2 / ||h||^2.
+
+    ``basis`` is (r, d) with orthonormal rows (see :func:`principal_subspace`), so
+    P h = B^T B h. 1 = the feature lies in the subspace, 0 = it is orthogonal to it; the
+    share in the orthogonal complement is 1 minus this. NaN for h = 0. Cost: O(N r d).
+    """
+    h, b = _np(features), _np(basis)
+    if h.ndim != 2 or b.ndim != 2 or h.shape[1] != b.shape[1]:
+        raise DataError(f"features must be (N, d) and basis (r, d) with the same d; got {h.shape} and {b.shape}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return ((h @ b.T) ** 2).sum(axis=1) / (h ** 2).sum(axis=1)
+
+
+def cosine_matrix(a, b) -> np.ndarray:
+    """(K, L) cosine similarities between the rows of ``a`` (K, d) and ``b`` (L, d).
+
+    With a = centred class means and b = classifier weights, a collapsed network shows a
+    dominant diagonal (NC3, self-duality). Zero rows give 0, not NaN.
+    """
+    a, b = _np(a), _np(b)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise DataError(f"expected (K, d) and (L, d) matrices with the same d; got {a.shape} and {b.shape}")
+    na = np.linalg.norm(a, axis=1, keepdims=True)
+    nb = np.linalg.norm(b, axis=1, keepdims=True)
+    return (a / np.where(na > 0, na, 1)) @ (b / np.where(nb > 0, nb, 1)).T
+
+
+def feature_norm_stats(features) -> dict:
+    """Summary of ||z||_2 over the rows: mean, std (ddof 0), min, 5/25/50/75/95th percentile, max."""
+    norms = np.linalg.norm(_np(features), axis=1)
+    if norms.size == 0:
+        raise DataError("no features to summarise")
+    q = np.percentile(norms, [5, 25, 50, 75, 95])
+    return {"mean": float(norms.mean()), "std": float(norms.std()), "min": float(norms.min()),
+            "p05": float(q[0]), "p25": float(q[1]), "median": float(q[2]), "p75": float(q[3]),
+            "p95": float(q[4]), "max": float(norms.max())}
+
+
+# --------------------------------------------------------------------------- neural collapse
+PINV_RTOL = 1e-10  # eigenvalues of Sigma_B below this times the largest count as 0 in nc1
+NC_KEYS = ("nc1", "nc2_equinorm", "nc2_equiangular", "nc2_maxangle", "nc3", "nc4")
+
+
+def nc_metrics(features, labels, weight, bias=None, logits=None) -> dict[str, float]:
+    """Neural-collapse metrics (Papyan, Han, Donoho, PNAS 2020); every one tends to 0 under collapse.
+
+    h_i = features (N, d) with labels y_i in 0..C-1 (every class present), mu_c = class
+    means, mu_G = mean of all samples, M = [mu_c - mu_G] (d x C), W = ``weight`` (C, d).
+      Sigma_W = (1/N) sum_i (h_i - mu_y)(h_i - mu_y)^T, Sigma_B = (1/C) sum_c (mu_c - mu_G)(mu_c - mu_G)^T
+      nc1 = Tr(Sigma_W Sigma_B^+) / C                    (within-class variability collapse)
+      nc2_equinorm = std_c ||mu_c - mu_G|| / mean_c ||mu_c - mu_G||
+      nc2_equiangular = std_{c != c'} cos(mu_c - mu_G, mu_c' - mu_G)
+      nc2_maxangle = mean_{c != c'} |cos(mu_c - mu_G, mu_c' - mu_G) + 1/(C - 1)|  (simplex ETF)
+      nc3 = || W^T/||W||_F - M/||M||_F ||_F^2             (classifier aligned with the means)
+      nc4 = share of samples with argmax_c logits != argmin_c ||h - mu_c||  (nearest class mean)
+    Standard deviations use ddof 0; Sigma_B^+ is the Moore-Penrose pseudo-inverse with
+    eigenvalues below :data:`PINV_RTOL` times the largest treated as 0. The logits
+    for nc4 are ``logits`` when given (e.g. a cosine head's scaled cosines), else
+    h W^T + ``bias``. Cost: O(N d^2 + d^3) (one pseudo-inverse). Returns floats keyed by
+    :data:`NC_KEYS`; only for single-label (multiclass) models.
+    """
+    h, y = _check(features, labels)
+    w = _np(weight)
+    c = int(w.shape[0]) if w.ndim == 2 else 0
+    if w.ndim != 2 or w.shape[1] != h.shape[1]:
+        raise DataError(f"weight must be (C, d) with d = {h.shape[1]} (the feature dimension); got {w.shape}")
+    if c < 2:
+        raise DataError("neural-collapse metrics need at least two classes")
+    if y.min() < 0 or y.max() >= c:
+        raise DataError(f"labels must lie in 0..{c - 1} (one per row of weight); got {y.min()}..{y.max()}")
+    mu = class_means(h, y, num_classes=c)
+    mu_g = h.mean(axis=0)
+    m = mu - mu_g  # (C, d): rows are the centred means (the columns of M)
+    dev = h - mu[y]
+    sigma_w = dev.T @ dev / len(h)
+    sigma_b = m.T @ m / c
+    # Sigma_B has rank <= C - 1 < d: its null-space eigenvalues are rounding noise (~1e-16 of
+    # the largest), which a default-tolerance pseudo-inverse may invert into huge numbers.
+    nc1 = float(np.trace(sigma_w @ np.linalg.pinv(sigma_b, rtol=PINV_RTOL, hermitian=True)) / c)
+    norms = np.linalg.norm(m, axis=1)
+    off = ~np.eye(c, dtype=bool)
+    cos = cosine_matrix(m, m)[off]
+    m_f, w_f = np.linalg.norm(m), np.linalg.norm(w)
+    nc3 = float(((w / w_f - m / m_f) ** 2).sum()) if m_f > 0 and w_f > 0 else float("nan")
+    if logits is None:
+        logits = h @ w.T + (0.0 if bias is None else _np(bias))
+    logits = _np(logits)
+    if logits.shape != (len(h), c):
+        raise DataError(f"logits must be (N, C) = {(len(h), c)}, got {logits.shape}")
+    nearest = ((mu ** 2).sum(axis=1) - 2 * h @ mu.T).argmin(axis=1)  # ||h - mu_c||^2 up to ||h||^2
+    return {"nc1": nc1,
+            "nc2_equinorm": float(norms.std() / norms.mean()) if norms.mean() > 0 else float("nan"),
+            "nc2_equiangular": float(cos.std()),
+            "nc2_maxangle": float(np.abs(cos + 1.0 / (c - 1)).mean()),
+            "nc3": nc3,
+            "nc4": float((logits.argmax(axis=1) != nearest).mean())}
+
+
+# --------------------------------------------------------------------------- whole-model summaries
+def classifier_vectors(model: nn.Module) -> torch.Tensor:
+    """The (K, d) class vectors of a model's head: ``head.weight`` (linear, cosine, l2norm
+    heads) or ``head.centers`` (centres head), detached on the CPU."""
+    head = getattr(model, "head", None)
+    for name in ("weight", "centers"):
+        v = getattr(head, name, None)
+        if isinstance(v, torch.Tensor) and v.dim() == 2:
+            return v.detach().float().cpu()
+    raise OODCoreError("this needs a model whose head has a (K, d) weight or centres matrix "
+                       "(model.head.weight or model.head.centers)")
+
+
+def model_geometry_snapshot(model: nn.Module, task: str, x_train: torch.Tensor, y_train: torch.Tensor,
+                            x_known: torch.Tensor, x_unknown: torch.Tensor | None, n_proj: int = 8,
+                            seed: int = 0) -> dict[str, float]:
+    """The numbers the training loop records per epoch (see ``TrainConfig.geometry_every``).
+
+    Multiclass: :func:`nc_metrics` of the training probe, with the head's class vectors
+    (:func:`classifier_vectors`) and the model's own logits for nc4. Every task: the mean
+    Jacobian norm (``method="estimate"``, ``n_proj`` projections, fixed ``seed`` so epochs
+    are comparable) of the known and unknown probes and their difference ``jnd``.
+    Cost: one forward pass over the probes plus 2 x ``n_proj`` backward passes.
+    """
+    from .evaluate import extract_outputs  # here, not at the top: evaluate imports scores, recipes import us
+
+    out: dict[str, float] = {}
+    if task == "multiclass":
+        o = extract_outputs(model, x_train)
+        out.update(nc_metrics(o.features, y_train, classifier_vectors(model), logits=o.logits))
+    if x_unknown is not None and len(x_unknown):
+        known = jacobian_norm(model, x_known, method="estimate", n_proj=n_proj, seed=seed)
+        unknown = jacobian_norm(model, x_unknown, method="estimate", n_proj=n_proj, seed=seed)
+        out.update(jacobian_known=float(known.mean()), jacobian_unknown=float(unknown.mean()),
+                   jnd=float(unknown.mean() - known.mean()))
+    return out
+
+
+def geometry_summary(model: nn.Module, bench, outputs: dict | None = None, jacobian: str | None = "estimate",
+                     n_proj: int = 16, probe_size: int = 256, seed: int = 0) -> dict:
+    """Every geometry number of one model on one benchmark, JSON-able (used by the CLI and the app).
+
+    ``outputs`` are reused model outputs (:func:`ood_core.evaluate.extract_benchmark_outputs`);
+    missing sets are extracted once and added to it. Keys:
+
+    * ``nc`` (multiclass): :func:`nc_metrics` of the training split.
+    * ``class_geometry`` (multiclass): :func:`geometry_report` of the ID test split.
+    * ``cosine_means_vs_weights`` (multiclass): :func:`cosine_matrix` of the centred class
+      means (training split) against the head's class vectors.
+    * ``feature_norms``: :func:`feature_norm_stats` per set ("id" = ID test split).
+    * ``energy_outside_span_w``: mean :func:`orthogonal_energy_share` per set.
+    * ``energy_inside_mean_subspace`` (multiclass): mean :func:`subspace_energy_share` per set
+      for the top-(C-1) centred class-mean directions.
+    * ``jacobian_mean`` and ``jnd`` (unless ``jacobian`` is None): mean ||J||_F of up to
+      ``probe_size`` samples per set (the first ones; ``jacobian`` = "estimate" or "exact")
+      and, per OOD set, its JND against the ID test split.
+    """
+    from .evaluate import extract_benchmark_outputs
+
+    outputs = extract_benchmark_outputs(model, bench, outputs=outputs)
+    multiclass = bench.task == "multiclass"
+    sets = ["id", *bench.ood]
+    w = classifier_vectors(model)
+    summary: dict = {"task": bench.task}
+    if multiclass:
+        train = outputs["train"]
+        means = class_means(train.features, bench.train.y, num_classes=bench.num_classes)
+        summary["nc"] = nc_metrics(train.features, bench.train.y, w, logits=train.logits)
+        summary["class_geometry"] = geometry_report(outputs["id"].features, bench.test.y)
+        summary["cosine_means_vs_weights"] = cosine_matrix(means - train.features.double().mean(0).numpy(), w).tolist()
+        basis = principal_subspace(class_means_=means)
+        summary["energy_inside_mean_subspace"] = {
+            s: float(np.nanmean(subspace_energy_share(outputs[s].features, basis))) for s in sets}
+    summary["feature_norms"] = {s: feature_norm_stats(outputs[s].features) for s in sets}
+    summary["energy_outside_span_w"] = {s: float(np.nanmean(orthogonal_energy_share(outputs[s].features, w)))
+                                        for s in sets}
+    if jacobian is not None:
+        xs = {"id": bench.test.x, **bench.ood}
+        means_j = {s: float(jacobian_norm(model, xs[s][:probe_size], method=jacobian, n_proj=n_proj,
+                                          seed=seed).mean()) for s in sets}
+        summary["jacobian_mean"] = means_j
+        summary["jnd"] = {s: means_j[s] - means_j["id"] for s in bench.ood}
+    return summary

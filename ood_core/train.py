@@ -16,6 +16,7 @@ import torch
 from .data import Benchmark, load_benchmark, training_outliers
 from .errors import OODCoreError, TrainingDiverged
 from .evaluate import evaluate, extract_outputs, id_quality
+from .geometry import model_geometry_snapshot
 from .methods import LossContext, applicable_scores, get_method
 from .models import OODModel, build_model, default_arch
 from .runtime import library_versions, seed_everything, select_device
@@ -32,6 +33,10 @@ class TrainConfig:
     optimizer: str = "adam"  # "adam" or "sgd" (momentum 0.9, nesterov)
     seed: int = 0
     device: str = "auto"
+    # Record neural-collapse metrics (multiclass) and the Jacobian-norm difference on a small
+    # probe every this many epochs (and after the last one) into the history; 0 = off.
+    geometry_every: int = 0
+    probe_size: int = 128
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -44,6 +49,10 @@ class TrainConfig:
             raise OODCoreError(f"weight decay must be >= 0, got {self.weight_decay}")
         if self.optimizer not in ("adam", "sgd"):
             raise OODCoreError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.geometry_every < 0:
+            raise OODCoreError(f"geometry_every must be >= 0 (0 = off), got {self.geometry_every}")
+        if self.probe_size < 2:
+            raise OODCoreError(f"probe_size must be >= 2, got {self.probe_size}")
 
 
 def recommended_config(method: str, **overrides) -> TrainConfig:
@@ -86,6 +95,28 @@ def _optimizer(cfg: TrainConfig, params):
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def _geometry_probe(bench: Benchmark, cfg: TrainConfig) -> dict:
+    """Fixed samples for the per-epoch geometry record, drawn with their own generator (so
+    switching the record on does not change the training run): up to 8 x ``probe_size``
+    training samples for the NC metrics, ``probe_size`` validation samples (known) and
+    ``probe_size`` samples spread over the benchmark's OOD sets (unknown) for the JND.
+
+    The OOD samples only measure; nothing in training or model selection reads them.
+    """
+    gen = torch.Generator().manual_seed(cfg.seed + 7919)
+
+    def pick(x, n):
+        return x[torch.randperm(x.shape[0], generator=gen)[:n]]
+
+    n_train = min(bench.train.x.shape[0], 8 * cfg.probe_size)
+    idx = torch.randperm(bench.train.x.shape[0], generator=gen)[:n_train]
+    per_set = max(1, cfg.probe_size // max(1, len(bench.ood)))
+    unknown = [pick(x, per_set) for x in bench.ood.values()]
+    return {"x_train": bench.train.x[idx], "y_train": bench.train.y[idx],
+            "x_known": pick(bench.val.x, cfg.probe_size),
+            "x_unknown": torch.cat(unknown) if unknown else None}
+
+
 def train(method: str = "ce", dataset: str | Benchmark = "digits", config: TrainConfig | None = None,
           known=None, progress: Callable[[Progress], None] | None = None, model_params: dict | None = None,
           loss_params: dict | None = None, evaluate_after: bool = True) -> TrainResult:
@@ -124,6 +155,7 @@ def train(method: str = "ce", dataset: str | Benchmark = "digits", config: Train
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
 
     x_train, y_train = bench.train.x, bench.train.y
+    probe = _geometry_probe(bench, cfg) if cfg.geometry_every else None
     n = x_train.shape[0]
     steps = math.ceil(n / cfg.batch_size)
     history: list[dict] = []
@@ -153,6 +185,8 @@ def train(method: str = "ce", dataset: str | Benchmark = "digits", config: Train
                 val = id_quality(bench.task, extract_outputs(model, bench.val.x), bench.val.y)
                 history.append({"epoch": epoch, "train_loss": total / count,
                                 "lr": opt.param_groups[0]["lr"], **{f"val_{k}": v for k, v in val.items()}})
+                if probe is not None and (epoch % cfg.geometry_every == 0 or epoch == cfg.epochs):
+                    history[-1].update(model_geometry_snapshot(model, bench.task, **probe))
             if progress is not None:
                 progress(Progress(epoch, cfg.epochs, step, steps, loss_value, val))
         sched.step()

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ood_core.errors import DataError, OODCoreError
-from ood_core.geometry import jacobian_norm, jacobian_norm_difference
+from ood_core.geometry import (jacobian_norm, jacobian_norm_difference, jacobian_norm_map, jacobian_norm_path,
+                               plane_bounds)
 from ood_core.models import ModelOutput, build_model
 
 
@@ -158,3 +159,69 @@ def test_bad_arguments_are_refused():
         jacobian_norm(model, torch.randn(2, 3), method="estimate", n_proj=0)
     with pytest.raises(DataError):
         jacobian_norm(model, torch.randn(0, 3))
+
+
+def test_path_norms_match_pointwise_reference():
+    """f(x) = x*x: ||J(x(t))||_F = 2 ||(1 - t) a + t b|| along the path, end points included."""
+    model = nn.Module()
+    model.forward = lambda x: x * x
+    a, b = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([-1.0, 2.0, 3.0])
+    t, norms = jacobian_norm_path(model, a, b, steps=5, method="exact", normalize=False)
+    np.testing.assert_allclose(t, [0, 0.25, 0.5, 0.75, 1])
+    expected = [2 * np.linalg.norm((1 - ti) * a.numpy() + ti * b.numpy()) for ti in t]
+    np.testing.assert_allclose(norms, expected, rtol=1e-6)
+    with pytest.raises(DataError, match="differ in shape"):
+        jacobian_norm_path(model, a, b[:2])
+    with pytest.raises(OODCoreError, match="steps"):
+        jacobian_norm_path(model, a, b, steps=1)
+
+
+def test_plane_map_is_indexed_y_then_x_and_matches_autograd():
+    model = _mlp(2, 5, seed=2)
+    xs, ys, grid = jacobian_norm_map(model, (-1.0, 2.0, 0.0, 1.0), resolution=4)
+    assert grid.shape == (4, 4)
+    np.testing.assert_allclose(xs, np.linspace(-1, 2, 4))
+    np.testing.assert_allclose(ys, np.linspace(0, 1, 4))
+    for iy, ix in [(0, 3), (2, 1), (3, 0)]:
+        point = torch.tensor([[xs[ix], ys[iy]]], dtype=torch.float32)
+        assert grid[iy, ix] == pytest.approx(_reference(model, point, True)[0], rel=1e-5)
+    with pytest.raises(OODCoreError, match="bounds"):
+        jacobian_norm_map(model, (1.0, 0.0, 0.0, 1.0))
+    assert plane_bounds(np.array([[0.0, 0.0], [2.0, 4.0]]), margin=0.5) == (-1.0, 3.0, -2.0, 6.0)
+
+
+def test_training_records_geometry_per_epoch_without_changing_the_run():
+    from ood_core import load_benchmark
+    from ood_core.geometry import nc_metrics
+    from ood_core.train import TrainConfig, _geometry_probe, train
+
+    cfg = TrainConfig(epochs=4, seed=1, geometry_every=2, probe_size=64)
+    tracked = train("ce", "toy2d", cfg, evaluate_after=False)
+    plain = train("ce", "toy2d", TrainConfig(epochs=4, seed=1), evaluate_after=False)
+    for va, vb in zip(tracked.model.state_dict().values(), plain.model.state_dict().values()):
+        assert torch.equal(va, vb)  # the record draws from its own generator and runs in eval mode
+    recorded = [h["epoch"] for h in tracked.history if "nc1" in h]
+    assert recorded == [2, 4]
+    assert all("jnd" in h and "nc4" in h for h in tracked.history if h["epoch"] in (2, 4))
+    assert tracked.meta["history"] == tracked.history
+    # the last record equals the NC metrics of the final model, recomputed here with plain torch
+    probe = _geometry_probe(load_benchmark("toy2d"), cfg)
+    model = tracked.model.eval()
+    with torch.no_grad():
+        z = model.backbone(probe["x_train"])
+    ref = nc_metrics(z, probe["y_train"], model.head.weight, bias=model.head.bias)
+    for k in ("nc1", "nc2_equinorm", "nc3", "nc4"):
+        assert tracked.history[-1][k] == pytest.approx(ref[k], rel=1e-4, abs=1e-6)
+    with pytest.raises(OODCoreError, match="geometry_every"):
+        train("ce", "toy2d", TrainConfig(epochs=1, geometry_every=-1))
+
+
+def test_neural_collapse_progresses_during_training():
+    """On digits, NC1 falls and the classifier aligns with the class means as CE training goes on."""
+    from ood_core.train import TrainConfig, train
+
+    run = train("ce", "digits", TrainConfig(epochs=8, seed=0, geometry_every=1), evaluate_after=False)
+    first, last = run.history[0], run.history[-1]
+    assert last["nc1"] < 0.25 * first["nc1"]
+    assert last["nc3"] < first["nc3"]
+    assert last["nc4"] < 0.05

@@ -153,8 +153,10 @@ class MinDistance(Score):
         if self.centers is None:
             raise OODCoreError("score 'min_distance' must be fitted first: fit(train_outputs, labels, model)")
         z = out.features.double()
-        d2 = (z.unsqueeze(1) - self.centers.unsqueeze(0)).pow(2).sum(2)
-        return -d2.min(dim=1).values
+        # nearest centre from the expanded form (one matrix product), then its distance
+        # computed directly, so the score is exact and never negative
+        nearest = ((self.centers ** 2).sum(1) - 2 * z @ self.centers.T).argmin(dim=1)
+        return -(z - self.centers[nearest]).pow(2).sum(1)
 
 
 register_method(Method(

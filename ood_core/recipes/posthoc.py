@@ -122,7 +122,7 @@ class KNN(_FittedScore):
     name = "knn"
     tasks = ("multiclass", "multilabel")
 
-    def __init__(self, k: int = 10, chunk_size: int = 1024):
+    def __init__(self, k: int = 10, chunk_size: int = 4096):
         if int(k) != k or int(k) < 1:
             raise OODCoreError(f"knn k must be a positive integer, got {k}")
         self.k = int(k)
@@ -132,17 +132,21 @@ class KNN(_FittedScore):
         z = _f64(train.features)
         if z.shape[0] < self.k:
             raise OODCoreError(f"knn: k={self.k} but only {z.shape[0]} training samples; lower k")
-        self.bank = nn.functional.normalize(z, dim=1)
+        self.bank = nn.functional.normalize(z, dim=1).float()
         self._fitted = True
         return self
 
     def compute(self, out):
+        # On the unit sphere ||a - b||^2 = 2 - 2 a.b, so the k-th nearest neighbour is the k-th
+        # largest cosine: one float32 matrix product + topk, about 3x faster than cdist in
+        # float64. Cosines carry float32 rounding (~1e-7), i.e. distance errors ~1e-7 / d,
+        # at most ~5e-4 for near-duplicates (d ~ 0); rankings of distinct points are unaffected.
         self._check_fitted()
-        z = nn.functional.normalize(_f64(out.features), dim=1)
+        z = nn.functional.normalize(_f64(out.features), dim=1).float()
         res = []
         for i in range(0, z.shape[0], self.chunk_size):
-            d = torch.cdist(z[i:i + self.chunk_size], self.bank)
-            res.append(d.topk(self.k, dim=1, largest=False).values[:, -1])
+            cos_k = (z[i:i + self.chunk_size] @ self.bank.T).topk(self.k, dim=1).values[:, -1]
+            res.append((2.0 - 2.0 * cos_k.double()).clamp_min(0).sqrt())
         return -torch.cat(res)
 
 

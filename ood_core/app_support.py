@@ -7,6 +7,7 @@ Plain functions (usable without a running Streamlit server, e.g. in tests or a n
 * :func:`metric_table`, :func:`score_names`, :func:`ood_set_names`, :func:`metadata_summary`:
   shape the results for display.
 * :func:`histogram_figure`: the ID-vs-OOD score histogram (plotly).
+* :func:`history_figure`: the per-epoch NC metrics and JND of a training history (plotly).
 
 Cached wrappers, keyed on ``(path, mtime)`` so a checkpoint replaced on disk is re-read
 rather than served stale:
@@ -166,6 +167,22 @@ def histogram_figure(id_scores, ood_scores, score_name: str, ood_name: str):
                        opacity=0.6, nbins=60, category_orders={"set": [id_label, ood_label]},
                        title=f"{score_name}: ID vs {ood_name} (higher = more ID)")
     fig.update_layout(legend_title_text="", yaxis_title="density", margin=dict(t=50, b=40, l=40, r=10))
+    return fig
+
+
+HISTORY_KEYS = ("nc1", "nc2_equinorm", "nc2_equiangular", "nc2_maxangle", "nc3", "nc4", "jnd")
+
+
+def history_figure(history: list[dict]):
+    """Line plot of the per-epoch geometry record (NC metrics, JND) of a training history,
+    or None when nothing was recorded (``TrainConfig.geometry_every`` was 0)."""
+    rows = [{"epoch": h["epoch"], "metric": k, "value": h[k]}
+            for h in history for k in HISTORY_KEYS if k in h]
+    if not rows:
+        return None
+    fig = px.line(pd.DataFrame(rows), x="epoch", y="value", color="metric", markers=True,
+                  title="Geometry over training (NC metrics tend to 0 under collapse; JND = unknown - known ||J||)")
+    fig.update_layout(legend_title_text="", margin=dict(t=50, b=40, l=40, r=10))
     return fig
 
 

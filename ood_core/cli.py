@@ -135,16 +135,22 @@ def cmd_evaluate(args) -> int:
 
 
 # --------------------------------------------------------------------------- geometry
-def cmd_geometry(args) -> int:
+def _checkpoint_and_benchmark(args):
+    """``(model, meta, bench)`` of ``--checkpoint`` on ``--device``."""
     from .checkpoint import load_checkpoint
     from .data import load_benchmark_from_spec
-    from .geometry import geometry_summary
     from .runtime import select_device
+
+    model, meta = load_checkpoint(args.checkpoint, device=select_device(args.device))
+    return model, meta, load_benchmark_from_spec(meta.get("dataset"))
+
+
+def cmd_geometry(args) -> int:
+    from .geometry import geometry_summary
 
     if args.probe_size < 1:
         raise OODCoreError(f"--probe-size must be >= 1, got {args.probe_size}")
-    model, meta = load_checkpoint(args.checkpoint, device=select_device(args.device))
-    bench = load_benchmark_from_spec(meta.get("dataset"))
+    model, meta, bench = _checkpoint_and_benchmark(args)
     jac = None if args.jacobian == "none" else args.jacobian
     summary = geometry_summary(model, bench, jacobian=jac, n_proj=args.n_proj, probe_size=args.probe_size)
     summary = {"checkpoint": str(args.checkpoint), "method": meta.get("method"), **summary}
@@ -177,16 +183,12 @@ def cmd_geometry(args) -> int:
 def cmd_project(args) -> int:
     import numpy as np
 
-    from .checkpoint import load_checkpoint
-    from .data import load_benchmark_from_spec
     from .projection import default_cache_dir, project_benchmark, separation_in_map
-    from .runtime import select_device
 
     out = Path(args.out)
     if out.suffix != ".npz":
         raise OODCoreError(f"--out must name a .npz file, got {out}")
-    model, meta = load_checkpoint(args.checkpoint, device=select_device(args.device))
-    bench = load_benchmark_from_spec(meta.get("dataset"))
+    model, meta, bench = _checkpoint_and_benchmark(args)
     cache = None if args.no_cache else (Path(args.cache_dir) if args.cache_dir else default_cache_dir())
     if args.method == "umap":
         print("fitting UMAP (the first fit in a process spends ~10-30 s compiling with numba)...", file=sys.stderr)

@@ -6,6 +6,7 @@ app there, so they do not depend on the files shipped in ``checkpoints/``.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pickle
@@ -36,7 +37,7 @@ def _clear_caches():
 @pytest.fixture(scope="session")
 def ckpt_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("checkpoints")
-    r = ood_core.train("ce", "digits", ood_core.TrainConfig(epochs=3))
+    r = ood_core.train("ce", "digits", ood_core.TrainConfig(epochs=3, geometry_every=1))
     ood_core.save_checkpoint(folder / "ce_digits.pt", r.model, r.meta)
     r = ood_core.train("ce", "toy2d", ood_core.TrainConfig(epochs=2))
     ood_core.save_checkpoint(folder / "ce_toy2d.pt", r.model, r.meta)
@@ -49,10 +50,22 @@ def app(ckpt_dir, monkeypatch) -> AppTest:
     return AppTest.from_file(APP, default_timeout=TIMEOUT)
 
 
+def _charts(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def _array(values) -> np.ndarray:
+    """A plotly JSON array: a list, or plotly 7's typed array {"dtype", "bdata": base64}."""
+    if isinstance(values, dict):
+        return np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"])
+    return np.asarray(values, dtype=float)
+
+
 def _chart_spec(at: AppTest) -> dict:
-    charts = at.get("plotly_chart")
-    assert len(charts) == 1
-    return json.loads(charts[0].proto.spec)
+    """The score histogram (the page's one histogram chart)."""
+    hists = [c for c in _charts(at) if c["data"] and c["data"][0]["type"] == "histogram"]
+    assert len(hists) == 1
+    return hists[0]
 
 
 def test_default_run_shows_table_and_histogram(app, ckpt_dir):
@@ -73,6 +86,25 @@ def test_default_run_shows_table_and_histogram(app, ckpt_dir):
     assert len(spec["data"]) == 2
     assert all(t["type"] == "histogram" for t in spec["data"])
     assert [t["name"] for t in spec["data"]] == ["ID (test)", "OOD: unknown"]
+
+
+def test_geometry_section_shows_nc_metrics_and_their_history(app, ckpt_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("OOD_CACHE_DIR", str(tmp_path))
+    at = app.run()
+    assert not at.exception, [e.value for e in at.exception]
+    nc = {m.label: float(m.value) for m in at.metric if m.label.startswith("nc")}
+    assert set(nc) == {"nc1", "nc2_equinorm", "nc2_equiangular", "nc2_maxangle", "nc3", "nc4"}
+    _, meta = ood_core.load_checkpoint(ckpt_dir / "ce_digits.pt")
+    lines = [c for c in _charts(at) if c["data"] and c["data"][0]["type"] == "scatter"]
+    assert len(lines) == 1
+    traces = {t["name"]: t for t in lines[0]["data"]}
+    assert {"nc1", "nc4", "jnd"} <= set(traces)
+    np.testing.assert_allclose(_array(traces["nc1"]["y"]), [h["nc1"] for h in meta["history"]], rtol=1e-6)
+    # a checkpoint without the record says how to get one
+    at.selectbox(key="checkpoint").set_value(str(ckpt_dir / "ce_toy2d.pt")).run()
+    assert not at.exception
+    assert any("--track-geometry" in c.value for c in at.caption)
+    assert not [c for c in _charts(at) if c["data"] and c["data"][0]["type"] == "scatter"]
 
 
 def test_score_and_ood_set_selection_change_the_chart(app):

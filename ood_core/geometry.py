@@ -461,7 +461,7 @@ def model_geometry_snapshot(model: nn.Module, task: str, x_train: torch.Tensor, 
                             seed: int = 0) -> dict[str, float]:
     """The numbers the training loop records per epoch (see ``TrainConfig.geometry_every``).
 
-    Multiclass: :func:`nc_metrics` of the training probe, with the head's class vectors
+    Multiclass (when every class is in the probe): :func:`nc_metrics` of the training probe, with the head's class vectors
     (:func:`classifier_vectors`) and the model's own logits for nc4. Every task: the mean
     Jacobian norm (``method="estimate"``, ``n_proj`` projections, fixed ``seed`` so epochs
     are comparable) of the known and unknown probes and their difference ``jnd``.
@@ -470,9 +470,11 @@ def model_geometry_snapshot(model: nn.Module, task: str, x_train: torch.Tensor, 
     from .evaluate import extract_outputs  # here, not at the top: evaluate imports scores, recipes import us
 
     out: dict[str, float] = {}
-    if task == "multiclass":
+    w = classifier_vectors(model)
+    # NC needs every class in the probe; a tiny probe may miss one: then the NC keys are left out
+    if task == "multiclass" and len(torch.unique(torch.as_tensor(y_train))) == w.shape[0]:
         o = extract_outputs(model, x_train)
-        out.update(nc_metrics(o.features, y_train, classifier_vectors(model), logits=o.logits))
+        out.update(nc_metrics(o.features, y_train, w, logits=o.logits))
     if x_unknown is not None and len(x_unknown):
         known = jacobian_norm(model, x_known, method="estimate", n_proj=n_proj, seed=seed)
         unknown = jacobian_norm(model, x_unknown, method="estimate", n_proj=n_proj, seed=seed)

@@ -225,3 +225,14 @@ def test_neural_collapse_progresses_during_training():
     assert last["nc1"] < 0.25 * first["nc1"]
     assert last["nc3"] < first["nc3"]
     assert last["nc4"] < 0.05
+
+
+def test_a_probe_missing_a_class_records_the_jnd_only():
+    from ood_core.geometry import model_geometry_snapshot
+
+    model = build_model("mlp", 3, (2,))
+    x = torch.randn(6, 2)
+    snap = model_geometry_snapshot(model, "multiclass", x, torch.tensor([0, 0, 1, 1, 0, 1]), x, x + 5)
+    assert "nc1" not in snap and "jnd" in snap
+    full = model_geometry_snapshot(model, "multiclass", x, torch.tensor([0, 1, 2, 0, 1, 2]), x, x + 5)
+    assert "nc1" in full

@@ -33,6 +33,8 @@ st.set_page_config(page_title="OOD geometry lab", layout="wide")
 
 pg = st.navigation([
     st.Page("app_pages/overview.py", title="Model overview", default=True, url_path="overview"),
+    st.Page("app_pages/jacobian.py", title="Jacobian norms", url_path="jacobian"),
+    st.Page("app_pages/collapse.py", title="Neural collapse & subspaces", url_path="collapse"),
 ])
 
 folder = checkpoint_dir(APP_DIR)

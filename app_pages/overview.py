@@ -74,21 +74,3 @@ st.plotly_chart(fig, key="score_hist")
 m = report["ood"][ood_set][score]
 st.caption(f"AUROC {m['auroc']:.3f} · FPR95 {m['fpr95']:.3f} · AUPR-In {m['aupr_in']:.3f} · "
            f"AUPR-Out {m['aupr_out']:.3f}")
-
-# ---------------------------------------------------------------- geometry
-st.subheader("Representation geometry")
-try:
-    geo = sup.geometry_cached(path, mtime, None)  # no Jacobians here: those have their own page
-except OODCoreError as e:
-    st.info(f"No geometry for this model: {e}")
-    geo = None
-if geo is not None and "nc" in geo:
-    cols = st.columns(len(geo["nc"]))
-    for col, (name, value) in zip(cols, geo["nc"].items()):
-        col.metric(name, f"{value:.3f}", help="Neural-collapse metric on the training split; 0 = fully collapsed")
-history_fig = sup.history_figure(meta.get("history") or [])
-if history_fig is not None:
-    st.plotly_chart(history_fig, key="geometry_history")
-else:
-    st.caption("No per-epoch geometry was recorded for this checkpoint "
-               "(train with `--track-geometry 1` to record NC1-NC4 and the JND).")

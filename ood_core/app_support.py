@@ -33,13 +33,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import plotly.express as px
+import plotly.graph_objects as go
 import streamlit as st
 
 from .checkpoint import load_checkpoint
 from .data import load_benchmark_from_spec
 from .errors import CheckpointError
 from .evaluate import FPR95_DEFINITION, evaluate, extract_benchmark_outputs
-from .geometry import geometry_summary
+from .errors import OODCoreError
+from .geometry import (class_means, classifier_vectors, geometry_summary, jacobian_norm, jacobian_norm_map,
+                       jacobian_norm_path, plane_bounds, principal_subspace, subspace_energy_share)
 from .methods import default_score_names
 from .projection import Projection, default_cache_dir, project_benchmark
 from .runtime import select_device
@@ -186,6 +189,47 @@ def history_figure(history: list[dict]):
     return fig
 
 
+def distributions_figure(values: dict[str, np.ndarray], x_label: str, title: str):
+    """Overlaid density histograms, one trace per set (the first is drawn as the reference)."""
+    frames = [pd.DataFrame({x_label: np.asarray(v, dtype=np.float64).ravel(), "set": name})
+              for name, v in values.items()]
+    df = pd.concat(frames, ignore_index=True)
+    df = df[np.isfinite(df[x_label])]
+    fig = px.histogram(df, x=x_label, color="set", barmode="overlay", histnorm="probability density",
+                       opacity=0.55, nbins=60, category_orders={"set": list(values)}, title=title)
+    fig.update_layout(legend_title_text="", yaxis_title="density", margin=dict(t=50, b=40, l=40, r=10))
+    return fig
+
+
+def path_figure(t: np.ndarray, norms: np.ndarray, start_label: str, end_label: str):
+    """||J||_F along the straight path between two inputs (t = 0 at the first)."""
+    fig = px.line(pd.DataFrame({"t": t, "||J||_F": norms}), x="t", y="||J||_F", markers=True,
+                  title=f"Jacobian norm on the straight path from {start_label} (t = 0) to {end_label} (t = 1)")
+    fig.update_layout(margin=dict(t=50, b=40, l=40, r=10))
+    return fig
+
+
+def plane_map_figure(xs, ys, grid, points: dict[str, np.ndarray]):
+    """Heatmap of ||J||_F over the plane (toy2d) with the given 2-D point sets on top."""
+    fig = go.Figure(go.Heatmap(x=xs, y=ys, z=grid, colorscale="Viridis", colorbar=dict(title="||J||_F")))
+    for name, p in points.items():
+        fig.add_trace(go.Scatter(x=p[:, 0], y=p[:, 1], mode="markers", name=name, marker=dict(size=4, opacity=0.7)))
+    fig.update_layout(title="Jacobian norm over the input plane", xaxis_title="x1", yaxis_title="x2",
+                      legend=dict(orientation="h"), margin=dict(t=50, b=40, l=40, r=10))
+    return fig
+
+
+def cosine_heatmap_figure(matrix, class_names):
+    """Heatmap of cos(centred class mean c, classifier vector c') (rows: means, columns: weights)."""
+    names = [str(c) for c in class_names]
+    fig = go.Figure(go.Heatmap(z=np.asarray(matrix), x=names, y=names, zmin=-1, zmax=1, colorscale="RdBu",
+                               reversescale=True, colorbar=dict(title="cos")))
+    fig.update_layout(title="cos(class mean − global mean, classifier vector): a collapsed net has a bright diagonal",
+                      xaxis_title="classifier vector of class", yaxis_title="centred mean of class",
+                      yaxis=dict(autorange="reversed"), margin=dict(t=50, b=40, l=40, r=10))
+    return fig
+
+
 # --------------------------------------------------------------------------- cached wrappers
 @st.cache_resource(max_entries=8, show_spinner="Loading checkpoint…")
 def load_model_cached(path: str, mtime: float):
@@ -225,3 +269,69 @@ def projection_cached(path: str, mtime: float, method: str = "pca", fit_on: str 
     bench = load_benchmark_from_spec(meta.get("dataset"))
     return project_benchmark(model, bench, method=method, fit_on=fit_on, normalize=normalize, seed=seed,
                              outputs=dict(outputs_cached(path, mtime)), cache_dir=default_cache_dir())
+
+
+def _bench(meta: dict):
+    return load_benchmark_from_spec(meta.get("dataset"))
+
+
+@st.cache_data(max_entries=32, show_spinner="Computing Jacobian norms…")
+def jacobian_norms_cached(path: str, mtime: float, method: str = "estimate", n_proj: int = 16,
+                          probe_size: int = 256) -> dict[str, np.ndarray]:
+    """||d(z/||z||)/dx||_F of the first ``probe_size`` samples of the ID test split (``"id"``)
+    and of every OOD set (:func:`ood_core.geometry.jacobian_norm`)."""
+    model, meta = load_model_cached(path, mtime)
+    bench = _bench(meta)
+    sets = {"id": bench.test.x, **bench.ood}
+    return {name: jacobian_norm(model, x[:probe_size], method=method, n_proj=n_proj) for name, x in sets.items()}
+
+
+@st.cache_data(max_entries=32, show_spinner="Computing Jacobian norms along the path…")
+def jacobian_path_cached(path: str, mtime: float, start: int, end: int, method: str = "exact",
+                         steps: int = 33) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`ood_core.geometry.jacobian_norm_path` between ID test samples ``start`` and ``end``."""
+    model, meta = load_model_cached(path, mtime)
+    x = _bench(meta).test.x
+    return jacobian_norm_path(model, x[start], x[end], steps=steps, method=method)
+
+
+@st.cache_data(max_entries=8, show_spinner="Mapping the Jacobian norm over the plane…")
+def jacobian_map_cached(path: str, mtime: float, resolution: int = 60):
+    """``(xs, ys, grid, points)``: :func:`ood_core.geometry.jacobian_norm_map` over the
+    bounds of the ID test split and every OOD set, and those sets' points (2-D inputs only)."""
+    model, meta = load_model_cached(path, mtime)
+    bench = _bench(meta)
+    if tuple(bench.input_shape) != (2,):
+        raise OODCoreError(f"the plane map needs 2-D inputs (toy2d); {bench.name} has {tuple(bench.input_shape)}")
+    points = {"ID (test)": bench.test.x.numpy(), **{f"OOD: {k}": v.numpy() for k, v in bench.ood.items()}}
+    bounds = plane_bounds(np.concatenate(list(points.values())), margin=0.05)
+    xs, ys, grid = jacobian_norm_map(model, bounds, resolution=resolution, method="exact")
+    return xs, ys, grid, points
+
+
+@st.cache_data(max_entries=16, show_spinner="Measuring energy shares…")
+def energy_shares_cached(path: str, mtime: float, subspace: str = "weights") -> dict[str, np.ndarray]:
+    """Per-sample share of ||z||^2 *outside* the principal subspace, for the ID test split
+    and every OOD set: ``subspace="weights"`` = span{w_c} (the classifier's row space),
+    ``"means"`` = the top-(C-1) centred class-mean directions of the training features."""
+    model, meta = load_model_cached(path, mtime)
+    outputs = outputs_cached(path, mtime)
+    if subspace == "weights":
+        basis = principal_subspace(weight=classifier_vectors(model))
+    elif subspace == "means":
+        bench = _bench(meta)
+        if bench.task != "multiclass":
+            raise OODCoreError("the class-mean subspace needs single-label classes; use the classifier span")
+        basis = principal_subspace(class_means_=class_means(outputs["train"].features, bench.train.y,
+                                                            bench.num_classes))
+    else:
+        raise OODCoreError(f"subspace must be 'weights' or 'means', got {subspace!r}")
+    return {name: 1.0 - subspace_energy_share(out.features, basis)
+            for name, out in outputs.items() if name not in ("train", "val")}
+
+
+@st.cache_data(max_entries=16)
+def test_labels_cached(path: str, mtime: float) -> np.ndarray:
+    """Labels of the checkpoint's ID test split ((N,) classes or (N, K) multi-hot)."""
+    _, meta = load_model_cached(path, mtime)
+    return _bench(meta).test.y.numpy()

@@ -1,0 +1,76 @@
+"""Neural collapse and subspaces: NC1-NC4 (and their history when recorded), the cosine matrix
+of class means vs classifier vectors, and how much of each sample's feature energy lies
+outside the principal subspace, ID vs OOD.
+
+Widgets and plots only; the numbers come from :mod:`ood_core.app_support` (cached).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from ood_core import app_support as sup
+from ood_core.errors import OODCoreError
+
+st.title("Neural collapse & subspaces")
+with st.expander("What am I looking at?", expanded=False):
+    st.markdown("Neural collapse (Papyan, Han, Donoho 2020): late in training, features of a class "
+                "shrink onto their class mean (NC1), the centred means spread out like a simplex (NC2), "
+                "the classifier vectors line up with the means (NC3) and the classifier acts like "
+                "nearest class mean (NC4). Every metric goes to 0 under collapse:")
+    st.latex(r"\mathrm{NC1} = \tfrac{1}{C}\,\mathrm{Tr}(\Sigma_W \Sigma_B^{+}),\quad "
+             r"\mathrm{NC3} = \Big\| \tfrac{W^\top}{\|W\|_F} - \tfrac{M}{\|M\|_F} \Big\|_F^2")
+    st.markdown("Then span{w_c} is the *principal subspace* of ID features. Wu et al. (2024) push OOD "
+                "features into its orthogonal complement: look for OOD histograms of the outside share "
+                "to the right of the ID one.")
+
+path = st.session_state.get("checkpoint")
+if not path:
+    st.stop()
+try:
+    mtime = sup.file_mtime(path)
+    model, meta = sup.load_model_cached(path, mtime)
+    geo = sup.geometry_cached(path, mtime, None)  # Jacobians have their own page
+except OODCoreError as e:
+    st.error(str(e))
+    st.stop()
+
+if "nc" in geo:
+    cols = st.columns(len(geo["nc"]))
+    for col, (name, value) in zip(cols, geo["nc"].items()):
+        col.metric(name, f"{value:.3f}", help="On the training split; 0 = fully collapsed")
+else:
+    st.info("Neural-collapse metrics need single-label classes; this is a multi-label model. "
+            "The subspace view below still applies.")
+history_fig = sup.history_figure(meta.get("history") or [])
+if history_fig is not None:
+    st.plotly_chart(history_fig, key="geometry_history")
+else:
+    st.caption("No per-epoch geometry was recorded for this checkpoint "
+               "(train with `--track-geometry 1` to record NC1-NC4 and the JND).")
+
+if "cosine_means_vs_weights" in geo:
+    st.plotly_chart(sup.cosine_heatmap_figure(geo["cosine_means_vs_weights"], meta["dataset"].get("class_names")
+                                              or range(len(geo["cosine_means_vs_weights"]))), key="cosine_heatmap")
+    g = geo["class_geometry"]
+    st.caption(f"ID test classes: mean radius {g['mean_radius']:.3f}, mean centre distance "
+               f"{g['mean_center_distance']:.3f}, ratio {g['separation_ratio']:.2f}, "
+               f"Davies-Bouldin {g['davies_bouldin']:.3f}.")
+
+st.subheader("Feature energy outside the principal subspace")
+choices = {"classifier span{w_c}": "weights"}
+if "nc" in geo:
+    choices["top class-mean directions"] = "means"
+label = st.radio("Principal subspace", list(choices), key="subspace", horizontal=True)
+shares = sup.energy_shares_cached(path, mtime, choices[label])
+ood_names = [n for n in shares if n != "id"]
+chosen = st.multiselect("OOD sets", ood_names, default=ood_names[:3], key="subspace_sets")
+values = {"ID (test)": shares["id"], **{f"OOD: {n}": shares[n] for n in chosen}}
+st.plotly_chart(sup.distributions_figure(values, "share of ||z||^2 outside",
+                                         f"Energy outside the {label} (1 = orthogonal to it)"), key="energy_hist")
+table = pd.DataFrame({"set": ["ID (test)"] + ood_names,
+                      "mean share outside": [float(np.nanmean(shares[n])) for n in ["id"] + ood_names]})
+st.dataframe(table, hide_index=True, key="energy_table")
+st.download_button("Download as CSV", table.to_csv(index=False).encode("utf-8"), file_name="energy_shares.csv",
+                   mime="text/csv", key="download_energy")

@@ -25,14 +25,10 @@ with st.expander("What am I looking at?", expanded=False):
                 "features into its orthogonal complement: look for OOD histograms of the outside share "
                 "to the right of the ID one.")
 
-path = st.session_state.get("checkpoint")
-if not path:
-    st.stop()
+path, mtime, model, meta = sup.require_checkpoint()
 try:
-    mtime = sup.file_mtime(path)
-    model, meta = sup.load_model_cached(path, mtime)
     geo = sup.geometry_cached(path, mtime, None)  # Jacobians have their own page
-except OODCoreError as e:
+except OODCoreError as e:  # e.g. a head without class vectors
     st.error(str(e))
     st.stop()
 

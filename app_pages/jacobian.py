@@ -10,7 +10,6 @@ import pandas as pd
 import streamlit as st
 
 from ood_core import app_support as sup
-from ood_core.errors import OODCoreError
 
 st.title("Jacobian norms")
 with st.expander("What am I looking at?", expanded=False):
@@ -26,15 +25,7 @@ with st.expander("What am I looking at?", expanded=False):
         "*Estimate* uses K random projections (one backward pass each, unbiased in ‖J‖²); *exact* "
         "computes the whole Jacobian (slower).")
 
-path = st.session_state.get("checkpoint")
-if not path:
-    st.stop()
-try:
-    mtime = sup.file_mtime(path)
-    model, meta = sup.load_model_cached(path, mtime)
-except OODCoreError as e:
-    st.error(str(e))
-    st.stop()
+path, mtime, model, meta = sup.require_checkpoint()
 
 c1, c2, c3 = st.columns(3)
 method = c1.radio("Computation", ["estimate", "exact"], key="jac_method", horizontal=True)

@@ -15,15 +15,10 @@ from ood_core.runtime import select_device
 
 st.title("Model overview")
 
-path = st.session_state.get("checkpoint")
-if not path:
-    st.stop()  # app.py already says how to get a checkpoint
-
+path, mtime, model, meta = sup.require_checkpoint()
 try:
-    mtime = sup.file_mtime(path)
-    model, meta = sup.load_model_cached(path, mtime)
     result = sup.evaluation_cached(path, mtime)
-except OODCoreError as e:
+except OODCoreError as e:  # e.g. a checkpoint whose dataset is not available here
     st.error(str(e))
     st.stop()
 

@@ -335,3 +335,21 @@ def test_labels_cached(path: str, mtime: float) -> np.ndarray:
     """Labels of the checkpoint's ID test split ((N,) classes or (N, K) multi-hot)."""
     _, meta = load_model_cached(path, mtime)
     return _bench(meta).test.y.numpy()
+
+
+def require_checkpoint():
+    """``(path, mtime, model, meta)`` of the checkpoint chosen in the sidebar, for a page's top.
+
+    Stops the page when none is chosen (app.py already says how to get one) or shows the
+    file's error and stops when it cannot be read.
+    """
+    path = st.session_state.get("checkpoint")
+    if not path:
+        st.stop()
+    try:
+        mtime = file_mtime(path)
+        model, meta = load_model_cached(path, mtime)
+    except OODCoreError as e:
+        st.error(str(e))
+        st.stop()
+    return path, mtime, model, meta

@@ -35,6 +35,9 @@ pg = st.navigation([
     st.Page("app_pages/overview.py", title="Model overview", default=True, url_path="overview"),
     st.Page("app_pages/jacobian.py", title="Jacobian norms", url_path="jacobian"),
     st.Page("app_pages/collapse.py", title="Neural collapse & subspaces", url_path="collapse"),
+    st.Page("app_pages/features.py", title="Feature magnitudes", url_path="features"),
+    st.Page("app_pages/energy.py", title="Energy scores", url_path="energy"),
+    st.Page("app_pages/roc.py", title="ROC & metrics", url_path="roc"),
 ])
 
 folder = checkpoint_dir(APP_DIR)

@@ -31,6 +31,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
@@ -230,6 +231,22 @@ def cosine_heatmap_figure(matrix, class_names):
     return fig
 
 
+def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], marker: tuple[float, float] | None = None):
+    """ROC curves (ID = positive class) named by ``curves`` keys, the chance line, and an
+    optional marker at the (FPR, TPR) of the chosen threshold."""
+    fig = go.Figure()
+    for name, (fpr, tpr) in curves.items():
+        fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=name))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line=dict(dash="dot", color="grey")))
+    if marker is not None:
+        fig.add_trace(go.Scatter(x=[marker[0]], y=[marker[1]], mode="markers", name="threshold",
+                                 marker=dict(size=12, symbol="x", color="black")))
+    fig.update_layout(title="ROC (ID = positive class; a sample is called ID when its score ≥ threshold)",
+                      xaxis_title="FPR (OOD called ID)", yaxis_title="TPR (ID kept)",
+                      xaxis=dict(range=[0, 1]), yaxis=dict(range=[0, 1.02]), margin=dict(t=50, b=40, l=40, r=10))
+    return fig
+
+
 # --------------------------------------------------------------------------- cached wrappers
 @st.cache_resource(max_entries=8, show_spinner="Loading checkpoint…")
 def load_model_cached(path: str, mtime: float):
@@ -353,3 +370,45 @@ def require_checkpoint():
         st.error(str(e))
         st.stop()
     return path, mtime, model, meta
+
+
+def companion_default(options: list[str], current: str, prefer: tuple[str, ...]) -> int:
+    """Index in ``options`` of the checkpoint to show beside ``current``: the first file whose
+    name starts with one of ``prefer`` and is not ``current``, else ``current`` itself."""
+    for p in prefer:
+        for i, o in enumerate(options):
+            if o != current and Path(o).name.startswith(p):
+                return i
+    return options.index(current) if current in options else 0
+
+
+@st.cache_data(max_entries=16, show_spinner="Reading feature norms…")
+def feature_norms_cached(path: str, mtime: float) -> dict[str, np.ndarray]:
+    """||z||_2 per sample for the ID test split (``"id"``) and every OOD set."""
+    outputs = outputs_cached(path, mtime)
+    return {name: out.features.double().norm(dim=1).numpy()
+            for name, out in outputs.items() if name not in ("train", "val")}
+
+
+@st.cache_data(max_entries=16, show_spinner="Computing energies…")
+def energies_cached(path: str, mtime: float) -> tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``(score name, per-sample score per set, per-label terms per set)``.
+
+    Multiclass: the negative free energy logsumexp_k f_k (``energy``, Liu et al. 2020), and as
+    per-label terms the logits f_k it is built from. Multi-label: JointEnergy sum_k softplus(f_k)
+    (``joint_energy``, Wang et al. 2021) and its per-label terms softplus(f_k). High = ID.
+    """
+    _, meta = load_model_cached(path, mtime)
+    outputs = outputs_cached(path, mtime)
+    multilabel = (meta.get("dataset") or {}).get("task") == "multilabel"
+    score, terms = {}, {}
+    for name, out in outputs.items():
+        if name in ("train", "val"):
+            continue
+        logits = out.logits.double()
+        if multilabel:
+            t = torch.nn.functional.softplus(logits)
+            score[name], terms[name] = t.sum(dim=1).numpy(), t.numpy()
+        else:
+            score[name], terms[name] = torch.logsumexp(logits, dim=1).numpy(), logits.numpy()
+    return ("joint_energy" if multilabel else "energy"), score, terms

@@ -163,3 +163,31 @@ def mean_average_precision(scores, targets) -> float:
     if not aps:
         raise DataError("mAP is undefined: no label has a positive sample")
     return float(np.mean(aps))
+
+
+def roc_curve_points(id_scores, ood_scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ROC curve with ID as the positive class: ``(fpr, tpr, thresholds)``.
+
+    A sample is called ID when its score >= threshold. Thresholds run over the distinct
+    scores from high to low, preceded by +inf (the point (0, 0)); so ``tpr[i] =
+    mean(id >= thresholds[i])`` and ``fpr[i] = mean(ood >= thresholds[i])``. The area under
+    these points (trapezoids) equals :func:`auroc`.
+    """
+    id_s, ood_s = _pair(id_scores, ood_scores)
+    thresholds = np.concatenate([[np.inf], np.unique(np.concatenate([id_s, ood_s]))[::-1]])
+    id_sorted, ood_sorted = np.sort(id_s), np.sort(ood_s)
+    tpr = (len(id_s) - np.searchsorted(id_sorted, thresholds, side="left")) / len(id_s)
+    fpr = (len(ood_s) - np.searchsorted(ood_sorted, thresholds, side="left")) / len(ood_s)
+    return fpr, tpr, thresholds
+
+
+def confusion_at_threshold(id_scores, ood_scores, threshold: float) -> dict[str, float]:
+    """Counts and rates when samples with score >= ``threshold`` are called ID.
+
+    ``id_as_id`` (true positives), ``id_as_ood``, ``ood_as_id`` (false positives),
+    ``ood_as_ood``, and ``tpr`` = id_as_id / n_id, ``fpr`` = ood_as_id / n_ood.
+    """
+    id_s, ood_s = _pair(id_scores, ood_scores)
+    tp, fp = int((id_s >= threshold).sum()), int((ood_s >= threshold).sum())
+    return {"id_as_id": tp, "id_as_ood": len(id_s) - tp, "ood_as_id": fp, "ood_as_ood": len(ood_s) - fp,
+            "tpr": tp / len(id_s), "fpr": fp / len(ood_s)}

@@ -246,3 +246,87 @@ def test_replaced_checkpoint_is_not_served_stale(tmp_path):
     ev2 = sup.evaluation_cached(str(p), sup.file_mtime(p))
     assert not np.array_equal(ev1["scores"]["id/msp"], ev2["scores"]["id/msp"])
     assert np.array_equal(ev2["scores"]["id/msp"], sup.compute_evaluation(p)["scores"]["id/msp"])
+
+
+def test_roc_page_threshold_slider_moves_the_counts(app, ckpt_dir):
+    at = app.run()
+    at.switch_page("app_pages/roc.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    metrics = {m.label: m.value for m in at.metric}
+    ev = sup.compute_evaluation(ckpt_dir / "ce_digits.pt")
+    fpr95 = ev["report"]["ood"]["unknown"]["msp"]["fpr95"]
+    # the slider starts at the 95%-TPR threshold, so the live FPR is the table's FPR95
+    assert float(metrics["TPR"]) >= 0.95 and float(metrics["FPR"]) == pytest.approx(fpr95, abs=1e-3)
+    n_id = len(ev["scores"]["id/msp"])
+    assert int(metrics["ID kept"]) + int(metrics["ID rejected"]) == n_id
+    roc = [c for c in _charts(at) if any(t.get("name") == "chance" for t in c["data"])]
+    assert len(roc) == 1 and len(roc[0]["data"]) == 2 + 2  # 2 scores x 1 set, chance, marker
+    slider = at.slider(key="thr_msp_unknown")
+    slider.set_value(slider.min).run()  # lowest threshold: everything is called ID
+    metrics = {m.label: m.value for m in at.metric}
+    assert (float(metrics["TPR"]), float(metrics["FPR"])) == (1.0, 1.0)
+    at.multiselect(key="roc_sets").set_value(["unknown", "textures"]).run()
+    assert not at.exception
+    roc = [c for c in _charts(at) if any(t.get("name") == "chance" for t in c["data"])]
+    assert len(roc[0]["data"]) == 4 + 2
+    assert set(at.dataframe[0].value["ood_set"]) >= {"unknown", "textures"}
+
+
+def _hists(at: AppTest) -> list[dict]:
+    return [c for c in _charts(at) if c["data"] and c["data"][0]["type"] == "histogram"]
+
+
+def test_feature_page_compares_two_models(app, ckpt_dir):
+    at = app.run()
+    at.switch_page("app_pages/features.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    # the default companion is the other checkpoint (toy2d), which lacks the digits OOD sets
+    assert at.selectbox(key="feat_compare").value.endswith("ce_toy2d.pt")
+    assert len(_hists(at)) == 1 and any("no OOD set" in w.value for w in at.warning)
+    table = at.dataframe[0].value.set_index(["model", "ood_set"])
+    model, _ = ood_core.load_checkpoint(ckpt_dir / "ce_digits.pt")
+    bench = ood_core.load_benchmark("digits")
+    import torch
+    with torch.no_grad():
+        n_id = model(bench.test.x).features.norm(dim=1).numpy()
+        n_tex = model(bench.ood["textures"]).features.norm(dim=1).numpy()
+    from sklearn.metrics import roc_auc_score
+    expected = roc_auc_score(np.r_[np.ones(len(n_id)), np.zeros(len(n_tex))], np.r_[n_id, n_tex])
+    assert table.loc[("ce_digits.pt", "textures"), "AUROC of ||z||"] == pytest.approx(expected, abs=1e-6)
+    at.selectbox(key="feat_compare").set_value(str(ckpt_dir / "ce_digits.pt")).run()
+    assert len(_hists(at)) == 2
+    before = _hists(at)[0]["data"][1]["name"]
+    at.selectbox(key="feat_set").set_value("blobs").run()
+    assert not at.exception and _hists(at)[0]["data"][1]["name"] != before == "OOD: unknown"
+
+
+def test_energy_page_joint_energy_with_and_without_spectral_norm(monkeypatch):
+    """On the shipped multi-label checkpoints: JointEnergy (left) beside SNoJoE (right)."""
+    from conftest import CHECKPOINTS
+
+    monkeypatch.setenv(sup.CHECKPOINT_ENV, str(CHECKPOINTS))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.selectbox(key="checkpoint").set_value(str(CHECKPOINTS / "jointenergy_canvases.pt")).run()
+    at.switch_page("app_pages/energy.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="energy_compare").value.endswith("snojoe_canvases.pt")
+    assert len(_hists(at)) == 2
+    table = at.dataframe[0].value.set_index(["model", "ood_set"])
+    for name in ("jointenergy_canvases.pt", "snojoe_canvases.pt"):
+        _, meta = ood_core.load_checkpoint(CHECKPOINTS / name)
+        for s, per_score in meta["metrics"]["ood"].items():  # stored at training time, by the evaluator
+            assert table.loc[(name, s), "AUROC"] == pytest.approx(per_score["joint_energy"]["auroc"], abs=1e-6)
+    bars = [c for c in _charts(at) if c["data"][0]["type"] == "bar"][0]
+    at.number_input(key="energy_sample").set_value(3).run()
+    assert not at.exception
+    assert [c for c in _charts(at) if c["data"][0]["type"] == "bar"][0]["data"] != bars["data"]
+
+
+def test_energy_page_on_a_single_label_model_matches_the_energy_score(app, ckpt_dir):
+    at = app.run()
+    at.switch_page("app_pages/energy.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = at.dataframe[0].value.set_index(["model", "ood_set"])
+    ev = sup.compute_evaluation(ckpt_dir / "ce_digits.pt")
+    for s, per_score in ev["report"]["ood"].items():
+        assert table.loc[("ce_digits.pt", s), "AUROC"] == pytest.approx(per_score["energy"]["auroc"], abs=1e-6)

@@ -41,6 +41,9 @@ PAGES = [
     ("overview", None, None),
     ("jacobian", "exact", "Jacobian norm of z/||z|| (exact)"),
     ("collapse", "top class-mean directions", "Energy outside the top class-mean directions"),
+    ("features", None, None),
+    ("energy", None, None),
+    ("roc", None, None),
 ]
 
 

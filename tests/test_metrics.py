@@ -286,3 +286,24 @@ def test_mean_average_precision_errors():
         M.mean_average_precision(np.zeros((4, 3)), np.zeros((4, 3)))  # no positive at all
     with pytest.raises(DataError):
         M.mean_average_precision(np.zeros((4, 3)), np.zeros((4, 2)))
+
+
+def test_roc_points_match_sklearn_and_integrate_to_auroc():
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    from ood_core.metrics import auroc, confusion_at_threshold, roc_curve_points
+
+    rng = np.random.default_rng(5)
+    id_s = np.round(rng.normal(1, 1, 200), 1)  # rounding makes ties
+    ood_s = np.round(rng.normal(0, 1, 150), 1)
+    fpr, tpr, thr = roc_curve_points(id_s, ood_s)
+    y = np.r_[np.ones(len(id_s)), np.zeros(len(ood_s))]
+    sk_fpr, sk_tpr, _ = roc_curve(y, np.r_[id_s, ood_s], drop_intermediate=False)
+    np.testing.assert_allclose(fpr, sk_fpr)
+    np.testing.assert_allclose(tpr, sk_tpr)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc_score(y, np.r_[id_s, ood_s]), abs=1e-12)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(auroc(id_s, ood_s), abs=1e-12)
+    c = confusion_at_threshold(id_s, ood_s, thr[10])
+    assert c["id_as_id"] == int((id_s >= thr[10]).sum()) and c["id_as_id"] + c["id_as_ood"] == 200
+    assert c["ood_as_id"] + c["ood_as_ood"] == 150
+    assert (c["tpr"], c["fpr"]) == pytest.approx((tpr[10], fpr[10]))

@@ -1,0 +1,50 @@
+"""Feature magnitudes: the distribution of ||z|| for ID vs OOD, the chosen model beside a
+second one (by default an L2-normalised model). Widgets and plots only."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from ood_core import app_support as sup
+from ood_core.errors import OODCoreError
+from ood_core.metrics import auroc
+
+st.title("Feature magnitudes")
+with st.expander("What am I looking at?", expanded=False):
+    st.markdown("The norm of the penultimate features, used directly as a score:")
+    st.latex(r"s(x) = \|z(x)\|_2 \quad (\text{high} = \text{ID})")
+    st.markdown("Haas et al. (2023) train with L2-normalised features (the classifier only sees "
+                "z/‖z‖), which frees ‖z‖ to encode familiarity: ID inputs get large norms, OOD inputs small "
+                "ones. Compare a CE model with an `l2norm` model: look for the OOD histogram moving left "
+                "of the ID one, and for a higher AUROC.")
+
+path, mtime, model, meta = sup.require_checkpoint()
+options = [str(p) for p in sup.list_checkpoints(Path(path).parent)]
+other = st.selectbox("Compare with", options, index=sup.companion_default(options, path, ("l2norm", "ce_")),
+                     key="feat_compare", format_func=lambda p: Path(p).name)
+left_norms = sup.feature_norms_cached(path, mtime)
+ood_names = [n for n in left_norms if n != "id"]
+ood_set = st.selectbox("OOD set", ood_names, key="feat_set")
+
+rows = []
+for side, col, p in zip(("left", "right"), st.columns(2), (path, other)):
+    try:
+        norms = sup.feature_norms_cached(p, sup.file_mtime(p))
+    except OODCoreError as e:  # a broken second file must not take the page down
+        col.error(str(e))
+        continue
+    name = Path(p).name
+    if ood_set not in norms:
+        col.warning(f"{name} has no OOD set {ood_set!r} (another dataset)")
+        continue
+    col.plotly_chart(sup.distributions_figure({"ID (test)": norms["id"], f"OOD: {ood_set}": norms[ood_set]},
+                                              "||z||", name), key=f"feat_hist_{side}")
+    for s in [n for n in norms if n != "id"]:
+        rows.append({"model": name, "ood_set": s, "mean ||z|| ID": norms["id"].mean(),
+                     "mean ||z|| OOD": norms[s].mean(), "AUROC of ||z||": auroc(norms["id"], norms[s])})
+table = pd.DataFrame(rows).drop_duplicates(subset=["model", "ood_set"])
+st.dataframe(table, hide_index=True, key="feat_table")
+st.download_button("Download as CSV", table.to_csv(index=False).encode("utf-8"), file_name="feature_norms.csv",
+                   mime="text/csv", key="download_feat")

@@ -11,7 +11,6 @@ import pandas as pd
 import streamlit as st
 
 from ood_core import app_support as sup
-from ood_core.errors import OODCoreError
 
 st.title("Neural collapse & subspaces")
 with st.expander("What am I looking at?", expanded=False):
@@ -26,11 +25,7 @@ with st.expander("What am I looking at?", expanded=False):
                 "to the right of the ID one.")
 
 path, mtime, model, meta = sup.require_checkpoint()
-try:
-    geo = sup.geometry_cached(path, mtime, None)  # Jacobians have their own page
-except OODCoreError as e:  # e.g. a head without class vectors
-    st.error(str(e))
-    st.stop()
+geo = sup.or_stop(sup.geometry_cached, path, mtime, None)
 
 if "nc" in geo:
     cols = st.columns(len(geo["nc"]))

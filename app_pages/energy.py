@@ -25,9 +25,7 @@ with st.expander("What am I looking at?", expanded=False):
                 "at how far the OOD histogram sits left of the ID one.")
 
 path, mtime, model, meta = sup.require_checkpoint()
-options = [str(p) for p in sup.list_checkpoints(Path(path).parent)]
-other = st.selectbox("Compare with", options, index=sup.companion_default(options, path, ("snojoe", "jointenergy")),
-                     key="energy_compare", format_func=lambda p: Path(p).name)
+other = sup.compare_with(path, ("snojoe", "jointenergy"), key="energy_compare")
 score_name, energies, terms = sup.energies_cached(path, mtime)
 ood_names = [n for n in energies if n != "id"]
 ood_set = st.selectbox("OOD set", ood_names, key="energy_set")

@@ -21,9 +21,7 @@ with st.expander("What am I looking at?", expanded=False):
                 "of the ID one, and for a higher AUROC.")
 
 path, mtime, model, meta = sup.require_checkpoint()
-options = [str(p) for p in sup.list_checkpoints(Path(path).parent)]
-other = st.selectbox("Compare with", options, index=sup.companion_default(options, path, ("l2norm", "ce_")),
-                     key="feat_compare", format_func=lambda p: Path(p).name)
+other = sup.compare_with(path, ("l2norm", "ce_"), key="feat_compare")
 left_norms = sup.feature_norms_cached(path, mtime)
 ood_names = [n for n in left_norms if n != "id"]
 ood_set = st.selectbox("OOD set", ood_names, key="feat_set")

@@ -10,17 +10,12 @@ from pathlib import Path
 import streamlit as st
 
 from ood_core import app_support as sup
-from ood_core.errors import OODCoreError
 from ood_core.runtime import select_device
 
 st.title("Model overview")
 
 path, mtime, model, meta = sup.require_checkpoint()
-try:
-    result = sup.evaluation_cached(path, mtime)
-except OODCoreError as e:  # e.g. a checkpoint whose dataset is not available here
-    st.error(str(e))
-    st.stop()
+result = sup.or_stop(sup.evaluation_cached, path, mtime)
 
 report, scores, rows = result["report"], result["scores"], result["table"]
 st.caption(f"Checkpoint `{path}`")

@@ -8,7 +8,6 @@ import numpy as np
 import streamlit as st
 
 from ood_core import app_support as sup
-from ood_core.errors import OODCoreError
 from ood_core.metrics import confusion_at_threshold, roc_curve_points, threshold_at_tpr
 
 st.title("ROC & metrics")
@@ -22,11 +21,7 @@ with st.expander("What am I looking at?", expanded=False):
                 "means a threshold exists that keeps ID and rejects OOD.")
 
 path, mtime, model, meta = sup.require_checkpoint()
-try:
-    result = sup.evaluation_cached(path, mtime)
-except OODCoreError as e:
-    st.error(str(e))
-    st.stop()
+result = sup.or_stop(sup.evaluation_cached, path, mtime)
 report, scores = result["report"], result["scores"]
 score_options, ood_options = sup.score_names(scores), sup.ood_set_names(report)
 for key, opts in (("roc_scores", score_options), ("roc_sets", ood_options)):

@@ -38,7 +38,7 @@ from ood_core.errors import OODCoreError  # noqa: E402
 from ood_core.evaluate import extract_outputs  # noqa: E402
 from ood_core.geometry import jacobian_norm, nc_metrics  # noqa: E402
 from ood_core.runtime import select_device  # noqa: E402
-from ood_core.scores import SCORES, make_score, scores_for_task  # noqa: E402
+from ood_core.scores import make_score, scores_for_task  # noqa: E402
 
 
 def _sync(device):

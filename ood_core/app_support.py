@@ -412,3 +412,20 @@ def energies_cached(path: str, mtime: float) -> tuple[str, dict[str, np.ndarray]
         else:
             score[name], terms[name] = torch.logsumexp(logits, dim=1).numpy(), logits.numpy()
     return ("joint_energy" if multilabel else "energy"), score, terms
+
+
+def or_stop(fn, *args):
+    """``fn(*args)``, or the error shown and the page stopped when it raises OODCoreError."""
+    try:
+        return fn(*args)
+    except OODCoreError as e:
+        st.error(str(e))
+        st.stop()
+
+
+def compare_with(path: str, prefer: tuple[str, ...], key: str) -> str:
+    """Sidebar-independent "Compare with" selectbox over the checkpoints beside ``path``;
+    defaults to :func:`companion_default` with ``prefer``. Returns the chosen path."""
+    options = [str(p) for p in list_checkpoints(Path(path).parent)]
+    return st.selectbox("Compare with", options, index=companion_default(options, path, prefer), key=key,
+                        format_func=lambda p: Path(p).name)

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from ood_core.errors import DataError, OODCoreError
 from ood_core.methods import METHODS, LossContext, applicable_scores

@@ -3,7 +3,6 @@ left free by the loss (autograd), the feature-norm score's sign, and the registe
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 

@@ -3,14 +3,11 @@ multi-label data by default JointEnergy without vs with spectral norm), and the 
 terms of one chosen sample. Widgets and plots only."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 
 from ood_core import app_support as sup
-from ood_core.errors import OODCoreError
 from ood_core.metrics import auroc
 
 st.title("Energy scores")
@@ -31,19 +28,11 @@ ood_names = [n for n in energies if n != "id"]
 ood_set = st.selectbox("OOD set", ood_names, key="energy_set")
 
 rows = []
-for side, col, p in zip(("left", "right"), st.columns(2), (path, other)):
-    try:
-        name_p, e_p, _ = sup.energies_cached(p, sup.file_mtime(p))
-    except OODCoreError as e:  # a broken second file must not take the page down
-        col.error(str(e))
-        continue
-    if ood_set not in e_p:
-        col.warning(f"{Path(p).name} has no OOD set {ood_set!r} (another dataset)")
-        continue
+for side, col, name, (name_p, e_p, _) in sup.side_by_side([path, other], sup.energies_cached, ood_set,
+                                                          sets=lambda result: result[1]):
     col.plotly_chart(sup.distributions_figure({"ID (test)": e_p["id"], f"OOD: {ood_set}": e_p[ood_set]}, name_p,
-                                              f"{Path(p).name}: {name_p}"),
-                     key=f"energy_hist_{side}")
-    rows += [{"model": Path(p).name, "score": name_p, "ood_set": s, "AUROC": auroc(e_p["id"], e_p[s])}
+                                              f"{name}: {name_p}"), key=f"energy_hist_{side}")
+    rows += [{"model": name, "score": name_p, "ood_set": s, "AUROC": auroc(e_p["id"], e_p[s])}
              for s in e_p if s != "id"]
 table = pd.DataFrame(rows).drop_duplicates(subset=["model", "ood_set"])
 st.dataframe(table, hide_index=True, key="energy_table")

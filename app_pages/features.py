@@ -2,13 +2,10 @@
 second one (by default an L2-normalised model). Widgets and plots only."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import streamlit as st
 
 from ood_core import app_support as sup
-from ood_core.errors import OODCoreError
 from ood_core.metrics import auroc
 
 st.title("Feature magnitudes")
@@ -27,16 +24,7 @@ ood_names = [n for n in left_norms if n != "id"]
 ood_set = st.selectbox("OOD set", ood_names, key="feat_set")
 
 rows = []
-for side, col, p in zip(("left", "right"), st.columns(2), (path, other)):
-    try:
-        norms = sup.feature_norms_cached(p, sup.file_mtime(p))
-    except OODCoreError as e:  # a broken second file must not take the page down
-        col.error(str(e))
-        continue
-    name = Path(p).name
-    if ood_set not in norms:
-        col.warning(f"{name} has no OOD set {ood_set!r} (another dataset)")
-        continue
+for side, col, name, norms in sup.side_by_side([path, other], sup.feature_norms_cached, ood_set):
     col.plotly_chart(sup.distributions_figure({"ID (test)": norms["id"], f"OOD: {ood_set}": norms[ood_set]},
                                               "||z||", name), key=f"feat_hist_{side}")
     for s in [n for n in norms if n != "id"]:

@@ -31,22 +31,23 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
+import torch
 
 from .checkpoint import load_checkpoint
 from .data import load_benchmark_from_spec
-from .errors import CheckpointError
+from .errors import CheckpointError, OODCoreError
 from .evaluate import FPR95_DEFINITION, evaluate, extract_benchmark_outputs
-from .errors import OODCoreError
-from .geometry import (class_means, classifier_vectors, geometry_summary, jacobian_norm, jacobian_norm_map,
-                       jacobian_norm_path, plane_bounds, principal_subspace, subspace_energy_share)
+from .geometry import (class_mean_subspace, classifier_vectors, geometry_summary, jacobian_norm_map,
+                       jacobian_norm_path, jacobian_norms_by_set, plane_bounds, principal_subspace,
+                       subspace_energy_share)
 from .methods import default_score_names
 from .projection import Projection, default_cache_dir, project_benchmark
 from .runtime import select_device
+from .scores import make_score
 
 CHECKPOINT_ENV = "OOD_CHECKPOINT_DIR"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -94,14 +95,15 @@ def file_mtime(path: str | Path) -> float:
         raise CheckpointError(f"{path}: cannot read the checkpoint file ({e.strerror or e})") from None
 
 
-def evaluate_model(model, meta: dict, outputs: dict | None = None) -> dict:
+def evaluate_model(model, meta: dict, outputs: dict | None = None, bench=None) -> dict:
     """Evaluate ``model`` on its benchmark; a pickleable dict ``{report, scores, table}``.
 
     ``scores`` maps ``"SET/SCORE"`` (``"id/SCORE"`` for the ID test split) to a 1-D numpy
     array; ``table`` is :meth:`Evaluation.table`'s list of row dicts. ``outputs``: model
-    outputs already extracted (reused, see :func:`outputs_cached`).
+    outputs already extracted (reused, see :func:`outputs_cached`); ``bench``: the benchmark
+    already rebuilt from ``meta`` (default: rebuilt here).
     """
-    bench = load_benchmark_from_spec(meta.get("dataset"))
+    bench = bench if bench is not None else load_benchmark_from_spec(meta.get("dataset"))
     result = evaluate(model, bench, score_names=default_score_names(meta, bench), outputs=outputs)
     return {"report": result.report,
             "scores": {k: np.asarray(v) for k, v in result.scores.items()},
@@ -254,27 +256,39 @@ def load_model_cached(path: str, mtime: float):
     return load_checkpoint(path, device=select_device("auto"))
 
 
+@st.cache_resource(max_entries=8, show_spinner="Building the benchmark…")
+def benchmark_cached(path: str, mtime: float):
+    """The benchmark the checkpoint was trained on, rebuilt once from its metadata; shared, read-only."""
+    _, meta = load_model_cached(path, mtime)
+    return load_benchmark_from_spec(meta.get("dataset"))
+
+
 @st.cache_resource(max_entries=8, show_spinner="Extracting features…")
 def outputs_cached(path: str, mtime: float) -> dict:
     """Model outputs (features, logits) of every split and OOD set of the checkpoint's
     benchmark, extracted once per (checkpoint, version); shared, treat as read-only."""
-    model, meta = load_model_cached(path, mtime)
-    return extract_benchmark_outputs(model, load_benchmark_from_spec(meta.get("dataset")))
+    model, _ = load_model_cached(path, mtime)
+    return extract_benchmark_outputs(model, benchmark_cached(path, mtime))
+
+
+def _scored_sets(outputs: dict) -> dict:
+    """The ID test split (``"id"``) and the OOD sets of a benchmark's outputs (no train/val)."""
+    return {name: out for name, out in outputs.items() if name not in ("train", "val")}
 
 
 @st.cache_data(max_entries=16, show_spinner="Scoring the ID test split and the OOD sets…")
 def evaluation_cached(path: str, mtime: float) -> dict:
     """:func:`evaluate_model` of the cached model: ``{report, scores, table}`` (pickleable)."""
     model, meta = load_model_cached(path, mtime)
-    return evaluate_model(model, meta, outputs=dict(outputs_cached(path, mtime)))
+    return evaluate_model(model, meta, outputs=dict(outputs_cached(path, mtime)), bench=benchmark_cached(path, mtime))
 
 
 @st.cache_data(max_entries=16, show_spinner="Measuring the representation's geometry…")
 def geometry_cached(path: str, mtime: float, jacobian: str | None = "estimate") -> dict:
     """:func:`ood_core.geometry.geometry_summary` of the cached model (JSON-able dict)."""
-    model, meta = load_model_cached(path, mtime)
-    bench = load_benchmark_from_spec(meta.get("dataset"))
-    return geometry_summary(model, bench, outputs=dict(outputs_cached(path, mtime)), jacobian=jacobian)
+    model, _ = load_model_cached(path, mtime)
+    return geometry_summary(model, benchmark_cached(path, mtime), outputs=dict(outputs_cached(path, mtime)),
+                            jacobian=jacobian)
 
 
 @st.cache_data(max_entries=16, show_spinner="Computing the 2-D map…")
@@ -282,14 +296,10 @@ def projection_cached(path: str, mtime: float, method: str = "pca", fit_on: str 
                       normalize: bool = False, seed: int = 0) -> Projection:
     """:func:`ood_core.projection.project_benchmark` of the cached model, cached in memory and
     on disk (:func:`ood_core.projection.default_cache_dir`)."""
-    model, meta = load_model_cached(path, mtime)
-    bench = load_benchmark_from_spec(meta.get("dataset"))
-    return project_benchmark(model, bench, method=method, fit_on=fit_on, normalize=normalize, seed=seed,
+    model, _ = load_model_cached(path, mtime)
+    return project_benchmark(model, benchmark_cached(path, mtime), method=method, fit_on=fit_on,
+                             normalize=normalize, seed=seed,
                              outputs=dict(outputs_cached(path, mtime)), cache_dir=default_cache_dir())
-
-
-def _bench(meta: dict):
-    return load_benchmark_from_spec(meta.get("dataset"))
 
 
 @st.cache_data(max_entries=32, show_spinner="Computing Jacobian norms…")
@@ -297,18 +307,17 @@ def jacobian_norms_cached(path: str, mtime: float, method: str = "estimate", n_p
                           probe_size: int = 256) -> dict[str, np.ndarray]:
     """||d(z/||z||)/dx||_F of the first ``probe_size`` samples of the ID test split (``"id"``)
     and of every OOD set (:func:`ood_core.geometry.jacobian_norm`)."""
-    model, meta = load_model_cached(path, mtime)
-    bench = _bench(meta)
-    sets = {"id": bench.test.x, **bench.ood}
-    return {name: jacobian_norm(model, x[:probe_size], method=method, n_proj=n_proj) for name, x in sets.items()}
+    model, _ = load_model_cached(path, mtime)
+    return jacobian_norms_by_set(model, benchmark_cached(path, mtime), method=method, n_proj=n_proj,
+                                 probe_size=probe_size)
 
 
 @st.cache_data(max_entries=32, show_spinner="Computing Jacobian norms along the path…")
 def jacobian_path_cached(path: str, mtime: float, start: int, end: int, method: str = "exact",
                          steps: int = 33) -> tuple[np.ndarray, np.ndarray]:
     """:func:`ood_core.geometry.jacobian_norm_path` between ID test samples ``start`` and ``end``."""
-    model, meta = load_model_cached(path, mtime)
-    x = _bench(meta).test.x
+    model, _ = load_model_cached(path, mtime)
+    x = benchmark_cached(path, mtime).test.x
     return jacobian_norm_path(model, x[start], x[end], steps=steps, method=method)
 
 
@@ -316,8 +325,8 @@ def jacobian_path_cached(path: str, mtime: float, start: int, end: int, method: 
 def jacobian_map_cached(path: str, mtime: float, resolution: int = 60):
     """``(xs, ys, grid, points)``: :func:`ood_core.geometry.jacobian_norm_map` over the
     bounds of the ID test split and every OOD set, and those sets' points (2-D inputs only)."""
-    model, meta = load_model_cached(path, mtime)
-    bench = _bench(meta)
+    model, _ = load_model_cached(path, mtime)
+    bench = benchmark_cached(path, mtime)
     if tuple(bench.input_shape) != (2,):
         raise OODCoreError(f"the plane map needs 2-D inputs (toy2d); {bench.name} has {tuple(bench.input_shape)}")
     points = {"ID (test)": bench.test.x.numpy(), **{f"OOD: {k}": v.numpy() for k, v in bench.ood.items()}}
@@ -331,27 +340,24 @@ def energy_shares_cached(path: str, mtime: float, subspace: str = "weights") -> 
     """Per-sample share of ||z||^2 *outside* the principal subspace, for the ID test split
     and every OOD set: ``subspace="weights"`` = span{w_c} (the classifier's row space),
     ``"means"`` = the top-(C-1) centred class-mean directions of the training features."""
-    model, meta = load_model_cached(path, mtime)
+    model, _ = load_model_cached(path, mtime)
     outputs = outputs_cached(path, mtime)
     if subspace == "weights":
         basis = principal_subspace(weight=classifier_vectors(model))
     elif subspace == "means":
-        bench = _bench(meta)
+        bench = benchmark_cached(path, mtime)
         if bench.task != "multiclass":
             raise OODCoreError("the class-mean subspace needs single-label classes; use the classifier span")
-        basis = principal_subspace(class_means_=class_means(outputs["train"].features, bench.train.y,
-                                                            bench.num_classes))
+        basis = class_mean_subspace(outputs["train"].features, bench.train.y, bench.num_classes)
     else:
         raise OODCoreError(f"subspace must be 'weights' or 'means', got {subspace!r}")
-    return {name: 1.0 - subspace_energy_share(out.features, basis)
-            for name, out in outputs.items() if name not in ("train", "val")}
+    return {name: 1.0 - subspace_energy_share(out.features, basis) for name, out in _scored_sets(outputs).items()}
 
 
 @st.cache_data(max_entries=16)
 def test_labels_cached(path: str, mtime: float) -> np.ndarray:
     """Labels of the checkpoint's ID test split ((N,) classes or (N, K) multi-hot)."""
-    _, meta = load_model_cached(path, mtime)
-    return _bench(meta).test.y.numpy()
+    return benchmark_cached(path, mtime).test.y.numpy()
 
 
 def require_checkpoint():
@@ -385,9 +391,8 @@ def companion_default(options: list[str], current: str, prefer: tuple[str, ...])
 @st.cache_data(max_entries=16, show_spinner="Reading feature norms…")
 def feature_norms_cached(path: str, mtime: float) -> dict[str, np.ndarray]:
     """||z||_2 per sample for the ID test split (``"id"``) and every OOD set."""
-    outputs = outputs_cached(path, mtime)
-    return {name: out.features.double().norm(dim=1).numpy()
-            for name, out in outputs.items() if name not in ("train", "val")}
+    norm = make_score("feature_norm")  # the registry's ||z|| score
+    return {name: norm(out) for name, out in _scored_sets(outputs_cached(path, mtime)).items()}
 
 
 @st.cache_data(max_entries=16, show_spinner="Computing energies…")
@@ -398,20 +403,15 @@ def energies_cached(path: str, mtime: float) -> tuple[str, dict[str, np.ndarray]
     per-label terms the logits f_k it is built from. Multi-label: JointEnergy sum_k softplus(f_k)
     (``joint_energy``, Wang et al. 2021) and its per-label terms softplus(f_k). High = ID.
     """
-    _, meta = load_model_cached(path, mtime)
-    outputs = outputs_cached(path, mtime)
-    multilabel = (meta.get("dataset") or {}).get("task") == "multilabel"
+    multilabel = benchmark_cached(path, mtime).task == "multilabel"
+    name = "joint_energy" if multilabel else "energy"
+    score_fn = make_score(name)  # the registry's score: the same numbers as the evaluator's
     score, terms = {}, {}
-    for name, out in outputs.items():
-        if name in ("train", "val"):
-            continue
+    for set_name, out in _scored_sets(outputs_cached(path, mtime)).items():
         logits = out.logits.double()
-        if multilabel:
-            t = torch.nn.functional.softplus(logits)
-            score[name], terms[name] = t.sum(dim=1).numpy(), t.numpy()
-        else:
-            score[name], terms[name] = torch.logsumexp(logits, dim=1).numpy(), logits.numpy()
-    return ("joint_energy" if multilabel else "energy"), score, terms
+        score[set_name] = score_fn(out)
+        terms[set_name] = (torch.nn.functional.softplus(logits) if multilabel else logits).numpy()
+    return name, score, terms
 
 
 def or_stop(fn, *args):
@@ -429,3 +429,22 @@ def compare_with(path: str, prefer: tuple[str, ...], key: str) -> str:
     options = [str(p) for p in list_checkpoints(Path(path).parent)]
     return st.selectbox("Compare with", options, index=companion_default(options, path, prefer), key=key,
                         format_func=lambda p: Path(p).name)
+
+
+def side_by_side(paths: list[str], fetch, ood_set: str, sets=lambda result: result):
+    """One column per checkpoint in ``paths``: yields ``(side, column, file name, result)``
+    with ``result = fetch(path, mtime)`` for each checkpoint that can be read and whose
+    ``sets(result)`` holds ``ood_set``. An unreadable file shows its error and one from
+    another dataset a warning in its column, and is skipped. ``side`` is "left", "right", ...
+    (for unique widget keys)."""
+    for side, col, p in zip(("left", "right", "third", "fourth"), st.columns(len(paths)), paths):
+        name = Path(p).name
+        try:
+            result = fetch(p, file_mtime(p))
+        except OODCoreError as e:  # a broken second file must not take the page down
+            col.error(str(e))
+            continue
+        if ood_set not in sets(result):
+            col.warning(f"{name} has no OOD set {ood_set!r} (another dataset)")
+            continue
+        yield side, col, name, result

@@ -81,18 +81,26 @@ def cmd_train(args) -> int:
 
 
 # --------------------------------------------------------------------------- evaluate
+def _checkpoint_and_benchmark(args):
+    """``(model, meta, bench)`` of ``--checkpoint`` on ``--device``."""
+    from .checkpoint import load_checkpoint
+    from .data import load_benchmark_from_spec
+    from .runtime import select_device
+
+    model, meta = load_checkpoint(args.checkpoint, device=select_device(args.device))
+    return model, meta, load_benchmark_from_spec(meta.get("dataset"))
+
+
 def cmd_evaluate(args) -> int:
     import numpy as np
 
-    from .checkpoint import load_checkpoint
-    from .data import load_benchmark_from_spec, load_user_ood
+    from .data import load_user_ood
     from .errors import unknown
     from .evaluate import evaluate, format_table
     from .methods import default_score_names
     from .scores import SCORES
 
-    model, meta = load_checkpoint(args.checkpoint)
-    bench = load_benchmark_from_spec(meta.get("dataset"))
+    model, meta, bench = _checkpoint_and_benchmark(args)
     ds = meta["dataset"]
     ood_names = _csv(args.ood)
     ood_sets = None  # None = every built-in set of the dataset
@@ -135,16 +143,6 @@ def cmd_evaluate(args) -> int:
 
 
 # --------------------------------------------------------------------------- geometry
-def _checkpoint_and_benchmark(args):
-    """``(model, meta, bench)`` of ``--checkpoint`` on ``--device``."""
-    from .checkpoint import load_checkpoint
-    from .data import load_benchmark_from_spec
-    from .runtime import select_device
-
-    model, meta = load_checkpoint(args.checkpoint, device=select_device(args.device))
-    return model, meta, load_benchmark_from_spec(meta.get("dataset"))
-
-
 def cmd_geometry(args) -> int:
     from .geometry import geometry_summary
 

@@ -483,6 +483,20 @@ def model_geometry_snapshot(model: nn.Module, task: str, x_train: torch.Tensor, 
     return out
 
 
+def jacobian_norms_by_set(model: nn.Module, bench, method: str = "estimate", n_proj: int = 16,
+                          probe_size: int = 256, seed: int = 0) -> dict[str, np.ndarray]:
+    """:func:`jacobian_norm` of the first ``probe_size`` samples of the ID test split (key
+    ``"id"``) and of every OOD set of ``bench``. Cost: one :func:`jacobian_norm` per set."""
+    sets = {"id": bench.test.x, **bench.ood}
+    return {name: jacobian_norm(model, x[:probe_size], method=method, n_proj=n_proj, seed=seed)
+            for name, x in sets.items()}
+
+
+def class_mean_subspace(features, labels, num_classes: int) -> np.ndarray:
+    """:func:`principal_subspace` of the centred class means of labelled features (top C-1 directions)."""
+    return principal_subspace(class_means_=class_means(features, labels, num_classes=num_classes))
+
+
 def geometry_summary(model: nn.Module, bench, outputs: dict | None = None, jacobian: str | None = "estimate",
                      n_proj: int = 16, probe_size: int = 256, seed: int = 0) -> dict:
     """Every geometry number of one model on one benchmark, JSON-able (used by the CLI and the app).
@@ -515,16 +529,15 @@ def geometry_summary(model: nn.Module, bench, outputs: dict | None = None, jacob
         summary["nc"] = nc_metrics(train.features, bench.train.y, w, logits=train.logits)
         summary["class_geometry"] = geometry_report(outputs["id"].features, bench.test.y)
         summary["cosine_means_vs_weights"] = cosine_matrix(means - train.features.double().mean(0).numpy(), w).tolist()
-        basis = principal_subspace(class_means_=means)
+        basis = class_mean_subspace(train.features, bench.train.y, bench.num_classes)
         summary["energy_inside_mean_subspace"] = {
             s: float(np.nanmean(subspace_energy_share(outputs[s].features, basis))) for s in sets}
     summary["feature_norms"] = {s: feature_norm_stats(outputs[s].features) for s in sets}
     summary["energy_outside_span_w"] = {s: float(np.nanmean(orthogonal_energy_share(outputs[s].features, w)))
                                         for s in sets}
     if jacobian is not None:
-        xs = {"id": bench.test.x, **bench.ood}
-        means_j = {s: float(jacobian_norm(model, xs[s][:probe_size], method=jacobian, n_proj=n_proj,
-                                          seed=seed).mean()) for s in sets}
+        norms = jacobian_norms_by_set(model, bench, method=jacobian, n_proj=n_proj, probe_size=probe_size, seed=seed)
+        means_j = {s: float(v.mean()) for s, v in norms.items()}
         summary["jacobian_mean"] = means_j
         summary["jnd"] = {s: means_j[s] - means_j["id"] for s in bench.ood}
     return summary

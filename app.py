@@ -32,12 +32,14 @@ from ood_core.app_support import CHECKPOINT_ENV, TRAIN_COMMAND, checkpoint_dir, 
 st.set_page_config(page_title="OOD geometry lab", layout="wide")
 
 pg = st.navigation([
-    st.Page("app_pages/overview.py", title="Model overview", default=True, url_path="overview"),
+    st.Page("app_pages/models.py", title="Models", default=True, url_path="models"),
     st.Page("app_pages/jacobian.py", title="Jacobian norms", url_path="jacobian"),
     st.Page("app_pages/collapse.py", title="Neural collapse & subspaces", url_path="collapse"),
     st.Page("app_pages/features.py", title="Feature magnitudes", url_path="features"),
     st.Page("app_pages/energy.py", title="Energy scores", url_path="energy"),
     st.Page("app_pages/roc.py", title="ROC & metrics", url_path="roc"),
+    st.Page("app_pages/embeddings.py", title="Embeddings", url_path="embeddings"),
+    st.Page("app_pages/compare.py", title="Compare methods", url_path="compare"),
 ])
 
 folder = checkpoint_dir(APP_DIR)
@@ -46,6 +48,8 @@ if st.session_state.get("checkpoint") not in options:
     st.session_state.pop("checkpoint", None)  # the file is gone (or the folder changed): fall back to the first
 
 st.sidebar.title("OOD geometry lab")
+st.sidebar.toggle("Teaching mode", key="teaching",
+                  help="Open every page's explanation (formula and what to look for) by default")
 if options:
     st.sidebar.selectbox("Checkpoint", options, key="checkpoint", format_func=lambda p: Path(p).name,
                          help=f"`*.pt` files in `{folder}` (set ${CHECKPOINT_ENV} to list another folder)")

@@ -13,7 +13,7 @@ import streamlit as st
 from ood_core import app_support as sup
 
 st.title("Neural collapse & subspaces")
-with st.expander("What am I looking at?", expanded=False):
+with st.expander("What am I looking at?", expanded=sup.teaching_mode()):
     st.markdown("Neural collapse (Papyan, Han, Donoho 2020): late in training, features of a class "
                 "shrink onto their class mean (NC1), the centred means spread out like a simplex (NC2), "
                 "the classifier vectors line up with the means (NC3) and the classifier acts like "
@@ -36,14 +36,15 @@ else:
             "The subspace view below still applies.")
 history_fig = sup.history_figure(meta.get("history") or [])
 if history_fig is not None:
-    st.plotly_chart(history_fig, key="geometry_history")
+    sup.show_figure(history_fig, "geometry_history", "nc_history")
 else:
     st.caption("No per-epoch geometry was recorded for this checkpoint "
                "(train with `--track-geometry 1` to record NC1-NC4 and the JND).")
 
 if "cosine_means_vs_weights" in geo:
-    st.plotly_chart(sup.cosine_heatmap_figure(geo["cosine_means_vs_weights"], meta["dataset"].get("class_names")
-                                              or range(len(geo["cosine_means_vs_weights"]))), key="cosine_heatmap")
+    sup.show_figure(sup.cosine_heatmap_figure(geo["cosine_means_vs_weights"], meta["dataset"].get("class_names")
+                                              or range(len(geo["cosine_means_vs_weights"]))), "cosine_heatmap",
+                    "cosine_means_vs_weights")
     g = geo["class_geometry"]
     st.caption(f"ID test classes: mean radius {g['mean_radius']:.3f}, mean centre distance "
                f"{g['mean_center_distance']:.3f}, ratio {g['separation_ratio']:.2f}, "
@@ -58,10 +59,9 @@ shares = sup.energy_shares_cached(path, mtime, choices[label])
 ood_names = [n for n in shares if n != "id"]
 chosen = st.multiselect("OOD sets", ood_names, default=ood_names[:3], key="subspace_sets")
 values = {"ID (test)": shares["id"], **{f"OOD: {n}": shares[n] for n in chosen}}
-st.plotly_chart(sup.distributions_figure(values, "share of ||z||^2 outside",
-                                         f"Energy outside the {label} (1 = orthogonal to it)"), key="energy_hist")
+sup.show_figure(sup.distributions_figure(values, "share of ||z||^2 outside",
+                                         f"Energy outside the {label} (1 = orthogonal to it)"), "energy_hist",
+                "energy_outside_subspace")
 table = pd.DataFrame({"set": ["ID (test)"] + ood_names,
                       "mean share outside": [float(np.nanmean(shares[n])) for n in ["id"] + ood_names]})
-st.dataframe(table, hide_index=True, key="energy_table")
-st.download_button("Download as CSV", table.to_csv(index=False).encode("utf-8"), file_name="energy_shares.csv",
-                   mime="text/csv", key="download_energy")
+sup.show_table(table, "energy_table", "energy_shares")

@@ -11,7 +11,7 @@ from ood_core import app_support as sup
 from ood_core.metrics import auroc
 
 st.title("Energy scores")
-with st.expander("What am I looking at?", expanded=False):
+with st.expander("What am I looking at?", expanded=sup.teaching_mode()):
     st.markdown("The negative free energy of the logits (Liu et al. 2020) for single-label models and "
                 "JointEnergy (Wang et al. 2021) for multi-label models:")
     st.latex(r"E(x) = \log \sum_k e^{f_k(x)},\qquad "
@@ -30,14 +30,12 @@ ood_set = st.selectbox("OOD set", ood_names, key="energy_set")
 rows = []
 for side, col, name, (name_p, e_p, _) in sup.side_by_side([path, other], sup.energies_cached, ood_set,
                                                           sets=lambda result: result[1]):
-    col.plotly_chart(sup.distributions_figure({"ID (test)": e_p["id"], f"OOD: {ood_set}": e_p[ood_set]}, name_p,
-                                              f"{name}: {name_p}"), key=f"energy_hist_{side}")
+    sup.show_figure(sup.distributions_figure({"ID (test)": e_p["id"], f"OOD: {ood_set}": e_p[ood_set]}, name_p,
+                                             f"{name}: {name_p}"), f"energy_hist_{side}", f"energy_{side}", col)
     rows += [{"model": name, "score": name_p, "ood_set": s, "AUROC": auroc(e_p["id"], e_p[s])}
              for s in e_p if s != "id"]
 table = pd.DataFrame(rows).drop_duplicates(subset=["model", "ood_set"])
-st.dataframe(table, hide_index=True, key="energy_table")
-st.download_button("Download as CSV", table.to_csv(index=False).encode("utf-8"), file_name="energy.csv",
-                   mime="text/csv", key="download_energy_table")
+sup.show_table(table, "energy_table", "energy")
 
 st.subheader("One sample, label by label")
 s1, s2 = st.columns(2)
@@ -49,4 +47,4 @@ what = "softplus(f_k): this label's term of the JointEnergy" if score_name == "j
     "logit f_k (the energy is their log-sum-exp)"
 fig = px.bar(pd.DataFrame({"label": [str(n) for n in names], "term": terms[sample_set][index]}), x="label", y="term",
              title=f"{score_name} = {energies[sample_set][index]:.3f}; bars: {what}")
-st.plotly_chart(fig, key="energy_terms")
+sup.show_figure(fig, "energy_terms", "energy_per_label")

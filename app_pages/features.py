@@ -9,7 +9,7 @@ from ood_core import app_support as sup
 from ood_core.metrics import auroc
 
 st.title("Feature magnitudes")
-with st.expander("What am I looking at?", expanded=False):
+with st.expander("What am I looking at?", expanded=sup.teaching_mode()):
     st.markdown("The norm of the penultimate features, used directly as a score:")
     st.latex(r"s(x) = \|z(x)\|_2 \quad (\text{high} = \text{ID})")
     st.markdown("Haas et al. (2023) train with L2-normalised features (the classifier only sees "
@@ -25,12 +25,10 @@ ood_set = st.selectbox("OOD set", ood_names, key="feat_set")
 
 rows = []
 for side, col, name, norms in sup.side_by_side([path, other], sup.feature_norms_cached, ood_set):
-    col.plotly_chart(sup.distributions_figure({"ID (test)": norms["id"], f"OOD: {ood_set}": norms[ood_set]},
-                                              "||z||", name), key=f"feat_hist_{side}")
+    sup.show_figure(sup.distributions_figure({"ID (test)": norms["id"], f"OOD: {ood_set}": norms[ood_set]},
+                                             "||z||", name), f"feat_hist_{side}", f"feature_norms_{side}", col)
     for s in [n for n in norms if n != "id"]:
         rows.append({"model": name, "ood_set": s, "mean ||z|| ID": norms["id"].mean(),
                      "mean ||z|| OOD": norms[s].mean(), "AUROC of ||z||": auroc(norms["id"], norms[s])})
 table = pd.DataFrame(rows).drop_duplicates(subset=["model", "ood_set"])
-st.dataframe(table, hide_index=True, key="feat_table")
-st.download_button("Download as CSV", table.to_csv(index=False).encode("utf-8"), file_name="feature_norms.csv",
-                   mime="text/csv", key="download_feat")
+sup.show_table(table, "feat_table", "feature_norms")

@@ -12,7 +12,7 @@ import streamlit as st
 from ood_core import app_support as sup
 
 st.title("Jacobian norms")
-with st.expander("What am I looking at?", expanded=False):
+with st.expander("What am I looking at?", expanded=sup.teaching_mode()):
     st.markdown(
         "For each input x, the Frobenius norm of the Jacobian of the unit-normalised features "
         "f(x) = z/‖z‖ with respect to the input:")
@@ -38,14 +38,12 @@ ood_names = [n for n in norms if n != "id"]
 chosen = st.multiselect("OOD sets", ood_names, default=ood_names[:3], key="jac_sets")
 values = {"ID (test)": norms["id"], **{f"OOD: {n}": norms[n] for n in chosen}}
 fig = sup.distributions_figure(values, "||J||_F", f"Jacobian norm of z/||z|| ({method})")
-st.plotly_chart(fig, key="jac_hist")
+sup.show_figure(fig, "jac_hist", "jacobian_norms")
 
 table = pd.DataFrame({"set": ["ID (test)"] + ood_names,
                       "mean ||J||_F": [norms["id"].mean()] + [norms[n].mean() for n in ood_names],
                       "JND vs ID": [0.0] + [norms[n].mean() - norms["id"].mean() for n in ood_names]})
-st.dataframe(table, hide_index=True, key="jnd_table")
-st.download_button("Download JND table as CSV", table.to_csv(index=False).encode("utf-8"),
-                   file_name="jnd.csv", mime="text/csv", key="download_jnd")
+sup.show_table(table, "jnd_table", "jnd")
 
 st.subheader("Along a path between two test samples")
 labels = sup.test_labels_cached(path, mtime)
@@ -65,11 +63,11 @@ p1, p2 = st.columns(2)
 start = int(p1.number_input("From ID test sample #", 0, last, 0, key="path_start"))
 end = int(p2.number_input("To ID test sample #", 0, last, other, key="path_end"))
 t, along = sup.jacobian_path_cached(path, mtime, start, end, method)
-st.plotly_chart(sup.path_figure(t, along, describe(start), describe(end)), key="jac_path")
+sup.show_figure(sup.path_figure(t, along, describe(start), describe(end)), "jac_path", "jacobian_path")
 
 if tuple(meta["dataset"].get("input_shape", ())) == (2,):
     st.subheader("Over the input plane")
     xs, ys, grid, points = sup.jacobian_map_cached(path, mtime)
-    st.plotly_chart(sup.plane_map_figure(xs, ys, grid, points), key="jac_map")
+    sup.show_figure(sup.plane_map_figure(xs, ys, grid, points), "jac_map", "jacobian_plane_map")
     st.caption(f"Exact ||J||_F on a {len(xs)}x{len(ys)} grid; high values mark where the representation "
                f"changes fast (peak {np.max(grid):.2f}).")

@@ -11,7 +11,7 @@ from ood_core import app_support as sup
 from ood_core.metrics import confusion_at_threshold, roc_curve_points, threshold_at_tpr
 
 st.title("ROC & metrics")
-with st.expander("What am I looking at?", expanded=False):
+with st.expander("What am I looking at?", expanded=sup.teaching_mode()):
     st.markdown("Every score is *high for ID*. A threshold t calls a sample ID when its score ≥ t; "
                 "sweeping t traces the ROC curve of TPR (ID kept) against FPR (OOD wrongly kept):")
     st.latex(r"\mathrm{TPR}(t) = \Pr[s(x_{\mathrm{ID}}) \ge t],\quad \mathrm{FPR}(t) = \Pr[s(x_{\mathrm{OOD}}) \ge t],"
@@ -52,7 +52,7 @@ for s in chosen_scores:
     for o in chosen_sets:
         fpr, tpr, _ = roc_curve_points(scores[f"id/{s}"], scores[f"{o}/{s}"])
         curves[f"{s} vs {o} (AUROC {report['ood'][o][s]['auroc']:.3f})"] = (fpr, tpr)
-st.plotly_chart(sup.roc_figure(curves, (conf["fpr"], conf["tpr"])), key="roc_chart")
+sup.show_figure(sup.roc_figure(curves, (conf["fpr"], conf["tpr"])), "roc_chart", f"{Path(path).stem}_roc")
 
 m1, m2, m3, m4, m5, m6 = st.columns(6)
 m1.metric("TPR", f"{conf['tpr']:.3f}")
@@ -66,7 +66,5 @@ st.subheader("Metric table")
 table = sup.metric_table(result["table"])
 table = table[table["score"].isin(chosen_scores)
               & (table["ood_set"].isin(chosen_sets) | table["ood_set"].str.startswith("mean"))]
-st.dataframe(table, hide_index=True, key="roc_table")
+sup.show_table(table, "roc_table", f"{Path(path).stem}_roc_metrics")
 st.caption(sup.TABLE_CAPTION)
-st.download_button("Download table as CSV", table.to_csv(index=False).encode("utf-8"),
-                   file_name=f"{Path(path).stem}_roc_metrics.csv", mime="text/csv", key="download_roc_table")

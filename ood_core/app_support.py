@@ -360,6 +360,11 @@ def test_labels_cached(path: str, mtime: float) -> np.ndarray:
     return benchmark_cached(path, mtime).test.y.numpy()
 
 
+def teaching_mode() -> bool:
+    """True when the sidebar's "Teaching mode" toggle is on: pages then open their explanation."""
+    return bool(st.session_state.get("teaching", False))
+
+
 def require_checkpoint():
     """``(path, mtime, model, meta)`` of the checkpoint chosen in the sidebar, for a page's top.
 
@@ -412,6 +417,32 @@ def energies_cached(path: str, mtime: float) -> tuple[str, dict[str, np.ndarray]
         score[set_name] = score_fn(out)
         terms[set_name] = (torch.nn.functional.softplus(logits) if multilabel else logits).numpy()
     return name, score, terms
+
+
+def figure_html(fig) -> str:
+    """A stand-alone HTML file of a plotly figure, plotly.js inlined so it opens offline."""
+    return fig.to_html(include_plotlyjs=True, full_html=True)
+
+
+def show_figure(fig, key: str, file_stem: str, container=None) -> None:
+    """Draw ``fig`` (in ``container``, default the page) with two ways to save it: the chart's
+    camera button saves a PNG named ``file_stem`` (drawn by the browser), and a button below
+    downloads an interactive HTML file. The HTML is built only when clicked (deferred), so an
+    unused button costs nothing on a rerun."""
+    where = container if container is not None else st
+    where.plotly_chart(fig, key=key, config={"toImageButtonOptions": {"format": "png", "filename": file_stem,
+                                                                       "scale": 2}})
+    where.download_button("Download figure (HTML)", data=lambda: figure_html(fig), file_name=f"{file_stem}.html",
+                          mime="text/html", on_click="ignore", key=f"{key}_html",
+                          help="The camera icon on the chart saves a PNG")
+
+
+def show_table(table: pd.DataFrame, key: str, file_stem: str, container=None) -> None:
+    """A dataframe (no index) and a button that downloads it as CSV."""
+    where = container if container is not None else st
+    where.dataframe(table, hide_index=True, key=key)
+    where.download_button("Download table (CSV)", data=table.to_csv(index=False).encode("utf-8"),
+                          file_name=f"{file_stem}.csv", mime="text/csv", on_click="ignore", key=f"{key}_csv")
 
 
 def or_stop(fn, *args):

@@ -6,59 +6,18 @@ app there, so they do not depend on the files shipped in ``checkpoints/``.
 """
 from __future__ import annotations
 
-import base64
-import json
 import os
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 import ood_core
 from ood_core import app_support as sup
+from apptest_helpers import APP, TIMEOUT, array as _array, charts as _charts
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
-TIMEOUT = 120
-
-
-@pytest.fixture(autouse=True)
-def _clear_caches():
-    """Streamlit caches are process-wide: every test starts cold."""
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    yield
-    st.cache_data.clear()
-    st.cache_resource.clear()
-
-
-@pytest.fixture(scope="session")
-def ckpt_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("checkpoints")
-    r = ood_core.train("ce", "digits", ood_core.TrainConfig(epochs=3, geometry_every=1))
-    ood_core.save_checkpoint(folder / "ce_digits.pt", r.model, r.meta)
-    r = ood_core.train("ce", "toy2d", ood_core.TrainConfig(epochs=2))
-    ood_core.save_checkpoint(folder / "ce_toy2d.pt", r.model, r.meta)
-    return folder
-
-
-@pytest.fixture
-def app(ckpt_dir, monkeypatch) -> AppTest:
-    monkeypatch.setenv(sup.CHECKPOINT_ENV, str(ckpt_dir))
-    return AppTest.from_file(APP, default_timeout=TIMEOUT)
-
-
-def _charts(at: AppTest) -> list[dict]:
-    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
-
-
-def _array(values) -> np.ndarray:
-    """A plotly JSON array: a list, or plotly 7's typed array {"dtype", "bdata": base64}."""
-    if isinstance(values, dict):
-        return np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"])
-    return np.asarray(values, dtype=float)
+pytestmark = pytest.mark.usefixtures("clear_streamlit_caches")
 
 
 def _chart_spec(at: AppTest) -> dict:

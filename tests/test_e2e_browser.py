@@ -38,7 +38,7 @@ if sync_playwright is None or not shutil.which(CHROMIUM):
 
 # (url path, radio option to click, text that must appear once the page has reacted)
 PAGES = [
-    ("overview", None, None),
+    ("models", None, None),
     ("jacobian", "exact", "Jacobian norm of z/||z|| (exact)"),
     ("collapse", "top class-mean directions", "Energy outside the top class-mean directions"),
     ("features", None, None),

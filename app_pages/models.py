@@ -1,4 +1,4 @@
-"""Model overview: checkpoint metadata, ID accuracy, the OOD metric table and one score histogram.
+"""Models: the chosen checkpoint's metadata, ID accuracy, the OOD metric table and one score histogram.
 
 Reads the checkpoint path chosen in the sidebar from ``st.session_state["checkpoint"]``.
 All computation is in :mod:`ood_core.app_support`; this page only lays out widgets and plots.
@@ -12,7 +12,7 @@ import streamlit as st
 from ood_core import app_support as sup
 from ood_core.runtime import select_device
 
-st.title("Model overview")
+st.title("Models")
 
 path, mtime, model, meta = sup.require_checkpoint()
 result = sup.or_stop(sup.evaluation_cached, path, mtime)
@@ -43,10 +43,8 @@ with right:
 # ---------------------------------------------------------------- metric table
 st.subheader("OOD detection metrics")
 table = sup.metric_table(rows)
-st.dataframe(table, hide_index=True, key="metric_table")
+sup.show_table(table, "metric_table", f"{Path(path).stem}_ood_metrics")
 st.caption(sup.TABLE_CAPTION)
-st.download_button("Download table as CSV", table.to_csv(index=False).encode("utf-8"),
-                   file_name=f"{Path(path).stem}_ood_metrics.csv", mime="text/csv", key="download_table")
 
 # ---------------------------------------------------------------- histogram
 st.subheader("Score distributions")
@@ -60,7 +58,7 @@ score = s1.selectbox("Score (high = ID)", score_options, key="score")
 ood_set = s2.selectbox("OOD set", ood_options, key="ood_set",
                        format_func=lambda n: f"{n} ({report['groups'].get(n, '?')})")
 fig = sup.histogram_figure(scores[f"id/{score}"], scores[f"{ood_set}/{score}"], score, ood_set)
-st.plotly_chart(fig, key="score_hist")
+sup.show_figure(fig, "score_hist", f"{Path(path).stem}_{score}_{ood_set}")
 m = report["ood"][ood_set][score]
 st.caption(f"AUROC {m['auroc']:.3f} · FPR95 {m['fpr95']:.3f} · AUPR-In {m['aupr_in']:.3f} · "
            f"AUPR-Out {m['aupr_out']:.3f}")

@@ -1,0 +1,33 @@
+"""Shared pieces of the AppTest suites (test_app*.py): the app's path, the fixtures that train
+small checkpoints once per session, and decoders for the plotly JSON the pages send.
+
+Fixtures are registered in ``conftest.py`` (``ckpt_dir``, ``app``, ``clear_streamlit_caches``).
+"""
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+TIMEOUT = 120
+
+
+def charts(at: AppTest) -> list[dict]:
+    """Every plotly chart of the last run, as its figure JSON."""
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def array(values) -> np.ndarray:
+    """A plotly JSON array: a list, or plotly 7's typed array {"dtype", "bdata": base64}."""
+    if isinstance(values, dict):
+        return np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"])
+    return np.asarray(values, dtype=float)
+
+
+def traces_of_type(at: AppTest, trace_type: str) -> list[dict]:
+    """The charts whose first trace has type ``trace_type`` ("histogram", "scatter", ...)."""
+    return [c for c in charts(at) if c["data"] and c["data"][0]["type"] == trace_type]

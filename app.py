@@ -27,7 +27,10 @@ if str(APP_DIR) not in sys.path:  # make `ood_core` importable whatever the work
 
 import streamlit as st  # noqa: E402
 
+from ood_core import app_support as sup  # noqa: E402
 from ood_core.app_support import CHECKPOINT_ENV, TRAIN_COMMAND, checkpoint_dir, list_checkpoints  # noqa: E402
+from ood_core.data import IMAGE_SUFFIXES  # noqa: E402
+from ood_core.errors import OODCoreError  # noqa: E402
 
 st.set_page_config(page_title="OOD geometry lab", layout="wide")
 
@@ -57,5 +60,29 @@ else:
     st.info(f"No checkpoint (`*.pt`) in `{folder}`. Train one from the repository root:\n\n"
             f"```\n{TRAIN_COMMAND}\n```\n\nthen reload this page "
             f"(or set `{CHECKPOINT_ENV}` to a folder that holds checkpoints).")
+
+with st.sidebar.expander("Add your own OOD set", expanded=bool(st.session_state.get(sup.USER_OOD_KEY))):
+    kind = st.radio("Upload", ["array file", "image folder"], key="user_ood_kind", horizontal=True,
+                    help="An (N, H, W[, C]) or (N, C, H, W) .npy/.npz array (uint8, or floats in [0, 1] or "
+                         "[0, 255]; (N, 2) points for toy2d), or a folder of images. It is resized and "
+                         "converted to the model's input format.")
+    nonce = st.session_state.get("user_ood_nonce", 0)  # a new key empties the uploader (see forget_upload)
+    if kind == "array file":
+        st.file_uploader("Array file", type=["npy", "npz"], key=f"user_ood_array_{nonce}",
+                         on_change=sup.store_upload, args=(f"user_ood_array_{nonce}",))
+    else:
+        st.file_uploader("Image folder", type=sorted(s.lstrip(".") for s in IMAGE_SUFFIXES),
+                         accept_multiple_files="directory", key=f"user_ood_images_{nonce}",
+                         on_change=sup.store_upload, args=(f"user_ood_images_{nonce}",))
+    if st.session_state.get("user_ood_error"):
+        st.error(st.session_state["user_ood_error"])
+    upload, chosen = st.session_state.get(sup.USER_OOD_KEY), st.session_state.get("checkpoint")
+    if upload and chosen:
+        try:
+            name, x = sup.user_ood_cached(upload, tuple(sup.benchmark_cached(chosen, sup.file_mtime(chosen)).input_shape))
+            st.success(f"OOD set `{name}`: {x.shape[0]} samples, shown on every page (group `user`).")
+        except OODCoreError as e:
+            st.error(f"Your OOD set does not fit `{Path(chosen).name}`: {e}")
+        st.button("Remove it", key="user_ood_remove", on_click=sup.forget_upload)
 
 pg.run()

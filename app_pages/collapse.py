@@ -55,7 +55,7 @@ choices = {"classifier span{w_c}": "weights"}
 if "nc" in geo:
     choices["top class-mean directions"] = "means"
 label = st.radio("Principal subspace", list(choices), key="subspace", horizontal=True)
-shares = sup.energy_shares_cached(path, mtime, choices[label])
+shares = sup.or_stop(sup.energy_shares_cached, path, mtime, choices[label], sup.user_ood())
 ood_names = [n for n in shares if n != "id"]
 chosen = st.multiselect("OOD sets", ood_names, default=ood_names[:3], key="subspace_sets")
 values = {"ID (test)": shares["id"], **{f"OOD: {n}": shares[n] for n in chosen}}

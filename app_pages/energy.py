@@ -23,13 +23,14 @@ with st.expander("What am I looking at?", expanded=sup.teaching_mode()):
 
 path, mtime, model, meta = sup.require_checkpoint()
 other = sup.compare_with(path, ("snojoe", "jointenergy"), key="energy_compare")
-score_name, energies, terms = sup.energies_cached(path, mtime)
+user_ood = sup.user_ood()
+score_name, energies, terms = sup.or_stop(sup.energies_cached, path, mtime, user_ood)
 ood_names = [n for n in energies if n != "id"]
 ood_set = st.selectbox("OOD set", ood_names, key="energy_set")
 
 rows = []
 for side, col, name, (name_p, e_p, _) in sup.side_by_side([path, other], sup.energies_cached, ood_set,
-                                                          sets=lambda result: result[1]):
+                                                          sets=lambda result: result[1], user_ood=user_ood):
     sup.show_figure(sup.distributions_figure({"ID (test)": e_p["id"], f"OOD: {ood_set}": e_p[ood_set]}, name_p,
                                              f"{name}: {name_p}"), f"energy_hist_{side}", f"energy_{side}", col)
     rows += [{"model": name, "score": name_p, "ood_set": s, "AUROC": auroc(e_p["id"], e_p[s])}

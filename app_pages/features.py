@@ -19,12 +19,13 @@ with st.expander("What am I looking at?", expanded=sup.teaching_mode()):
 
 path, mtime, model, meta = sup.require_checkpoint()
 other = sup.compare_with(path, ("l2norm", "ce_"), key="feat_compare")
-left_norms = sup.feature_norms_cached(path, mtime)
+left_norms = sup.or_stop(sup.feature_norms_cached, path, mtime, sup.user_ood())
 ood_names = [n for n in left_norms if n != "id"]
 ood_set = st.selectbox("OOD set", ood_names, key="feat_set")
 
 rows = []
-for side, col, name, norms in sup.side_by_side([path, other], sup.feature_norms_cached, ood_set):
+for side, col, name, norms in sup.side_by_side([path, other], sup.feature_norms_cached, ood_set,
+                                                    user_ood=sup.user_ood()):
     sup.show_figure(sup.distributions_figure({"ID (test)": norms["id"], f"OOD: {ood_set}": norms[ood_set]},
                                              "||z||", name), f"feat_hist_{side}", f"feature_norms_{side}", col)
     for s in [n for n in norms if n != "id"]:

@@ -32,7 +32,7 @@ method = c1.radio("Computation", ["estimate", "exact"], key="jac_method", horizo
 n_proj = c2.select_slider("Projections K (estimate)", [4, 8, 16, 32, 64], value=16, key="jac_k",
                           disabled=method == "exact")
 probe = c3.select_slider("Samples per set", [64, 128, 256, 512], value=256, key="jac_probe")
-norms = sup.jacobian_norms_cached(path, mtime, method, n_proj, probe)
+norms = sup.or_stop(sup.jacobian_norms_cached, path, mtime, method, n_proj, probe, sup.user_ood())
 
 ood_names = [n for n in norms if n != "id"]
 chosen = st.multiselect("OOD sets", ood_names, default=ood_names[:3], key="jac_sets")

@@ -21,7 +21,7 @@ with st.expander("What am I looking at?", expanded=sup.teaching_mode()):
                 "means a threshold exists that keeps ID and rejects OOD.")
 
 path, mtime, model, meta = sup.require_checkpoint()
-result = sup.or_stop(sup.evaluation_cached, path, mtime)
+result = sup.or_stop(sup.evaluation_cached, path, mtime, sup.user_ood())
 report, scores = result["report"], result["scores"]
 score_options, ood_options = sup.score_names(scores), sup.ood_set_names(report)
 for key, opts in (("roc_scores", score_options), ("roc_sets", ood_options)):

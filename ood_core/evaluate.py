@@ -63,7 +63,7 @@ def extract_benchmark_outputs(model: torch.nn.Module, bench: Benchmark, sets: li
     """
     sources = {"train": bench.train.x, "val": bench.val.x, "id": bench.test.x, **bench.ood, **(extra_ood or {})}
     wanted = sets if sets is not None else ["id", "train", *bench.ood, *(extra_ood or {})]
-    missing = [k for k in wanted if k not in sources]
+    missing = [k for k in wanted if k not in sources and k not in (outputs or {})]
     if missing:
         raise DataError(f"no set named {missing[0]!r}; this benchmark has: {', '.join(sources)}")
     outputs = {} if outputs is None else outputs

@@ -44,6 +44,7 @@ PAGES = [
     ("features", None, None),
     ("energy", None, None),
     ("roc", None, None),
+    ("compare", "ROC curve", "AUROC"),
 ]
 
 

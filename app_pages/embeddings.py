@@ -1,5 +1,128 @@
-"""Embeddings page: work in progress this session."""
+"""Embeddings: a 2-D map of the features (PCA by default, UMAP on request) with the ID test
+points coloured by class and the OOD points by a chosen score; a selected sample shows its
+input, its scores against the ID distribution and an Integrated Gradients map of the score.
+
+Widgets and plots only; the numbers come from :mod:`ood_core.app_support` (cached).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
 import streamlit as st
 
+from ood_core import app_support as sup
+from ood_core.errors import OODCoreError
+
 st.title("Embeddings")
-st.info("Not built yet.")
+with st.expander("What am I looking at?", expanded=sup.teaching_mode()):
+    st.markdown("Each point is one sample's penultimate features z, mapped to 2-D. **PCA** projects on the "
+                "two directions of largest variance of the centred fit set (a linear map: far stays far):")
+    st.latex(r"y = V_{2}^{\top}(z - \bar z),\qquad V_2 = \text{top-2 right singular vectors of } Z - \bar z")
+    st.markdown("**UMAP** (McInnes et al. 2018) keeps each point's nearest neighbours close but not global "
+                "distances, so the gap between two clusters means little. Fitting on *ID only* and placing OOD "
+                "points afterwards (`transform`) hides OOD: they land on ID clusters. Fit on the union to judge "
+                "separation.")
+    st.markdown("Clicking a point attributes the chosen OOD score s (high = ID) to the input pixels with "
+                "**Integrated Gradients** (Sundararajan et al. 2017), on the straight path from a baseline x0:")
+    st.latex(r"\mathrm{IG}_j(x) = (x_j - x_{0,j})\int_0^1 \frac{\partial s}{\partial x_j}"
+             r"\big(x_0 + \alpha (x - x_0)\big)\,d\alpha,\qquad \sum_j \mathrm{IG}_j = s(x) - s(x_0)")
+    st.markdown("Blue pixels pushed the score up (toward ID), red ones down (toward OOD). Look for OOD points "
+                "coloured like ID (bright) sitting inside ID clusters: the score and the geometry agree that "
+                "they look familiar. The percentile column says where the sample's score falls among the ID "
+                "test samples.")
+
+path, mtime, model, meta = sup.require_checkpoint()
+user_ood = sup.user_ood()
+result = sup.or_stop(sup.evaluation_cached, path, mtime, user_ood)
+scores = result["scores"]
+score_options, ood_options = sup.score_names(scores), sup.ood_set_names(result["report"])
+for key, opts in (("emb_sets", ood_options), ("emb_score", score_options), ("emb_pick_set", ["id", *ood_options])):
+    value = st.session_state.get(key)
+    if value is not None and any(v not in opts for v in (value if isinstance(value, list) else [value])):
+        st.session_state.pop(key, None)  # another checkpoint with other scores or sets was chosen
+
+c1, c2, c3 = st.columns(3)
+method = c1.radio("Map", ["pca", "umap"], key="emb_method", horizontal=True, format_func=str.upper,
+                  help="PCA is instant; UMAP is computed only when chosen, then cached on disk")
+fit_on = c2.radio("Fit the map on", ["union", "id"], key="emb_fit_on", horizontal=True,
+                  format_func={"union": "ID + OOD", "id": "ID only"}.get)
+score = c3.selectbox("Colour OOD points by", score_options, key="emb_score")
+s1, s2 = st.columns([3, 1])
+sets = s1.multiselect("OOD sets to show", ood_options, default=ood_options, key="emb_sets")
+normalize = s2.checkbox("L2-normalise features first", key="emb_normalize",
+                        help="Map z/||z|| instead of z: the geometry a cosine or l2norm head sees")
+
+if method == "umap":
+    with st.spinner("Fitting UMAP: the first fit in a fresh app process compiles numba code (about 30 s "
+                    "the first time on a machine, less once numba's cache is warm); the map is then cached."):
+        proj = sup.or_stop(sup.projection_cached, path, mtime, "umap", fit_on, normalize, 0, user_ood)
+else:
+    proj = sup.or_stop(sup.projection_cached, path, mtime, "pca", fit_on, normalize, 0, user_ood)
+if proj.caveat:
+    st.warning(proj.caveat)
+elif fit_on == "id":
+    st.caption("Fitted on ID only: the OOD points are placed with the ID fit's map. For PCA this is still a "
+               "linear projection (distances can shrink, never be invented).")
+
+labels = sup.test_labels_cached(path, mtime)
+class_names = meta["dataset"].get("class_names") or []
+fig = sup.embedding_figure(proj, scores, score, labels, class_names, sets)
+event = sup.show_figure(fig, "emb_map", f"{Path(path).stem}_{method}_map", on_select="rerun",
+                        selection_mode="points")
+origin = "read from the disk cache" if proj.from_cache else f"computed in {proj.seconds:.1f} s"
+st.caption(f"{sum(len(v) for v in proj.coords.values())} points, map {origin}. {sup.EMBEDDING_SELECTION_HELP}")
+
+# A new click on the map fills the picker below; the picker stays free to change until the next click.
+picked = sup.selected_sample(event)
+if picked is not None and picked != st.session_state.get("emb_last_selection") and picked[0] in ["id", *ood_options]:
+    st.session_state["emb_last_selection"] = picked
+    st.session_state["emb_pick_set"] = picked[0]
+    st.session_state[f"emb_pick_index_{picked[0]}"] = picked[1]
+
+st.subheader("Selected sample")
+p1, p2 = st.columns(2)
+set_name = p1.selectbox("Set", ["id", *ood_options], key="emb_pick_set",
+                        format_func=lambda s: "ID (test)" if s == "id" else f"OOD: {s}")
+n_samples = int(scores[f"{set_name}/{score_options[0]}"].size)
+if not 0 <= st.session_state.get(f"emb_pick_index_{set_name}", 0) < n_samples:
+    st.session_state.pop(f"emb_pick_index_{set_name}")  # left over from a checkpoint with a larger set
+index = int(p2.number_input(f"Sample # (0 to {n_samples - 1})", min_value=0, max_value=n_samples - 1, step=1,
+                            key=f"emb_pick_index_{set_name}"))  # no value=: a map click sets it through the state
+
+left, right = st.columns([1, 3])
+sample = sup.or_stop(sup.sample_cached, path, mtime, set_name, index, user_ood)
+where = "ID test" if set_name == "id" else f"OOD set {set_name}"
+if sample.ndim == 1:
+    left.metric("Input point", "(" + ", ".join(f"{v:.3f}" for v in sample.tolist()) + ")")
+else:
+    image = sample.mean(axis=0)
+    zoom = max(1, 160 // image.shape[-1])  # nearest-neighbour zoom keeps the pixels crisp
+    left.image(np.clip(np.kron(image, np.ones((zoom, zoom))), 0.0, 1.0), caption=f"{where} #{index}", clamp=True)
+if set_name == "id":
+    y = labels[index]
+    named = [class_names[k] if k < len(class_names) else str(k) for k in
+             ([int(y)] if np.ndim(y) == 0 else np.flatnonzero(y).tolist())]
+    left.caption(f"label: {', '.join(map(str, named))}")
+with right:
+    sup.show_table(sup.score_percentile_table(scores, set_name, index), "emb_scores",
+                   f"{Path(path).stem}_{set_name}_{index}_scores")
+    st.caption("ID percentile: share of ID test samples scoring at most this value (high = ID-like). "
+               "Called ID at TPR95: at the threshold that keeps 95% of ID.")
+
+a1, a2 = st.columns(2)
+baseline = a1.radio("IG baseline x0", ["zeros", "mean"], key="emb_baseline", horizontal=True,
+                    format_func={"zeros": "zeros (black / origin)", "mean": "mean training input"}.get)
+n_steps = a2.select_slider("IG path points", sup.ATTRIBUTION_STEPS, value=128, key="emb_steps",
+                           help="More points: smaller completeness error (ReLU networks converge slowly)")
+try:
+    attr = sup.attribution_cached(path, mtime, set_name, index, score, n_steps, baseline, user_ood)
+except OODCoreError as e:
+    st.info(f"No attribution: {e}")
+else:
+    title = (f"{where} #{index}: {score} = {attr['score']:.4f}, baseline {attr['baseline_score']:.4f}")
+    sup.show_figure(sup.attribution_figure(attr["input"], attr["attributions"], score, title), "emb_attr",
+                    f"{Path(path).stem}_{set_name}_{index}_ig_{score}")
+    gap = attr["score"] - attr["baseline_score"]
+    st.caption(f"Completeness: sum of attributions = {gap + attr['delta']:.4f} vs s(x) - s(x0) = {gap:.4f} "
+               f"(error {attr['delta']:+.2e}; raise the path points if it is large).")

@@ -1,7 +1,19 @@
-"""Models: the chosen checkpoint's metadata, ID accuracy, the OOD metric table and one score histogram.
+"""Models: look at a checkpoint, or train a new one in the app.
 
-Reads the checkpoint path chosen in the sidebar from ``st.session_state["checkpoint"]``.
-All computation is in :mod:`ood_core.app_support`; this page only lays out widgets and plots.
+Tab "Loaded checkpoint": the checkpoint chosen in the sidebar (``st.session_state["checkpoint"]``)
+with its metadata, ID accuracy, the OOD metric table and one score histogram.
+
+Tab "Train a new model": dataset, method (only those that fit the dataset), epochs, learning
+rate, seed and output file; Start runs :func:`ood_core.jobs.start_training` in a background
+thread and returns at once, so this page and every other page stay usable while it trains.
+The job object lives in ``st.session_state["training_job"]`` (this browser session only). An
+``st.fragment`` polls it every ``POLL_S`` seconds and redraws only itself: progress bar, loss
+curve, validation per epoch, a Cancel button and, for 2-D data (toy2d), the decision and score
+landscape after every epoch. When the run ends the fragment reruns the whole app once, so the
+sidebar lists the new file.
+
+Computation lives in :mod:`ood_core.jobs`, :mod:`ood_core.landscape` and the figure builders of
+:mod:`ood_core.app_support`; this page only lays out widgets and plots.
 """
 from __future__ import annotations
 
@@ -10,55 +22,272 @@ from pathlib import Path
 import streamlit as st
 
 from ood_core import app_support as sup
+from ood_core import jobs
+from ood_core.data import DATASET_DESCRIPTIONS, DATASETS
+from ood_core.errors import OODCoreError
+from ood_core.landscape import DEFAULT_SCORE
+from ood_core.methods import METHODS, applicable_scores
+from ood_core.scores import SCORES
 from ood_core.runtime import select_device
+from ood_core.train import recommended_config
+
+JOB_KEY = "training_job"  # the TrainingJob of this session (not a widget: survives page switches)
+ANNOUNCED_KEY = "training_job_announced"  # id of the finished job the app was rerun for
+DEFAULTS_FOR_KEY = "training_defaults_for"  # (method, dataset) the option widgets were filled for
+FORM_KEY = "training_form"  # a copy of the options, restored after a visit to another page
+# Option widgets kept across page switches (Streamlit drops a page's widget state when it is
+# left); "Overwrite" is deliberately not among them: it must be ticked again.
+FORM_WIDGETS = ("train_dataset", "train_method", "train_epochs", "train_lr", "train_seed",
+                "train_landscape_score", "train_slow_motion", "train_out_name")
+POLL_S = 1.0
+LANDSCAPE_RESOLUTION = 60
+DEFAULT_DATASET = "toy2d"
+DEFAULT_SLOW_MOTION_S = 0.3
 
 st.title("Models")
+with st.expander("What am I looking at?", expanded=sup.teaching_mode()):
+    st.markdown(
+        "**Loaded checkpoint** shows the model picked in the sidebar: what it was trained on, its accuracy on "
+        "the known classes, and how well each OOD score separates the ID test split from every OOD set "
+        "(all scores: high = in-distribution).\n\n"
+        "**Train a new model** trains a method on an embedded dataset right here. Training minimises the "
+        "method's loss over mini-batches; for the cross-entropy baseline (`ce`):")
+    st.latex(r"L = -\log \operatorname{softmax}(f(x))_y = -f_y(x) + \log \sum_k e^{f_k(x)}")
+    st.markdown(
+        "The loss curve should fall and the validation accuracy rise; a loss that turns NaN stops the run "
+        "(lower the learning rate).\n\n"
+        "On **toy2d** (2-D inputs) the page redraws after every epoch the *decision regions* "
+        r"$\arg\max_k f_k(x)$ (left) and an OOD score over the plane (right), by default the energy "
+        r"$E(x) = \log\sum_k e^{f_k(x)}$ (high = ID), with the training points on top.\n\n"
+        "**What to look for:** with `ce` the regions are unbounded wedges and the score keeps *growing* away "
+        "from the data (the logits of a ReLU network grow linearly along rays), so points far from every class "
+        "look *more* in-distribution than the training data: this is why OOD detection by softmax or energy "
+        "fails far away (AUROC below 0.5 on the far sets). Switch the landscape score to `mahalanobis` (fitted "
+        "on the training features) and the score falls away from the classes instead. Other methods change "
+        "the geometry itself: `l2norm` and `movr` normalise the features, which makes the energy flat along "
+        "rays; `ib` learns class centres.")
 
-path, mtime, model, meta = sup.require_checkpoint()
-result = sup.or_stop(sup.evaluation_cached, path, mtime)
+tab_loaded, tab_train = st.tabs(["Loaded checkpoint", "Train a new model"])
 
-report, scores, rows = result["report"], result["scores"], result["table"]
-st.caption(f"Checkpoint `{path}`")
 
-# ---------------------------------------------------------------- headline numbers
-label, value = sup.id_quality(report)
-c1, c2, c3, c4 = st.columns(4)
-c1.metric(label, "n/a" if value is None else f"{value:.1%}", help="On the ID test split (known classes only)")
-c2.metric("Method", str(meta.get("method")))
-c3.metric("Dataset", str((meta.get("dataset") or {}).get("name")))
-c4.metric("Device (auto)", str(select_device("auto")), help="The device torch picks here: cuda > mps > cpu")
+# =============================================================================== training
+def select_checkpoint(path: str) -> None:
+    """Button callback: make ``path`` the sidebar's chosen checkpoint (runs before the rerun)."""
+    st.session_state["checkpoint"] = path
 
-# ---------------------------------------------------------------- metadata
-left, right = st.columns(2)
-with left:
-    st.subheader("Checkpoint")
-    st.json(sup.metadata_summary(meta), expanded=1)
-with right:
-    st.subheader("Details")
-    t_model, t_train, t_versions = st.tabs(["Model spec", "Train config", "Library versions"])
-    t_model.json(meta.get("model") or {})
-    t_train.json(meta.get("train_config") or {})
-    t_versions.json(meta.get("versions") or {})
 
-# ---------------------------------------------------------------- metric table
-st.subheader("OOD detection metrics")
-table = sup.metric_table(rows)
-sup.show_table(table, "metric_table", f"{Path(path).stem}_ood_metrics")
-st.caption(sup.TABLE_CAPTION)
+def fill_option_defaults(method: str, dataset: str) -> None:
+    """Set the option widgets to ``recommended_config(method)`` and the default file name
+    whenever the method or dataset changes (or the widgets were cleared by a page switch)."""
+    if st.session_state.get(DEFAULTS_FOR_KEY) == (method, dataset) and "train_epochs" in st.session_state:
+        return
+    cfg = recommended_config(method)
+    st.session_state.update(train_epochs=int(cfg.epochs), train_lr=float(cfg.lr), train_seed=int(cfg.seed),
+                            train_out_name=jobs.default_file_name(method, dataset), train_overwrite=False)
+    st.session_state[DEFAULTS_FOR_KEY] = (method, dataset)
 
-# ---------------------------------------------------------------- histogram
-st.subheader("Score distributions")
-score_options = sup.score_names(scores)
-ood_options = sup.ood_set_names(report)
-for key, opts in (("score", score_options), ("ood_set", ood_options)):
-    if st.session_state.get(key) not in opts:
-        st.session_state.pop(key, None)  # e.g. another checkpoint with other OOD sets was chosen
-s1, s2 = st.columns(2)
-score = s1.selectbox("Score (high = ID)", score_options, key="score")
-ood_set = s2.selectbox("OOD set", ood_options, key="ood_set",
-                       format_func=lambda n: f"{n} ({report['groups'].get(n, '?')})")
-fig = sup.histogram_figure(scores[f"id/{score}"], scores[f"{ood_set}/{score}"], score, ood_set)
-sup.show_figure(fig, "score_hist", f"{Path(path).stem}_{score}_{ood_set}")
-m = report["ood"][ood_set][score]
-st.caption(f"AUROC {m['auroc']:.3f} · FPR95 {m['fpr95']:.3f} · AUPR-In {m['aupr_in']:.3f} · "
-           f"AUPR-Out {m['aupr_out']:.3f}")
+
+def job_panel() -> None:
+    """Progress, curves, landscape and the Cancel button of this session's job (a fragment:
+    polled every POLL_S seconds while the job runs, redrawing only itself)."""
+    job = st.session_state.get(JOB_KEY)
+    if job is None:
+        return
+    snap = job.snapshot()
+    stem = Path(snap.out_path).stem
+    st.subheader(f"Run: `{snap.method}` on `{snap.dataset}` → `{Path(snap.out_path).name}`")
+    st.progress(snap.fraction, text=sup.training_status_text(snap))
+    last_val = next((v for h in reversed(snap.history) for k, v in h.items() if k.startswith("val_")), None)
+    m1, m2, m3, m4 = st.columns(4)
+    threads = "" if snap.threads is None else f" · {snap.threads} thread{'s' if snap.threads > 1 else ''}"
+    m1.metric("Training device", f"{snap.device}{threads}",
+              help="cuda > mps > cpu, the first available; torch threads used by the training thread")
+    m2.metric("Status", snap.status)
+    m3.metric("Validation (last epoch)", "n/a" if last_val is None else f"{last_val:.1%}",
+              help="Accuracy (or mAP) on the validation split of the known classes")
+    m4.metric("Elapsed", f"{snap.elapsed_s:.1f} s")
+
+    if not snap.finished:
+        if job.cancel_requested:
+            st.info("Cancelling: the run stops after the batch in flight; nothing will be saved.")
+        else:
+            st.button("Cancel training", key="train_cancel", on_click=job.cancel,
+                      help="Stops within one batch; nothing is saved")
+    elif snap.status == "done":
+        st.success(f"Training finished: {snap.message}. It now appears in the sidebar's checkpoint list.")
+        st.button("Show it under 'Loaded checkpoint'", key="train_show", on_click=select_checkpoint,
+                  args=(snap.saved_path,), help="Selects it in the sidebar; then open the 'Loaded checkpoint' tab")
+        if snap.metrics:
+            label, value = sup.id_quality(snap.metrics)
+            st.caption(f"{label} on the ID test split: " + ("n/a" if value is None else f"{value:.1%}")
+                       + ". Mean OOD detection per group (full table under 'Loaded checkpoint'):")
+            sup.show_table(sup.group_mean_table(snap.metrics), "train_group_means", f"{stem}_group_means")
+    elif snap.status == "cancelled":
+        st.warning(snap.message)
+    else:
+        st.error(snap.error or snap.message)
+        if job.error_detail:
+            with st.expander("Traceback (for a bug report)"):
+                st.code(job.error_detail)
+
+    if snap.losses:
+        left, right = st.columns(2)
+        sup.show_figure(sup.loss_curve_figure(snap.loss_steps, snap.losses, snap.steps, snap.history),
+                        "train_loss_curve", f"{stem}_loss", left)
+        val_fig = sup.epoch_metrics_figure(snap.history)
+        if val_fig is not None:
+            sup.show_figure(val_fig, "train_val_curve", f"{stem}_validation", right)
+    if snap.landscapes:
+        land = snap.landscapes[-1]
+        if snap.finished and len(snap.landscapes) > 1:
+            epoch = st.slider("Show the landscape after epoch", 1, len(snap.landscapes), len(snap.landscapes),
+                              key=f"train_landscape_epoch_{snap.job_id}", help="Replay how the regions formed")
+            land = snap.landscapes[epoch - 1]
+        sup.show_figure(sup.landscape_figure(land, job.plane_points, job.bench.class_names), "train_landscape",
+                        f"{stem}_landscape_epoch{land.epoch}")
+
+    if snap.finished and st.session_state.get(ANNOUNCED_KEY) != snap.job_id:
+        st.session_state[ANNOUNCED_KEY] = snap.job_id
+        st.rerun()  # the whole app, once: the sidebar lists the new file and the polling stops
+
+
+def training_part() -> None:
+    """The "Train a new model" tab: options, Start, and the job panel."""
+    folder = sup.checkpoint_dir()
+    for key, value in st.session_state.get(FORM_KEY, {}).items():
+        st.session_state.setdefault(key, value)  # back from another page: the options as they were
+    st.session_state.setdefault("train_dataset", DEFAULT_DATASET)
+    st.session_state.setdefault("train_slow_motion", DEFAULT_SLOW_MOTION_S)
+    c1, c2 = st.columns(2)
+    dataset = c1.selectbox("Dataset", list(DATASETS), key="train_dataset",
+                           format_func=lambda n: f"{n}: {DATASET_DESCRIPTIONS.get(n, '')}")
+    try:
+        bench = sup.benchmark_by_name_cached(dataset)
+    except OODCoreError as e:
+        st.error(str(e))
+        return
+    methods = jobs.methods_for(bench)
+    if st.session_state.get("train_method") not in methods:
+        st.session_state.pop("train_method", None)  # e.g. a multi-label method after switching to toy2d
+    method = c2.selectbox("Method", methods, key="train_method",
+                          format_func=lambda n: f"{n}: {METHODS[n].description}",
+                          help="Only the methods for this dataset's task (and input kind) are listed")
+    fill_option_defaults(method, dataset)
+
+    c3, c4, c5 = st.columns(3)
+    epochs = c3.number_input("Epochs", min_value=1, max_value=1000, step=1, key="train_epochs")
+    lr = c4.number_input("Learning rate", min_value=1e-6, max_value=10.0, step=1e-4, format="%g", key="train_lr")
+    seed = c5.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key="train_seed",
+                           help="Same seed, same options, same device: the same weights")
+    plane = tuple(bench.input_shape) == (2,)
+    slow_motion, landscape_score = 0.0, DEFAULT_SCORE
+    if plane:
+        c6, c7 = st.columns(2)
+        scores = [n for n in applicable_scores(METHODS[method], bench) if not SCORES[n].requires_inputs]
+        scores = scores or [DEFAULT_SCORE]
+        if st.session_state.get("train_landscape_score") not in scores:
+            st.session_state["train_landscape_score"] = DEFAULT_SCORE if DEFAULT_SCORE in scores else scores[0]
+        landscape_score = c6.selectbox("Landscape score (high = ID)", scores, key="train_landscape_score",
+                                       help="The method's scores; those fitted on training data (mahalanobis, "
+                                            "knn, ...) are refitted after every epoch")
+        slow_motion = c7.slider("Slow motion: at least this many seconds per epoch", 0.0, 2.0, step=0.05,
+                                key="train_slow_motion",
+                                help="toy2d trains an epoch in milliseconds; a pause after each epoch lets you "
+                                     "watch the landscape form. The weights are the same either way.")
+    name = st.text_input("Output file name", key="train_out_name",
+                         help=f"Saved into `{folder}`, the folder the sidebar lists (${sup.CHECKPOINT_ENV})")
+    st.session_state[FORM_KEY] = {k: st.session_state[k] for k in FORM_WIDGETS if k in st.session_state}
+
+    blocked = None
+    overwrite = False
+    try:
+        out_path = jobs.checkpoint_path(folder, name)
+    except OODCoreError as e:
+        out_path, blocked = None, str(e)
+        st.warning(blocked)
+    if out_path is not None and out_path.exists():
+        st.warning(f"`{out_path.name}` already exists in `{folder}`; training would replace it. Tick "
+                   f"**Overwrite** to replace it, or choose another name such as `{jobs.free_path(out_path).name}`.")
+        overwrite = st.checkbox(f"Overwrite `{out_path.name}`", key="train_overwrite")
+        if not overwrite:
+            blocked = "the file exists"
+
+    job = st.session_state.get(JOB_KEY)
+    busy = job is not None and not job.finished
+    st.caption(f"Training device: **{select_device('auto')}** (cuda > mps > cpu, the first available). "
+               "Training runs in the background: other pages stay usable meanwhile.")
+    clicked = st.button("Start training", type="primary", key="train_start", disabled=busy or blocked is not None,
+                        help="Cancel the current run first" if busy else None)
+    if clicked and not busy and blocked is None:
+        config = recommended_config(method, epochs=int(epochs), lr=float(lr), seed=int(seed))
+        try:
+            st.session_state[JOB_KEY] = jobs.start_training(
+                method, bench, config, out_path, overwrite=overwrite,
+                landscape_resolution=LANDSCAPE_RESOLUTION if plane else None, landscape_score=landscape_score,
+                min_epoch_seconds=slow_motion)
+        except OODCoreError as e:
+            st.error(str(e))
+        else:
+            st.rerun()  # redraw the form with Start disabled while the job runs
+
+    job = st.session_state.get(JOB_KEY)
+    if job is not None:
+        st.divider()
+        st.fragment(run_every=None if job.finished else POLL_S)(job_panel)()
+
+
+# =============================================================================== loaded checkpoint
+def loaded_part() -> None:
+    """The "Loaded checkpoint" tab (stops the script when no checkpoint can be read)."""
+    path, mtime, model, meta = sup.require_checkpoint()
+    result = sup.or_stop(sup.evaluation_cached, path, mtime, sup.user_ood())
+
+    report, scores, rows = result["report"], result["scores"], result["table"]
+    st.caption(f"Checkpoint `{path}`")
+
+    label, value = sup.id_quality(report)
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric(label, "n/a" if value is None else f"{value:.1%}", help="On the ID test split (known classes only)")
+    c2.metric("Method", str(meta.get("method")))
+    c3.metric("Dataset", str((meta.get("dataset") or {}).get("name")))
+    c4.metric("Device (auto)", str(select_device("auto")), help="The device torch picks here: cuda > mps > cpu")
+
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Checkpoint")
+        st.json(sup.metadata_summary(meta), expanded=1)
+    with right:
+        st.subheader("Details")
+        t_model, t_train, t_versions = st.tabs(["Model spec", "Train config", "Library versions"])
+        t_model.json(meta.get("model") or {})
+        t_train.json(meta.get("train_config") or {})
+        t_versions.json(meta.get("versions") or {})
+
+    st.subheader("OOD detection metrics")
+    table = sup.metric_table(rows)
+    sup.show_table(table, "metric_table", f"{Path(path).stem}_ood_metrics")
+    st.caption(sup.TABLE_CAPTION)
+
+    st.subheader("Score distributions")
+    score_options = sup.score_names(scores)
+    ood_options = sup.ood_set_names(report)
+    for key, opts in (("score", score_options), ("ood_set", ood_options)):
+        if st.session_state.get(key) not in opts:
+            st.session_state.pop(key, None)  # e.g. another checkpoint with other OOD sets was chosen
+    s1, s2 = st.columns(2)
+    score = s1.selectbox("Score (high = ID)", score_options, key="score")
+    ood_set = s2.selectbox("OOD set", ood_options, key="ood_set",
+                           format_func=lambda n: f"{n} ({report['groups'].get(n, '?')})")
+    fig = sup.histogram_figure(scores[f"id/{score}"], scores[f"{ood_set}/{score}"], score, ood_set)
+    sup.show_figure(fig, "score_hist", f"{Path(path).stem}_{score}_{ood_set}")
+    m = report["ood"][ood_set][score]
+    st.caption(f"AUROC {m['auroc']:.3f} · FPR95 {m['fpr95']:.3f} · AUPR-In {m['aupr_in']:.3f} · "
+               f"AUPR-Out {m['aupr_out']:.3f}")
+
+
+# The training tab is drawn first: the checkpoint tab stops the script when there is no
+# readable checkpoint, and training the first model must work then too.
+with tab_train:
+    training_part()
+with tab_loaded:
+    loaded_part()

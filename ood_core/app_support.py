@@ -37,9 +37,9 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from .checkpoint import load_checkpoint
-from .data import load_benchmark_from_spec
-from .errors import CheckpointError, OODCoreError
+from .checkpoint import load_checkpoint, read_checkpoint
+from .data import IMAGE_SUFFIXES, load_benchmark_from_spec, load_user_ood
+from .errors import CheckpointError, DataError, OODCoreError
 from .evaluate import FPR95_DEFINITION, evaluate, extract_benchmark_outputs
 from .geometry import (class_mean_subspace, classifier_vectors, geometry_summary, jacobian_norm_map,
                        jacobian_norm_path, jacobian_norms_by_set, plane_bounds, principal_subspace,
@@ -95,16 +95,19 @@ def file_mtime(path: str | Path) -> float:
         raise CheckpointError(f"{path}: cannot read the checkpoint file ({e.strerror or e})") from None
 
 
-def evaluate_model(model, meta: dict, outputs: dict | None = None, bench=None) -> dict:
+def evaluate_model(model, meta: dict, outputs: dict | None = None, bench=None,
+                   extra_ood: dict[str, torch.Tensor] | None = None) -> dict:
     """Evaluate ``model`` on its benchmark; a pickleable dict ``{report, scores, table}``.
 
     ``scores`` maps ``"SET/SCORE"`` (``"id/SCORE"`` for the ID test split) to a 1-D numpy
     array; ``table`` is :meth:`Evaluation.table`'s list of row dicts. ``outputs``: model
     outputs already extracted (reused, see :func:`outputs_cached`); ``bench``: the benchmark
-    already rebuilt from ``meta`` (default: rebuilt here).
+    already rebuilt from ``meta`` (default: rebuilt here); ``extra_ood``: the user's own OOD
+    sets ``{name: tensor}`` in the model's input format (group ``user``).
     """
     bench = bench if bench is not None else load_benchmark_from_spec(meta.get("dataset"))
-    result = evaluate(model, bench, score_names=default_score_names(meta, bench), outputs=outputs)
+    result = evaluate(model, bench, score_names=default_score_names(meta, bench), outputs=outputs,
+                      extra_ood=extra_ood)
     return {"report": result.report,
             "scores": {k: np.asarray(v) for k, v in result.scores.items()},
             "table": result.table()}
@@ -157,6 +160,135 @@ def metadata_summary(meta: dict) -> dict:
         "split / OOD seed": [ds.get("split_seed"), ds.get("ood_seed")],
         "created": meta.get("created"),
     }
+
+
+USER_OOD_KEY = "user_ood"  # session_state key: the path of the uploaded OOD set (or absent)
+ARRAY_SUFFIXES = (".npy", ".npz")
+
+
+def save_upload(files, folder: str | Path | None = None) -> Path:
+    """Store the user's uploaded OOD set on disk and return the path :func:`load_user_ood` reads.
+
+    ``files``: objects with ``.name`` and ``.getvalue()`` (Streamlit's UploadedFile): either
+    one ``.npy``/``.npz`` array file, or image files (an image folder). They are written under
+    ``folder`` (default ``<default_cache_dir()>/uploads``) in a sub-folder named by a SHA-256
+    of the names and contents, so the returned path identifies the content (a sound cache key)
+    and uploading the same files twice writes nothing new. File names are reduced to their
+    last component, so a crafted name cannot write outside that folder. Returns the array
+    file, or the image folder ``.../<digest>/<set name>`` (set name: ``uploaded_images``).
+    Raises DataError for no files, an unsupported suffix, or arrays mixed with images.
+    """
+    import hashlib
+    import shutil
+    import tempfile
+
+    files = [f for f in (files or []) if f is not None]
+    if not files:
+        raise DataError("no file uploaded; upload one .npy/.npz array file or image files")
+    names = [Path(str(f.name)).name for f in files]
+    kinds = []
+    for name in names:
+        suffix = Path(name).suffix.lower()
+        if suffix in ARRAY_SUFFIXES:
+            kinds.append("array")
+        elif suffix in IMAGE_SUFFIXES:
+            kinds.append("image")
+        else:
+            raise DataError(f"{name}: unsupported file type {suffix or '(none)'!r}; upload one .npy/.npz array "
+                            f"file or image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    if "array" in kinds and len(files) > 1:
+        raise DataError(f"upload one .npy/.npz array file on its own, or only image files; got {len(files)} files "
+                        f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})")
+    if len(set(names)) != len(names):
+        raise DataError("two uploaded files share a name; rename one (images from sub-folders are stored side by side)")
+    digest = hashlib.sha256()
+    for name, f in sorted(zip(names, files), key=lambda t: t[0]):
+        data = f.getvalue()
+        digest.update(name.encode("utf-8") + b"\0" + len(data).to_bytes(8, "little") + data)
+    root = Path(folder) if folder is not None else default_cache_dir() / "uploads"
+    target = root / digest.hexdigest()[:24]
+    leaf = names[0] if kinds[0] == "array" else "uploaded_images"
+    if not (target / leaf).exists():
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".upload-", dir=root))  # written whole, then renamed into place
+        try:
+            (tmp / leaf).parent.mkdir(parents=True, exist_ok=True)
+            if kinds[0] == "array":
+                (tmp / leaf).write_bytes(files[0].getvalue())
+            else:
+                (tmp / leaf).mkdir()
+                for name, f in zip(names, files):
+                    (tmp / leaf / name).write_bytes(f.getvalue())
+            try:
+                tmp.rename(target)
+            except OSError:  # another session stored the same content first: theirs is identical
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target / leaf
+
+
+def user_ood() -> str | None:
+    """The uploaded OOD set's path stored by the sidebar when it loads for the chosen
+    checkpoint's input format, else None (the sidebar shows why). Pages pass it to the cached
+    functions' ``user_ood`` parameter."""
+    upload, path = st.session_state.get(USER_OOD_KEY), st.session_state.get("checkpoint")
+    if not upload or not path:
+        return None
+    try:
+        _user_sets(path, file_mtime(path), upload)
+    except OODCoreError:
+        return None
+    return upload
+
+
+def forget_upload() -> None:
+    """``on_click`` of the sidebar's "Remove it": drop the user's OOD set and empty the
+    uploaders (they get new keys; an uploader's value cannot be set from code). The stored
+    files stay in the cache folder, so uploading them again is instant."""
+    st.session_state.pop(USER_OOD_KEY, None)
+    st.session_state.pop("user_ood_error", None)
+    st.session_state["user_ood_nonce"] = st.session_state.get("user_ood_nonce", 0) + 1
+
+
+def store_upload(widget_key: str) -> None:
+    """``on_change`` callback of the sidebar's uploaders: store the files of ``widget_key``
+    with :func:`save_upload` and remember the path (or forget it when the files are removed);
+    an error is kept in ``st.session_state["user_ood_error"]`` for the sidebar to show."""
+    value = st.session_state.get(widget_key)
+    files = value if isinstance(value, list) else [value] if value is not None else []
+    st.session_state.pop("user_ood_error", None)
+    st.session_state.pop(USER_OOD_KEY, None)
+    if not files:
+        return
+    try:
+        st.session_state[USER_OOD_KEY] = str(save_upload(files))
+    except (OODCoreError, OSError) as e:
+        st.session_state["user_ood_error"] = str(e)
+
+
+def comparison_table(results: dict[str, dict], ood_set: str, scores: list[str] | None = None) -> pd.DataFrame:
+    """One row per (model, score) on ``ood_set``: the metrics of each model's evaluation
+    (``results``: file name -> :func:`evaluate_model` result) with its method, for the
+    ``scores`` given (default: every score of each model), best AUROC first within a score."""
+    rows = []
+    for name, result in results.items():
+        per_score = result["report"]["ood"].get(ood_set, {})
+        for score, m in per_score.items():
+            if scores is None or score in scores:
+                rows.append({"model": name, "method": result.get("method"), "score": score,
+                             **{k: m[k] for k in ("auroc", "fpr95", "aupr_in", "aupr_out")}})
+    df = pd.DataFrame(rows, columns=["model", "method", "score", "auroc", "fpr95", "aupr_in", "aupr_out"])
+    return df.sort_values(["score", "auroc"], ascending=[True, False], kind="stable").reset_index(drop=True)
+
+
+def same_dataset_checkpoints(paths: list[str], current: str, dataset_of, limit: int = 4) -> list[str]:
+    """``current`` and then the other files of ``paths`` trained on the same dataset
+    (``dataset_of(path)`` gives a file's dataset name, None when unreadable), at most ``limit``."""
+    want = dataset_of(current)
+    same = [p for p in paths if p != current and want is not None and dataset_of(p) == want]
+    return [current, *same][:limit]
 
 
 def histogram_figure(id_scores, ood_scores, score_name: str, ood_name: str):
@@ -250,7 +382,7 @@ def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], marker: tuple[f
 
 
 # --------------------------------------------------------------------------- cached wrappers
-@st.cache_resource(max_entries=8, show_spinner="Loading checkpoint…")
+@st.cache_resource(max_entries=16, show_spinner="Loading checkpoint…")
 def load_model_cached(path: str, mtime: float):
     """``(model, meta)`` of the checkpoint at ``path``; ``mtime`` only versions the cache key."""
     return load_checkpoint(path, device=select_device("auto"))
@@ -263,12 +395,30 @@ def benchmark_cached(path: str, mtime: float):
     return load_benchmark_from_spec(meta.get("dataset"))
 
 
-@st.cache_resource(max_entries=8, show_spinner="Extracting features…")
-def outputs_cached(path: str, mtime: float) -> dict:
+@st.cache_resource(max_entries=8, show_spinner="Reading your OOD set…")
+def user_ood_cached(upload: str, input_shape: tuple[int, ...]) -> tuple[str, torch.Tensor]:
+    """``(name, tensor)`` of the uploaded OOD set at ``upload`` (a path from :func:`save_upload`,
+    content-addressed, so the path is a sound cache key), converted to ``input_shape`` by
+    :func:`ood_core.data.load_user_ood` (the CLI's ``--ood-file`` loader)."""
+    return load_user_ood(upload, tuple(input_shape))
+
+
+def _user_sets(path: str, mtime: float, user_ood: str | None) -> dict[str, torch.Tensor]:
+    """``{name: tensor}`` of the user's OOD set for this checkpoint's input format ({} if none)."""
+    if not user_ood:
+        return {}
+    name, x = user_ood_cached(user_ood, tuple(benchmark_cached(path, mtime).input_shape))
+    return {name: x}
+
+
+@st.cache_resource(max_entries=16, show_spinner="Extracting features…")
+def outputs_cached(path: str, mtime: float, user_ood: str | None = None) -> dict:
     """Model outputs (features, logits) of every split and OOD set of the checkpoint's
-    benchmark, extracted once per (checkpoint, version); shared, treat as read-only."""
+    benchmark, plus the user's OOD set when ``user_ood`` (a :func:`save_upload` path) is
+    given, extracted once per (checkpoint, version, upload); shared, treat as read-only."""
     model, _ = load_model_cached(path, mtime)
-    return extract_benchmark_outputs(model, benchmark_cached(path, mtime))
+    return extract_benchmark_outputs(model, benchmark_cached(path, mtime),
+                                     extra_ood=_user_sets(path, mtime, user_ood))
 
 
 def _scored_sets(outputs: dict) -> dict:
@@ -277,10 +427,12 @@ def _scored_sets(outputs: dict) -> dict:
 
 
 @st.cache_data(max_entries=16, show_spinner="Scoring the ID test split and the OOD sets…")
-def evaluation_cached(path: str, mtime: float) -> dict:
-    """:func:`evaluate_model` of the cached model: ``{report, scores, table}`` (pickleable)."""
+def evaluation_cached(path: str, mtime: float, user_ood: str | None = None) -> dict:
+    """:func:`evaluate_model` of the cached model: ``{report, scores, table}`` (pickleable);
+    with ``user_ood`` the user's set is scored too (group ``user``)."""
     model, meta = load_model_cached(path, mtime)
-    return evaluate_model(model, meta, outputs=dict(outputs_cached(path, mtime)), bench=benchmark_cached(path, mtime))
+    return evaluate_model(model, meta, outputs=dict(outputs_cached(path, mtime, user_ood)),
+                          bench=benchmark_cached(path, mtime), extra_ood=_user_sets(path, mtime, user_ood))
 
 
 @st.cache_data(max_entries=16, show_spinner="Measuring the representation's geometry…")
@@ -293,23 +445,25 @@ def geometry_cached(path: str, mtime: float, jacobian: str | None = "estimate") 
 
 @st.cache_data(max_entries=16, show_spinner="Computing the 2-D map…")
 def projection_cached(path: str, mtime: float, method: str = "pca", fit_on: str = "union",
-                      normalize: bool = False, seed: int = 0) -> Projection:
-    """:func:`ood_core.projection.project_benchmark` of the cached model, cached in memory and
-    on disk (:func:`ood_core.projection.default_cache_dir`)."""
+                      normalize: bool = False, seed: int = 0, user_ood: str | None = None) -> Projection:
+    """:func:`ood_core.projection.project_benchmark` of the cached model (OOD sets: the
+    benchmark's plus the user's), cached in memory and on disk
+    (:func:`ood_core.projection.default_cache_dir`)."""
     model, _ = load_model_cached(path, mtime)
-    return project_benchmark(model, benchmark_cached(path, mtime), method=method, fit_on=fit_on,
-                             normalize=normalize, seed=seed,
-                             outputs=dict(outputs_cached(path, mtime)), cache_dir=default_cache_dir())
+    bench = benchmark_cached(path, mtime)
+    return project_benchmark(model, bench, method=method, fit_on=fit_on, normalize=normalize, seed=seed,
+                             sets=[*bench.ood, *_user_sets(path, mtime, user_ood)],
+                             outputs=dict(outputs_cached(path, mtime, user_ood)), cache_dir=default_cache_dir())
 
 
 @st.cache_data(max_entries=32, show_spinner="Computing Jacobian norms…")
 def jacobian_norms_cached(path: str, mtime: float, method: str = "estimate", n_proj: int = 16,
-                          probe_size: int = 256) -> dict[str, np.ndarray]:
-    """||d(z/||z||)/dx||_F of the first ``probe_size`` samples of the ID test split (``"id"``)
-    and of every OOD set (:func:`ood_core.geometry.jacobian_norm`)."""
+                          probe_size: int = 256, user_ood: str | None = None) -> dict[str, np.ndarray]:
+    """||d(z/||z||)/dx||_F of the first ``probe_size`` samples of the ID test split (``"id"``),
+    of every OOD set and of the user's (:func:`ood_core.geometry.jacobian_norm`)."""
     model, _ = load_model_cached(path, mtime)
     return jacobian_norms_by_set(model, benchmark_cached(path, mtime), method=method, n_proj=n_proj,
-                                 probe_size=probe_size)
+                                 probe_size=probe_size, extra_ood=_user_sets(path, mtime, user_ood))
 
 
 @st.cache_data(max_entries=32, show_spinner="Computing Jacobian norms along the path…")
@@ -336,12 +490,13 @@ def jacobian_map_cached(path: str, mtime: float, resolution: int = 60):
 
 
 @st.cache_data(max_entries=16, show_spinner="Measuring energy shares…")
-def energy_shares_cached(path: str, mtime: float, subspace: str = "weights") -> dict[str, np.ndarray]:
+def energy_shares_cached(path: str, mtime: float, subspace: str = "weights",
+                         user_ood: str | None = None) -> dict[str, np.ndarray]:
     """Per-sample share of ||z||^2 *outside* the principal subspace, for the ID test split
     and every OOD set: ``subspace="weights"`` = span{w_c} (the classifier's row space),
     ``"means"`` = the top-(C-1) centred class-mean directions of the training features."""
     model, _ = load_model_cached(path, mtime)
-    outputs = outputs_cached(path, mtime)
+    outputs = outputs_cached(path, mtime, user_ood)
     if subspace == "weights":
         basis = principal_subspace(weight=classifier_vectors(model))
     elif subspace == "means":
@@ -358,6 +513,347 @@ def energy_shares_cached(path: str, mtime: float, subspace: str = "weights") -> 
 def test_labels_cached(path: str, mtime: float) -> np.ndarray:
     """Labels of the checkpoint's ID test split ((N,) classes or (N, K) multi-hot)."""
     return benchmark_cached(path, mtime).test.y.numpy()
+
+
+@st.cache_data(max_entries=64)
+def checkpoint_meta_cached(path: str, mtime: float) -> dict:
+    """The metadata of the checkpoint at ``path`` (validated, weights not built)."""
+    return read_checkpoint(path)["meta"]
+
+
+def checkpoint_dataset(path: str) -> str | None:
+    """The dataset name a checkpoint was trained on, or None when the file cannot be read."""
+    try:
+        return (checkpoint_meta_cached(path, file_mtime(path)).get("dataset") or {}).get("name")
+    except OODCoreError:
+        return None
+
+
+# --------------------------------------------------------------------------- in-app training (Models page)
+CLASS_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                 "#bcbd22", "#17becf")
+
+
+@st.cache_resource(max_entries=4, show_spinner="Building the benchmark…")
+def benchmark_by_name_cached(name: str):
+    """The embedded benchmark ``name`` with its default split (what the in-app training uses);
+    shared with the background training thread, read-only."""
+    from .data import load_benchmark
+
+    return load_benchmark(name)
+
+
+def training_status_text(snap) -> str:
+    """One line for the progress bar of a :class:`ood_core.jobs.JobSnapshot`."""
+    if snap.status == "queued":
+        return "Queued: waiting for another training run in this app to finish"
+    return (f"Epoch {snap.epoch}/{snap.epochs} · step {snap.step}/{snap.steps} · {snap.phase} · "
+            f"{snap.elapsed_s:.1f} s")
+
+
+def loss_curve_figure(loss_steps, losses, steps_per_epoch: int, history: list[dict]):
+    """Training loss per step (thin line) and its sample-weighted mean per epoch (markers,
+    drawn at the epoch's last step); x = global step (epoch e, step s -> (e-1)*steps + s)."""
+    fig = go.Figure(go.Scatter(x=np.asarray(loss_steps, dtype=np.int64), y=np.asarray(losses, dtype=np.float64),
+                               mode="lines", name="loss (per step)", line=dict(width=1)))
+    rows = [h for h in history if "train_loss" in h]
+    if rows:
+        fig.add_trace(go.Scatter(x=np.array([h["epoch"] * steps_per_epoch for h in rows], dtype=np.int64),
+                                 y=np.array([h["train_loss"] for h in rows], dtype=np.float64),
+                                 mode="markers+lines", name="epoch mean", marker=dict(size=7)))
+    fig.update_layout(title="Training loss", xaxis_title=f"step ({steps_per_epoch} per epoch)", yaxis_title="loss",
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
+                      margin=dict(t=60, b=40, l=40, r=10))
+    return fig
+
+
+def epoch_metrics_figure(history: list[dict]):
+    """Validation metrics (``val_*`` keys of a training history) per epoch; None before the first epoch ends."""
+    keys = sorted({k for h in history for k in h if k.startswith("val_")})
+    if not keys:
+        return None
+    fig = go.Figure()
+    for k in keys:
+        pts = [(h["epoch"], h[k]) for h in history if k in h]
+        fig.add_trace(go.Scatter(x=[e for e, _ in pts], y=[v for _, v in pts], mode="lines+markers",
+                                 name=k.removeprefix("val_")))
+    fig.update_layout(title="Validation (known classes) per epoch", xaxis_title="epoch", yaxis_title="value",
+                      xaxis=dict(dtick=1 if len(history) <= 20 else None),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
+                      margin=dict(t=60, b=40, l=40, r=10))
+    return fig
+
+
+def group_mean_table(report: dict | None) -> pd.DataFrame:
+    """AUROC and FPR95 per OOD group (near/far) and score of a training run's OOD report."""
+    rows = [{"group": group, "score": score, "auroc": m.get("auroc"), "fpr95": m.get("fpr95")}
+            for group, per in ((report or {}).get("group_means") or {}).items() for score, m in per.items()]
+    return pd.DataFrame(rows, columns=["group", "score", "auroc", "fpr95"])
+
+
+def landscape_figure(landscape, points: dict | None = None, class_names: list[str] | None = None,
+                     max_points: int = 400):
+    """Two panels of one :class:`ood_core.landscape.Landscape`: left the decision regions
+    (predicted class per grid point), right the OOD score (high = ID) with the decision
+    boundaries as white lines; ``points`` = {"x": (N, 2), "y": (N,)} (training points,
+    coloured by class) are drawn on both, at most ``max_points`` of them (an even stride:
+    the figure is redrawn while training runs, and the browser shares the machine)."""
+    from plotly.subplots import make_subplots
+
+    predicted, score = np.asarray(landscape.predicted), np.asarray(landscape.score, dtype=np.float64)
+    n_classes = int(max(predicted.max(), (np.max(points["y"]) if points is not None else 0))) + 1
+    names = list(class_names or [])
+    names += [f"class {k}" for k in range(len(names), n_classes)]
+    colours = [CLASS_COLOURS[k % len(CLASS_COLOURS)] for k in range(n_classes)]
+    # a stepped colour scale: class k owns [k - 0.5, k + 0.5]
+    scale = []
+    for k, c in enumerate(colours):
+        scale += [[k / n_classes, c], [(k + 1) / n_classes, c]]
+    epoch = "" if landscape.epoch is None else f"epoch {landscape.epoch}: "
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12,
+                        subplot_titles=("Decision regions (predicted class)",
+                                        f"{landscape.score_name} score (high = ID) and decision boundaries"))
+    fig.add_trace(go.Heatmap(x=landscape.xs, y=landscape.ys, z=predicted.astype(np.float64), zmin=-0.5,
+                             zmax=n_classes - 0.5, colorscale=scale, opacity=0.45, showscale=False,
+                             name="predicted class",
+                             hovertemplate="x=%{x:.2f}, y=%{y:.2f}<br>class %{z}<extra></extra>"), row=1, col=1)
+    fig.add_trace(go.Heatmap(x=landscape.xs, y=landscape.ys, z=score, colorscale="Viridis", name=landscape.score_name,
+                             colorbar=dict(title=landscape.score_name, x=1.02),
+                             hovertemplate="x=%{x:.2f}, y=%{y:.2f}<br>score=%{z:.3f}<extra></extra>"), row=1, col=2)
+    for k in range(n_classes):
+        if (predicted == k).any() and not (predicted == k).all():
+            fig.add_trace(go.Contour(x=landscape.xs, y=landscape.ys, z=(predicted == k).astype(np.float64),
+                                     contours=dict(start=0.5, end=0.5, size=1, coloring="none"),
+                                     line=dict(color="white", width=2), showscale=False, hoverinfo="skip",
+                                     showlegend=False, name=f"boundary of {names[k]}"), row=1, col=2)
+    if points is not None:
+        x, y = np.asarray(points["x"], dtype=np.float32), np.asarray(points["y"])
+        stride = max(1, -(-len(x) // max_points))
+        x, y = x[::stride], y[::stride]
+        for k in range(n_classes):
+            sel = x[y == k]
+            for col in (1, 2):
+                fig.add_trace(go.Scatter(x=sel[:, 0], y=sel[:, 1], mode="markers", name=names[k], legendgroup=names[k],
+                                         showlegend=col == 1,
+                                         marker=dict(size=4, color=colours[k], line=dict(width=0.5, color="white"))),
+                              row=1, col=col)
+    for col in (1, 2):
+        fig.update_xaxes(title_text="x1", range=[landscape.xs[0], landscape.xs[-1]], row=1, col=col)
+        fig.update_yaxes(title_text="x2", range=[landscape.ys[0], landscape.ys[-1]], row=1, col=col,
+                         scaleanchor="x" if col == 1 else "x2")
+    fig.update_layout(title=f"{epoch}what the model decides (left) and how ID it finds each point (right)",
+                      legend=dict(orientation="h", y=-0.15), height=480, margin=dict(t=70, b=40, l=40, r=10))
+    return fig
+
+
+# --------------------------------------------------------------------------- embeddings page
+ATTRIBUTION_STEPS = (32, 64, 128, 256)  # IG path points offered by the Embeddings page
+EMBEDDING_SELECTION_HELP = "Click a point to show it below (or pick a sample by hand)."
+
+
+def set_inputs(bench, set_name: str, user_sets: dict | None = None) -> torch.Tensor:
+    """The inputs of one scored set: ``"id"`` is the ID test split, any other name an OOD set
+    of the benchmark or of ``user_sets`` (the user's upload). OODCoreError for an unknown name."""
+    if set_name == "id":
+        return bench.test.x
+    sources = {**bench.ood, **(user_sets or {})}
+    if set_name not in sources:
+        raise OODCoreError(f"no set named {set_name!r}; this benchmark has: id, {', '.join(sources)}")
+    return sources[set_name]
+
+
+def selected_sample(state) -> tuple[str, int] | None:
+    """``(set name, index)`` of the first point selected in :func:`embedding_figure`'s chart,
+    read from the point's ``customdata`` (``[set, index]``), or None when nothing is selected.
+
+    ``state`` is what ``st.plotly_chart(..., on_select="rerun")`` returns (or its session-state
+    value): ``{"selection": {"points": [{"customdata": [...], ...}, ...], ...}}``. Points
+    without that customdata (e.g. from another figure) are skipped.
+    """
+    if not state:
+        return None
+    selection = state.get("selection") if hasattr(state, "get") else getattr(state, "selection", None)
+    points = (selection.get("points") if hasattr(selection, "get") else None) or []
+    for point in points:
+        data = point.get("customdata") if hasattr(point, "get") else None
+        if isinstance(data, (list, tuple)) and len(data) == 2 and isinstance(data[0], str):
+            try:
+                return data[0], int(data[1])
+            except (TypeError, ValueError):
+                continue
+    return None
+
+
+def score_percentile_table(scores: dict, set_name: str, index: int) -> pd.DataFrame:
+    """Every score of one sample next to the ID test split's distribution of that score.
+
+    ``scores``: per-sample scores ``"SET/SCORE"`` (:func:`evaluation_cached`). Columns:
+    ``value``; ``ID percentile`` = 100 * fraction of ID test samples whose score is <= value
+    (scores are high = ID, so a low percentile means the sample looks less ID than most ID
+    data); ``ID median``; ``called ID at TPR95`` = value >= the threshold that keeps 95% of
+    the ID test split (the FPR95 operating point).
+    """
+    from .metrics import threshold_at_tpr
+
+    rows = []
+    for name in score_names(scores):
+        key = f"{set_name}/{name}"
+        if key not in scores:
+            continue
+        values = np.asarray(scores[key])
+        if not 0 <= index < values.size:
+            raise OODCoreError(f"sample #{index} is out of range: {set_name!r} has {values.size} samples")
+        id_scores = np.asarray(scores[f"id/{name}"], dtype=np.float64)
+        value = float(values[index])
+        rows.append({"score": name, "value": value,
+                     "ID percentile": 100.0 * float(np.mean(id_scores <= value)),
+                     "ID median": float(np.median(id_scores)),
+                     "called ID at TPR95": bool(value >= threshold_at_tpr(id_scores, 0.95))})
+    return pd.DataFrame(rows, columns=["score", "value", "ID percentile", "ID median", "called ID at TPR95"])
+
+
+def _id_groups(labels: np.ndarray, class_names: list[str]) -> list[tuple[str, np.ndarray]]:
+    """``(legend name, indices)`` of the ID test points: one group per class (multiclass), or
+    per number of labels present (multi-label: label sets are too many to colour)."""
+    labels = np.asarray(labels)
+    if labels.ndim == 1:
+        names = [str(c) for c in class_names] or [str(k) for k in range(int(labels.max()) + 1)]
+        return [(f"ID: {names[k] if k < len(names) else k}", np.flatnonzero(labels == k))
+                for k in range(max(len(names), int(labels.max()) + 1)) if (labels == k).any()]
+    counts = (labels > 0.5).sum(axis=1)
+    return [(f"ID: {n} label{'s' if n != 1 else ''}", np.flatnonzero(counts == n)) for n in np.unique(counts)]
+
+
+OOD_SYMBOLS = ("x", "diamond", "cross", "triangle-up", "square", "star", "triangle-down", "hexagon")
+
+
+def embedding_figure(proj: Projection, scores: dict, score_name: str, id_labels, class_names: list[str],
+                     sets: list[str]):
+    """WebGL scatter of a 2-D map: ID test points coloured by class, the OOD ``sets`` coloured
+    by ``score_name`` (high = ID) on one shared colour bar, a marker symbol per set.
+
+    Every trace carries ``customdata = [set, index]`` per point (``"id"`` for the ID test
+    split), so a selected point maps back to its sample (:func:`selected_sample`). The colour
+    range spans the 1st-99th percentile of the score over the ID test split and the shown OOD
+    sets, so OOD points coloured like the top of the bar score like typical ID data.
+    """
+    fig = go.Figure()
+    id_xy = proj.coords["id"]
+    palette = px.colors.qualitative.Plotly
+    for k, (name, idx) in enumerate(_id_groups(id_labels, class_names)):
+        fig.add_trace(go.Scattergl(
+            x=id_xy[idx, 0], y=id_xy[idx, 1], mode="markers", name=name,
+            marker=dict(size=5, opacity=0.55, color=palette[k % len(palette)]),
+            customdata=[["id", int(i)] for i in idx],
+            hovertemplate=f"{name} #%{{customdata[1]}}<br>{score_name}=%{{text}}<extra></extra>",
+            text=[f"{v:.3f}" for v in np.asarray(scores[f"id/{score_name}"])[idx]]))
+    shown = [s for s in sets if s in proj.coords and f"{s}/{score_name}" in scores]
+    pooled = np.concatenate([np.asarray(scores[f"id/{score_name}"], dtype=np.float64)]
+                            + [np.asarray(scores[f"{s}/{score_name}"], dtype=np.float64) for s in shown])
+    pooled = pooled[np.isfinite(pooled)]
+    lo, hi = (np.percentile(pooled, [1, 99]) if pooled.size else (0.0, 1.0))
+    for k, s in enumerate(shown):
+        xy, values = proj.coords[s], np.asarray(scores[f"{s}/{score_name}"], dtype=np.float64)
+        fig.add_trace(go.Scattergl(
+            x=xy[:, 0], y=xy[:, 1], mode="markers", name=f"OOD: {s}",
+            marker=dict(size=6, symbol=OOD_SYMBOLS[k % len(OOD_SYMBOLS)], color=values, coloraxis="coloraxis"),
+            customdata=[[s, i] for i in range(len(xy))],
+            hovertemplate=f"OOD: {s} #%{{customdata[1]}}<br>{score_name}=%{{marker.color:.3f}}<extra></extra>"))
+    if proj.method == "pca":
+        evr = proj.explained_variance_ratio or [float("nan")] * 2
+        axes = [f"PC{i + 1} ({100 * r:.0f}% of variance)" for i, r in enumerate(evr)]
+    else:
+        axes = ["UMAP 1", "UMAP 2"]
+    fit = "ID test + OOD sets" if proj.fit_on == "union" else "ID test only"
+    fig.update_layout(
+        title=f"{proj.method.upper()} of the features (fitted on {fit}); OOD coloured by {score_name} (high = ID)",
+        xaxis_title=axes[0], yaxis_title=axes[1], height=560, legend=dict(orientation="h", y=-0.12),
+        coloraxis=dict(colorscale="Viridis", cmin=float(lo), cmax=float(hi if hi > lo else lo + 1e-9),
+                       colorbar=dict(title=f"{score_name}<br>(high = ID)")),
+        margin=dict(t=50, b=40, l=40, r=10), dragmode="pan")
+    return fig
+
+
+def attribution_figure(sample: np.ndarray, attributions: np.ndarray, score_name: str, title: str = ""):
+    """The input and its Integrated Gradients map side by side.
+
+    Images (C, H, W): the input in grey (channel mean) and the attribution summed over
+    channels (a sum keeps completeness) on a diverging scale centred at 0: blue (positive)
+    pushed the score up, toward ID; red (negative) toward OOD. Vectors (D,) such as toy2d
+    points: bars of the coordinates and of their attributions.
+    """
+    from plotly.subplots import make_subplots
+
+    sample, attributions = np.asarray(sample, dtype=np.float64), np.asarray(attributions, dtype=np.float64)
+    if sample.ndim == 1:
+        names = [f"x{i + 1}" for i in range(sample.size)]
+        fig = make_subplots(rows=1, cols=2, subplot_titles=("input coordinates", f"IG of {score_name} (+ = toward ID)"))
+        fig.add_trace(go.Bar(x=names, y=sample, name="input", marker_color="grey",
+                             text=[f"{v:.3f}" for v in sample]), row=1, col=1)
+        fig.add_trace(go.Bar(x=names, y=attributions, name="attribution",
+                             marker_color=["#2166ac" if a >= 0 else "#b2182b" for a in attributions],
+                             text=[f"{v:+.3f}" for v in attributions]), row=1, col=2)
+        fig.update_layout(showlegend=False)
+    else:
+        image = sample.mean(axis=0) if sample.ndim == 3 else sample
+        heat = attributions.sum(axis=0) if attributions.ndim == 3 else attributions
+        m = float(np.max(np.abs(heat))) or 1e-12
+        fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.08,
+                            subplot_titles=("input", f"IG of {score_name} (blue = toward ID, red = toward OOD)"))
+        fig.add_trace(go.Heatmap(z=image, colorscale="gray", showscale=False, name="input",
+                                 hovertemplate="row %{y}, col %{x}<br>value %{z:.3f}<extra></extra>"), row=1, col=1)
+        fig.add_trace(go.Heatmap(z=heat, colorscale="RdBu", zmin=-m, zmax=m, zmid=0.0, name="attribution",
+                                 colorbar=dict(title="IG"),
+                                 hovertemplate="row %{y}, col %{x}<br>IG %{z:+.4f}<extra></extra>"), row=1, col=2)
+        for col, anchor in ((1, "x"), (2, "x2")):
+            fig.update_yaxes(autorange="reversed", scaleanchor=anchor, row=1, col=col)
+            fig.update_xaxes(constrain="domain", row=1, col=col)
+    fig.update_layout(title=title or f"Integrated Gradients of {score_name}", height=380,
+                      margin=dict(t=70, b=40, l=40, r=10))
+    return fig
+
+
+@st.cache_data(max_entries=64)
+def sample_cached(path: str, mtime: float, set_name: str, index: int, user_ood: str | None = None) -> np.ndarray:
+    """Input ``index`` of ``set_name`` (:func:`set_inputs`) as numpy; OODCoreError when out of range."""
+    x = set_inputs(benchmark_cached(path, mtime), set_name, _user_sets(path, mtime, user_ood))
+    if not 0 <= index < x.shape[0]:
+        raise OODCoreError(f"sample #{index} is out of range: {set_name!r} has {x.shape[0]} samples")
+    return x[index].numpy()
+
+
+@st.cache_resource(max_entries=32, show_spinner="Fitting the score on the training features…")
+def fitted_score_cached(path: str, mtime: float, name: str):
+    """The registry score ``name``, fitted as the evaluator fits it (training-split outputs,
+    labels and the model) when it ``requires_fit``; shared, read-only."""
+    score = make_score(name)
+    if score.requires_fit:
+        model, _ = load_model_cached(path, mtime)
+        score.fit(outputs_cached(path, mtime)["train"], benchmark_cached(path, mtime).train.y, model)
+    return score
+
+
+@st.cache_data(max_entries=64, show_spinner="Computing Integrated Gradients…")
+def attribution_cached(path: str, mtime: float, set_name: str, index: int, score: str, n_steps: int = 128,
+                       baseline: str = "zeros", user_ood: str | None = None) -> dict:
+    """Integrated Gradients (:func:`ood_core.attribution.integrated_gradients`) of ``score`` for
+    sample ``index`` of ``set_name`` (``"id"`` = ID test split, an OOD set, or the user's).
+
+    ``baseline``: ``"zeros"`` or ``"mean"`` (mean of the ID training inputs). Returns numpy
+    values: ``input`` and ``attributions`` (the sample's shape), ``score``, ``baseline_score``
+    and ``delta`` (completeness error: sum of attributions - (score - baseline_score)).
+    OODCoreError for a score that cannot be attributed or an index out of range.
+    """
+    from .attribution import integrated_gradients
+
+    model, _ = load_model_cached(path, mtime)
+    bench = benchmark_cached(path, mtime)
+    x = torch.from_numpy(sample_cached(path, mtime, set_name, index, user_ood))
+    res = integrated_gradients(model, x, fitted_score_cached(path, mtime, score), baseline=baseline,
+                               n_steps=int(n_steps), reference=bench.train.x if baseline == "mean" else None)
+    return {"input": x.numpy(), "attributions": res.attributions.numpy(),
+            "score": float(res.scores[0]), "baseline_score": float(res.baseline_scores[0]),
+            "delta": float(res.delta[0])}
 
 
 def teaching_mode() -> bool:
@@ -394,14 +890,15 @@ def companion_default(options: list[str], current: str, prefer: tuple[str, ...])
 
 
 @st.cache_data(max_entries=16, show_spinner="Reading feature norms…")
-def feature_norms_cached(path: str, mtime: float) -> dict[str, np.ndarray]:
-    """||z||_2 per sample for the ID test split (``"id"``) and every OOD set."""
+def feature_norms_cached(path: str, mtime: float, user_ood: str | None = None) -> dict[str, np.ndarray]:
+    """||z||_2 per sample for the ID test split (``"id"``) and every OOD set (and the user's)."""
     norm = make_score("feature_norm")  # the registry's ||z|| score
-    return {name: norm(out) for name, out in _scored_sets(outputs_cached(path, mtime)).items()}
+    return {name: norm(out) for name, out in _scored_sets(outputs_cached(path, mtime, user_ood)).items()}
 
 
 @st.cache_data(max_entries=16, show_spinner="Computing energies…")
-def energies_cached(path: str, mtime: float) -> tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]:
+def energies_cached(path: str, mtime: float,
+                    user_ood: str | None = None) -> tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """``(score name, per-sample score per set, per-label terms per set)``.
 
     Multiclass: the negative free energy logsumexp_k f_k (``energy``, Liu et al. 2020), and as
@@ -412,7 +909,7 @@ def energies_cached(path: str, mtime: float) -> tuple[str, dict[str, np.ndarray]
     name = "joint_energy" if multilabel else "energy"
     score_fn = make_score(name)  # the registry's score: the same numbers as the evaluator's
     score, terms = {}, {}
-    for set_name, out in _scored_sets(outputs_cached(path, mtime)).items():
+    for set_name, out in _scored_sets(outputs_cached(path, mtime, user_ood)).items():
         logits = out.logits.double()
         score[set_name] = score_fn(out)
         terms[set_name] = (torch.nn.functional.softplus(logits) if multilabel else logits).numpy()
@@ -424,17 +921,20 @@ def figure_html(fig) -> str:
     return fig.to_html(include_plotlyjs=True, full_html=True)
 
 
-def show_figure(fig, key: str, file_stem: str, container=None) -> None:
+def show_figure(fig, key: str, file_stem: str, container=None, on_select="ignore",
+                selection_mode=("points", "box", "lasso")):
     """Draw ``fig`` (in ``container``, default the page) with two ways to save it: the chart's
     camera button saves a PNG named ``file_stem`` (drawn by the browser), and a button below
     downloads an interactive HTML file. The HTML is built only when clicked (deferred), so an
-    unused button costs nothing on a rerun."""
+    unused button costs nothing on a rerun. ``on_select``/``selection_mode`` go to
+    ``st.plotly_chart``; returns its value (the selection state when ``on_select="rerun"``)."""
     where = container if container is not None else st
-    where.plotly_chart(fig, key=key, config={"toImageButtonOptions": {"format": "png", "filename": file_stem,
-                                                                       "scale": 2}})
+    event = where.plotly_chart(fig, key=key, on_select=on_select, selection_mode=selection_mode,
+                               config={"toImageButtonOptions": {"format": "png", "filename": file_stem, "scale": 2}})
     where.download_button("Download figure (HTML)", data=lambda: figure_html(fig), file_name=f"{file_stem}.html",
                           mime="text/html", on_click="ignore", key=f"{key}_html",
                           help="The camera icon on the chart saves a PNG")
+    return event
 
 
 def show_table(table: pd.DataFrame, key: str, file_stem: str, container=None) -> None:
@@ -462,16 +962,16 @@ def compare_with(path: str, prefer: tuple[str, ...], key: str) -> str:
                         format_func=lambda p: Path(p).name)
 
 
-def side_by_side(paths: list[str], fetch, ood_set: str, sets=lambda result: result):
+def side_by_side(paths: list[str], fetch, ood_set: str, sets=lambda result: result, user_ood: str | None = None):
     """One column per checkpoint in ``paths``: yields ``(side, column, file name, result)``
-    with ``result = fetch(path, mtime)`` for each checkpoint that can be read and whose
+    with ``result = fetch(path, mtime, user_ood)`` for each checkpoint that can be read and whose
     ``sets(result)`` holds ``ood_set``. An unreadable file shows its error and one from
     another dataset a warning in its column, and is skipped. ``side`` is "left", "right", ...
     (for unique widget keys)."""
     for side, col, p in zip(("left", "right", "third", "fourth"), st.columns(len(paths)), paths):
         name = Path(p).name
         try:
-            result = fetch(p, file_mtime(p))
+            result = fetch(p, file_mtime(p), user_ood)
         except OODCoreError as e:  # a broken second file must not take the page down
             col.error(str(e))
             continue

@@ -23,6 +23,10 @@ class TrainingDiverged(OODCoreError, FloatingPointError):
     """The training loss became NaN or infinite; nothing was saved from that run."""
 
 
+class TrainingCancelled(OODCoreError):
+    """The user cancelled a training run (see :mod:`ood_core.jobs`); nothing was saved from it."""
+
+
 class UnknownNameError(OODCoreError, KeyError):
     """A method, dataset, score or OOD set name is not in its registry."""
 

@@ -27,7 +27,9 @@ method, its parameters, the library versions and the exact bytes of every featur
 any change of data or parameters is a cache miss. Files are written atomically and read
 with ``allow_pickle=False``; a corrupt or mismatching file is recomputed and overwritten
 (with a warning). Nothing is cached unless the caller passes ``cache_dir``; see
-:func:`default_cache_dir` for the conventional location.
+:func:`default_cache_dir` for the conventional location. UMAP's numba-compiled code is cached
+too, in ``<default_cache_dir()>/numba`` unless ``NUMBA_CACHE_DIR`` is set
+(:func:`configure_numba_cache`), so only the first UMAP fit on a machine pays the compilation.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -101,6 +104,36 @@ def default_cache_dir() -> Path:
     """
     env = os.environ.get("OOD_CACHE_DIR")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "ood-lab"
+
+
+NUMBA_CACHE_ENV = "NUMBA_CACHE_DIR"
+
+
+def configure_numba_cache() -> str:
+    """Make numba's compiled UMAP code persist between processes; returns the cache folder used.
+
+    umap-learn and pynndescent compile their functions with ``numba.njit(cache=True)``; the first
+    UMAP fit of a fresh process otherwise spends tens of seconds compiling. Numba writes its
+    cache to ``$NUMBA_CACHE_DIR`` when set, else next to the package sources (``__pycache__``,
+    if writable) or a per-user folder. Unless the user already set ``NUMBA_CACHE_DIR``, this
+    points it at ``<default_cache_dir()>/numba``, one known folder beside the projection cache,
+    writable wherever the projection cache is. Numba reads the variable when a cached function
+    is *defined*, i.e. when umap is imported, so this must run before ``import umap`` (it also
+    makes an already imported numba re-read its configuration). Idempotent.
+    """
+    current = os.environ.get(NUMBA_CACHE_ENV, "")
+    if current.strip():
+        return current  # the user's choice wins
+    folder = default_cache_dir() / "numba"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return ""  # not writable: leave numba to its own default locations rather than break the fit
+    os.environ[NUMBA_CACHE_ENV] = str(folder)
+    numba = sys.modules.get("numba")
+    if numba is not None:  # imported before (by someone else): its config holds the old value
+        numba.core.config.reload_config()
+    return str(folder)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,6 +249,7 @@ def _fit_umap(xs: dict[str, np.ndarray], fit_names: list[str], *, seed: int, n_n
     if n_neighbors >= n_fit:
         raise DataError(f"n_neighbors={n_neighbors} must be smaller than the number of points UMAP is fitted on "
                         f"({n_fit}); lower n_neighbors (or fit on more points)")
+    configure_numba_cache()  # before the import: numba picks its cache folder when umap's functions are defined
     import umap  # lazy, and after the checks: importing umap (numba, pynndescent) takes seconds
 
     used_dims = None

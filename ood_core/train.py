@@ -119,13 +119,19 @@ def _geometry_probe(bench: Benchmark, cfg: TrainConfig) -> dict:
 
 def train(method: str = "ce", dataset: str | Benchmark = "digits", config: TrainConfig | None = None,
           known=None, progress: Callable[[Progress], None] | None = None, model_params: dict | None = None,
-          loss_params: dict | None = None, evaluate_after: bool = True) -> TrainResult:
+          loss_params: dict | None = None, evaluate_after: bool = True,
+          epoch_end: Callable[[int, OODModel], None] | None = None) -> TrainResult:
     """Train ``method`` on ``dataset`` and return the model with its checkpoint metadata.
 
     ``model_params`` override the model spec (``arch``, ``feature_dim``, ...) and
     ``loss_params`` the method's loss defaults (e.g. ``{"T": 32, "m": 0.5}``). With
     ``evaluate_after`` the OOD report of every score that applies is stored in
     ``meta["metrics"]``.
+
+    ``epoch_end(epoch, model)`` is called after every epoch (after the learning-rate step),
+    e.g. to record a snapshot of the model's decisions. It must leave the model as it found
+    it (parameters, buffers, train/eval mode) and draw nothing from torch's global random
+    generator; then the trained weights are the same with or without it.
     """
     cfg = config or TrainConfig()
     cfg.validate()
@@ -190,6 +196,8 @@ def train(method: str = "ce", dataset: str | Benchmark = "digits", config: Train
             if progress is not None:
                 progress(Progress(epoch, cfg.epochs, step, steps, loss_value, val))
         sched.step()
+        if epoch_end is not None:
+            epoch_end(epoch, model)
 
     model.eval()
     meta = {

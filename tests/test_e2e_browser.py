@@ -44,6 +44,7 @@ PAGES = [
     ("features", None, None),
     ("energy", None, None),
     ("roc", None, None),
+    ("embeddings", "ID only", "Fitted on ID only"),
     ("compare", "ROC curve", "AUROC"),
 ]
 

@@ -1,0 +1,451 @@
+"""Training in a background thread, with progress, cancellation and a safe save.
+
+:func:`start_training` checks everything it can up front (method, dataset, options, the
+output file), then runs :func:`ood_core.train.train` in a daemon thread and returns a
+:class:`TrainingJob` at once, so the caller (a Streamlit page, a notebook) stays free while
+the model trains. The caller polls :meth:`TrainingJob.snapshot` for a consistent copy of
+the progress (per-step losses, per-epoch validation metrics, landscape snapshots for 2-D
+inputs) and may :meth:`TrainingJob.cancel` at any time.
+
+Guarantees:
+
+* **Cancel** sets a :class:`threading.Event`; the per-batch progress callback sees it after
+  the batch in flight and raises :class:`~ood_core.errors.TrainingCancelled`, so training
+  stops within one batch (a final OOD evaluation that is already running finishes first,
+  then its result is dropped). A cancelled run saves nothing.
+* **Never lose saved work**: an existing output file is refused at start unless
+  ``overwrite=True``. The checkpoint is written only when training has finished, atomically
+  (:func:`ood_core.checkpoint.save_checkpoint`); without ``overwrite`` it is linked into
+  place with a no-clobber step, and if a file of that name appeared during training the new
+  model is saved beside it (``name-2.pt``) rather than over it. A run that fails
+  (:class:`~ood_core.errors.TrainingDiverged`, a bad option, any error) saves nothing and
+  records a message saying what happened.
+* **Modest on the CPU.** The training thread uses ``torch_threads`` intra-op threads (default
+  1; only that thread: the rest of the process keeps its own setting, see
+  :func:`_use_threads_here`). The
+  embedded benchmarks' models are too small to gain from more, and several OpenMP threads slow
+  down many times over when the cores are shared with a browser or other work (they wait for
+  each other at every operation). The count is stored in the checkpoint's ``train_config``
+  (``torch_threads``): results can differ in the last bits between thread counts.
+* **One run at a time per process.** Weight initialisation is seeded through torch's
+  process-wide random generator, so two runs at once would disturb each other's seeds (and
+  share the same cores). A job started while another runs waits with status ``"queued"``;
+  it can be cancelled while waiting. This lock is the module's only shared state: there is
+  no registry of jobs; whoever starts a job keeps the object (the app keeps it in
+  ``st.session_state``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import threading
+import time
+import traceback
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import save_checkpoint
+from .data import Benchmark, load_benchmark
+from .errors import OODCoreError, TrainingCancelled
+from .geometry import plane_bounds
+from .landscape import DEFAULT_SCORE, Landscape, check_landscape_score, decision_landscape
+from .methods import METHODS, Method, get_method
+from .runtime import select_device
+from .train import Progress, TrainConfig, recommended_config, train
+
+STATUSES = ("queued", "running", "done", "cancelled", "failed")
+FINISHED = ("done", "cancelled", "failed")
+CHECKPOINT_SUFFIX = ".pt"
+MAX_LOSS_POINTS = 2000  # per-step losses handed out by snapshot(); longer runs are thinned evenly
+LANDSCAPE_MARGIN = 0.05  # the landscape grid covers the training points and OOD sets, widened by 5 %
+
+_ONE_RUN_AT_A_TIME = threading.Lock()
+
+
+# --------------------------------------------------------------------------- choices and names
+def methods_for(bench: Benchmark) -> list[str]:
+    """Names of the registered methods that can train on ``bench``: the method's task must be
+    the data's, and recipes with auxiliary training outliers (built by cutting up training
+    images) need image inputs (C, H, W)."""
+    return [name for name, m in METHODS.items() if _method_fits(m, bench)]
+
+
+def _method_fits(m: Method, bench: Benchmark) -> bool:
+    return m.task == bench.task and (m.outliers is None or len(bench.input_shape) == 3)
+
+
+def default_file_name(method: str, dataset: str) -> str:
+    """The suggested checkpoint file name, ``<method>_<dataset>.pt``."""
+    return f"{method}_{dataset}{CHECKPOINT_SUFFIX}"
+
+
+def checkpoint_path(folder: str | Path, file_name: str) -> Path:
+    """``folder / file_name`` after checking that ``file_name`` is a plain ``*.pt`` name
+    (no folders, not hidden); raises OODCoreError saying what to type instead."""
+    name = (file_name or "").strip()
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise OODCoreError(f"output file name {file_name!r} must be a plain file name without folders, "
+                           f"e.g. ce_toy2d{CHECKPOINT_SUFFIX}")
+    return _check_name(Path(folder) / name)
+
+
+def _check_name(path: Path) -> Path:
+    if path.suffix != CHECKPOINT_SUFFIX:
+        raise OODCoreError(f"checkpoint file name {path.name!r} must end in {CHECKPOINT_SUFFIX} (the app lists "
+                           f"*{CHECKPOINT_SUFFIX} files); pass e.g. {path.stem or 'model'}{CHECKPOINT_SUFFIX}")
+    if path.name.startswith("."):
+        raise OODCoreError(f"checkpoint file name {path.name!r} starts with a dot: hidden files are not listed; "
+                           f"pass e.g. {path.name.lstrip('.') or 'model.pt'}")
+    return path
+
+
+def free_path(path: str | Path) -> Path:
+    """``path`` if no file has that name, else the first free ``stem-2.pt``, ``stem-3.pt``, ..."""
+    path = Path(path)
+    candidate, k = path, 2
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}-{k}{path.suffix}")
+        k += 1
+    return candidate
+
+
+def check_output_path(out_path: str | Path, overwrite: bool = False) -> Path:
+    """The absolute output path, after refusing a bad name, a folder, or (unless
+    ``overwrite``) an existing file; the error names what to pass instead."""
+    path = _check_name(Path(out_path).expanduser()).resolve()
+    if path.is_dir():
+        raise OODCoreError(f"{path} is a folder; pass a checkpoint file path ending in {CHECKPOINT_SUFFIX}")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise OODCoreError(f"{path.parent} is a file, not a folder; pass a path inside a folder")
+    if path.exists() and not overwrite:
+        raise OODCoreError(f"{path} already exists and would be replaced; pass overwrite=True (in the app: tick "
+                           f"'Overwrite') to replace it, or choose another file name such as {free_path(path).name}")
+    return path
+
+
+def _use_threads_here(n: int) -> int:
+    """Make the calling thread use ``n`` torch intra-op threads and leave every other thread as
+    it was; returns the count torch now reports here.
+
+    ``torch.set_num_threads`` sets the calling thread's OpenMP count *and* a process-wide
+    default that threads started later pick up (a Streamlit server starts one per script run).
+    The default is put back at once from a short-lived helper thread, whose own setting ends
+    with it, so only this thread keeps ``n``.
+    """
+    default_here = torch.get_num_threads()  # this new thread started with the process-wide default
+    torch.set_num_threads(n)
+    restore = threading.Thread(target=torch.set_num_threads, args=(default_here,), name="ood-restore-threads")
+    restore.start()
+    restore.join()
+    return torch.get_num_threads()
+
+
+# --------------------------------------------------------------------------- snapshot
+@dataclasses.dataclass(frozen=True)
+class JobSnapshot:
+    """A consistent copy of a job's state at one moment (safe to read while training goes on).
+
+    ``loss_steps`` are 1-based global step numbers (epoch e, step s -> (e-1)*steps + s) and
+    ``losses`` the training loss of those steps (thinned evenly, the last step always kept,
+    when the run has more than ``MAX_LOSS_POINTS`` steps). ``history`` has one row per
+    finished epoch (``epoch``, ``train_loss`` = sample-weighted mean over the epoch and the
+    ``val_*`` metrics); once the run is done it is the history stored in the checkpoint.
+    ``landscapes`` has one :class:`~ood_core.landscape.Landscape` per finished epoch (2-D
+    inputs with a landscape resolution only). ``metrics`` is the saved model's OOD report;
+    ``threads`` the torch intra-op threads of the run (None until it starts).
+    """
+
+    job_id: str
+    method: str
+    dataset: str
+    status: str
+    phase: str
+    device: str
+    threads: int | None
+    out_path: str
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+    global_step: int
+    total_steps: int
+    loss_steps: list[int]
+    losses: list[float]
+    history: list[dict]
+    landscapes: list[Landscape]
+    error: str | None
+    message: str
+    saved_path: str | None
+    metrics: dict | None
+    elapsed_s: float
+
+    @property
+    def fraction(self) -> float:
+        """Share of the training steps done, 0..1 (1 once the run is done)."""
+        if self.status == "done":
+            return 1.0
+        return self.global_step / self.total_steps if self.total_steps else 0.0
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+
+def _thin(n: int, max_points: int) -> np.ndarray:
+    """Indices of at most ``max_points`` evenly spread items of ``n``, first and last included."""
+    if n <= max_points:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, max_points).round().astype(int))
+
+
+# --------------------------------------------------------------------------- the job
+class TrainingJob:
+    """One training run in a background thread. Create it with :func:`start_training`."""
+
+    def __init__(self, method: str, bench: Benchmark, config: TrainConfig, out_path: Path, overwrite: bool,
+                 landscape_resolution: int | None, landscape_score: str, evaluate_after: bool,
+                 min_epoch_seconds: float, torch_threads: int | None):
+        self.job_id = uuid.uuid4().hex[:8]
+        self.method = method
+        self.bench = bench
+        self.config = config
+        self.out_path = out_path
+        self.overwrite = overwrite
+        self.evaluate_after = evaluate_after
+        self.min_epoch_seconds = float(min_epoch_seconds)
+        self.torch_threads = torch_threads
+        self.device = str(select_device(config.device))
+        self.landscape_resolution = landscape_resolution
+        self.landscape_score = landscape_score
+        # The 2-D points drawn under the landscape (training set, by class) and the grid's extent.
+        self.plane_points: dict[str, np.ndarray] | None = None
+        self.landscape_bounds: tuple[float, float, float, float] | None = None
+        if landscape_resolution is not None:
+            self.plane_points = {"x": bench.train.x.numpy().copy(), "y": bench.train.y.numpy().copy()}
+            every = np.concatenate([bench.train.x.numpy()] + [x.numpy() for x in bench.ood.values()])
+            self.landscape_bounds = plane_bounds(every, margin=LANDSCAPE_MARGIN)
+
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+        self._n_train = len(bench.train)
+        self._steps = math.ceil(self._n_train / config.batch_size)
+        self._status = "queued"
+        self._phase = "waiting for another training run in this process to finish"
+        self._epoch = self._step = self._global_step = 0
+        self._losses: list[float] = []
+        self._history: list[dict] = []
+        self._landscapes: list[Landscape] = []
+        self._epoch_total = 0.0
+        self._epoch_count = 0
+        self._epoch_started = 0.0
+        self._error: str | None = None
+        self._error_detail: str | None = None
+        self._message = "queued"
+        self._saved_path: Path | None = None
+        self._metrics: dict | None = None
+        self._started: float | None = None
+        self._threads: int | None = None
+        self._ended: float | None = None
+        self._thread = threading.Thread(target=self._run, name=f"ood-train-{self.job_id}", daemon=True)
+
+    # ----------------------------------------------------------------- public
+    @property
+    def status(self) -> str:
+        """"queued", "running", "done", "cancelled" or "failed"."""
+        with self._lock:
+            return self._status
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    @property
+    def error_detail(self) -> str | None:
+        """The traceback of an unexpected (non-OODCoreError) failure, for bug reports."""
+        with self._lock:
+            return self._error_detail
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once :meth:`cancel` was called (the run may still be finishing its batch)."""
+        return self._cancel.is_set()
+
+    def cancel(self) -> None:
+        """Ask the run to stop; it does within one batch (or at once while queued or pausing)."""
+        self._cancel.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block up to ``timeout`` seconds (None = until finished); True when the job has finished."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def snapshot(self, max_loss_points: int = MAX_LOSS_POINTS) -> JobSnapshot:
+        """A consistent copy of the progress (see :class:`JobSnapshot`)."""
+        with self._lock:
+            keep = _thin(len(self._losses), max(2, int(max_loss_points)))
+            now = self._ended if self._ended is not None else time.monotonic()
+            return JobSnapshot(
+                job_id=self.job_id, method=self.method, dataset=self.bench.name, status=self._status,
+                phase=self._phase, device=self.device, threads=self._threads, out_path=str(self.out_path),
+                epoch=self._epoch, epochs=self.config.epochs, step=self._step, steps=self._steps,
+                global_step=self._global_step, total_steps=self._steps * self.config.epochs,
+                loss_steps=[int(i) + 1 for i in keep], losses=[self._losses[i] for i in keep],
+                history=[dict(row) for row in self._history], landscapes=list(self._landscapes),
+                error=self._error, message=self._message,
+                saved_path=str(self._saved_path) if self._saved_path else None,
+                metrics=self._metrics, elapsed_s=(now - self._started) if self._started is not None else 0.0)
+
+    # ----------------------------------------------------------------- thread side
+    def _set(self, **fields) -> None:
+        with self._lock:
+            for k, v in fields.items():
+                setattr(self, f"_{k}", v)
+
+    def _on_progress(self, p: Progress) -> None:
+        """Per-batch callback from train(): record the step, then honour a cancel request."""
+        with self._lock:
+            self._epoch, self._step = p.epoch, p.step
+            self._global_step = (p.epoch - 1) * p.steps + p.step
+            self._losses.append(p.loss)
+            # the same sample-weighted epoch mean train() keeps for its history
+            batch = min(self.config.batch_size, self._n_train - (p.step - 1) * self.config.batch_size)
+            if p.step == 1:
+                self._epoch_total, self._epoch_count = 0.0, 0
+            self._epoch_total += p.loss * batch
+            self._epoch_count += batch
+            if p.val is not None:
+                self._history.append({"epoch": p.epoch, "train_loss": self._epoch_total / self._epoch_count,
+                                      **{f"val_{k}": v for k, v in p.val.items()}})
+                if p.epoch == p.epochs:
+                    self._phase = "evaluating OOD detection" if self.evaluate_after else "saving"
+            self._message = f"epoch {p.epoch}/{p.epochs}, step {p.step}/{p.steps}, loss {p.loss:.4f}"
+        if self._cancel.is_set():
+            raise TrainingCancelled(f"training cancelled at epoch {p.epoch}, step {p.step}; nothing was saved")
+
+    def _on_epoch_end(self, epoch: int, model) -> None:
+        """After each epoch: the landscape snapshot (2-D inputs), then the optional slow-motion pause."""
+        if self._cancel.is_set():
+            raise TrainingCancelled(f"training cancelled after epoch {epoch}; nothing was saved")
+        if self.landscape_resolution is not None:
+            snap = decision_landscape(model, self.landscape_bounds, self.landscape_resolution,
+                                      score=self.landscape_score, epoch=epoch,
+                                      fit_on=(self.bench.train.x, self.bench.train.y))
+            with self._lock:
+                self._landscapes.append(snap)
+        if self.min_epoch_seconds > 0 and epoch < self.config.epochs:
+            left = self.min_epoch_seconds - (time.monotonic() - self._epoch_started)
+            if left > 0 and self._cancel.wait(left):
+                raise TrainingCancelled(f"training cancelled after epoch {epoch}; nothing was saved")
+        self._epoch_started = time.monotonic()
+
+    def _run(self) -> None:
+        acquired = False
+        try:
+            while not (acquired := _ONE_RUN_AT_A_TIME.acquire(timeout=0.1)):
+                if self._cancel.is_set():
+                    raise TrainingCancelled("training cancelled while waiting for another run; nothing was saved")
+            if self._cancel.is_set():
+                raise TrainingCancelled("training cancelled before it started; nothing was saved")
+            threads_used = _use_threads_here(self.torch_threads) if self.torch_threads else torch.get_num_threads()
+            self._epoch_started = time.monotonic()
+            self._set(status="running", phase="training", started=self._epoch_started, threads=threads_used,
+                      message="starting")
+            result = train(self.method, self.bench, self.config, progress=self._on_progress,
+                           evaluate_after=self.evaluate_after, epoch_end=self._on_epoch_end)
+            if self._cancel.is_set():
+                raise TrainingCancelled("training cancelled during the final evaluation; nothing was saved")
+            self._set(phase="saving")
+            result.meta["train_config"]["torch_threads"] = threads_used
+            saved, note = self._save(result)
+            self._set(status="done", phase="done", saved_path=saved, history=[dict(r) for r in result.history],
+                      metrics=result.meta.get("metrics"), message=f"saved {saved}" + (f" ({note})" if note else ""))
+        except TrainingCancelled as e:
+            self._set(status="cancelled", phase="cancelled", message=str(e))
+        except OODCoreError as e:
+            self._set(status="failed", phase="failed", error=str(e), message=f"failed: {e}")
+        except Exception as e:  # a bug: keep the traceback for the report, say so in one line
+            self._set(status="failed", phase="failed", error=f"unexpected error {type(e).__name__}: {e}",
+                      error_detail=traceback.format_exc(), message=f"failed: {type(e).__name__}: {e}")
+        finally:
+            if acquired:
+                _ONE_RUN_AT_A_TIME.release()
+            self._set(ended=time.monotonic() if self._started is not None else None)
+
+    def _save(self, result) -> tuple[Path, str | None]:
+        """Write the checkpoint; returns ``(path, note)``. Never replaces a file unless
+        ``overwrite`` was given: the archive is written (atomically) under a hidden name in
+        the target folder, then hard-linked to the target name, which fails instead of
+        replacing a file that appeared meanwhile; the next free ``name-k.pt`` is used then."""
+        if self.overwrite:
+            return save_checkpoint(self.out_path, result.model, result.meta), None
+        pending = self.out_path.with_name(f".{self.out_path.stem}.{self.job_id}.pending{CHECKPOINT_SUFFIX}")
+        save_checkpoint(pending, result.model, result.meta)
+        try:
+            target = self.out_path
+            for _ in range(1000):
+                try:
+                    os.link(pending, target)
+                    break
+                except FileExistsError:
+                    target = free_path(self.out_path)
+                except OSError:  # no hard links on this file system: check, then rename
+                    target = free_path(self.out_path)
+                    os.replace(pending, target)
+                    break
+            else:
+                raise OODCoreError(f"could not find a free file name next to {self.out_path}")
+        finally:
+            pending.unlink(missing_ok=True)
+        note = None if target == self.out_path else f"{self.out_path.name} appeared during training; kept it"
+        return target, note
+
+
+def start_training(method: str, dataset: str | Benchmark, config: TrainConfig | None = None,
+                   out_path: str | Path = "model.pt", overwrite: bool = False,
+                   landscape_resolution: int | None = None, landscape_score: str = DEFAULT_SCORE,
+                   evaluate_after: bool = True, min_epoch_seconds: float = 0.0,
+                   torch_threads: int | None = 1) -> TrainingJob:
+    """Check the request, then train ``method`` on ``dataset`` in a background thread.
+
+    ``config`` defaults to :func:`ood_core.train.recommended_config` of the method (it is
+    copied; changing it afterwards does not affect the run). ``out_path`` must end in
+    ``.pt``; an existing file is refused unless ``overwrite``. ``landscape_resolution``
+    (2-D inputs only, e.g. 60) records a :class:`~ood_core.landscape.Landscape` of score
+    ``landscape_score`` after every epoch (a score that learns from data, such as
+    ``mahalanobis``, is fitted on the training split each time). ``min_epoch_seconds`` > 0 pauses after each epoch
+    until it has lasted that long (a slow-motion view of a fast run; the weights are the
+    same). ``torch_threads``: intra-op threads of the training thread (None = torch's default
+    here; see the module docstring for why 1). Raises OODCoreError for a bad request; what
+    goes wrong later is in the job's status and snapshot.
+    """
+    m = get_method(method)
+    bench = dataset if isinstance(dataset, Benchmark) else load_benchmark(dataset)
+    if not _method_fits(m, bench):
+        fitting = ", ".join(methods_for(bench)) or "none"
+        raise OODCoreError(f"method {method!r} ({m.task}{', needs image inputs' if m.outliers else ''}) cannot "
+                           f"train on {bench.name} ({bench.task}, inputs {tuple(bench.input_shape)}); "
+                           f"choose one of: {fitting}")
+    cfg = dataclasses.replace(config) if config is not None else recommended_config(method)
+    cfg.validate()
+    select_device(cfg.device)  # an unavailable device is refused now, not in the thread
+    if landscape_resolution is not None:
+        if tuple(bench.input_shape) != (2,):
+            raise OODCoreError(f"a decision landscape needs 2-D inputs (toy2d); {bench.name} has inputs "
+                               f"{tuple(bench.input_shape)}: pass landscape_resolution=None")
+        if int(landscape_resolution) < 2:
+            raise OODCoreError(f"landscape_resolution must be >= 2 grid points per axis, got {landscape_resolution}")
+        check_landscape_score(landscape_score)
+    if min_epoch_seconds < 0 or not math.isfinite(min_epoch_seconds):
+        raise OODCoreError(f"min_epoch_seconds must be >= 0, got {min_epoch_seconds}")
+    if torch_threads is not None and int(torch_threads) < 1:
+        raise OODCoreError(f"torch_threads must be >= 1 (or None for torch's default), got {torch_threads}")
+    path = check_output_path(out_path, overwrite)
+    job = TrainingJob(method, bench, cfg, path, overwrite,
+                      None if landscape_resolution is None else int(landscape_resolution), landscape_score,
+                      evaluate_after, min_epoch_seconds, None if torch_threads is None else int(torch_threads))
+    job._thread.start()
+    return job

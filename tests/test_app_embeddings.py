@@ -1,0 +1,336 @@
+"""Headless tests of the Embeddings page (AppTest) against independent computations: the
+benchmark's sizes, a NumPy PCA of the model's features, the registry's scores and
+``integrated_gradients`` called directly; plus the numba cache set-up that the page's UMAP
+relies on (in subprocesses, so this process's environment is left alone)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import ood_core
+from apptest_helpers import array as _array, traces_of_type
+from ood_core.attribution import integrated_gradients
+from ood_core.data import load_benchmark_from_spec
+from ood_core.scores import make_score
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = "app_pages/embeddings.py"
+
+pytestmark = pytest.mark.usefixtures("clear_streamlit_caches")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """The page caches maps on disk under $OOD_CACHE_DIR: keep the user's cache out of it."""
+    monkeypatch.setenv("OOD_CACHE_DIR", str(tmp_path / "ood-cache"))
+
+
+def _model_bench(ckpt: Path):
+    model, meta = ood_core.load_checkpoint(ckpt)
+    return model, meta, load_benchmark_from_spec(meta["dataset"])
+
+
+def _open(app: AppTest, checkpoint: Path | None = None) -> AppTest:
+    at = app.run()
+    if checkpoint is not None:
+        at.selectbox(key="checkpoint").set_value(str(checkpoint)).run()
+    at.switch_page(PAGE).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def _scatter(at: AppTest) -> dict:
+    maps = traces_of_type(at, "scattergl")
+    assert len(maps) == 1
+    return maps[0]
+
+
+def _points(trace: dict) -> list[tuple[str, int]]:
+    return [(s, int(i)) for s, i in trace["customdata"]]
+
+
+def _attribution_traces(at: AppTest) -> dict:
+    figs = [c for c in traces_of_type(at, "heatmap") + traces_of_type(at, "bar")
+            if any(t.get("name") == "attribution" for t in c["data"])]
+    assert len(figs) == 1
+    return {t["name"]: t for t in figs[0]["data"]}
+
+
+def _grid(values) -> np.ndarray:
+    """A plotly heatmap z: a nested list, or plotly 7's typed array with a "shape"."""
+    if isinstance(values, dict):
+        return _array(values).reshape([int(s) for s in str(values["shape"]).split(",")])
+    return np.asarray(values, dtype=float)
+
+
+# ------------------------------------------------------------------------------- the map
+def test_default_run_is_pca_with_every_id_and_ood_point(app, ckpt_dir):
+    at = _open(app)
+    assert at.radio(key="emb_method").value == "pca"
+    _, meta, bench = _model_bench(ckpt_dir / "ce_digits.pt")
+    spec = _scatter(at)
+    assert spec["layout"]["xaxis"]["title"]["text"].startswith("PC1")
+    traces = {t["name"]: t for t in spec["data"]}
+    id_traces = [t for name, t in traces.items() if name.startswith("ID: ")]
+    assert {f"OOD: {s}" for s in bench.ood} == {n for n in traces if n.startswith("OOD: ")}
+    # every ID test point once, in the trace of its own class
+    id_points = [p for t in id_traces for p in _points(t)]
+    assert sorted(id_points) == [("id", i) for i in range(len(bench.test.y))]
+    labels = bench.test.y.numpy()
+    for t in id_traces:
+        cls = meta["dataset"]["class_names"].index(t["name"][len("ID: "):])
+        assert all(labels[i] == cls for _, i in _points(t))
+    # every sample of every OOD set once
+    for s, x in bench.ood.items():
+        assert _points(traces[f"OOD: {s}"]) == [(s, i) for i in range(len(x))]
+        assert len(_array(traces[f"OOD: {s}"]["x"])) == len(x)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_pca_coordinates_equal_an_independent_numpy_pca(app, ckpt_dir, normalize):
+    at = _open(app)
+    if normalize:
+        at.checkbox(key="emb_normalize").check().run()
+    model, _, bench = _model_bench(ckpt_dir / "ce_digits.pt")
+    outs = ood_core.extract_benchmark_outputs(model, bench, ["id", *bench.ood])
+    names = ["id", *bench.ood]
+    feats = np.concatenate([outs[n].features.double().numpy() for n in names])  # fit_on = union (default)
+    if normalize:
+        feats = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    centred = feats - feats.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    expected = centred @ vt[:2].T
+    offsets = np.cumsum([0] + [len(outs[n].features) for n in names])
+    row = {n: offsets[k] for k, n in enumerate(names)}
+
+    got = np.zeros_like(expected)
+    for t in _scatter(at)["data"]:
+        idx = [row[s] + i for s, i in _points(t)]
+        got[idx, 0], got[idx, 1] = _array(t["x"]), _array(t["y"])
+    for c in range(2):  # a principal direction is defined up to its sign
+        sign = np.sign(np.dot(got[:, c], expected[:, c]))
+        np.testing.assert_allclose(sign * got[:, c], expected[:, c], atol=1e-3 * np.abs(expected).max())
+
+
+def test_changing_the_score_recolours_the_ood_points(app, ckpt_dir):
+    at = _open(app)
+    model, _, bench = _model_bench(ckpt_dir / "ce_digits.pt")
+    before = {t["name"]: _array(t["marker"]["color"]) for t in _scatter(at)["data"] if t["name"].startswith("OOD")}
+    assert at.selectbox(key="emb_score").value != "feature_norm"
+    at.selectbox(key="emb_score").set_value("feature_norm").run()
+    assert not at.exception
+    spec = _scatter(at)
+    for s, x in bench.ood.items():
+        trace = next(t for t in spec["data"] if t["name"] == f"OOD: {s}")
+        expected = make_score("feature_norm")(ood_core.extract_outputs(model, x))  # ||z||, the registry's
+        colours = _array(trace["marker"]["color"])
+        np.testing.assert_allclose(colours, expected, rtol=1e-5)
+        assert not np.allclose(colours, before[f"OOD: {s}"])
+    assert "feature_norm" in spec["layout"]["coloraxis"]["colorbar"]["title"]["text"]
+
+
+def test_ood_set_choice_limits_the_traces(app, ckpt_dir):
+    at = _open(app)
+    at.multiselect(key="emb_sets").set_value(["uniform-noise"]).run()
+    names = [t["name"] for t in _scatter(at)["data"]]
+    assert [n for n in names if n.startswith("OOD")] == ["OOD: uniform-noise"]
+    assert sum(n.startswith("ID: ") for n in names) == 6
+
+
+# ------------------------------------------------------------------------------- the selected sample
+def test_picked_sample_shows_its_scores_and_its_attribution(app, ckpt_dir):
+    at = _open(app)
+    model, _, bench = _model_bench(ckpt_dir / "ce_digits.pt")
+    at.selectbox(key="emb_score").set_value("energy").run()
+    at.selectbox(key="emb_pick_set").set_value("uniform-noise").run()
+    at.number_input(key="emb_pick_index_uniform-noise").set_value(3).run()
+    assert not at.exception, [e.value for e in at.exception]
+
+    x = bench.ood["uniform-noise"]
+    energy = make_score("energy")(ood_core.extract_outputs(model, x))
+    id_energy = make_score("energy")(ood_core.extract_outputs(model, bench.test.x))
+    table = at.dataframe[0].value.set_index("score")
+    assert table.loc["energy", "value"] == pytest.approx(energy[3], rel=1e-6)
+    assert table.loc["energy", "ID percentile"] == pytest.approx(100 * np.mean(id_energy <= energy[3]))
+    assert {"msp", "maxlogit", "energy", "feature_norm"} <= set(table.index)
+
+    traces = _attribution_traces(at)
+    direct = integrated_gradients(model, x[3], "energy", baseline="zeros", n_steps=128)
+    np.testing.assert_allclose(_grid(traces["attribution"]["z"]), direct.attributions.numpy()[0], rtol=1e-4,
+                               atol=1e-6)
+    np.testing.assert_allclose(_grid(traces["input"]["z"]), x[3].numpy()[0], atol=1e-6)
+
+    # another baseline and path length give another, still matching, map
+    at.radio(key="emb_baseline").set_value("mean").run()
+    at.select_slider(key="emb_steps").set_value(32).run()
+    direct = integrated_gradients(model, x[3], "energy", baseline="mean", reference=bench.train.x, n_steps=32)
+    np.testing.assert_allclose(_grid(_attribution_traces(at)["attribution"]["z"]), direct.attributions.numpy()[0],
+                               rtol=1e-4, atol=1e-6)
+    assert any(f"{float(direct.scores[0] - direct.baseline_scores[0]):.4f}" in c.value for c in at.caption)
+
+
+def test_map_selection_fills_the_picker_and_then_lets_go(app):
+    at = _open(app)
+    # what st.plotly_chart(on_select="rerun") reports after a click on a point
+    at.session_state["emb_map"] = {"selection": {"points": [{"curve_number": 7, "point_index": 7,
+                                                             "customdata": ["uniform-noise", 7]}],
+                                                 "point_indices": [7], "box": [], "lasso": []}}
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="emb_pick_set").value == "uniform-noise"
+    assert at.number_input(key="emb_pick_index_uniform-noise").value == 7
+    # the same (still active) selection does not override a later manual choice
+    at.number_input(key="emb_pick_index_uniform-noise").set_value(2).run()
+    assert at.number_input(key="emb_pick_index_uniform-noise").value == 2
+
+
+def test_non_attributable_score_says_why(app, ckpt_dir):
+    """mahalanobis is one of the CE model's scores; its compute detaches the features."""
+    at = _open(app)
+    if "mahalanobis" not in at.selectbox(key="emb_score").options:
+        pytest.skip("the CE recipe does not report mahalanobis")
+    at.selectbox(key="emb_score").set_value("mahalanobis").run()
+    assert not at.exception
+    assert any("mahalanobis" in i.value and "not differentiable" in i.value for i in at.info)
+    assert not [c for c in traces_of_type(at, "heatmap") if any(t.get("name") == "attribution" for t in c["data"])]
+
+
+def test_toy2d_checkpoint_shows_points_and_bar_attributions(app, ckpt_dir):
+    at = _open(app, ckpt_dir / "ce_toy2d.pt")
+    model, _, bench = _model_bench(ckpt_dir / "ce_toy2d.pt")
+    spec = _scatter(at)
+    n_id = sum(len(t["customdata"]) for t in spec["data"] if t["name"].startswith("ID: "))
+    assert n_id == len(bench.test.y)
+    for s, x in bench.ood.items():
+        assert len(next(t for t in spec["data"] if t["name"] == f"OOD: {s}")["customdata"]) == len(x)
+    score = at.selectbox(key="emb_score").value
+    traces = _attribution_traces(at)
+    assert traces["attribution"]["type"] == "bar"
+    direct = integrated_gradients(model, bench.test.x[0], score, n_steps=128)
+    np.testing.assert_allclose(_array(traces["attribution"]["y"]), direct.attributions.numpy(), rtol=1e-4, atol=1e-6)
+    x0 = bench.test.x[0].tolist()
+    assert at.metric[0].value == f"({x0[0]:.3f}, {x0[1]:.3f})"
+
+
+def test_switching_checkpoint_drops_picks_the_new_one_lacks(app, ckpt_dir):
+    _, _, digits = _model_bench(ckpt_dir / "ce_digits.pt")
+    at = _open(app, ckpt_dir / "ce_toy2d.pt")
+    at.selectbox(key="emb_pick_set").set_value("id").run()
+    at.number_input(key="emb_pick_index_id").set_value(399).run()  # toy2d has 400 ID test points
+    assert len(digits.test.y) <= 399
+    at.selectbox(key="checkpoint").set_value(str(ckpt_dir / "ce_digits.pt")).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.number_input(key="emb_pick_index_id").value < len(digits.test.y)
+    at.selectbox(key="checkpoint").set_value(str(ckpt_dir / "ce_toy2d.pt")).run()
+    at.selectbox(key="emb_pick_set").set_value("ring").run()
+    at.selectbox(key="checkpoint").set_value(str(ckpt_dir / "ce_digits.pt")).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="emb_pick_set").value == "id"  # "ring" is not a digits OOD set
+
+
+def test_multilabel_checkpoint_groups_id_points_by_label_count(monkeypatch):
+    from conftest import CHECKPOINTS
+    from apptest_helpers import APP, TIMEOUT
+    from ood_core import app_support as sup
+
+    monkeypatch.setenv(sup.CHECKPOINT_ENV, str(CHECKPOINTS))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at = _open(at, CHECKPOINTS / "jointenergy_canvases.pt")
+    _, _, bench = _model_bench(CHECKPOINTS / "jointenergy_canvases.pt")
+    counts = (bench.test.y.numpy() > 0.5).sum(axis=1)
+    id_traces = [t for t in _scatter(at)["data"] if t["name"].startswith("ID: ")]
+    for t in id_traces:
+        n = int(t["name"].split()[1])
+        assert all(counts[i] == n for _, i in _points(t))
+    assert sum(len(t["customdata"]) for t in id_traces) == len(counts)
+    assert _grid(_attribution_traces(at)["attribution"]["z"]).shape == (16, 16)
+
+
+# ------------------------------------------------------------------------------- UMAP (slow: numba)
+def test_umap_on_request_maps_every_point(app, ckpt_dir, tmp_path, monkeypatch):
+    # numba's cache goes to a private folder here; restored after the test
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba"))
+    at = _open(app)
+    _, _, bench = _model_bench(ckpt_dir / "ce_digits.pt")
+    at.radio(key="emb_method").set_value("umap").run(timeout=600)
+    assert not at.exception, [e.value for e in at.exception]
+    spec = _scatter(at)
+    assert spec["layout"]["xaxis"]["title"]["text"] == "UMAP 1"
+    points = [p for t in spec["data"] for p in _points(t)]
+    assert len(points) == len(set(points)) == len(bench.test.y) + sum(len(x) for x in bench.ood.values())
+    xy = np.concatenate([np.stack([_array(t["x"]), _array(t["y"])], 1) for t in spec["data"]])
+    assert np.isfinite(xy).all() and xy.std(axis=0).min() > 0
+    # fitted on ID only, UMAP's transform caveat is shown
+    at.radio(key="emb_fit_on").set_value("id").run(timeout=600)
+    assert any("UMAP.transform" in w.value for w in at.warning)
+
+
+# ------------------------------------------------------------------------------- numba's cache folder
+def _run_python(code: str, env: dict) -> str:
+    full_env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    full_env.update(env)
+    full_env["PYTHONPATH"] = os.pathsep.join([env.get("PYTHONPATH", ""), str(ROOT)]).strip(os.pathsep)
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env, capture_output=True,
+                          text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_numba_cache_dir_defaults_to_the_ood_cache_folder(tmp_path):
+    out = _run_python("""
+        import json, os
+        import numba  # imported first on purpose: its config must be refreshed
+        from ood_core.projection import configure_numba_cache
+        used = configure_numba_cache()
+        print(json.dumps([used, os.environ["NUMBA_CACHE_DIR"], numba.config.CACHE_DIR]))
+    """, {"OOD_CACHE_DIR": str(tmp_path / "c")})
+    expected = str(tmp_path / "c" / "numba")
+    assert json.loads(out) == [expected, expected, expected]
+    assert (tmp_path / "c" / "numba").is_dir()
+
+
+def test_numba_cache_dir_set_by_the_user_is_left_alone(tmp_path):
+    mine = str(tmp_path / "my-numba")
+    out = _run_python("""
+        import json, os
+        from ood_core.projection import configure_numba_cache
+        print(json.dumps([configure_numba_cache(), os.environ["NUMBA_CACHE_DIR"]]))
+    """, {"OOD_CACHE_DIR": str(tmp_path / "c"), "NUMBA_CACHE_DIR": mine})
+    assert json.loads(out) == [mine, mine]
+    assert not (tmp_path / "c" / "numba").exists()
+
+
+def test_umap_fit_sets_the_cache_dir_before_importing_umap(tmp_path):
+    """A stand-in ``umap`` module records NUMBA_CACHE_DIR at import time: numba reads it when
+    umap defines its cached functions, so it must already be set then."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "umap.py").write_text(textwrap.dedent("""
+        import os
+        import numpy as np
+        SEEN_AT_IMPORT = os.environ.get("NUMBA_CACHE_DIR")
+
+        class UMAP:
+            def __init__(self, **params):
+                pass
+
+            def fit_transform(self, x):
+                return np.asarray(x)[:, :2]
+    """))
+    out = _run_python("""
+        import numpy as np
+        from ood_core.projection import project
+        project({"id": np.random.default_rng(0).normal(size=(40, 5))}, method="umap", n_neighbors=5)
+        import umap
+        print(umap.SEEN_AT_IMPORT)
+    """, {"OOD_CACHE_DIR": str(tmp_path / "c"), "PYTHONPATH": str(fake)})
+    assert out == str(tmp_path / "c" / "numba")

@@ -32,7 +32,11 @@ method = c1.radio("Computation", ["estimate", "exact"], key="jac_method", horizo
 n_proj = c2.select_slider("Projections K (estimate)", [4, 8, 16, 32, 64], value=16, key="jac_k",
                           disabled=method == "exact")
 probe = c3.select_slider("Samples per set", [64, 128, 256, 512], value=256, key="jac_probe")
-norms = sup.or_stop(sup.jacobian_norms_cached, path, mtime, method, n_proj, probe, sup.user_ood())
+bar = st.progress(0.0, text=f"Jacobian norms ({method})…")
+norms = sup.or_stop(sup.jacobian_norms_cached, path, mtime, method, n_proj, probe, sup.user_ood(),
+                    lambda done, total, name: bar.progress(done / total, text=f"Jacobian norms ({method}): "
+                                                                               f"{name} done, {done}/{total} sets"))
+bar.empty()
 
 ood_names = [n for n in norms if n != "id"]
 chosen = st.multiselect("OOD sets", ood_names, default=ood_names[:3], key="jac_sets")

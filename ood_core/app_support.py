@@ -42,7 +42,7 @@ from .data import IMAGE_SUFFIXES, load_benchmark_from_spec, load_user_ood
 from .errors import CheckpointError, DataError, OODCoreError
 from .evaluate import FPR95_DEFINITION, evaluate, extract_benchmark_outputs
 from .geometry import (class_mean_subspace, classifier_vectors, geometry_summary, jacobian_norm_map,
-                       jacobian_norm_path, jacobian_norms_by_set, plane_bounds, principal_subspace,
+                       jacobian_norm, jacobian_norm_path, plane_bounds, principal_subspace,
                        subspace_energy_share)
 from .methods import default_score_names
 from .projection import Projection, default_cache_dir, project_benchmark
@@ -456,14 +456,34 @@ def projection_cached(path: str, mtime: float, method: str = "pca", fit_on: str 
                              outputs=dict(outputs_cached(path, mtime, user_ood)), cache_dir=default_cache_dir())
 
 
-@st.cache_data(max_entries=32, show_spinner="Computing Jacobian norms…")
-def jacobian_norms_cached(path: str, mtime: float, method: str = "estimate", n_proj: int = 16,
-                          probe_size: int = 256, user_ood: str | None = None) -> dict[str, np.ndarray]:
-    """||d(z/||z||)/dx||_F of the first ``probe_size`` samples of the ID test split (``"id"``),
-    of every OOD set and of the user's (:func:`ood_core.geometry.jacobian_norm`)."""
+@st.cache_data(max_entries=256, show_spinner=False)
+def jacobian_norm_set_cached(path: str, mtime: float, set_name: str, method: str = "estimate", n_proj: int = 16,
+                             probe_size: int = 256, user_ood: str | None = None) -> np.ndarray:
+    """||d(z/||z||)/dx||_F of the first ``probe_size`` samples of one set (``"id"`` = the ID
+    test split, an OOD set, or the user's), as :func:`ood_core.geometry.jacobian_norms_by_set`
+    computes it (same seed per set, so the numbers are the same)."""
     model, _ = load_model_cached(path, mtime)
-    return jacobian_norms_by_set(model, benchmark_cached(path, mtime), method=method, n_proj=n_proj,
-                                 probe_size=probe_size, extra_ood=_user_sets(path, mtime, user_ood))
+    bench = benchmark_cached(path, mtime)
+    inputs = {"id": bench.test.x, **bench.ood, **_user_sets(path, mtime, user_ood)}
+    if set_name not in inputs:
+        raise DataError(f"no set named {set_name!r}; this checkpoint has: {', '.join(inputs)}")
+    return jacobian_norm(model, inputs[set_name][:probe_size], method=method, n_proj=n_proj, seed=0)
+
+
+def jacobian_norms_cached(path: str, mtime: float, method: str = "estimate", n_proj: int = 16,
+                          probe_size: int = 256, user_ood: str | None = None, progress=None) -> dict[str, np.ndarray]:
+    """||d(z/||z||)/dx||_F of the first ``probe_size`` samples of the ID test split (``"id"``),
+    of every OOD set and of the user's, one cached set at a time (:func:`jacobian_norm_set_cached`):
+    exact norms on many samples take seconds per set, so ``progress(done, total, set_name)``
+    is called after each set (for a progress bar) and a page left midway keeps what it finished."""
+    bench = benchmark_cached(path, mtime)
+    names = ["id", *bench.ood, *_user_sets(path, mtime, user_ood)]
+    norms = {}
+    for done, name in enumerate(names, start=1):
+        norms[name] = jacobian_norm_set_cached(path, mtime, name, method, n_proj, probe_size, user_ood)
+        if progress is not None:
+            progress(done, len(names), name)
+    return norms
 
 
 @st.cache_data(max_entries=32, show_spinner="Computing Jacobian norms along the path…")

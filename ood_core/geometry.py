@@ -484,12 +484,10 @@ def model_geometry_snapshot(model: nn.Module, task: str, x_train: torch.Tensor, 
 
 
 def jacobian_norms_by_set(model: nn.Module, bench, method: str = "estimate", n_proj: int = 16,
-                          probe_size: int = 256, seed: int = 0,
-                          extra_ood: dict | None = None) -> dict[str, np.ndarray]:
+                          probe_size: int = 256, seed: int = 0) -> dict[str, np.ndarray]:
     """:func:`jacobian_norm` of the first ``probe_size`` samples of the ID test split (key
-    ``"id"``), of every OOD set of ``bench`` and of ``extra_ood`` (``{name: inputs}``, e.g. the
-    user's set). Cost: one :func:`jacobian_norm` per set."""
-    sets = {"id": bench.test.x, **bench.ood, **(extra_ood or {})}
+    ``"id"``) and of every OOD set of ``bench``. Cost: one :func:`jacobian_norm` per set."""
+    sets = {"id": bench.test.x, **bench.ood}
     return {name: jacobian_norm(model, x[:probe_size], method=method, n_proj=n_proj, seed=seed)
             for name, x in sets.items()}
 

@@ -289,3 +289,21 @@ def test_energy_page_on_a_single_label_model_matches_the_energy_score(app, ckpt_
     ev = sup.compute_evaluation(ckpt_dir / "ce_digits.pt")
     for s, per_score in ev["report"]["ood"].items():
         assert table.loc[("ce_digits.pt", s), "AUROC"] == pytest.approx(per_score["energy"]["auroc"], abs=1e-6)
+
+
+def test_jacobian_norms_come_set_by_set_with_progress(ckpt_dir):
+    """The page's per-set cache gives the numbers of geometry.jacobian_norms_by_set and reports
+    progress after each set (exact norms take seconds per set)."""
+    from ood_core.geometry import jacobian_norms_by_set
+
+    path = str(ckpt_dir / "ce_digits.pt")
+    calls = []
+    norms = sup.jacobian_norms_cached(path, sup.file_mtime(path), "estimate", 8, 32,
+                                      progress=lambda done, total, name: calls.append((done, total, name)))
+    model, _ = ood_core.load_checkpoint(path)
+    expected = jacobian_norms_by_set(model, ood_core.load_benchmark("digits"), method="estimate", n_proj=8,
+                                     probe_size=32)
+    assert list(norms) == list(expected) and [c[2] for c in calls] == list(expected)
+    assert [c[0] for c in calls] == list(range(1, len(expected) + 1)) and {c[1] for c in calls} == {len(expected)}
+    for name in expected:
+        np.testing.assert_allclose(norms[name], expected[name], rtol=1e-6)

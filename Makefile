@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 PORT ?= 8501
 
-.PHONY: setup run test checkpoints bench clean-venv
+.PHONY: setup run test checkpoints bench latency clean-venv
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,3 +38,8 @@ checkpoints: $(STAMP)
 # The side-by-side benchmark of every method (3 seeds; about 5 minutes on 2 CPU cores).
 bench: $(STAMP)
 	$(PY) benchmarks/compare.py
+
+# Every app page's first render and re-render on the shipped checkpoints (AppTest and, with
+# Chromium installed, the browser); the README's latency tables come from this.
+latency: $(STAMP)
+	$(PY) benchmarks/app_latency.py $(if $(wildcard /usr/bin/chromium),--browser)

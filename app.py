@@ -35,7 +35,7 @@ from ood_core.errors import OODCoreError  # noqa: E402
 st.set_page_config(page_title="OOD geometry lab", layout="wide")
 
 pg = st.navigation([
-    st.Page("app_pages/models.py", title="Models", default=True, url_path="models"),
+    st.Page("app_pages/models.py", title="Models", default=True),  # default page: served at "/"
     st.Page("app_pages/jacobian.py", title="Jacobian norms", url_path="jacobian"),
     st.Page("app_pages/collapse.py", title="Neural collapse & subspaces", url_path="collapse"),
     st.Page("app_pages/features.py", title="Feature magnitudes", url_path="features"),

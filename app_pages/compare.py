@@ -65,7 +65,7 @@ for side, col, name, result in sup.side_by_side(chosen, sup.evaluation_cached, o
     else:
         fig = sup.roc_figure({f"AUROC {result['report']['ood'][ood_set][score]['auroc']:.3f}":
                               roc_curve_points(id_s, ood_s)[:2]})
-    fig.update_layout(title=name)
+    fig.update_layout(title=name, legend=dict(orientation="h", yanchor="top", y=-0.2))  # narrow columns
     sup.show_figure(fig, f"compare_fig_{side}", f"{Path(name).stem}_{score}_{ood_set}", col)
 
 st.subheader(f"Metrics on {ood_set}")

@@ -38,7 +38,7 @@ if sync_playwright is None or not shutil.which(CHROMIUM):
 
 # (url path, radio option to click, text that must appear once the page has reacted)
 PAGES = [
-    ("models", None, None),
+    ("", None, None),  # the default page (Models) lives at the root; its url_path is not routed
     ("jacobian", "exact", "Jacobian norm of z/||z|| (exact)"),
     ("collapse", "top class-mean directions", "Energy outside the top class-mean directions"),
     ("features", None, None),
@@ -58,8 +58,11 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     port = _free_port()
-    env = {**os.environ, "OOD_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
-           "OOD_CHECKPOINT_DIR": str(ROOT / "checkpoints")}
+    # a copy of the shipped checkpoints: the training test saves a new file beside them
+    folder = tmp_path_factory.mktemp("checkpoints")
+    for f in (ROOT / "checkpoints").glob("*.pt"):
+        shutil.copy(f, folder / f.name)
+    env = {**os.environ, "OOD_CACHE_DIR": str(tmp_path_factory.mktemp("cache")), "OOD_CHECKPOINT_DIR": str(folder)}
     log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port",
                              str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"],
@@ -75,7 +78,7 @@ def server(tmp_path_factory):
     else:
         proc.kill()
         pytest.fail(f"streamlit did not start on {base} within 90 s; see {log.name}")
-    yield base
+    yield base, folder
     proc.terminate()
     proc.wait(timeout=20)
     log.close()
@@ -108,10 +111,12 @@ def _settle(page, expect: str | None = None, timeout_s: float = 90) -> None:
 def _assert_no_error(page, where: str) -> None:
     errors = page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]')
     assert errors.count() == 0, f"{where}: " + " | ".join(errors.all_inner_texts())
+    assert page.get_by_text("Page not found").count() == 0, f"{where}: Streamlit says the page does not exist"
 
 
 @pytest.mark.parametrize("url_path, click, expect", PAGES)
 def test_every_page_renders_and_reacts_in_chromium(server, browser, url_path, click, expect, tmp_path):
+    server, _ = server
     shots = Path(os.environ.get("E2E_SCREENSHOT_DIR") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -119,10 +124,39 @@ def test_every_page_renders_and_reacts_in_chromium(server, browser, url_path, cl
     _settle(page)
     _assert_no_error(page, url_path)
     assert page.get_by_text("OOD geometry lab").first.is_visible()  # the sidebar of app.py is there
-    page.screenshot(path=str(shots / f"{url_path}.png"), full_page=True)
+    page.screenshot(path=str(shots / f"{url_path or 'models'}.png"), full_page=True)
     if click:
         page.locator('[data-testid="stRadio"]').get_by_text(click, exact=True).click()
         _settle(page, expect)
         _assert_no_error(page, f"{url_path} after clicking {click!r}")
-        page.screenshot(path=str(shots / f"{url_path}-changed.png"), full_page=True)
+        page.screenshot(path=str(shots / f"{url_path or 'models'}-changed.png"), full_page=True)
+    page.close()
+
+
+def test_training_in_the_browser_redraws_the_landscape_and_saves(server, browser, tmp_path):
+    """Train toy2d for 3 epochs from the Models page: the background job is polled by a
+    fragment, the landscape chart appears, and the checkpoint lands in the listed folder."""
+    server, folder = server
+    shots = Path(os.environ.get("E2E_SCREENSHOT_DIR") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.goto(server + "/", wait_until="domcontentloaded")
+    _settle(page)
+    page.get_by_role("tab", name="Train a new model").click()
+    epochs = page.get_by_label("Epochs", exact=True).and_(page.locator("input"))
+    epochs.fill("3")
+    epochs.press("Enter")
+    name = page.get_by_label("Output file name", exact=True).and_(page.locator("input"))
+    name.fill("e2e_toy2d.pt")
+    name.press("Enter")
+    page.get_by_role("button", name="Start training").click()
+    page.get_by_text("Training finished").wait_for(timeout=120_000)
+    _settle(page, "Training finished")
+    _assert_no_error(page, "training")
+    assert (folder / "e2e_toy2d.pt").is_file()
+    assert page.locator(".js-plotly-plot").count() >= 3  # loss, validation, landscape
+    page.screenshot(path=str(shots / "models-training.png"), full_page=True)
+    page.locator(".js-plotly-plot").last.scroll_into_view_if_needed()  # the landscape, below the fold
+    time.sleep(0.5)
+    page.screenshot(path=str(shots / "models-training-landscape.png"))
     page.close()

@@ -54,9 +54,17 @@ normalize = s2.checkbox("L2-normalise features first", key="emb_normalize",
                         help="Map z/||z|| instead of z: the geometry a cosine or l2norm head sees")
 
 if method == "umap":
-    with st.spinner("Fitting UMAP: the first fit in a fresh app process compiles numba code (about 30 s "
-                    "the first time on a machine, less once numba's cache is warm); the map is then cached."):
-        proj = sup.or_stop(sup.projection_cached, path, mtime, "umap", fit_on, normalize, 0, user_ood)
+    fit = sup.or_stop(sup.projection_in_background, path, mtime, "umap", fit_on, normalize, 0, user_ood)
+    if not fit.done():
+        st.info("Fitting UMAP in the background: the first fit in a new app process compiles numba code "
+                "(10-40 s); later fits take a few seconds and every map is cached on disk. Other pages "
+                "stay usable meanwhile; the map appears here when it is ready.")
+        sup.rerun_when_done(fit)
+        st.stop()
+    if fit.exception() is not None:
+        st.error(f"UMAP failed: {fit.exception()}")
+        st.stop()
+    proj = sup.or_stop(sup.projection_cached, path, mtime, "umap", fit_on, normalize, 0, user_ood)
 else:
     proj = sup.or_stop(sup.projection_cached, path, mtime, "pca", fit_on, normalize, 0, user_ood)
 if proj.caveat:

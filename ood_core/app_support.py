@@ -456,6 +456,52 @@ def projection_cached(path: str, mtime: float, method: str = "pca", fit_on: str 
                              outputs=dict(outputs_cached(path, mtime, user_ood)), cache_dir=default_cache_dir())
 
 
+@st.cache_resource
+def _background_work():
+    """One worker thread for long computations, shared by every session of this server, and
+    their futures by key. One worker: a second UMAP fit at the same time would only halve the
+    speed of both on a small machine."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="ood-background"), {}
+
+
+def projection_in_background(path: str, mtime: float, method: str = "umap", fit_on: str = "union",
+                             normalize: bool = False, seed: int = 0, user_ood: str | None = None):
+    """Start (once per arguments) the fit of :func:`projection_cached`'s map in a worker thread
+    and return its ``concurrent.futures.Future``.
+
+    A UMAP fit takes 10-40 s (numba compiles on the first one in a process). Run in the page's
+    own script it would hold the session until it ends, and a click on another page would wait
+    for it. In the worker, the page returns at once, polls the future
+    (:func:`rerun_when_done`), and other pages stay usable. The worker writes the map to the
+    disk cache, so :func:`projection_cached` then reads it in milliseconds. A future that failed
+    is started again on the next call (its error has been shown by then).
+    """
+    pool, futures = _background_work()
+    key = (path, mtime, method, fit_on, normalize, seed, user_ood)
+    future = futures.get(key)
+    if future is None or (future.done() and future.exception() is not None):
+        model, _ = load_model_cached(path, mtime)  # cached objects are fetched here, in the script thread
+        bench = benchmark_cached(path, mtime)
+        future = futures[key] = pool.submit(
+            project_benchmark, model, bench, method=method, fit_on=fit_on, normalize=normalize, seed=seed,
+            sets=[*bench.ood, *_user_sets(path, mtime, user_ood)], outputs=dict(outputs_cached(path, mtime, user_ood)),
+            cache_dir=default_cache_dir())
+    return future
+
+
+def rerun_when_done(future, every_s: float = 1.0) -> None:
+    """Poll ``future`` from a fragment every ``every_s`` seconds (only the fragment reruns) and
+    rerun the whole page once it is done."""
+    @st.fragment(run_every=every_s)
+    def _poll():
+        if future.done():
+            st.rerun()
+
+    _poll()
+
+
 @st.cache_data(max_entries=256, show_spinner=False)
 def jacobian_norm_set_cached(path: str, mtime: float, set_name: str, method: str = "estimate", n_proj: int = 16,
                              probe_size: int = 256, user_ood: str | None = None) -> np.ndarray:

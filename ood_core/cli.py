@@ -36,6 +36,26 @@ def _key_values(items: list[str] | None) -> dict:
     return out
 
 
+def _data_options(args) -> None:
+    """Apply ``--data-root`` / ``--download`` for this run (read by :mod:`ood_core.real_data`)."""
+    import os
+
+    from .real_data import DATA_ROOT_ENV, DOWNLOAD_ENV
+
+    if getattr(args, "data_root", None):
+        os.environ[DATA_ROOT_ENV] = str(Path(args.data_root).expanduser())
+    if getattr(args, "download", False):
+        os.environ[DOWNLOAD_ENV] = "1"
+
+
+def _add_data_options(parser) -> None:
+    parser.add_argument("--data-root", default=None, metavar="DIR",
+                        help="folder holding the real datasets (cifar10, voc2007, ...; see `list`); "
+                             "default: $OOD_DATA_ROOT. Embedded datasets need none")
+    parser.add_argument("--download", action="store_true",
+                        help="let torchvision download missing real datasets into the data root (needs internet)")
+
+
 # --------------------------------------------------------------------------- train
 def cmd_train(args) -> int:
     from tqdm import tqdm
@@ -48,6 +68,7 @@ def cmd_train(args) -> int:
     out = Path(args.out)
     if out.suffix != ".pt":
         raise OODCoreError(f"--out must name a .pt file, got {out}")
+    _data_options(args)
     cfg = recommended_config(args.method, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              weight_decay=args.weight_decay, optimizer=args.optimizer, seed=args.seed,
                              device=args.device, geometry_every=args.track_geometry)
@@ -71,6 +92,8 @@ def cmd_train(args) -> int:
     finally:
         if bar is not None:
             bar.close()
+    if result.rank != 0:  # under torchrun only rank 0 writes the checkpoint and reports
+        return 0
     save_checkpoint(out, result.model, result.meta)
     report = result.meta["metrics"]
     quality = {k: v for k, v in report.items() if k.startswith("id_")}
@@ -87,6 +110,7 @@ def _checkpoint_and_benchmark(args):
     from .data import load_benchmark_from_spec
     from .runtime import select_device
 
+    _data_options(args)
     model, meta = load_checkpoint(args.checkpoint, device=select_device(args.device))
     return model, meta, load_benchmark_from_spec(meta.get("dataset"))
 
@@ -208,6 +232,7 @@ def cmd_project(args) -> int:
 def cmd_list(args) -> int:
     from .data import DATASET_DESCRIPTIONS, IMAGE_OOD_SETS, load_benchmark
     from .methods import METHODS
+    from .real_data import LAYOUTS, PRESETS
     from .scores import SCORES
 
     print("datasets:")
@@ -215,9 +240,17 @@ def cmd_list(args) -> int:
         print(f"  {name:16s} {desc}")
     print("OOD sets:")
     for name in DATASET_DESCRIPTIONS:
+        if name in PRESETS:  # real data: list the preset, load nothing
+            p = PRESETS[name]
+            print(f"  {name:16s} " + ", ".join(f"{s} ({g})" for g in ("near", "far") for s in p.get(g, []))
+                  + "  [? = used if present]")
+            continue
         b = load_benchmark(name)
         print(f"  {name:16s} " + ", ".join(f"{s} ({b.ood_groups[s]}, n={b.ood[s].shape[0]})" for s in b.ood))
     print(f"  generated families for any image dataset: {', '.join(IMAGE_OOD_SETS)}")
+    print("real-data layouts under --data-root / $OOD_DATA_ROOT (--download fetches them):")
+    for name, layout in LAYOUTS.items():
+        print(f"  {name:16s} {layout}")
     print("methods:")
     for name, m in METHODS.items():
         params = ", ".join(f"{k}={v}" for k, v in m.loss_params.items())
@@ -247,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model and save a checkpoint",
                        description="Train METHOD on DATASET and save weights + metadata + OOD report to --out.")
     t.add_argument("--method", default="ce", help="training method (see `list`); default: ce")
-    t.add_argument("--dataset", default="digits", help="embedded dataset (see `list`); default: digits")
+    t.add_argument("--dataset", default="digits",
+                   help="embedded dataset or real-data preset such as cifar10 (see `list`); default: digits")
     t.add_argument("--known", default=None, help="known classes, comma-separated, e.g. 1,3,5,7,9; default 0-5")
     t.add_argument("--epochs", type=int, default=None, help="default: 30, or the method's own (see `list`)")
     t.add_argument("--batch-size", type=int, default=None, help="default: 64, or the method's own")
@@ -265,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "history (shown by the app); default: 0 = off")
     t.add_argument("--out", required=True, help="checkpoint file to write (.pt); written atomically")
     t.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    _add_data_options(t)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="score ID and OOD sets with a checkpoint",
@@ -281,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--scores", metavar="SCORES.npz", help="write per-sample scores keyed 'id/SCORE', 'SET/SCORE'")
     e.add_argument("--batch-size", type=int, default=512, help="default: 512")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    _add_data_options(e)
     e.set_defaults(func=cmd_evaluate)
 
     g = sub.add_parser("geometry", help="neural collapse, subspaces, feature norms and Jacobian norms of a checkpoint",
@@ -294,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--probe-size", type=int, default=256, help="samples per set for Jacobian norms; default: 256")
     g.add_argument("--json", metavar="GEOMETRY.json", help="write the whole summary as JSON")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    _add_data_options(g)
     g.set_defaults(func=cmd_geometry)
 
     pr = sub.add_parser("project", help="2-D PCA/UMAP map of a checkpoint's ID and OOD features",
@@ -310,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--cache-dir", default=None, help="default: $OOD_CACHE_DIR or ~/.cache/ood-lab")
     pr.add_argument("--no-cache", action="store_true", help="neither read nor write the disk cache")
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    _add_data_options(pr)
     pr.set_defaults(func=cmd_project)
 
     ls = sub.add_parser("list", help="list datasets, OOD sets, methods and scores")

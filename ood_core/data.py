@@ -316,7 +316,11 @@ DATASET_DESCRIPTIONS = {
 
 
 def load_benchmark(name: str, known=None, split_seed: int = 0, ood_seed: int = 0) -> Benchmark:
-    """Load an embedded benchmark by name (see ``DATASETS``)."""
+    """Load a benchmark by name (see ``DATASETS``), or ``imagefolder:PATH`` (see ``ood_core.real_data``)."""
+    if name.startswith("imagefolder:"):
+        from .real_data import build_image_folder
+
+        return build_image_folder(name, known=known, split_seed=split_seed, ood_seed=ood_seed)
     if name not in DATASETS:
         raise unknown("dataset", name, DATASETS)
     return DATASETS[name](known=known, split_seed=split_seed, ood_seed=ood_seed)

@@ -3,6 +3,10 @@
 Seeded and reproducible (same seed, same device -> same weights), device chosen
 automatically (cuda > mps > cpu) unless given, a progress callback after every batch, and
 a clean stop with :class:`TrainingDiverged` the moment the loss is NaN or infinite.
+
+Under ``torchrun --nproc_per_node N`` (``WORLD_SIZE`` > 1) the same loop trains with
+DistributedDataParallel, each rank taking its share of every global batch; see
+:mod:`ood_core.distributed` for how that matches single-process training.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from . import distributed as ddp
 from .data import Benchmark, load_benchmark, training_outliers
 from .errors import OODCoreError, TrainingDiverged
 from .evaluate import evaluate, extract_outputs, id_quality
@@ -87,6 +92,7 @@ class TrainResult:
     model: OODModel
     meta: dict  # ready for save_checkpoint
     history: list[dict]
+    rank: int = 0  # under torchrun: only rank 0 holds metrics and should write the checkpoint
 
 
 def _optimizer(cfg: TrainConfig, params):
@@ -132,6 +138,12 @@ def train(method: str = "ce", dataset: str | Benchmark = "digits", config: Train
     e.g. to record a snapshot of the model's decisions. It must leave the model as it found
     it (parameters, buffers, train/eval mode) and draw nothing from torch's global random
     generator; then the trained weights are the same with or without it.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every rank calls this; training is data-parallel
+    (:mod:`ood_core.distributed`), while validation, ``progress``, ``epoch_end`` and
+    ``evaluate_after`` run on rank 0 only. Every rank returns the trained (unwrapped) model;
+    ``result.rank`` says which one should save it. The process group is destroyed on return
+    if this call created it.
     """
     cfg = config or TrainConfig()
     cfg.validate()
@@ -140,6 +152,17 @@ def train(method: str = "ce", dataset: str | Benchmark = "digits", config: Train
     if bench.task != m.task:
         raise OODCoreError(f"method {method!r} is for {m.task} data but dataset {bench.name!r} is {bench.task}")
     device = select_device(cfg.device)
+    dctx = ddp.DistContext()
+    if ddp.env_world_size() > 1:
+        dctx, device = ddp.distributed_context(device)
+    try:
+        return _train(m, bench, cfg, device, dctx, progress, model_params, loss_params, evaluate_after, epoch_end)
+    finally:
+        ddp.shutdown(dctx)
+
+
+def _train(m, bench: Benchmark, cfg: TrainConfig, device: torch.device, dctx: ddp.DistContext, progress,
+           model_params, loss_params, evaluate_after, epoch_end) -> TrainResult:
     gen = seed_everything(cfg.seed)
 
     spec = dict(arch=default_arch(bench.input_shape), num_classes=bench.num_classes,
@@ -147,6 +170,12 @@ def train(method: str = "ce", dataset: str | Benchmark = "digits", config: Train
     spec.update(m.model_params)
     spec.update(model_params or {})
     model = build_model(**spec).to(device)
+    net = model  # what the forward pass calls: the model, or its DDP wrapper
+    if dctx.enabled:  # before the optimiser is built: the conversion makes new BatchNorm parameters
+        ddp.check_batches(bench.train.x.shape[0], cfg.batch_size, dctx)
+        model = ddp.convert_batchnorm(model, device)
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     unknown_params = set(loss_params or {}) - set(m.loss_params)
     if unknown_params:
         raise OODCoreError(f"method {m.name!r} has no loss parameter {sorted(unknown_params)}; "
@@ -161,9 +190,11 @@ def train(method: str = "ce", dataset: str | Benchmark = "digits", config: Train
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
 
     x_train, y_train = bench.train.x, bench.train.y
-    probe = _geometry_probe(bench, cfg) if cfg.geometry_every else None
+    probe = _geometry_probe(bench, cfg) if cfg.geometry_every and dctx.is_main else None
     n = x_train.shape[0]
     steps = math.ceil(n / cfg.batch_size)
+    if not dctx.is_main:
+        progress = epoch_end = None
     history: list[dict] = []
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -171,23 +202,32 @@ def train(method: str = "ce", dataset: str | Benchmark = "digits", config: Train
         total, count = 0.0, 0
         for step in range(1, steps + 1):
             idx = order[(step - 1) * cfg.batch_size: step * cfg.batch_size]
-            xb, yb = x_train[idx].to(device), y_train[idx].to(device)
+            local = ddp.rank_slice(idx, dctx)  # the whole batch unless distributed
+            xb, yb = x_train[local].to(device), y_train[local].to(device)
             ob = None
             if outliers is not None:
                 ob = outliers[torch.randint(outliers.shape[0], (out_batch,), generator=gen)].to(device)
-            loss = loss_fn(model(xb), yb, LossContext(xb, model, epoch, cfg.epochs, ob))
+            loss = loss_fn(net(xb), yb, LossContext(xb, model, epoch, cfg.epochs, ob))
             loss_value = loss.item()  # one device sync per step serves the check, the log and the callback
+            if dctx.enabled:
+                # the global mean loss on every rank (so a NaN anywhere stops all ranks at this step);
+                # DDP averages gradients over ranks, so weight this rank's mean by its share of the batch
+                share = local.numel() * dctx.world_size / idx.numel()
+                loss_value = ddp.all_reduce_sum([loss_value * local.numel()], device)[0] / idx.numel()
+                loss = loss * share
             if not math.isfinite(loss_value):
                 raise TrainingDiverged(
                     f"training loss became {loss_value} at epoch {epoch}, step {step}; nothing was saved. "
                     f"Lower the learning rate (now {cfg.lr:g}) or check the data for NaN/Inf")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if dctx.enabled:
+                ddp.average_grads(loss_fn.parameters(), dctx)
             opt.step()
             total += loss_value * idx.numel()
             count += idx.numel()
             val = None
-            if step == steps:
+            if step == steps and dctx.is_main:
                 val = id_quality(bench.task, extract_outputs(model, bench.val.x), bench.val.y)
                 history.append({"epoch": epoch, "train_loss": total / count,
                                 "lr": opt.param_groups[0]["lr"], **{f"val_{k}": v for k, v in val.items()}})
@@ -198,18 +238,23 @@ def train(method: str = "ce", dataset: str | Benchmark = "digits", config: Train
         sched.step()
         if epoch_end is not None:
             epoch_end(epoch, model)
+        ddp.barrier(dctx)  # the other ranks wait while rank 0 validates
 
+    if dctx.enabled:  # plain BatchNorm again: the saved and returned model is the unwrapped one
+        trained = model
+        model = build_model(**spec).to(device)
+        model.load_state_dict(trained.state_dict())
     model.eval()
     meta = {
         "method": m.name,
         "dataset": bench.spec(),
         "model": model.spec,
-        "train_config": {**dataclasses.asdict(cfg), "device_used": str(device)},
+        "train_config": {**dataclasses.asdict(cfg), "device_used": str(device), "world_size": dctx.world_size},
         "loss_params": used_loss_params,
         "history": history,
         "versions": library_versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    if evaluate_after:
+    if evaluate_after and dctx.is_main:
         meta["metrics"] = evaluate(model, bench, score_names=applicable_scores(m, bench)).report
-    return TrainResult(model, meta, history)
+    return TrainResult(model, meta, history, dctx.rank)

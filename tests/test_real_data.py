@@ -1,0 +1,306 @@
+"""Real-data loaders and presets, on tiny fake datasets written in the real on-disk formats.
+
+No real dataset is read here (no internet): CIFAR pickles, SVHN .mat, MNIST idx files, DTD /
+Places365 / TinyImageNet JPEG folders and VOC XML annotations are written into tmp dirs.
+"""
+import json
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ood_core import data as D
+from ood_core import real_data as R
+from ood_core.cli import main
+from ood_core.errors import DataError
+
+N_TRAIN, N_TEST = 20, 6  # per CIFAR train batch / test batch
+
+
+def _pixels(n, c, h, w, seed):
+    return np.random.default_rng(seed).integers(0, 256, (n, c, h, w), dtype=np.uint8)
+
+
+def write_cifar(root, hundred=False):
+    if hundred:
+        folder, key, n_cls = root / "cifar-100-python", "fine_labels", 100
+        parts = {"train": 5 * N_TRAIN, "test": N_TEST}
+        meta = ("meta", {"fine_label_names": [f"c{i}" for i in range(100)], "coarse_label_names": ["x"] * 20})
+    else:
+        folder, key, n_cls = root / "cifar-10-batches-py", "labels", 10
+        parts = {**{f"data_batch_{i}": N_TRAIN for i in range(1, 6)}, "test_batch": N_TEST}
+        meta = ("batches.meta", {"label_names": [f"class{i}" for i in range(10)], "num_vis": 3072})
+    folder.mkdir(parents=True)
+    for i, (name, n) in enumerate(parts.items()):
+        x = _pixels(n, 3, 32, 32, seed=[hundred, i])
+        y = [(j + i) % n_cls for j in range(n)]
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": x.reshape(n, -1), key: y, "filenames": [f"{j}.png" for j in range(n)]}, f)
+    with open(folder / meta[0], "wb") as f:
+        pickle.dump(meta[1], f)
+
+
+def write_svhn(root):
+    from scipy.io import savemat
+
+    (root / "svhn").mkdir(parents=True)
+    for split, n in (("train", 20), ("test", 12)):
+        x = _pixels(n, 3, 32, 32, seed=5).transpose(2, 3, 1, 0)  # -> (32, 32, 3, N) as in the real file
+        y = (np.arange(n) % 10 + 1).reshape(-1, 1)  # 1..10, 10 = digit 0
+        savemat(root / "svhn" / f"{split}_32x32.mat", {"X": x, "y": y})
+
+
+def _idx(path, arr):
+    arr = np.asarray(arr, dtype=np.uint8)
+    magic = 0x0800 | arr.ndim  # unsigned byte, ndim
+    with open(path, "wb") as f:
+        f.write(struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in arr.shape) + arr.tobytes())
+
+
+def write_mnist(root, name="MNIST"):
+    raw = root / name / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", 20), ("t10k", 12)):
+        _idx(raw / f"{prefix}-images-idx3-ubyte", _pixels(n, 1, 28, 28, seed=7)[:, 0])
+        _idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+
+
+def _jpegs(folder, n, size=(40, 30), seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(folder / f"img_{i:04d}.jpg")
+
+
+def write_dtd(root):
+    for k, cls in enumerate(("banded", "dotted")):
+        _jpegs(root / "dtd" / "dtd" / "images" / cls, 5, seed=k)
+    labels = root / "dtd" / "dtd" / "labels"
+    labels.mkdir()
+    (labels / "test1.txt").write_text("".join(f"banded/img_{i:04d}.jpg\n" for i in range(5)))
+
+
+def write_places(root):
+    _jpegs(root / "val_256", 8, size=(64, 64), seed=3)
+    (root / "places365_val.txt").write_text("".join(f"img_{i:04d}.jpg 0\n" for i in range(8)))
+
+
+VOC_OBJECTS = [["dog"], ["person", "car"], ["cat", "cat"], ["tvmonitor"], ["person"], ["bird", "aeroplane"]]
+
+
+def write_voc(root, year="2007"):
+    base = root / "VOCdevkit" / f"VOC{year}"
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (base / sub).mkdir(parents=True)
+    ids = [f"{i:06d}" for i in range(12)]
+    rng = np.random.default_rng(9)
+    for i, img_id in enumerate(ids):
+        Image.fromarray(rng.integers(0, 256, (50, 80, 3), dtype=np.uint8)).save(base / "JPEGImages" / f"{img_id}.jpg")
+        objs = "".join(f"<object><name>{o}</name><difficult>0</difficult><bndbox><xmin>1</xmin><ymin>1</ymin>"
+                       f"<xmax>20</xmax><ymax>20</ymax></bndbox></object>" for o in VOC_OBJECTS[i % len(VOC_OBJECTS)])
+        (base / "Annotations" / f"{img_id}.xml").write_text(
+            f"<annotation><folder>VOC{year}</folder><filename>{img_id}.jpg</filename>"
+            f"<size><width>80</width><height>50</height><depth>3</depth></size>{objs}</annotation>")
+    train, test = ids[:8], ids[8:]
+    sets = {"trainval": train, "test": test} if year == "2007" else {"train": train, "val": test}
+    for name, members in sets.items():
+        (base / "ImageSets" / "Main" / f"{name}.txt").write_text("\n".join(members) + "\n")
+
+
+@pytest.fixture()
+def root(tmp_path, monkeypatch):
+    r = tmp_path / "data"
+    r.mkdir()
+    write_cifar(r)
+    write_cifar(r, hundred=True)
+    write_svhn(r)
+    write_mnist(r)
+    write_mnist(r, "FashionMNIST")
+    write_dtd(r)
+    write_places(r)
+    write_voc(r)
+    monkeypatch.setenv(R.DATA_ROOT_ENV, str(r))
+    monkeypatch.delenv(R.DOWNLOAD_ENV, raising=False)
+    return r
+
+
+# --------------------------------------------------------------------------- loaders
+def test_cifar_pickles(root):
+    x, y, names = R.load_cifar("cifar10", train=True)
+    assert x.shape == (5 * N_TRAIN, 3, 32, 32) and x.dtype == torch.uint8 and names[3] == "class3"
+    assert torch.equal(x[:N_TRAIN], torch.from_numpy(_pixels(N_TRAIN, 3, 32, 32, seed=[False, 0])))
+    assert y[:3].tolist() == [0, 1, 2] and y[N_TRAIN:N_TRAIN + 2].tolist() == [1, 2]
+    x, y, names = R.load_cifar("cifar100", train=False)
+    assert x.shape == (N_TEST, 3, 32, 32) and len(names) == 100 and y.tolist() == [1, 2, 3, 4, 5, 6]
+
+
+def test_svhn_mat(root):
+    x, y, _ = R.load_svhn(train=True)
+    assert x.shape == (20, 3, 32, 32)
+    assert torch.equal(x, torch.from_numpy(_pixels(20, 3, 32, 32, seed=5)))
+    assert y[:10].tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9, 0]  # label 10 is digit 0
+
+
+@pytest.mark.parametrize("name,folder", [("mnist", "MNIST"), ("fashionmnist", "FashionMNIST")])
+def test_mnist_idx(root, name, folder):
+    x, y, names = R.load_mnist(name, train=False)
+    assert x.shape == (12, 1, 28, 28) and x.dtype == torch.uint8 and len(names) == 10
+    assert torch.equal(x, torch.from_numpy(_pixels(12, 1, 28, 28, seed=7)))
+    assert y.tolist() == [i % 10 for i in range(12)]
+
+
+def test_image_sets_and_subset(root, monkeypatch):
+    dtd = R.load_image_set("dtd", (32, 32))
+    assert dtd.shape == (10, 3, 32, 32) and dtd.dtype == torch.uint8
+    places = R.load_image_set("places365", (28, 28), channels=1)
+    assert places.shape == (8, 1, 28, 28)
+    monkeypatch.setenv("OOD_SET_SIZE", "4")
+    a, b = R.load_image_set("dtd", (32, 32), seed=1), R.load_image_set("dtd", (32, 32), seed=1)
+    assert a.shape[0] == 4 and torch.equal(a, b)
+
+
+def test_image_folder(root):
+    x, y, classes = R.load_image_folder(root / "dtd" / "dtd" / "images", (16, 16))
+    assert x.shape == (10, 3, 16, 16) and classes == ["banded", "dotted"] and y.tolist() == [0] * 5 + [1] * 5
+
+
+def test_imagefolder_benchmark(tmp_path, monkeypatch):
+    monkeypatch.delenv(R.DATA_ROOT_ENV, raising=False)  # a path in the name: no data root needed
+    for k in range(2):
+        _jpegs(tmp_path / "imgs" / f"class{k}", 10, seed=k)
+    bench = D.load_benchmark(f"imagefolder:{tmp_path / 'imgs'}")
+    assert bench.input_shape == (3, 32, 32) and bench.class_names == ["class0", "class1"]
+    assert (len(bench.train), len(bench.val), len(bench.test)) == (12, 4, 4)
+    assert set(bench.ood_groups.values()) == {"far"}
+    again = D.load_benchmark_from_spec(bench.spec())
+    assert torch.equal(again.test.x, bench.test.x)
+
+
+def test_voc_multi_hot_from_xml(root):
+    x, y, names = R.load_voc("2007", "trainval")
+    assert x.shape == (8, 3, R.VOC_SIZE, R.VOC_SIZE) and y.shape == (8, 20) and y.dtype == torch.float32
+    col = {c: i for i, c in enumerate(names)}
+    for i in range(8):
+        expected = torch.zeros(20)
+        for o in VOC_OBJECTS[i % len(VOC_OBJECTS)]:
+            expected[col[o]] = 1.0
+        assert torch.equal(y[i], expected)
+    assert y[2].sum() == 1  # two cats: one label
+
+
+# --------------------------------------------------------------------------- presets
+def test_cifar10_preset_builds_benchmark(root, caplog):
+    bench = D.load_benchmark("cifar10", split_seed=1)
+    assert bench.input_shape == (3, 32, 32) and bench.task == "multiclass" and bench.num_classes == 10
+    assert len(bench.train) + len(bench.val) == 5 * N_TRAIN and len(bench.val) == 10 and len(bench.test) == N_TEST
+    assert float(bench.train.x.max()) <= 1.0 and bench.train.x.dtype == torch.float32
+    assert bench.ood_groups == {"cifar100": "near", "mnist": "far", "svhn": "far", "dtd": "far", "places365": "far"}
+    for name, x in bench.ood.items():
+        assert x.shape[1:] == (3, 32, 32) and float(x.min()) >= 0 and float(x.max()) <= 1, name
+    assert "tinyimagenet" in caplog.text  # optional set: skipped with a note
+    # rebuilt from checkpoint metadata (no root in the spec: it comes from the environment)
+    again = D.load_benchmark_from_spec(bench.spec())
+    assert torch.equal(again.train.x, bench.train.x) and torch.equal(again.ood["dtd"], bench.ood["dtd"])
+
+
+def test_optional_set_used_when_present(root):
+    _jpegs(root / "tiny-imagenet-200" / "val" / "images", 6, size=(64, 64))
+    bench = D.load_benchmark("cifar100")
+    assert bench.ood_groups["tinyimagenet"] == "near" and bench.ood["tinyimagenet"].shape == (6, 3, 32, 32)
+
+
+def test_voc_and_mnist_presets(root):
+    voc = D.load_benchmark("voc2007")
+    assert voc.task == "multilabel" and voc.num_classes == 20 and voc.input_shape == (3, 64, 64)
+    assert voc.test.y.shape == (4, 20) and voc.ood_groups == {"dtd": "far"} and voc.ood["dtd"].shape[1:] == (3, 64, 64)
+    mn = D.load_benchmark("mnist")
+    assert mn.input_shape == (1, 28, 28) and mn.ood_groups["fashionmnist"] == "near"
+    assert mn.ood["cifar10"].shape == (N_TEST, 1, 28, 28)  # RGB -> grey, 32 -> 28
+
+
+def test_known_must_be_all_classes(root):
+    with pytest.raises(DataError, match="drop --known"):
+        D.load_benchmark("svhn", known=(0, 1, 2))
+
+
+# --------------------------------------------------------------------------- missing data
+def test_missing_root_says_how_to_set_it(monkeypatch):
+    monkeypatch.delenv(R.DATA_ROOT_ENV, raising=False)
+    with pytest.raises(DataError, match=r"--data-root DIR or set \$OOD_DATA_ROOT"):
+        D.load_benchmark("cifar10")
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "svhn", "mnist", "voc2007", "voc2012"])
+def test_missing_files_one_clear_error(tmp_path, monkeypatch, name):
+    monkeypatch.setenv(R.DATA_ROOT_ENV, str(tmp_path))
+    monkeypatch.delenv(R.DOWNLOAD_ENV, raising=False)
+    with pytest.raises(DataError) as err:
+        D.load_benchmark(name)
+    msg = str(err.value)
+    assert R.LAYOUTS[name] in msg and "--download" in msg and str(tmp_path) in msg
+
+
+def test_missing_required_ood_set(root):
+    import shutil
+
+    shutil.rmtree(root / "val_256")
+    with pytest.raises(DataError, match="places365 not found.*val_256.*--download"):
+        D.load_benchmark("svhn")
+
+
+def test_embedded_datasets_need_no_root(monkeypatch):
+    monkeypatch.delenv(R.DATA_ROOT_ENV, raising=False)
+    assert D.load_benchmark("digits").input_shape == (1, 8, 8)
+
+
+# --------------------------------------------------------------------------- CLI end to end
+def test_cli_train_and_evaluate_on_fake_cifar10(root, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(R.DATA_ROOT_ENV)  # the CLI flag must be enough
+    ckpt, report_path = tmp_path / "c10.pt", tmp_path / "r.json"
+    assert main(["train", "--dataset", "cifar10", "--data-root", str(root), "--epochs", "1", "--arch", "smallcnn",
+                 "--out", str(ckpt), "--quiet"]) == 0
+    monkeypatch.delenv(R.DATA_ROOT_ENV)
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--data-root", str(root), "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["dataset"] == "cifar10"
+    assert set(report["ood"]) == {"cifar100", "mnist", "svhn", "dtd", "places365"}
+    assert report["groups"]["cifar100"] == "near" and report["groups"]["dtd"] == "far"
+    assert set(report["group_means"]) == {"near", "far"}
+    for per_score in report["ood"].values():
+        for m in per_score.values():
+            assert 0.0 <= m["auroc"] <= 1.0
+    assert "mean (far)" in capsys.readouterr().out
+
+
+def test_cli_missing_data_is_one_line(tmp_path, capsys):
+    rc = main(["train", "--dataset", "cifar10", "--data-root", str(tmp_path), "--epochs", "1",
+               "--out", str(tmp_path / "x.pt"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "cifar-10-batches-py" in err and "--download" in err
+
+
+def test_cli_list_shows_presets(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "voc2007" in out and "tinyimagenet?" in out and "cifar-100-python" in out
+
+
+def test_crafted_cifar_pickle_is_refused_without_running_code(root, tmp_path):
+    """CIFAR batches are pickles; one that references any callable other than numpy's array
+    rebuilders is refused before it can run (the payload would create a file)."""
+    import os
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with open(root / "cifar-10-batches-py" / "test_batch", "wb") as f:
+        pickle.dump({"data": Payload(), "labels": []}, f)
+    with pytest.raises(DataError, match="refused"):
+        R.load_cifar("cifar10", train=False, root=root)
+    assert not marker.exists()

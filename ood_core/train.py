@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import gc
 import math
+import traceback
 from typing import Callable, NamedTuple
 
 import torch
@@ -157,6 +159,13 @@ def train(method: str = "ce", dataset: str | Benchmark = "digits", config: Train
         dctx, device = ddp.distributed_context(device)
     try:
         return _train(m, bench, cfg, device, dctx, progress, model_params, loss_params, evaluate_after, epoch_end)
+    except BaseException as e:
+        if dctx.enabled:
+            # The traceback's frames still hold the DDP-wrapped model; destroying the process group
+            # under it made a rank abort at exit now and then. Release it first.
+            traceback.clear_frames(e.__traceback__)
+            gc.collect()
+        raise
     finally:
         ddp.shutdown(dctx)
 

@@ -71,7 +71,8 @@ def cmd_train(args) -> int:
     _data_options(args)
     cfg = recommended_config(args.method, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              weight_decay=args.weight_decay, optimizer=args.optimizer, seed=args.seed,
-                             device=args.device, geometry_every=args.track_geometry)
+                             device=args.device, geometry_every=args.track_geometry, amp=args.amp,
+                             channels_last=args.channels_last or None)
     model_params = {k: v for k, v in (("arch", args.arch), ("feature_dim", args.feature_dim)) if v is not None}
     loss_params = _key_values(args.param)
     bar = None
@@ -294,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--feature-dim", type=int, default=None, help="feature dimension (smallcnn/mlp)")
     t.add_argument("--param", action="append", metavar="KEY=VALUE",
                    help="override a loss parameter of the method (see `list`), e.g. --param T=32; repeatable")
+    t.add_argument("--amp", choices=("off", "bf16", "fp16"), default=None,
+                   help="mixed precision: bf16 (CPU or CUDA) or fp16 (CUDA); default: off")
+    t.add_argument("--channels-last", action="store_true", help="NHWC memory layout for image models (GPU)")
     t.add_argument("--track-geometry", type=int, default=0, metavar="N",
                    help="record NC metrics and the JND on a small probe every N epochs into the checkpoint's "
                         "history (shown by the app); default: 0 = off")

@@ -29,6 +29,9 @@ from .models import OODModel, build_model, default_arch
 from .runtime import library_versions, seed_everything, select_device
 
 
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Optimiser settings. Defaults suit the embedded benchmark on a CPU."""
@@ -44,6 +47,13 @@ class TrainConfig:
     # probe every this many epochs (and after the last one) into the history; 0 = off.
     geometry_every: int = 0
     probe_size: int = 128
+    # GPU input path. Off by default, so the default run (and its weights) stays as it was.
+    # amp: mixed precision for the forward pass and the loss, "off", "bf16" (CPU or CUDA) or
+    # "fp16" (CUDA only, with a gradient scaler against underflow). channels_last: NHWC memory
+    # layout for image models, which tensor cores prefer. On CUDA each batch is also copied from
+    # pinned memory with non_blocking=True, so the copy overlaps the previous step.
+    amp: str = "off"
+    channels_last: bool = False
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -60,6 +70,8 @@ class TrainConfig:
             raise OODCoreError(f"geometry_every must be >= 0 (0 = off), got {self.geometry_every}")
         if self.probe_size < 2:
             raise OODCoreError(f"probe_size must be >= 2, got {self.probe_size}")
+        if self.amp not in AMP_DTYPES:
+            raise OODCoreError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {self.amp!r}")
 
 
 def recommended_config(method: str, **overrides) -> TrainConfig:
@@ -179,6 +191,15 @@ def _train(m, bench: Benchmark, cfg: TrainConfig, device: torch.device, dctx: dd
     spec.update(m.model_params)
     spec.update(model_params or {})
     model = build_model(**spec).to(device)
+    amp_dtype = AMP_DTYPES[cfg.amp]
+    if cfg.amp == "fp16" and device.type != "cuda":
+        raise OODCoreError(f"amp='fp16' needs a CUDA device (float16 with a gradient scaler); on {device.type} "
+                           "use amp='bf16' or 'off'")
+    images = bench.train.x.dim() == 4
+    if cfg.channels_last and images:
+        model = model.to(memory_format=torch.channels_last)
+    layout = torch.channels_last if cfg.channels_last and images else torch.contiguous_format
+    pinned = device.type == "cuda"
     net = model  # what the forward pass calls: the model, or its DDP wrapper
     if dctx.enabled:  # before the optimiser is built: the conversion makes new BatchNorm parameters
         ddp.check_batches(bench.train.x.shape[0], cfg.batch_size, dctx)
@@ -197,6 +218,7 @@ def _train(m, bench: Benchmark, cfg: TrainConfig, device: torch.device, dctx: dd
         out_batch = max(1, round(cfg.batch_size * m.outlier_ratio))
     opt = _optimizer(cfg, list(model.parameters()) + list(loss_fn.parameters()))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")  # a no-op unless fp16
 
     x_train, y_train = bench.train.x, bench.train.y
     probe = _geometry_probe(bench, cfg) if cfg.geometry_every and dctx.is_main else None
@@ -212,11 +234,16 @@ def _train(m, bench: Benchmark, cfg: TrainConfig, device: torch.device, dctx: dd
         for step in range(1, steps + 1):
             idx = order[(step - 1) * cfg.batch_size: step * cfg.batch_size]
             local = ddp.rank_slice(idx, dctx)  # the whole batch unless distributed
-            xb, yb = x_train[local].to(device), y_train[local].to(device)
+            xb, yb = x_train[local], y_train[local]
+            if pinned:  # indexing makes a new pageable tensor: pin it so the copy can be asynchronous
+                xb, yb = xb.pin_memory(), yb.pin_memory()
+            xb = xb.to(device, non_blocking=pinned, memory_format=layout)
+            yb = yb.to(device, non_blocking=pinned)
             ob = None
             if outliers is not None:
                 ob = outliers[torch.randint(outliers.shape[0], (out_batch,), generator=gen)].to(device)
-            loss = loss_fn(net(xb), yb, LossContext(xb, model, epoch, cfg.epochs, ob))
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = loss_fn(net(xb), yb, LossContext(xb, model, epoch, cfg.epochs, ob))
             loss_value = loss.item()  # one device sync per step serves the check, the log and the callback
             if dctx.enabled:
                 # the global mean loss on every rank (so a NaN anywhere stops all ranks at this step);
@@ -229,10 +256,11 @@ def _train(m, bench: Benchmark, cfg: TrainConfig, device: torch.device, dctx: dd
                     f"training loss became {loss_value} at epoch {epoch}, step {step}; nothing was saved. "
                     f"Lower the learning rate (now {cfg.lr:g}) or check the data for NaN/Inf")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if dctx.enabled:
                 ddp.average_grads(loss_fn.parameters(), dctx)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             total += loss_value * idx.numel()
             count += idx.numel()
             val = None

@@ -79,7 +79,7 @@ with st.sidebar.expander("Add your own OOD set", expanded=bool(st.session_state.
     upload, chosen = st.session_state.get(sup.USER_OOD_KEY), st.session_state.get("checkpoint")
     if upload and chosen:
         try:
-            name, x = sup.user_ood_cached(upload, tuple(sup.benchmark_cached(chosen, sup.file_mtime(chosen)).input_shape))
+            (name, x), = sup.user_ood_set(chosen, sup.file_mtime(chosen), upload).items()
             st.success(f"OOD set `{name}`: {x.shape[0]} samples, shown on every page (group `user`).")
         except OODCoreError as e:
             st.error(f"Your OOD set does not fit `{Path(chosen).name}`: {e}")

@@ -35,9 +35,8 @@ if len(chosen) < 2:
 user_ood = sup.user_ood()
 first = sup.or_stop(sup.evaluation_cached, chosen[0], sup.file_mtime(chosen[0]), user_ood)
 ood_options = sup.ood_set_names(first["report"])
-common_scores = [s for s in sup.score_names(first["scores"])
-                 if all(f"id/{s}" in sup.or_stop(sup.evaluation_cached, p, sup.file_mtime(p), user_ood)["scores"]
-                        for p in chosen[1:])]
+others = [sup.or_stop(sup.evaluation_cached, p, sup.file_mtime(p), user_ood)["scores"] for p in chosen[1:]]
+common_scores = [s for s in sup.score_names(first["scores"]) if all(f"id/{s}" in o for o in others)]
 for key, opts in (("compare_set", ood_options), ("compare_score", common_scores)):
     if st.session_state.get(key) not in opts:
         st.session_state.pop(key, None)

@@ -27,6 +27,7 @@ a fixed file is picked up on the next run.
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -237,7 +238,7 @@ def user_ood() -> str | None:
     if not upload or not path:
         return None
     try:
-        _user_sets(path, file_mtime(path), upload)
+        user_ood_set(path, file_mtime(path), upload)
     except OODCoreError:
         return None
     return upload
@@ -403,7 +404,7 @@ def user_ood_cached(upload: str, input_shape: tuple[int, ...]) -> tuple[str, tor
     return load_user_ood(upload, tuple(input_shape))
 
 
-def _user_sets(path: str, mtime: float, user_ood: str | None) -> dict[str, torch.Tensor]:
+def user_ood_set(path: str, mtime: float, user_ood: str | None) -> dict[str, torch.Tensor]:
     """``{name: tensor}`` of the user's OOD set for this checkpoint's input format ({} if none)."""
     if not user_ood:
         return {}
@@ -418,7 +419,7 @@ def outputs_cached(path: str, mtime: float, user_ood: str | None = None) -> dict
     given, extracted once per (checkpoint, version, upload); shared, treat as read-only."""
     model, _ = load_model_cached(path, mtime)
     return extract_benchmark_outputs(model, benchmark_cached(path, mtime),
-                                     extra_ood=_user_sets(path, mtime, user_ood))
+                                     extra_ood=user_ood_set(path, mtime, user_ood))
 
 
 def _scored_sets(outputs: dict) -> dict:
@@ -432,7 +433,7 @@ def evaluation_cached(path: str, mtime: float, user_ood: str | None = None) -> d
     with ``user_ood`` the user's set is scored too (group ``user``)."""
     model, meta = load_model_cached(path, mtime)
     return evaluate_model(model, meta, outputs=dict(outputs_cached(path, mtime, user_ood)),
-                          bench=benchmark_cached(path, mtime), extra_ood=_user_sets(path, mtime, user_ood))
+                          bench=benchmark_cached(path, mtime), extra_ood=user_ood_set(path, mtime, user_ood))
 
 
 @st.cache_data(max_entries=16, show_spinner="Measuring the representation's geometry…")
@@ -449,10 +450,17 @@ def projection_cached(path: str, mtime: float, method: str = "pca", fit_on: str 
     """:func:`ood_core.projection.project_benchmark` of the cached model (OOD sets: the
     benchmark's plus the user's), cached in memory and on disk
     (:func:`ood_core.projection.default_cache_dir`)."""
-    model, _ = load_model_cached(path, mtime)
+    return _projection_call(path, mtime, method, fit_on, normalize, seed, user_ood)()
+
+
+def _projection_call(path: str, mtime: float, method: str, fit_on: str, normalize: bool, seed: int,
+                     user_ood: str | None):
+    """:func:`ood_core.projection.project_benchmark` bound to the cached model, benchmark and
+    outputs (the user's set included) and the disk cache: call it here or in a worker thread."""
+    model, _ = load_model_cached(path, mtime)  # cached objects are fetched in the script thread
     bench = benchmark_cached(path, mtime)
-    return project_benchmark(model, bench, method=method, fit_on=fit_on, normalize=normalize, seed=seed,
-                             sets=[*bench.ood, *_user_sets(path, mtime, user_ood)],
+    return functools.partial(project_benchmark, model, bench, method=method, fit_on=fit_on, normalize=normalize,
+                             seed=seed, sets=[*bench.ood, *user_ood_set(path, mtime, user_ood)],
                              outputs=dict(outputs_cached(path, mtime, user_ood)), cache_dir=default_cache_dir())
 
 
@@ -482,12 +490,7 @@ def projection_in_background(path: str, mtime: float, method: str = "umap", fit_
     key = (path, mtime, method, fit_on, normalize, seed, user_ood)
     future = futures.get(key)
     if future is None or (future.done() and future.exception() is not None):
-        model, _ = load_model_cached(path, mtime)  # cached objects are fetched here, in the script thread
-        bench = benchmark_cached(path, mtime)
-        future = futures[key] = pool.submit(
-            project_benchmark, model, bench, method=method, fit_on=fit_on, normalize=normalize, seed=seed,
-            sets=[*bench.ood, *_user_sets(path, mtime, user_ood)], outputs=dict(outputs_cached(path, mtime, user_ood)),
-            cache_dir=default_cache_dir())
+        future = futures[key] = pool.submit(_projection_call(path, mtime, method, fit_on, normalize, seed, user_ood))
     return future
 
 
@@ -509,11 +512,8 @@ def jacobian_norm_set_cached(path: str, mtime: float, set_name: str, method: str
     test split, an OOD set, or the user's), as :func:`ood_core.geometry.jacobian_norms_by_set`
     computes it (same seed per set, so the numbers are the same)."""
     model, _ = load_model_cached(path, mtime)
-    bench = benchmark_cached(path, mtime)
-    inputs = {"id": bench.test.x, **bench.ood, **_user_sets(path, mtime, user_ood)}
-    if set_name not in inputs:
-        raise DataError(f"no set named {set_name!r}; this checkpoint has: {', '.join(inputs)}")
-    return jacobian_norm(model, inputs[set_name][:probe_size], method=method, n_proj=n_proj, seed=0)
+    x = set_inputs(benchmark_cached(path, mtime), set_name, user_ood_set(path, mtime, user_ood))
+    return jacobian_norm(model, x[:probe_size], method=method, n_proj=n_proj, seed=0)
 
 
 def jacobian_norms_cached(path: str, mtime: float, method: str = "estimate", n_proj: int = 16,
@@ -523,7 +523,7 @@ def jacobian_norms_cached(path: str, mtime: float, method: str = "estimate", n_p
     exact norms on many samples take seconds per set, so ``progress(done, total, set_name)``
     is called after each set (for a progress bar) and a page left midway keeps what it finished."""
     bench = benchmark_cached(path, mtime)
-    names = ["id", *bench.ood, *_user_sets(path, mtime, user_ood)]
+    names = ["id", *bench.ood, *user_ood_set(path, mtime, user_ood)]
     norms = {}
     for done, name in enumerate(names, start=1):
         norms[name] = jacobian_norm_set_cached(path, mtime, name, method, n_proj, probe_size, user_ood)
@@ -882,7 +882,7 @@ def attribution_figure(sample: np.ndarray, attributions: np.ndarray, score_name:
 @st.cache_data(max_entries=64)
 def sample_cached(path: str, mtime: float, set_name: str, index: int, user_ood: str | None = None) -> np.ndarray:
     """Input ``index`` of ``set_name`` (:func:`set_inputs`) as numpy; OODCoreError when out of range."""
-    x = set_inputs(benchmark_cached(path, mtime), set_name, _user_sets(path, mtime, user_ood))
+    x = set_inputs(benchmark_cached(path, mtime), set_name, user_ood_set(path, mtime, user_ood))
     if not 0 <= index < x.shape[0]:
         raise OODCoreError(f"sample #{index} is out of range: {set_name!r} has {x.shape[0]} samples")
     return x[index].numpy()

@@ -18,6 +18,7 @@ checkpoint, the app says how to train one and the pages show nothing else.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from ood_core import app_support as sup  # noqa: E402
 from ood_core.app_support import CHECKPOINT_ENV, TRAIN_COMMAND, checkpoint_dir, list_checkpoints  # noqa: E402
 from ood_core.data import IMAGE_SUFFIXES  # noqa: E402
 from ood_core.errors import OODCoreError  # noqa: E402
+from ood_core.real_data import DATA_ROOT_ENV  # noqa: E402
 
 st.set_page_config(page_title="OOD geometry lab", layout="wide")
 
@@ -61,6 +63,22 @@ else:
             f"```\n{TRAIN_COMMAND}\n```\n\nthen reload this page "
             f"(or set `{CHECKPOINT_ENV}` to a folder that holds checkpoints).")
 
+current = st.session_state.get("checkpoint")
+chosen_dataset = sup.checkpoint_dataset(current) if current else None
+with st.sidebar.expander("Real datasets", expanded=sup.needs_data_root(chosen_dataset) and not sup.data_root_setting()):
+    st.session_state.setdefault(sup.DATA_ROOT_KEY, os.environ.get(DATA_ROOT_ENV, ""))
+    st.text_input("Data root", key=sup.DATA_ROOT_KEY, placeholder="/path/to/datasets",
+                  help=f"Folder holding CIFAR, SVHN, MNIST, DTD, Places365, VOC... in torchvision's layout "
+                       f"(default: ${DATA_ROOT_ENV}). Only read; the app never downloads. Checkpoints trained on "
+                       "a real-data preset are evaluated on the files found here; `python -m ood_core list` "
+                       "prints the layouts.")
+    root = sup.data_root_setting()
+    if root:
+        st.markdown(sup.preset_status_markdown(root))
+    elif sup.needs_data_root(chosen_dataset):
+        st.warning(f"`{Path(current).name}` was trained on `{chosen_dataset}`: "
+                   "set the data root to evaluate it.")
+
 with st.sidebar.expander("Add your own OOD set", expanded=bool(st.session_state.get(sup.USER_OOD_KEY))):
     kind = st.radio("Upload", ["array file", "image folder"], key="user_ood_kind", horizontal=True,
                     help="An (N, H, W[, C]) or (N, C, H, W) .npy/.npz array (uint8, or floats in [0, 1] or "
@@ -79,7 +97,7 @@ with st.sidebar.expander("Add your own OOD set", expanded=bool(st.session_state.
     upload, chosen = st.session_state.get(sup.USER_OOD_KEY), st.session_state.get("checkpoint")
     if upload and chosen:
         try:
-            (name, x), = sup.user_ood_set(chosen, sup.file_mtime(chosen), upload).items()
+            (name, x), = sup.user_ood_set(chosen, sup.checkpoint_version(chosen), upload).items()
             st.success(f"OOD set `{name}`: {x.shape[0]} samples, shown on every page (group `user`).")
         except OODCoreError as e:
             st.error(f"Your OOD set does not fit `{Path(chosen).name}`: {e}")

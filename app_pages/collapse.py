@@ -24,8 +24,8 @@ with st.expander("What am I looking at?", expanded=sup.teaching_mode()):
                 "features into its orthogonal complement: look for OOD histograms of the outside share "
                 "to the right of the ID one.")
 
-path, mtime, model, meta = sup.require_checkpoint()
-geo = sup.or_stop(sup.geometry_cached, path, mtime, None)
+path, version, model, meta = sup.require_checkpoint()
+geo = sup.or_stop(sup.geometry_cached, path, version, None)
 
 if "nc" in geo:
     cols = st.columns(len(geo["nc"]))
@@ -55,7 +55,7 @@ choices = {"classifier span{w_c}": "weights"}
 if "nc" in geo:
     choices["top class-mean directions"] = "means"
 label = st.radio("Principal subspace", list(choices), key="subspace", horizontal=True)
-shares = sup.or_stop(sup.energy_shares_cached, path, mtime, choices[label], sup.user_ood())
+shares = sup.or_stop(sup.energy_shares_cached, path, version, choices[label], sup.user_ood())
 ood_names = [n for n in shares if n != "id"]
 chosen = st.multiselect("OOD sets", ood_names, default=ood_names[:3], key="subspace_sets")
 values = {"ID (test)": shares["id"], **{f"OOD: {n}": shares[n] for n in chosen}}

@@ -20,7 +20,7 @@ with st.expander("What am I looking at?", expanded=sup.teaching_mode()):
                 "hugs the top-left corner), and check whether the ranking of methods holds for near "
                 "and far OOD sets alike.")
 
-path, mtime, model, meta = sup.require_checkpoint()
+path, version, model, meta = sup.require_checkpoint()
 options = [str(p) for p in sup.list_checkpoints(Path(path).parent)]
 if any(p not in options for p in st.session_state.get("compare_models", [])):
     st.session_state.pop("compare_models", None)  # a file vanished or another folder is listed
@@ -33,9 +33,9 @@ if len(chosen) < 2:
     st.stop()
 
 user_ood = sup.user_ood()
-first = sup.or_stop(sup.evaluation_cached, chosen[0], sup.file_mtime(chosen[0]), user_ood)
+first = sup.or_stop(sup.evaluation_cached, chosen[0], sup.checkpoint_version(chosen[0]), user_ood)
 ood_options = sup.ood_set_names(first["report"])
-others = [sup.or_stop(sup.evaluation_cached, p, sup.file_mtime(p), user_ood)["scores"] for p in chosen[1:]]
+others = [sup.or_stop(sup.evaluation_cached, p, sup.checkpoint_version(p), user_ood)["scores"] for p in chosen[1:]]
 common_scores = [s for s in sup.score_names(first["scores"]) if all(f"id/{s}" in o for o in others)]
 for key, opts in (("compare_set", ood_options), ("compare_score", common_scores)):
     if st.session_state.get(key) not in opts:

@@ -32,9 +32,9 @@ with st.expander("What am I looking at?", expanded=sup.teaching_mode()):
                 "they look familiar. The percentile column says where the sample's score falls among the ID "
                 "test samples.")
 
-path, mtime, model, meta = sup.require_checkpoint()
+path, version, model, meta = sup.require_checkpoint()
 user_ood = sup.user_ood()
-result = sup.or_stop(sup.evaluation_cached, path, mtime, user_ood)
+result = sup.or_stop(sup.evaluation_cached, path, version, user_ood)
 scores = result["scores"]
 score_options, ood_options = sup.score_names(scores), sup.ood_set_names(result["report"])
 for key, opts in (("emb_sets", ood_options), ("emb_score", score_options), ("emb_pick_set", ["id", *ood_options])):
@@ -54,7 +54,7 @@ normalize = s2.checkbox("L2-normalise features first", key="emb_normalize",
                         help="Map z/||z|| instead of z: the geometry a cosine or l2norm head sees")
 
 if method == "umap":
-    fit = sup.or_stop(sup.projection_in_background, path, mtime, "umap", fit_on, normalize, 0, user_ood)
+    fit = sup.or_stop(sup.projection_in_background, path, version, "umap", fit_on, normalize, 0, user_ood)
     if not fit.done():
         st.info("Fitting UMAP in the background: the first fit in a new app process compiles numba code "
                 "(10-40 s); later fits take a few seconds and every map is cached on disk. Other pages "
@@ -64,16 +64,16 @@ if method == "umap":
     if fit.exception() is not None:
         st.error(f"UMAP failed: {fit.exception()}")
         st.stop()
-    proj = sup.or_stop(sup.projection_cached, path, mtime, "umap", fit_on, normalize, 0, user_ood)
+    proj = sup.or_stop(sup.projection_cached, path, version, "umap", fit_on, normalize, 0, user_ood)
 else:
-    proj = sup.or_stop(sup.projection_cached, path, mtime, "pca", fit_on, normalize, 0, user_ood)
+    proj = sup.or_stop(sup.projection_cached, path, version, "pca", fit_on, normalize, 0, user_ood)
 if proj.caveat:
     st.warning(proj.caveat)
 elif fit_on == "id":
     st.caption("Fitted on ID only: the OOD points are placed with the ID fit's map. For PCA this is still a "
                "linear projection (distances can shrink, never be invented).")
 
-labels = sup.test_labels_cached(path, mtime)
+labels = sup.test_labels_cached(path, version)
 class_names = meta["dataset"].get("class_names") or []
 fig = sup.embedding_figure(proj, scores, score, labels, class_names, sets)
 event = sup.show_figure(fig, "emb_map", f"{Path(path).stem}_{method}_map", on_select="rerun",
@@ -99,7 +99,7 @@ index = int(p2.number_input(f"Sample # (0 to {n_samples - 1})", min_value=0, max
                             key=f"emb_pick_index_{set_name}"))  # no value=: a map click sets it through the state
 
 left, right = st.columns([1, 3])
-sample = sup.or_stop(sup.sample_cached, path, mtime, set_name, index, user_ood)
+sample = sup.or_stop(sup.sample_cached, path, version, set_name, index, user_ood)
 where = "ID test" if set_name == "id" else f"OOD set {set_name}"
 if sample.ndim == 1:
     left.metric("Input point", "(" + ", ".join(f"{v:.3f}" for v in sample.tolist()) + ")")
@@ -124,7 +124,7 @@ baseline = a1.radio("IG baseline x0", ["zeros", "mean"], key="emb_baseline", hor
 n_steps = a2.select_slider("IG path points", sup.ATTRIBUTION_STEPS, value=128, key="emb_steps",
                            help="More points: smaller completeness error (ReLU networks converge slowly)")
 try:
-    attr = sup.attribution_cached(path, mtime, set_name, index, score, n_steps, baseline, user_ood)
+    attr = sup.attribution_cached(path, version, set_name, index, score, n_steps, baseline, user_ood)
 except OODCoreError as e:
     st.info(f"No attribution: {e}")
 else:

@@ -21,10 +21,10 @@ with st.expander("What am I looking at?", expanded=sup.teaching_mode()):
                 "keep the logits of far-away inputs from growing; compare `jointenergy` with `snojoe` and look "
                 "at how far the OOD histogram sits left of the ID one.")
 
-path, mtime, model, meta = sup.require_checkpoint()
+path, version, model, meta = sup.require_checkpoint()
 other = sup.compare_with(path, ("snojoe", "jointenergy"), key="energy_compare")
 user_ood = sup.user_ood()
-score_name, energies, terms = sup.or_stop(sup.energies_cached, path, mtime, user_ood)
+score_name, energies, terms = sup.or_stop(sup.energies_cached, path, version, user_ood)
 ood_names = [n for n in energies if n != "id"]
 ood_set = st.selectbox("OOD set", ood_names, key="energy_set")
 

@@ -17,9 +17,9 @@ with st.expander("What am I looking at?", expanded=sup.teaching_mode()):
                 "ones. Compare a CE model with an `l2norm` model: look for the OOD histogram moving left "
                 "of the ID one, and for a higher AUROC.")
 
-path, mtime, model, meta = sup.require_checkpoint()
+path, version, model, meta = sup.require_checkpoint()
 other = sup.compare_with(path, ("l2norm", "ce_"), key="feat_compare")
-left_norms = sup.or_stop(sup.feature_norms_cached, path, mtime, sup.user_ood())
+left_norms = sup.or_stop(sup.feature_norms_cached, path, version, sup.user_ood())
 ood_names = [n for n in left_norms if n != "id"]
 ood_set = st.selectbox("OOD set", ood_names, key="feat_set")
 

@@ -25,7 +25,7 @@ with st.expander("What am I looking at?", expanded=sup.teaching_mode()):
         "*Estimate* uses K random projections (one backward pass each, unbiased in ‖J‖²); *exact* "
         "computes the whole Jacobian (slower).")
 
-path, mtime, model, meta = sup.require_checkpoint()
+path, version, model, meta = sup.require_checkpoint(features=False)
 
 c1, c2, c3 = st.columns(3)
 method = c1.radio("Computation", ["estimate", "exact"], key="jac_method", horizontal=True)
@@ -33,7 +33,7 @@ n_proj = c2.select_slider("Projections K (estimate)", [4, 8, 16, 32, 64], value=
                           disabled=method == "exact")
 probe = c3.select_slider("Samples per set", [64, 128, 256, 512], value=256, key="jac_probe")
 bar = st.progress(0.0, text=f"Jacobian norms ({method})…")
-norms = sup.or_stop(sup.jacobian_norms_cached, path, mtime, method, n_proj, probe, sup.user_ood(),
+norms = sup.or_stop(sup.jacobian_norms_cached, path, version, method, n_proj, probe, sup.user_ood(),
                     lambda done, total, name: bar.progress(done / total, text=f"Jacobian norms ({method}): "
                                                                                f"{name} done, {done}/{total} sets"))
 bar.empty()
@@ -50,7 +50,7 @@ table = pd.DataFrame({"set": ["ID (test)"] + ood_names,
 sup.show_table(table, "jnd_table", "jnd")
 
 st.subheader("Along a path between two test samples")
-labels = sup.test_labels_cached(path, mtime)
+labels = sup.test_labels_cached(path, version)
 names = meta["dataset"].get("class_names") or []
 
 
@@ -66,12 +66,12 @@ other = int(np.flatnonzero(labels != labels[0])[0]) if labels.ndim == 1 and (lab
 p1, p2 = st.columns(2)
 start = int(p1.number_input("From ID test sample #", 0, last, 0, key="path_start"))
 end = int(p2.number_input("To ID test sample #", 0, last, other, key="path_end"))
-t, along = sup.jacobian_path_cached(path, mtime, start, end, method)
+t, along = sup.jacobian_path_cached(path, version, start, end, method)
 sup.show_figure(sup.path_figure(t, along, describe(start), describe(end)), "jac_path", "jacobian_path")
 
 if tuple(meta["dataset"].get("input_shape", ())) == (2,):
     st.subheader("Over the input plane")
-    xs, ys, grid, points = sup.jacobian_map_cached(path, mtime)
+    xs, ys, grid, points = sup.jacobian_map_cached(path, version)
     sup.show_figure(sup.plane_map_figure(xs, ys, grid, points), "jac_map", "jacobian_plane_map")
     st.caption(f"Exact ||J||_F on a {len(xs)}x{len(ys)} grid; high values mark where the representation "
                f"changes fast (peak {np.max(grid):.2f}).")

@@ -162,7 +162,8 @@ def training_part() -> None:
     dataset = c1.selectbox("Dataset", list(DATASETS), key="train_dataset",
                            format_func=lambda n: f"{n}: {DATASET_DESCRIPTIONS.get(n, '')}")
     try:
-        bench = sup.benchmark_by_name_cached(dataset)
+        root = sup.data_root_setting() if sup.needs_data_root(dataset) else None
+        bench = sup.benchmark_by_name_cached(dataset, root)
     except OODCoreError as e:
         st.error(str(e))
         return
@@ -239,8 +240,8 @@ def training_part() -> None:
 # =============================================================================== loaded checkpoint
 def loaded_part() -> None:
     """The "Loaded checkpoint" tab (stops the script when no checkpoint can be read)."""
-    path, mtime, model, meta = sup.require_checkpoint()
-    result = sup.or_stop(sup.evaluation_cached, path, mtime, sup.user_ood())
+    path, version, model, meta = sup.require_checkpoint()
+    result = sup.or_stop(sup.evaluation_cached, path, version, sup.user_ood())
 
     report, scores, rows = result["report"], result["scores"], result["table"]
     st.caption(f"Checkpoint `{path}`")

@@ -20,8 +20,8 @@ with st.expander("What am I looking at?", expanded=sup.teaching_mode()):
                 "Move the slider and watch the confusion counts: a curve hugging the top-left corner "
                 "means a threshold exists that keeps ID and rejects OOD.")
 
-path, mtime, model, meta = sup.require_checkpoint()
-result = sup.or_stop(sup.evaluation_cached, path, mtime, sup.user_ood())
+path, version, model, meta = sup.require_checkpoint()
+result = sup.or_stop(sup.evaluation_cached, path, version, sup.user_ood())
 report, scores = result["report"], result["scores"]
 score_options, ood_options = sup.score_names(scores), sup.ood_set_names(report)
 for key, opts in (("roc_scores", score_options), ("roc_sets", ood_options)):

@@ -9,12 +9,15 @@ Plain functions (usable without a running Streamlit server, e.g. in tests or a n
 * :func:`histogram_figure`: the ID-vs-OOD score histogram (plotly).
 * :func:`history_figure`: the per-epoch NC metrics and JND of a training history (plotly).
 
-Cached wrappers, keyed on ``(path, mtime)`` so a checkpoint replaced on disk is re-read
-rather than served stale:
+Cached wrappers, keyed on ``(path, version)``: ``version`` (:func:`checkpoint_version`) is
+the file's modification time and, for a real-data checkpoint, the data root, so a checkpoint
+replaced on disk is re-read and another data root gives other results, never stale ones:
 
 * :func:`load_model_cached` (``st.cache_resource``): ``(model, meta)``, one shared model.
-* :func:`outputs_cached` (``st.cache_resource``): the model's outputs on every split and
-  OOD set, extracted once and shared by the evaluation, the geometry and the projections.
+* :func:`outputs_cached`: the model's outputs on every split and OOD set, extracted once per
+  process (a shared in-memory store) and per model and data on disk
+  (:class:`~ood_core.feature_cache.FeatureCache`, shared with the CLI's ``features``
+  command), and reused by the evaluation, the geometry and the projections.
 * :func:`evaluation_cached` (``st.cache_data``): a pickleable dict (report, per-sample
   scores as numpy arrays, table rows); no torch objects, so every caller gets a copy.
 * :func:`geometry_cached` (``st.cache_data``): :func:`ood_core.geometry.geometry_summary`.
@@ -27,8 +30,10 @@ a fixed file is picked up on the next run.
 """
 from __future__ import annotations
 
+import collections
 import functools
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +45,9 @@ import torch
 
 from .checkpoint import load_checkpoint, read_checkpoint
 from .data import IMAGE_SUFFIXES, load_benchmark_from_spec, load_user_ood
-from .errors import CheckpointError, DataError, OODCoreError
+from .errors import CheckpointError, DataError, DataNotFound, OODCoreError
 from .evaluate import FPR95_DEFINITION, evaluate, extract_benchmark_outputs
+from .feature_cache import default_feature_cache
 from .geometry import (class_mean_subspace, classifier_vectors, geometry_summary, jacobian_norm_map,
                        jacobian_norm, jacobian_norm_path, plane_bounds, principal_subspace,
                        subspace_energy_share)
@@ -51,6 +57,8 @@ from .runtime import select_device
 from .scores import make_score
 
 CHECKPOINT_ENV = "OOD_CHECKPOINT_DIR"
+DATA_ROOT_KEY = "data_root"  # the sidebar's "Data root" text input
+OUTPUT_STORE_ENTRIES = 8  # (checkpoint, version[, upload]) entries of model outputs kept in memory
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_COMMAND = "python -m ood_core train --method ce --dataset digits --out checkpoints/ce_digits.pt"
 TABLE_COLUMNS = ("ood_set", "group", "score", "auroc", "fpr95", "aupr_in", "aupr_out")
@@ -238,7 +246,7 @@ def user_ood() -> str | None:
     if not upload or not path:
         return None
     try:
-        user_ood_set(path, file_mtime(path), upload)
+        user_ood_set(path, checkpoint_version(path), upload)
     except OODCoreError:
         return None
     return upload
@@ -384,16 +392,69 @@ def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], marker: tuple[f
 
 # --------------------------------------------------------------------------- cached wrappers
 @st.cache_resource(max_entries=16, show_spinner="Loading checkpoint…")
-def load_model_cached(path: str, mtime: float):
-    """``(model, meta)`` of the checkpoint at ``path``; ``mtime`` only versions the cache key."""
+def load_model_cached(path: str, version: tuple):
+    """``(model, meta)`` of the checkpoint at ``path``; ``version`` only versions the cache key."""
     return load_checkpoint(path, device=select_device("auto"))
 
 
+def data_root_setting() -> str | None:
+    """The data root for real-data checkpoints: the sidebar's "Data root" (``$OOD_DATA_ROOT``
+    until it is edited), or None when empty."""
+    from .real_data import DATA_ROOT_ENV
+
+    root = st.session_state.get(DATA_ROOT_KEY, os.environ.get(DATA_ROOT_ENV, ""))
+    return str(Path(root.strip()).expanduser()) if root and root.strip() else None
+
+
+def needs_data_root(dataset: str | None) -> bool:
+    """Whether ``dataset`` (a name from a checkpoint or the registry) is read from the data root."""
+    from .real_data import PRESETS
+
+    return dataset in PRESETS
+
+
+def preset_status_markdown(root: str) -> str:
+    """A short markdown list of the real-data presets and which of their sets are under ``root``."""
+    from .real_data import PRESETS, preset_status
+
+    if not Path(root).is_dir():
+        return f"`{root}` is not a folder."
+    lines = []
+    for preset in PRESETS:
+        status = preset_status(preset, root)
+        id_name = PRESETS[preset]["id"]
+        if not status[id_name]:
+            lines.append(f"- `{preset}`: missing")
+            continue
+        sets = ", ".join(f"{n.rstrip('?')} {'✓' if ok else '✗'}" for n, ok in status.items() if n != id_name)
+        ready = all(ok for n, ok in status.items() if not n.endswith("?"))
+        lines.append(f"- `{preset}`: {'ready' if ready else 'OOD sets missing'} ({sets or 'no OOD sets'})")
+    return "\n".join(lines)
+
+
+def checkpoint_version(path: str) -> tuple[float, str | None]:
+    """The cache-key version of a checkpoint: ``(modification time, data root)``, the data root
+    only for a real-data checkpoint (embedded ones do not depend on it, so changing it
+    recomputes nothing for them). CheckpointError if the file is gone."""
+    mtime = file_mtime(path)
+    return mtime, data_root_setting() if needs_data_root(checkpoint_dataset(path)) else None
+
+
 @st.cache_resource(max_entries=8, show_spinner="Building the benchmark…")
-def benchmark_cached(path: str, mtime: float):
-    """The benchmark the checkpoint was trained on, rebuilt once from its metadata; shared, read-only."""
-    _, meta = load_model_cached(path, mtime)
-    return load_benchmark_from_spec(meta.get("dataset"))
+def benchmark_cached(path: str, version: tuple):
+    """The benchmark the checkpoint was trained on, rebuilt once from its metadata and the data
+    root in ``version``; shared, read-only."""
+    _, meta = load_model_cached(path, version)
+    return _benchmark_for_app(lambda root: load_benchmark_from_spec(meta.get("dataset"), data_root=root),
+                              version[1] if len(version) > 1 else None)
+
+
+def _benchmark_for_app(build, root: str | None):
+    """``build(root)``, with a missing-data error pointing at the sidebar's "Data root"."""
+    try:
+        return build(root)
+    except DataNotFound as e:
+        raise DataNotFound(f"{e} (in the app: set **Data root** in the sidebar's *Real datasets* box)") from None
 
 
 @st.cache_resource(max_entries=8, show_spinner="Reading your OOD set…")
@@ -404,22 +465,80 @@ def user_ood_cached(upload: str, input_shape: tuple[int, ...]) -> tuple[str, tor
     return load_user_ood(upload, tuple(input_shape))
 
 
-def user_ood_set(path: str, mtime: float, user_ood: str | None) -> dict[str, torch.Tensor]:
+def user_ood_set(path: str, version: tuple, user_ood: str | None) -> dict[str, torch.Tensor]:
     """``{name: tensor}`` of the user's OOD set for this checkpoint's input format ({} if none)."""
     if not user_ood:
         return {}
-    name, x = user_ood_cached(user_ood, tuple(benchmark_cached(path, mtime).input_shape))
+    name, x = user_ood_cached(user_ood, tuple(benchmark_cached(path, version).input_shape))
     return {name: x}
 
 
-@st.cache_resource(max_entries=16, show_spinner="Extracting features…")
-def outputs_cached(path: str, mtime: float, user_ood: str | None = None) -> dict:
-    """Model outputs (features, logits) of every split and OOD set of the checkpoint's
-    benchmark, plus the user's OOD set when ``user_ood`` (a :func:`save_upload` path) is
-    given, extracted once per (checkpoint, version, upload); shared, treat as read-only."""
-    model, _ = load_model_cached(path, mtime)
-    return extract_benchmark_outputs(model, benchmark_cached(path, mtime),
-                                     extra_ood=user_ood_set(path, mtime, user_ood))
+@st.cache_resource
+def _outputs_store():
+    """``(OrderedDict, Lock)`` shared by every session: ``{key: {set name: ModelOutput}}``,
+    least recently used first. A published dict is never changed again (a newer one replaces
+    it), so sessions may read it while another extracts."""
+    return collections.OrderedDict(), threading.Lock()
+
+
+def _shared_outputs(key, fill) -> dict:
+    """The store's dict for ``key`` after ``fill(copy)`` added what was missing to a copy."""
+    store, lock = _outputs_store()
+    with lock:
+        current = store.get(key, {})
+    done = fill(dict(current))
+    with lock:
+        if len(done) > len(current):
+            store[key] = current = done
+        if key in store:
+            store.move_to_end(key)
+        while len(store) > OUTPUT_STORE_ENTRIES:
+            store.popitem(last=False)
+    return current
+
+
+def outputs_cached(path: str, version: tuple, user_ood: str | None = None, progress=None) -> dict:
+    """Model outputs (features, logits) of the ID splits used by the scores (``"id"``,
+    ``"train"``) and every OOD set of the checkpoint's benchmark, plus the user's OOD set when
+    ``user_ood`` (a :func:`save_upload` path) is given. Shared and read-only.
+
+    Each set is extracted once per process (kept in memory for the last
+    ``OUTPUT_STORE_ENTRIES`` checkpoints) and once per model and data on disk: features the
+    CLI's ``python -m ood_core features`` (or ``evaluate``) stored in the same cache folder
+    (``$OOD_CACHE_DIR``) are read, not recomputed. ``progress(set, done, total, from_cache)``
+    is called while sets are read or extracted (see :func:`outputs_with_progress`); a page left
+    midway loses nothing that reached the disk cache.
+    """
+    model, _ = load_model_cached(path, version)
+    bench = benchmark_cached(path, version)
+    cache = default_feature_cache()
+    base = _shared_outputs((path, version), lambda outs: extract_benchmark_outputs(
+        model, bench, outputs=outs, cache=cache, progress=progress))
+    if not user_ood:
+        return base
+    extra = user_ood_set(path, version, user_ood)
+    user = _shared_outputs((path, version, user_ood), lambda outs: extract_benchmark_outputs(
+        model, bench, sets=list(extra), extra_ood=extra, outputs=outs, cache=cache, progress=progress))
+    return {**base, **user}
+
+
+def outputs_with_progress(path: str, version: tuple, user_ood: str | None = None) -> dict:
+    """:func:`outputs_cached` with a progress bar while sets are extracted or read from the
+    disk cache (nothing is drawn when every set is already in memory)."""
+    bar = None
+
+    def show(name, done, total, from_cache):
+        nonlocal bar
+        if bar is None:
+            bar = st.progress(0.0)
+        how = "read from the feature cache" if from_cache else f"{done:,}/{total:,} samples"
+        bar.progress(done / max(total, 1), text=f"Features of `{name}`: {how}")
+
+    try:
+        return outputs_cached(path, version, user_ood, progress=show)
+    finally:
+        if bar is not None:
+            bar.empty()
 
 
 def _scored_sets(outputs: dict) -> dict:
@@ -428,40 +547,40 @@ def _scored_sets(outputs: dict) -> dict:
 
 
 @st.cache_data(max_entries=16, show_spinner="Scoring the ID test split and the OOD sets…")
-def evaluation_cached(path: str, mtime: float, user_ood: str | None = None) -> dict:
+def evaluation_cached(path: str, version: tuple, user_ood: str | None = None) -> dict:
     """:func:`evaluate_model` of the cached model: ``{report, scores, table}`` (pickleable);
     with ``user_ood`` the user's set is scored too (group ``user``)."""
-    model, meta = load_model_cached(path, mtime)
-    return evaluate_model(model, meta, outputs=dict(outputs_cached(path, mtime, user_ood)),
-                          bench=benchmark_cached(path, mtime), extra_ood=user_ood_set(path, mtime, user_ood))
+    model, meta = load_model_cached(path, version)
+    return evaluate_model(model, meta, outputs=dict(outputs_cached(path, version, user_ood)),
+                          bench=benchmark_cached(path, version), extra_ood=user_ood_set(path, version, user_ood))
 
 
 @st.cache_data(max_entries=16, show_spinner="Measuring the representation's geometry…")
-def geometry_cached(path: str, mtime: float, jacobian: str | None = "estimate") -> dict:
+def geometry_cached(path: str, version: tuple, jacobian: str | None = "estimate") -> dict:
     """:func:`ood_core.geometry.geometry_summary` of the cached model (JSON-able dict)."""
-    model, _ = load_model_cached(path, mtime)
-    return geometry_summary(model, benchmark_cached(path, mtime), outputs=dict(outputs_cached(path, mtime)),
+    model, _ = load_model_cached(path, version)
+    return geometry_summary(model, benchmark_cached(path, version), outputs=dict(outputs_cached(path, version)),
                             jacobian=jacobian)
 
 
 @st.cache_data(max_entries=16, show_spinner="Computing the 2-D map…")
-def projection_cached(path: str, mtime: float, method: str = "pca", fit_on: str = "union",
+def projection_cached(path: str, version: tuple, method: str = "pca", fit_on: str = "union",
                       normalize: bool = False, seed: int = 0, user_ood: str | None = None) -> Projection:
     """:func:`ood_core.projection.project_benchmark` of the cached model (OOD sets: the
     benchmark's plus the user's), cached in memory and on disk
     (:func:`ood_core.projection.default_cache_dir`)."""
-    return _projection_call(path, mtime, method, fit_on, normalize, seed, user_ood)()
+    return _projection_call(path, version, method, fit_on, normalize, seed, user_ood)()
 
 
-def _projection_call(path: str, mtime: float, method: str, fit_on: str, normalize: bool, seed: int,
+def _projection_call(path: str, version: tuple, method: str, fit_on: str, normalize: bool, seed: int,
                      user_ood: str | None):
     """:func:`ood_core.projection.project_benchmark` bound to the cached model, benchmark and
     outputs (the user's set included) and the disk cache: call it here or in a worker thread."""
-    model, _ = load_model_cached(path, mtime)  # cached objects are fetched in the script thread
-    bench = benchmark_cached(path, mtime)
+    model, _ = load_model_cached(path, version)  # cached objects are fetched in the script thread
+    bench = benchmark_cached(path, version)
     return functools.partial(project_benchmark, model, bench, method=method, fit_on=fit_on, normalize=normalize,
-                             seed=seed, sets=[*bench.ood, *user_ood_set(path, mtime, user_ood)],
-                             outputs=dict(outputs_cached(path, mtime, user_ood)), cache_dir=default_cache_dir())
+                             seed=seed, sets=[*bench.ood, *user_ood_set(path, version, user_ood)],
+                             outputs=dict(outputs_cached(path, version, user_ood)), cache_dir=default_cache_dir())
 
 
 @st.cache_resource
@@ -474,7 +593,7 @@ def _background_work():
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="ood-background"), {}
 
 
-def projection_in_background(path: str, mtime: float, method: str = "umap", fit_on: str = "union",
+def projection_in_background(path: str, version: tuple, method: str = "umap", fit_on: str = "union",
                              normalize: bool = False, seed: int = 0, user_ood: str | None = None):
     """Start (once per arguments) the fit of :func:`projection_cached`'s map in a worker thread
     and return its ``concurrent.futures.Future``.
@@ -487,10 +606,10 @@ def projection_in_background(path: str, mtime: float, method: str = "umap", fit_
     is started again on the next call (its error has been shown by then).
     """
     pool, futures = _background_work()
-    key = (path, mtime, method, fit_on, normalize, seed, user_ood)
+    key = (path, version, method, fit_on, normalize, seed, user_ood)
     future = futures.get(key)
     if future is None or (future.done() and future.exception() is not None):
-        future = futures[key] = pool.submit(_projection_call(path, mtime, method, fit_on, normalize, seed, user_ood))
+        future = futures[key] = pool.submit(_projection_call(path, version, method, fit_on, normalize, seed, user_ood))
     return future
 
 
@@ -506,47 +625,47 @@ def rerun_when_done(future, every_s: float = 1.0) -> None:
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def jacobian_norm_set_cached(path: str, mtime: float, set_name: str, method: str = "estimate", n_proj: int = 16,
+def jacobian_norm_set_cached(path: str, version: tuple, set_name: str, method: str = "estimate", n_proj: int = 16,
                              probe_size: int = 256, user_ood: str | None = None) -> np.ndarray:
     """||d(z/||z||)/dx||_F of the first ``probe_size`` samples of one set (``"id"`` = the ID
     test split, an OOD set, or the user's), as :func:`ood_core.geometry.jacobian_norms_by_set`
     computes it (same seed per set, so the numbers are the same)."""
-    model, _ = load_model_cached(path, mtime)
-    x = set_inputs(benchmark_cached(path, mtime), set_name, user_ood_set(path, mtime, user_ood))
+    model, _ = load_model_cached(path, version)
+    x = set_inputs(benchmark_cached(path, version), set_name, user_ood_set(path, version, user_ood))
     return jacobian_norm(model, x[:probe_size], method=method, n_proj=n_proj, seed=0)
 
 
-def jacobian_norms_cached(path: str, mtime: float, method: str = "estimate", n_proj: int = 16,
+def jacobian_norms_cached(path: str, version: tuple, method: str = "estimate", n_proj: int = 16,
                           probe_size: int = 256, user_ood: str | None = None, progress=None) -> dict[str, np.ndarray]:
     """||d(z/||z||)/dx||_F of the first ``probe_size`` samples of the ID test split (``"id"``),
     of every OOD set and of the user's, one cached set at a time (:func:`jacobian_norm_set_cached`):
     exact norms on many samples take seconds per set, so ``progress(done, total, set_name)``
     is called after each set (for a progress bar) and a page left midway keeps what it finished."""
-    bench = benchmark_cached(path, mtime)
-    names = ["id", *bench.ood, *user_ood_set(path, mtime, user_ood)]
+    bench = benchmark_cached(path, version)
+    names = ["id", *bench.ood, *user_ood_set(path, version, user_ood)]
     norms = {}
     for done, name in enumerate(names, start=1):
-        norms[name] = jacobian_norm_set_cached(path, mtime, name, method, n_proj, probe_size, user_ood)
+        norms[name] = jacobian_norm_set_cached(path, version, name, method, n_proj, probe_size, user_ood)
         if progress is not None:
             progress(done, len(names), name)
     return norms
 
 
 @st.cache_data(max_entries=32, show_spinner="Computing Jacobian norms along the path…")
-def jacobian_path_cached(path: str, mtime: float, start: int, end: int, method: str = "exact",
+def jacobian_path_cached(path: str, version: tuple, start: int, end: int, method: str = "exact",
                          steps: int = 33) -> tuple[np.ndarray, np.ndarray]:
     """:func:`ood_core.geometry.jacobian_norm_path` between ID test samples ``start`` and ``end``."""
-    model, _ = load_model_cached(path, mtime)
-    x = benchmark_cached(path, mtime).test.x
+    model, _ = load_model_cached(path, version)
+    x = benchmark_cached(path, version).test.x
     return jacobian_norm_path(model, x[start], x[end], steps=steps, method=method)
 
 
 @st.cache_data(max_entries=8, show_spinner="Mapping the Jacobian norm over the plane…")
-def jacobian_map_cached(path: str, mtime: float, resolution: int = 60):
+def jacobian_map_cached(path: str, version: tuple, resolution: int = 60):
     """``(xs, ys, grid, points)``: :func:`ood_core.geometry.jacobian_norm_map` over the
     bounds of the ID test split and every OOD set, and those sets' points (2-D inputs only)."""
-    model, _ = load_model_cached(path, mtime)
-    bench = benchmark_cached(path, mtime)
+    model, _ = load_model_cached(path, version)
+    bench = benchmark_cached(path, version)
     if tuple(bench.input_shape) != (2,):
         raise OODCoreError(f"the plane map needs 2-D inputs (toy2d); {bench.name} has {tuple(bench.input_shape)}")
     points = {"ID (test)": bench.test.x.numpy(), **{f"OOD: {k}": v.numpy() for k, v in bench.ood.items()}}
@@ -556,17 +675,17 @@ def jacobian_map_cached(path: str, mtime: float, resolution: int = 60):
 
 
 @st.cache_data(max_entries=16, show_spinner="Measuring energy shares…")
-def energy_shares_cached(path: str, mtime: float, subspace: str = "weights",
+def energy_shares_cached(path: str, version: tuple, subspace: str = "weights",
                          user_ood: str | None = None) -> dict[str, np.ndarray]:
     """Per-sample share of ||z||^2 *outside* the principal subspace, for the ID test split
     and every OOD set: ``subspace="weights"`` = span{w_c} (the classifier's row space),
     ``"means"`` = the top-(C-1) centred class-mean directions of the training features."""
-    model, _ = load_model_cached(path, mtime)
-    outputs = outputs_cached(path, mtime, user_ood)
+    model, _ = load_model_cached(path, version)
+    outputs = outputs_cached(path, version, user_ood)
     if subspace == "weights":
         basis = principal_subspace(weight=classifier_vectors(model))
     elif subspace == "means":
-        bench = benchmark_cached(path, mtime)
+        bench = benchmark_cached(path, version)
         if bench.task != "multiclass":
             raise OODCoreError("the class-mean subspace needs single-label classes; use the classifier span")
         basis = class_mean_subspace(outputs["train"].features, bench.train.y, bench.num_classes)
@@ -576,9 +695,9 @@ def energy_shares_cached(path: str, mtime: float, subspace: str = "weights",
 
 
 @st.cache_data(max_entries=16)
-def test_labels_cached(path: str, mtime: float) -> np.ndarray:
+def test_labels_cached(path: str, version: tuple) -> np.ndarray:
     """Labels of the checkpoint's ID test split ((N,) classes or (N, K) multi-hot)."""
-    return benchmark_cached(path, mtime).test.y.numpy()
+    return benchmark_cached(path, version).test.y.numpy()
 
 
 @st.cache_data(max_entries=64)
@@ -601,12 +720,12 @@ CLASS_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b
 
 
 @st.cache_resource(max_entries=4, show_spinner="Building the benchmark…")
-def benchmark_by_name_cached(name: str):
-    """The embedded benchmark ``name`` with its default split (what the in-app training uses);
-    shared with the background training thread, read-only."""
+def benchmark_by_name_cached(name: str, data_root: str | None = None):
+    """The benchmark ``name`` with its default split (what the in-app training uses), real
+    datasets read from ``data_root``; shared with the background training thread, read-only."""
     from .data import load_benchmark
 
-    return load_benchmark(name)
+    return _benchmark_for_app(lambda root: load_benchmark(name, data_root=root), data_root)
 
 
 def training_status_text(snap) -> str:
@@ -880,27 +999,27 @@ def attribution_figure(sample: np.ndarray, attributions: np.ndarray, score_name:
 
 
 @st.cache_data(max_entries=64)
-def sample_cached(path: str, mtime: float, set_name: str, index: int, user_ood: str | None = None) -> np.ndarray:
+def sample_cached(path: str, version: tuple, set_name: str, index: int, user_ood: str | None = None) -> np.ndarray:
     """Input ``index`` of ``set_name`` (:func:`set_inputs`) as numpy; OODCoreError when out of range."""
-    x = set_inputs(benchmark_cached(path, mtime), set_name, user_ood_set(path, mtime, user_ood))
+    x = set_inputs(benchmark_cached(path, version), set_name, user_ood_set(path, version, user_ood))
     if not 0 <= index < x.shape[0]:
         raise OODCoreError(f"sample #{index} is out of range: {set_name!r} has {x.shape[0]} samples")
     return x[index].numpy()
 
 
 @st.cache_resource(max_entries=32, show_spinner="Fitting the score on the training features…")
-def fitted_score_cached(path: str, mtime: float, name: str):
+def fitted_score_cached(path: str, version: tuple, name: str):
     """The registry score ``name``, fitted as the evaluator fits it (training-split outputs,
     labels and the model) when it ``requires_fit``; shared, read-only."""
     score = make_score(name)
     if score.requires_fit:
-        model, _ = load_model_cached(path, mtime)
-        score.fit(outputs_cached(path, mtime)["train"], benchmark_cached(path, mtime).train.y, model)
+        model, _ = load_model_cached(path, version)
+        score.fit(outputs_cached(path, version)["train"], benchmark_cached(path, version).train.y, model)
     return score
 
 
 @st.cache_data(max_entries=64, show_spinner="Computing Integrated Gradients…")
-def attribution_cached(path: str, mtime: float, set_name: str, index: int, score: str, n_steps: int = 128,
+def attribution_cached(path: str, version: tuple, set_name: str, index: int, score: str, n_steps: int = 128,
                        baseline: str = "zeros", user_ood: str | None = None) -> dict:
     """Integrated Gradients (:func:`ood_core.attribution.integrated_gradients`) of ``score`` for
     sample ``index`` of ``set_name`` (``"id"`` = ID test split, an OOD set, or the user's).
@@ -912,10 +1031,10 @@ def attribution_cached(path: str, mtime: float, set_name: str, index: int, score
     """
     from .attribution import integrated_gradients
 
-    model, _ = load_model_cached(path, mtime)
-    bench = benchmark_cached(path, mtime)
-    x = torch.from_numpy(sample_cached(path, mtime, set_name, index, user_ood))
-    res = integrated_gradients(model, x, fitted_score_cached(path, mtime, score), baseline=baseline,
+    model, _ = load_model_cached(path, version)
+    bench = benchmark_cached(path, version)
+    x = torch.from_numpy(sample_cached(path, version, set_name, index, user_ood))
+    res = integrated_gradients(model, x, fitted_score_cached(path, version, score), baseline=baseline,
                                n_steps=int(n_steps), reference=bench.train.x if baseline == "mean" else None)
     return {"input": x.numpy(), "attributions": res.attributions.numpy(),
             "score": float(res.scores[0]), "baseline_score": float(res.baseline_scores[0]),
@@ -927,22 +1046,25 @@ def teaching_mode() -> bool:
     return bool(st.session_state.get("teaching", False))
 
 
-def require_checkpoint():
-    """``(path, mtime, model, meta)`` of the checkpoint chosen in the sidebar, for a page's top.
+def require_checkpoint(features: bool = True):
+    """``(path, version, model, meta)`` of the checkpoint chosen in the sidebar, for a page's top.
 
     Stops the page when none is chosen (app.py already says how to get one) or shows the
-    file's error and stops when it cannot be read.
+    file's error and stops when it cannot be read. With ``features`` the model's outputs on
+    every set are made ready first, with a progress bar (:func:`outputs_with_progress`).
     """
     path = st.session_state.get("checkpoint")
     if not path:
         st.stop()
     try:
-        mtime = file_mtime(path)
-        model, meta = load_model_cached(path, mtime)
+        version = checkpoint_version(path)
+        model, meta = load_model_cached(path, version)
     except OODCoreError as e:
         st.error(str(e))
         st.stop()
-    return path, mtime, model, meta
+    if features:
+        or_stop(outputs_with_progress, path, version, user_ood())
+    return path, version, model, meta
 
 
 def companion_default(options: list[str], current: str, prefer: tuple[str, ...]) -> int:
@@ -956,14 +1078,14 @@ def companion_default(options: list[str], current: str, prefer: tuple[str, ...])
 
 
 @st.cache_data(max_entries=16, show_spinner="Reading feature norms…")
-def feature_norms_cached(path: str, mtime: float, user_ood: str | None = None) -> dict[str, np.ndarray]:
+def feature_norms_cached(path: str, version: tuple, user_ood: str | None = None) -> dict[str, np.ndarray]:
     """||z||_2 per sample for the ID test split (``"id"``) and every OOD set (and the user's)."""
     norm = make_score("feature_norm")  # the registry's ||z|| score
-    return {name: norm(out) for name, out in _scored_sets(outputs_cached(path, mtime, user_ood)).items()}
+    return {name: norm(out) for name, out in _scored_sets(outputs_cached(path, version, user_ood)).items()}
 
 
 @st.cache_data(max_entries=16, show_spinner="Computing energies…")
-def energies_cached(path: str, mtime: float,
+def energies_cached(path: str, version: tuple,
                     user_ood: str | None = None) -> tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """``(score name, per-sample score per set, per-label terms per set)``.
 
@@ -971,11 +1093,11 @@ def energies_cached(path: str, mtime: float,
     per-label terms the logits f_k it is built from. Multi-label: JointEnergy sum_k softplus(f_k)
     (``joint_energy``, Wang et al. 2021) and its per-label terms softplus(f_k). High = ID.
     """
-    multilabel = benchmark_cached(path, mtime).task == "multilabel"
+    multilabel = benchmark_cached(path, version).task == "multilabel"
     name = "joint_energy" if multilabel else "energy"
     score_fn = make_score(name)  # the registry's score: the same numbers as the evaluator's
     score, terms = {}, {}
-    for set_name, out in _scored_sets(outputs_cached(path, mtime, user_ood)).items():
+    for set_name, out in _scored_sets(outputs_cached(path, version, user_ood)).items():
         logits = out.logits.double()
         score[set_name] = score_fn(out)
         terms[set_name] = (torch.nn.functional.softplus(logits) if multilabel else logits).numpy()
@@ -1030,14 +1152,14 @@ def compare_with(path: str, prefer: tuple[str, ...], key: str) -> str:
 
 def side_by_side(paths: list[str], fetch, ood_set: str, sets=lambda result: result, user_ood: str | None = None):
     """One column per checkpoint in ``paths``: yields ``(side, column, file name, result)``
-    with ``result = fetch(path, mtime, user_ood)`` for each checkpoint that can be read and whose
+    with ``result = fetch(path, version, user_ood)`` for each checkpoint that can be read and whose
     ``sets(result)`` holds ``ood_set``. An unreadable file shows its error and one from
     another dataset a warning in its column, and is skipped. ``side`` is "left", "right", ...
     (for unique widget keys)."""
     for side, col, p in zip(("left", "right", "third", "fourth"), st.columns(len(paths)), paths):
         name = Path(p).name
         try:
-            result = fetch(p, file_mtime(p), user_ood)
+            result = fetch(p, checkpoint_version(p), user_ood)
         except OODCoreError as e:  # a broken second file must not take the page down
             col.error(str(e))
             continue

@@ -48,6 +48,60 @@ def _data_options(args) -> None:
         os.environ[DOWNLOAD_ENV] = "1"
 
 
+def _add_cache_options(parser, what: str = "features") -> None:
+    parser.add_argument("--cache-dir", default=None,
+                        help=f"disk cache of {what} (shared with the app); default: $OOD_CACHE_DIR or ~/.cache/ood-lab")
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the disk cache")
+
+
+def _cache_dir(args):
+    """The cache folder chosen by ``--cache-dir`` / ``--no-cache`` (None = no disk cache)."""
+    from .projection import default_cache_dir
+
+    if args.no_cache:
+        return None
+    return Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+
+
+def _feature_progress():
+    """A ``progress(set, done, total, from_cache)`` callback drawing one tqdm bar per extracted set on
+    stderr (only for sets that take over half a second), and the list of ``(set, from_cache)`` seen."""
+    from tqdm import tqdm
+
+    bars, seen = {}, []
+
+    def progress(name, done, total, from_cache):
+        if from_cache:
+            seen.append((name, True))
+            return
+        if name not in bars:
+            bars[name] = tqdm(total=total, desc=f"features {name}", unit="img", file=sys.stderr, delay=0.5)
+            seen.append((name, False))
+        bar = bars[name]
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return progress, seen
+
+
+def _outputs(args, model, bench, sets=None, extra_ood=None):
+    """Model outputs of ``bench``'s sets (default: id, train and every OOD set), read from or
+    written to the feature cache unless ``--no-cache``, with progress bars on stderr."""
+    from .evaluate import extract_benchmark_outputs
+    from .feature_cache import SUBDIR, FeatureCache
+
+    if getattr(args, "batch_size", 512) < 1:
+        raise OODCoreError(f"--batch-size must be >= 1, got {args.batch_size}")
+    folder = _cache_dir(args)
+    progress, seen = _feature_progress()
+    outs = extract_benchmark_outputs(model, bench, sets, extra_ood=extra_ood,
+                                     batch_size=getattr(args, "batch_size", 512),
+                                     cache=FeatureCache(folder / SUBDIR) if folder is not None else None,
+                                     progress=progress)
+    return outs, seen
+
+
 def _add_data_options(parser) -> None:
     parser.add_argument("--data-root", default=None, metavar="DIR",
                         help="folder holding the real datasets (cifar10, voc2007, ...; see `list`); "
@@ -72,7 +126,7 @@ def cmd_train(args) -> int:
     cfg = recommended_config(args.method, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              weight_decay=args.weight_decay, optimizer=args.optimizer, seed=args.seed,
                              device=args.device, geometry_every=args.track_geometry, amp=args.amp,
-                             channels_last=args.channels_last or None)
+                             channels_last=args.channels_last or None, workers=args.workers)
     model_params = {k: v for k, v in (("arch", args.arch), ("feature_dim", args.feature_dim)) if v is not None}
     loss_params = _key_values(args.param)
     bar = None
@@ -148,8 +202,13 @@ def cmd_evaluate(args) -> int:
             raise unknown("score", n, SCORES)
     score_names = score_names or default_score_names(meta, bench)
 
+    from .scores import make_score
+
+    used = list(bench.ood) if ood_sets is None else list(ood_sets)
+    needs_train = any(make_score(n).requires_fit for n in score_names)
+    outputs, _ = _outputs(args, model, bench, ["id", *(["train"] if needs_train else []), *used], extra_ood=extra)
     ev = evaluate(model, bench, ood_sets=ood_sets, score_names=score_names, extra_ood=extra,
-                  batch_size=args.batch_size, device=args.device)
+                  batch_size=args.batch_size, device=args.device, outputs=outputs)
     report = {**ev.report, "checkpoint": str(args.checkpoint), "method": meta.get("method"),
               "dataset": ds.get("name"), "known": ds.get("known")}
     if args.json:
@@ -175,7 +234,9 @@ def cmd_geometry(args) -> int:
         raise OODCoreError(f"--probe-size must be >= 1, got {args.probe_size}")
     model, meta, bench = _checkpoint_and_benchmark(args)
     jac = None if args.jacobian == "none" else args.jacobian
-    summary = geometry_summary(model, bench, jacobian=jac, n_proj=args.n_proj, probe_size=args.probe_size)
+    outputs, _ = _outputs(args, model, bench)
+    summary = geometry_summary(model, bench, outputs=outputs, jacobian=jac, n_proj=args.n_proj,
+                               probe_size=args.probe_size)
     summary = {"checkpoint": str(args.checkpoint), "method": meta.get("method"), **summary}
     if args.json:
         atomic_write(Path(args.json), lambda f: f.write(json.dumps(summary, indent=2).encode()))
@@ -206,17 +267,17 @@ def cmd_geometry(args) -> int:
 def cmd_project(args) -> int:
     import numpy as np
 
-    from .projection import default_cache_dir, project_benchmark, separation_in_map
+    from .projection import project_benchmark, separation_in_map
 
     out = Path(args.out)
     if out.suffix != ".npz":
         raise OODCoreError(f"--out must name a .npz file, got {out}")
     model, meta, bench = _checkpoint_and_benchmark(args)
-    cache = None if args.no_cache else (Path(args.cache_dir) if args.cache_dir else default_cache_dir())
+    outputs, _ = _outputs(args, model, bench, ["id", *bench.ood])
     if args.method == "umap":
         print("fitting UMAP (the first fit in a process spends ~10-30 s compiling with numba)...", file=sys.stderr)
     proj = project_benchmark(model, bench, method=args.method, fit_on=args.fit_on, normalize=args.normalize,
-                             cache_dir=cache, seed=args.seed)
+                             outputs=outputs, cache_dir=_cache_dir(args), seed=args.seed)
     atomic_write(out, lambda f: np.savez(f, **proj.coords))
     where = "from the cache" if proj.from_cache else f"in {proj.seconds:.1f} s"
     print(f"{args.method} map of {meta.get('method')} features (fit on {args.fit_on}), {where}; wrote {out}")
@@ -226,6 +287,37 @@ def cmd_project(args) -> int:
     sep = separation_in_map(proj)
     for name, xy in proj.coords.items():
         print(f"| {name} | {len(xy)} | {'1 (reference)' if name == 'id' else f'{sep[name]:.2f}'} |")
+    return 0
+
+
+# --------------------------------------------------------------------------- features
+def cmd_features(args) -> int:
+    import time
+
+    from .errors import unknown
+    from .feature_cache import SUBDIR, FeatureCache, model_fingerprint
+
+    if args.no_cache:
+        raise OODCoreError("`features` fills the disk cache; drop --no-cache")
+    model, meta, bench = _checkpoint_and_benchmark(args)
+    available = ["train", "val", "id", *bench.ood]
+    sets = _csv(args.sets) or ["id", "train", *bench.ood]
+    for name in sets:
+        if name not in available:
+            raise unknown(f"set of {bench.name}", name, available)
+    start = time.perf_counter()
+    outputs, seen = _outputs(args, model, bench, sets)
+    cache = FeatureCache(_cache_dir(args) / SUBDIR)
+    model_key = model_fingerprint(model)
+    print(f"features of {meta.get('method')} on {bench.name} in {cache.folder / model_key} "
+          f"({time.perf_counter() - start:.1f} s)")
+    print("| set | samples | feature dim | source |\n|---|---|---|---|")
+    from_cache = dict(seen)
+    for name in sets:
+        out = outputs[name]
+        print(f"| {name} | {out.features.shape[0]} | {out.features.shape[1]} | "
+              f"{'cache' if from_cache.get(name) else 'extracted'} |")
+    print("`evaluate`, `geometry`, `project` and the app now read these instead of running the model.")
     return 0
 
 
@@ -298,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--amp", choices=("off", "bf16", "fp16"), default=None,
                    help="mixed precision: bf16 (CPU or CUDA) or fp16 (CUDA); default: off")
     t.add_argument("--channels-last", action="store_true", help="NHWC memory layout for image models (GPU)")
+    t.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="DataLoader worker processes that gather and pin batches; 0 = in the main process (default)")
     t.add_argument("--track-geometry", type=int, default=0, metavar="N",
                    help="record NC metrics and the JND on a small probe every N epochs into the checkpoint's "
                         "history (shown by the app); default: 0 = off")
@@ -320,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--scores", metavar="SCORES.npz", help="write per-sample scores keyed 'id/SCORE', 'SET/SCORE'")
     e.add_argument("--batch-size", type=int, default=512, help="default: 512")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    _add_cache_options(e)
     _add_data_options(e)
     e.set_defaults(func=cmd_evaluate)
 
@@ -334,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--probe-size", type=int, default=256, help="samples per set for Jacobian norms; default: 256")
     g.add_argument("--json", metavar="GEOMETRY.json", help="write the whole summary as JSON")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    _add_cache_options(g)
     _add_data_options(g)
     g.set_defaults(func=cmd_geometry)
 
@@ -348,11 +444,24 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--normalize", action="store_true", help="L2-normalise features first (cosine-head models)")
     pr.add_argument("--seed", type=int, default=0, help="UMAP random_state; default: 0")
     pr.add_argument("--out", required=True, help="coordinates per set (.npz), written atomically")
-    pr.add_argument("--cache-dir", default=None, help="default: $OOD_CACHE_DIR or ~/.cache/ood-lab")
-    pr.add_argument("--no-cache", action="store_true", help="neither read nor write the disk cache")
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    _add_cache_options(pr, "features and maps")
     _add_data_options(pr)
     pr.set_defaults(func=cmd_project)
+
+    fe = sub.add_parser("features", help="extract a checkpoint's features once, into the disk cache",
+                        description="Run the model over its benchmark's sets in batches (progress bars on stderr) "
+                                    "and store features and logits in the disk cache, keyed by the weights and the "
+                                    "data. `evaluate`, `geometry`, `project` and the app then read them.")
+    fe.add_argument("--checkpoint", required=True, help="checkpoint file (.pt)")
+    fe.add_argument("--sets", default=None,
+                    help="comma-separated: train, val, id (the ID test split) or OOD set names; default: id, "
+                         "train and every OOD set")
+    fe.add_argument("--batch-size", type=int, default=512, help="default: 512")
+    fe.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    _add_cache_options(fe)
+    _add_data_options(fe)
+    fe.set_defaults(func=cmd_features)
 
     ls = sub.add_parser("list", help="list datasets, OOD sets, methods and scores")
     ls.set_defaults(func=cmd_list)

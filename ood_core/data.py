@@ -315,15 +315,22 @@ DATASET_DESCRIPTIONS = {
 }
 
 
-def load_benchmark(name: str, known=None, split_seed: int = 0, ood_seed: int = 0) -> Benchmark:
-    """Load a benchmark by name (see ``DATASETS``), or ``imagefolder:PATH`` (see ``ood_core.real_data``)."""
+def load_benchmark(name: str, known=None, split_seed: int = 0, ood_seed: int = 0, data_root=None) -> Benchmark:
+    """Load a benchmark by name (see ``DATASETS``), or ``imagefolder:PATH`` (see ``ood_core.real_data``).
+
+    ``data_root``: the folder of the real datasets (``cifar10``, ``voc2007``, ...); None reads
+    ``$OOD_DATA_ROOT``. Embedded datasets and image folders ignore it.
+    """
     if name.startswith("imagefolder:"):
         from .real_data import build_image_folder
 
         return build_image_folder(name, known=known, split_seed=split_seed, ood_seed=ood_seed)
     if name not in DATASETS:
         raise unknown("dataset", name, DATASETS)
-    return DATASETS[name](known=known, split_seed=split_seed, ood_seed=ood_seed)
+    from .real_data import PRESETS
+
+    root = {"data_root": data_root} if name in PRESETS else {}
+    return DATASETS[name](known=known, split_seed=split_seed, ood_seed=ood_seed, **root)
 
 
 def _scrambled_images(bench: Benchmark, n: int, rng) -> np.ndarray:
@@ -388,12 +395,13 @@ def training_outliers(name: str, bench: Benchmark, n: int = N_TRAIN_OUTLIERS, se
     return torch.as_tensor(TRAIN_OUTLIERS[name](bench, n, rng), dtype=torch.float32)
 
 
-def load_benchmark_from_spec(spec) -> Benchmark:
-    """Rebuild the exact benchmark described by :meth:`Benchmark.spec` (as stored in checkpoints)."""
+def load_benchmark_from_spec(spec, data_root=None) -> Benchmark:
+    """Rebuild the exact benchmark described by :meth:`Benchmark.spec` (as stored in checkpoints);
+    ``data_root`` as in :func:`load_benchmark`."""
     if not isinstance(spec, dict) or "name" not in spec:
         raise DataError("the checkpoint metadata does not say which dataset the model was trained on")
     return load_benchmark(spec["name"], known=spec.get("known"), split_seed=spec.get("split_seed", 0),
-                          ood_seed=spec.get("ood_seed", 0))
+                          ood_seed=spec.get("ood_seed", 0), data_root=data_root)
 
 
 # --------------------------------------------------------------------------- user OOD sets

@@ -15,6 +15,10 @@ class DataError(OODCoreError, ValueError):
     """A dataset or user-supplied array/folder cannot be used as given."""
 
 
+class DataNotFound(DataError):
+    """A real dataset's files are not under the data root (or no data root was given)."""
+
+
 class CheckpointError(OODCoreError):
     """A checkpoint file is missing, corrupt, foreign or does not fit the model."""
 

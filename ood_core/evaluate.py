@@ -8,24 +8,32 @@ near/far group means) and the per-sample scores that every number can be recompu
 from __future__ import annotations
 
 import dataclasses
+import logging
+from typing import Callable
 
 import numpy as np
 import torch
 
 from .data import Benchmark
 from .errors import DataError, OODCoreError
+from .feature_cache import FeatureCache, data_fingerprint, model_fingerprint
 from .metrics import accuracy, mean_average_precision, ood_metrics
 from .models import ModelOutput
 from .runtime import select_device
 from .scores import make_score, scores_for_task
+
+log = logging.getLogger(__name__)
 
 FPR95_DEFINITION = "FPR on OOD at the threshold that keeps 95% of ID (ID = positive class)"
 
 
 @torch.no_grad()
 def extract_outputs(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512,
-                    device: str | torch.device | None = None) -> ModelOutput:
-    """Features and logits of `x` (on the CPU), in eval mode, `batch_size` samples at a time."""
+                    device: str | torch.device | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> ModelOutput:
+    """Features and logits of `x` (on the CPU), in eval mode, `batch_size` samples at a time.
+
+    ``progress(done, total)`` is called after every batch (samples done, samples in all)."""
     if x.shape[0] == 0:
         raise DataError("cannot extract features of an empty set")
     device = select_device(device) if device is not None else next(model.parameters()).device
@@ -37,6 +45,8 @@ def extract_outputs(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 5
             out = model(x[i:i + batch_size].to(device))
             feats.append(out.features.float().cpu())
             logits.append(out.logits.float().cpu())
+            if progress is not None:
+                progress(min(i + batch_size, x.shape[0]), x.shape[0])
     finally:
         model.train(was_training)
     return ModelOutput(torch.cat(feats), torch.cat(logits))
@@ -52,7 +62,9 @@ def check_input_shape(x: torch.Tensor, input_shape, name: str) -> None:
 
 def extract_benchmark_outputs(model: torch.nn.Module, bench: Benchmark, sets: list[str] | None = None,
                               extra_ood: dict[str, torch.Tensor] | None = None, batch_size: int = 512,
-                              outputs: dict[str, ModelOutput] | None = None) -> dict[str, ModelOutput]:
+                              outputs: dict[str, ModelOutput] | None = None, cache: FeatureCache | None = None,
+                              progress: Callable[[str, int, int, bool], None] | None = None
+                              ) -> dict[str, ModelOutput]:
     """Model outputs of a benchmark's splits and OOD sets, each extracted once.
 
     Keys: ``"train"`` and ``"val"`` (ID splits), ``"id"`` (the ID test split), every OOD
@@ -60,6 +72,11 @@ def extract_benchmark_outputs(model: torch.nn.Module, bench: Benchmark, sets: li
     ``"train"`` and every OOD set). Entries already in ``outputs`` are reused, not
     recomputed; the returned dict is ``outputs`` with the missing ones added. Every score
     and geometry function reads these, so one forward pass per set serves them all.
+
+    ``cache`` (a :class:`~ood_core.feature_cache.FeatureCache`): missing sets are read from it
+    when this model's outputs on the same data are there, else extracted and stored.
+    ``progress(set_name, done, total, from_cache)`` is called after every batch of an
+    extraction, and once (``done == total``, ``from_cache=True``) for a set read from the cache.
     """
     sources = {"train": bench.train.x, "val": bench.val.x, "id": bench.test.x, **bench.ood, **(extra_ood or {})}
     wanted = sets if sets is not None else ["id", "train", *bench.ood, *(extra_ood or {})]
@@ -67,9 +84,24 @@ def extract_benchmark_outputs(model: torch.nn.Module, bench: Benchmark, sets: li
     if missing:
         raise DataError(f"no set named {missing[0]!r}; this benchmark has: {', '.join(sources)}")
     outputs = {} if outputs is None else outputs
-    for key in wanted:
-        if key not in outputs:
-            outputs[key] = extract_outputs(model, sources[key], batch_size)
+    todo = [k for k in wanted if k not in outputs]
+    model_key = model_fingerprint(model) if cache is not None and todo else None
+    for key in todo:
+        x = sources[key]
+        data_key = data_fingerprint(x) if cache is not None else None
+        out = cache.load(model_key, key, data_key, x.shape[0]) if cache is not None else None
+        if out is not None:
+            if progress is not None:
+                progress(key, x.shape[0], x.shape[0], True)
+        else:
+            step = None if progress is None else (lambda done, total, key=key: progress(key, done, total, False))
+            out = extract_outputs(model, x, batch_size, progress=step)
+            if cache is not None:
+                try:
+                    cache.store(model_key, key, data_key, out)
+                except OSError as e:  # a full or read-only disk costs the cache, not the result
+                    log.warning("could not write the feature cache for %s (%s)", key, e)
+        outputs[key] = out
     return outputs
 
 
@@ -104,13 +136,15 @@ def id_quality(task: str, out: ModelOutput, y: torch.Tensor) -> dict[str, float]
 def evaluate(model: torch.nn.Module, bench: Benchmark, ood_sets: dict[str, torch.Tensor] | None = None,
              score_names: list[str] | None = None, extra_ood: dict[str, torch.Tensor] | None = None,
              batch_size: int = 512, device: str | torch.device | None = None,
-             outputs: dict[str, ModelOutput] | None = None) -> Evaluation:
+             outputs: dict[str, ModelOutput] | None = None, cache: FeatureCache | None = None,
+             progress: Callable[[str, int, int, bool], None] | None = None) -> Evaluation:
     """Score the ID test split and each OOD set with every requested score.
 
     ``ood_sets`` defaults to all of ``bench.ood``; ``extra_ood`` adds user sets (group
     ``user``). ``score_names`` defaults to every registered score for the task.
     ``outputs`` (from :func:`extract_benchmark_outputs` of the same model) are reused instead
     of running the model again on those sets; the result's ``outputs`` holds every set used.
+    ``cache`` and ``progress``: as in :func:`extract_benchmark_outputs`.
     """
     sets = dict(bench.ood if ood_sets is None else ood_sets)
     groups = {n: bench.ood_groups.get(n, "user") for n in sets}
@@ -134,7 +168,7 @@ def evaluate(model: torch.nn.Module, bench: Benchmark, ood_sets: dict[str, torch
     user = {n: x for n, x in sets.items() if bench.ood.get(n) is not x}  # anything not the built-in tensor
     needs_fit = any(s.requires_fit for s in scorers.values())
     extract_benchmark_outputs(model, bench, ["id", *(["train"] if needs_fit else []), *sets],
-                              extra_ood=user, batch_size=batch_size, outputs=outputs)
+                              extra_ood=user, batch_size=batch_size, outputs=outputs, cache=cache, progress=progress)
     if needs_fit:
         for s in scorers.values():
             s.fit(outputs["train"], bench.train.y, model)

@@ -7,8 +7,11 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 
-def atomic_write(path, write: Callable[[BinaryIO], object]) -> Path:
+def atomic_write(path, write: Callable[[BinaryIO], object], fsync: bool = True) -> Path:
     """Call ``write(f)`` on a temporary file in ``path``'s folder, fsync it, then rename it over ``path``.
+
+    ``fsync=False`` skips the flush to disk (for caches: after a power loss the file may be
+    empty, never partial, so a reader that checks it recomputes).
 
     If ``write`` or the process fails midway, ``path`` keeps its previous content and the
     temporary file is removed (or, after a hard kill, left as a hidden ``.NAME.*.tmp``).
@@ -20,7 +23,8 @@ def atomic_write(path, write: Callable[[BinaryIO], object]) -> Path:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; checkpoints and reports are meant to be shared
         os.replace(tmp, path)
     except BaseException:

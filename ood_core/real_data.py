@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from .data import DATASET_DESCRIPTIONS, DATASETS, Benchmark, Split, convert_to_id_format
-from .errors import DataError, unknown
+from .errors import DataError, DataNotFound, unknown
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,20 @@ LAYOUTS = {
     "voc2012": "<root>/VOCdevkit/VOC2012/{Annotations/*.xml, JPEGImages/*.jpg, ImageSets/Main/{train,val}.txt}",
 }
 
+# one file or folder per dataset whose presence says its files are there (checked by dataset_present)
+MARKERS = {
+    "cifar10": "cifar-10-batches-py/test_batch",
+    "cifar100": "cifar-100-python/test",
+    "svhn": "svhn/test_32x32.mat",
+    "mnist": "MNIST/raw/t10k-images-idx3-ubyte",
+    "fashionmnist": "FashionMNIST/raw/t10k-images-idx3-ubyte",
+    "dtd": "dtd/dtd/images",
+    "places365": "val_256",
+    "tinyimagenet": "tiny-imagenet-200/val",
+    "voc2007": "VOCdevkit/VOC2007/Annotations",
+    "voc2012": "VOCdevkit/VOC2012/Annotations",
+}
+
 # presets: pure data. "name?" = optional (skipped when missing)
 PRESETS = {
     "cifar10": {"id": "cifar10", "near": ["cifar100", "tinyimagenet?"], "far": ["mnist", "svhn", "dtd", "places365"]},
@@ -77,8 +91,21 @@ def data_root(root=None) -> Path:
     """The data root: ``root`` if given, else ``$OOD_DATA_ROOT``, else a DataError."""
     root = root or os.environ.get(DATA_ROOT_ENV)
     if not root:
-        raise DataError(f"real datasets need a data root: pass --data-root DIR or set ${DATA_ROOT_ENV}")
+        raise DataNotFound(f"real datasets need a data root: pass --data-root DIR or set ${DATA_ROOT_ENV}")
     return Path(root).expanduser()
+
+
+def dataset_present(name: str, root) -> bool:
+    """Whether ``name``'s files seem to be under ``root`` (its marker file or folder exists; the
+    files are only read, and checked, when a benchmark is built)."""
+    return (Path(root).expanduser() / MARKERS[name]).exists()
+
+
+def preset_status(preset: str, root) -> dict[str, bool]:
+    """``{dataset: present}`` for the ID dataset and every OOD set of ``PRESETS[preset]``
+    (optional sets keep their ``?``)."""
+    p = PRESETS[preset]
+    return {entry: dataset_present(entry.rstrip("?"), root) for entry in [p["id"], *p["near"], *p["far"]]}
 
 
 def download_enabled() -> bool:
@@ -89,8 +116,8 @@ def ood_set_size() -> int:
     return int(os.environ.get("OOD_SET_SIZE", OOD_SET_SIZE))
 
 
-def missing(name: str, root: Path, detail: str = "") -> DataError:
-    return DataError(f"{name} not found under {root}{f' ({detail})' if detail else ''}; expected layout: "
+def missing(name: str, root: Path, detail: str = "") -> DataNotFound:
+    return DataNotFound(f"{name} not found under {root}{f' ({detail})' if detail else ''}; expected layout: "
                      f"{LAYOUTS[name]}; pass --download (needs internet) or copy the files there")
 
 
@@ -280,27 +307,27 @@ ID_SHAPES = {"cifar10": (3, 32, 32), "cifar100": (3, 32, 32), "svhn": (3, 32, 32
              "fashionmnist": (1, 28, 28), "voc2007": (3, VOC_SIZE, VOC_SIZE), "voc2012": (3, VOC_SIZE, VOC_SIZE)}
 
 
-def load_split(name: str, train: bool):
+def load_split(name: str, train: bool, root=None):
     """Official train (``train=True``) or test split of an ID-capable dataset: (x uint8, y, class names)."""
     if name in ("cifar10", "cifar100"):
-        return load_cifar(name, train)
+        return load_cifar(name, train, root)
     if name == "svhn":
-        return load_svhn(train)
+        return load_svhn(train, root)
     if name in ("mnist", "fashionmnist"):
-        return load_mnist(name, train)
+        return load_mnist(name, train, root)
     if name in ("voc2007", "voc2012"):
         year = name[3:]
         sets = {"2007": ("trainval", "test"), "2012": ("train", "val")}[year]
-        return load_voc(year, sets[0] if train else sets[1])
+        return load_voc(year, sets[0] if train else sets[1], root)
     raise unknown("real dataset", name, ID_SHAPES)
 
 
-def load_ood_set(name: str, input_shape, seed) -> torch.Tensor:
+def load_ood_set(name: str, input_shape, seed, root=None) -> torch.Tensor:
     """OOD set ``name`` (test split / image list), seeded subset, in the ID format ``input_shape``."""
     if name in IMAGE_SETS:
-        x = load_image_set(name, input_shape[1:], input_shape[0], seed=seed)
+        x = load_image_set(name, input_shape[1:], input_shape[0], seed=seed, root=root)
     else:
-        x, _, _ = load_split(name, train=False)
+        x, _, _ = load_split(name, train=False, root=root)
         x = x[torch.from_numpy(_subset(len(x), seed))]
     return convert_to_id_format(x.numpy(), tuple(input_shape), name)
 
@@ -309,13 +336,14 @@ def _to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0)
 
 
-def build_preset(preset: str, known=None, split_seed: int = 0, ood_seed: int = 0) -> Benchmark:
-    """Build the benchmark of ``PRESETS[preset]`` from the files under the data root."""
+def build_preset(preset: str, known=None, split_seed: int = 0, ood_seed: int = 0, data_root=None) -> Benchmark:
+    """Build the benchmark of ``PRESETS[preset]`` from the files under ``data_root`` (default:
+    ``$OOD_DATA_ROOT``)."""
     p = PRESETS[preset]
     name = p["id"]
     shape = ID_SHAPES[name]
-    x_tr, y_tr, names = load_split(name, train=True)
-    x_te, y_te, _ = load_split(name, train=False)
+    x_tr, y_tr, names = load_split(name, train=True, root=data_root)
+    x_te, y_te, _ = load_split(name, train=False, root=data_root)
     multilabel = y_tr.dim() == 2
     if known is not None and tuple(sorted(int(k) for k in known)) != tuple(range(len(names))):
         raise DataError(f"{preset} has no open-set protocol: all {len(names)} classes are known; drop --known")
@@ -328,7 +356,7 @@ def build_preset(preset: str, known=None, split_seed: int = 0, ood_seed: int = 0
             optional = entry.endswith("?")
             set_name = entry.rstrip("?")
             try:
-                ood[set_name] = load_ood_set(set_name, shape, [ood_seed, hash_name(set_name)])
+                ood[set_name] = load_ood_set(set_name, shape, [ood_seed, hash_name(set_name)], root=data_root)
             except DataError as e:
                 if not optional:
                     raise
@@ -387,8 +415,8 @@ def _describe(preset: str) -> str:
 
 
 def _builder(preset: str):
-    def build(known=None, split_seed: int = 0, ood_seed: int = 0) -> Benchmark:
-        return build_preset(preset, known=known, split_seed=split_seed, ood_seed=ood_seed)
+    def build(known=None, split_seed: int = 0, ood_seed: int = 0, data_root=None) -> Benchmark:
+        return build_preset(preset, known=known, split_seed=split_seed, ood_seed=ood_seed, data_root=data_root)
 
     build.__name__ = f"load_{preset}_benchmark"
     build.__doc__ = f"Preset {preset!r}: {_describe(preset)}"

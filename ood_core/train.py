@@ -54,6 +54,14 @@ class TrainConfig:
     # pinned memory with non_blocking=True, so the copy overlaps the previous step.
     amp: str = "off"
     channels_last: bool = False
+    # workers: DataLoader worker processes that gather the batches (pinned by a loader thread on
+    # CUDA) while the main process trains; 0 = in the main process, as before. The shuffle and the
+    # outlier batches stay in the main process, so the weights do not depend on it. The workers
+    # start from a fork server (see _worker_context), so a script that sets it needs the usual
+    # ``if __name__ == "__main__":`` guard; the training set is shared with them via /dev/shm.
+    # (Streamlit makes the app script ``__main__``, so each worker would re-run it: the app trains
+    # with workers=0.)
+    workers: int = 0
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -72,6 +80,9 @@ class TrainConfig:
             raise OODCoreError(f"probe_size must be >= 2, got {self.probe_size}")
         if self.amp not in AMP_DTYPES:
             raise OODCoreError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {self.amp!r}")
+        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 0:
+            raise OODCoreError(f"workers must be a whole number >= 0 (0 = load batches in the main process), "
+                               f"got {self.workers!r}")
 
 
 def recommended_config(method: str, **overrides) -> TrainConfig:
@@ -135,6 +146,79 @@ def _geometry_probe(bench: Benchmark, cfg: TrainConfig) -> dict:
     return {"x_train": bench.train.x[idx], "y_train": bench.train.y[idx],
             "x_known": pick(bench.val.x, cfg.probe_size),
             "x_unknown": torch.cat(unknown) if unknown else None}
+
+
+class _IndexedPairs(torch.utils.data.Dataset):
+    """``dataset[local]`` is the whole batch ``(x[local], y[local])`` for an index tensor ``local``."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def __getitem__(self, local: torch.Tensor):
+        return self.x[local], self.y[local]
+
+
+class _EpochBatches(torch.utils.data.Sampler):
+    """Yields the index tensors of the current epoch, which the main process sets (iterated there)."""
+
+    def __init__(self):
+        self.batches: list[torch.Tensor] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class _BatchLoader:
+    """``workers`` processes that gather the batches the main process chose, in its order.
+
+    The workers draw nothing: the shuffle comes from the training generator in the main process,
+    and the loader's own seed (for worker seeding) from a private generator, not torch's global one.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, workers: int, device: torch.device):
+        self._batches = _EpochBatches()
+        self._loader = torch.utils.data.DataLoader(
+            _IndexedPairs(x, y), batch_size=None, sampler=self._batches, num_workers=workers,
+            pin_memory=device.type == "cuda", persistent_workers=True,  # start the workers once per run
+            # forkserver, not fork (unsafe in the app's multi-threaded server) nor spawn (imports torch every run)
+            multiprocessing_context=_worker_context(), generator=torch.Generator().manual_seed(0))
+        self._iter = None
+
+    def epoch(self, batches: list[torch.Tensor]):
+        """An iterator over ``(x[local], y[local])`` for each ``local`` in ``batches``."""
+        self._batches.batches = batches
+        self._iter = iter(self._loader)
+        return self._iter
+
+    def close(self) -> None:
+        """Stop the worker processes now (also when training stopped mid-epoch)."""
+        it, self._iter, self._loader = self._iter, None, None
+        if it is not None and hasattr(it, "_shutdown_workers"):  # otherwise they stop when it is collected
+            it._shutdown_workers()
+
+
+def _worker_context():
+    """Where the workers come from: a fork server that has imported torch and this module (once per
+    process, ~1 s), so later runs start their workers in ~0.05 s where spawn takes 1-2 s every run
+    (measured on 2 CPU cores). Not plain fork: the app trains in a thread of a multi-threaded server,
+    and forking a process with other threads (or with CUDA up) can deadlock or break the child."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():  # Windows
+        return multiprocessing.get_context("spawn")
+    from multiprocessing import forkserver
+
+    ctx = multiprocessing.get_context("forkserver")
+    preload = list(getattr(getattr(forkserver, "_forkserver", None), "_preload_modules", ["__main__"]))
+    if __name__ not in preload:  # only read when the server starts; keeps whatever was asked before
+        ctx.set_forkserver_preload([*preload, __name__])
+    return ctx
 
 
 def train(method: str = "ce", dataset: str | Benchmark = "digits", config: TrainConfig | None = None,
@@ -227,55 +311,65 @@ def _train(m, bench: Benchmark, cfg: TrainConfig, device: torch.device, dctx: dd
     if not dctx.is_main:
         progress = epoch_end = None
     history: list[dict] = []
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        order = torch.randperm(n, generator=gen)
-        total, count = 0.0, 0
-        for step in range(1, steps + 1):
-            idx = order[(step - 1) * cfg.batch_size: step * cfg.batch_size]
-            local = ddp.rank_slice(idx, dctx)  # the whole batch unless distributed
-            xb, yb = x_train[local], y_train[local]
-            if pinned:  # indexing makes a new pageable tensor: pin it so the copy can be asynchronous
-                xb, yb = xb.pin_memory(), yb.pin_memory()
-            xb = xb.to(device, non_blocking=pinned, memory_format=layout)
-            yb = yb.to(device, non_blocking=pinned)
-            ob = None
-            if outliers is not None:
-                ob = outliers[torch.randint(outliers.shape[0], (out_batch,), generator=gen)].to(device)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = loss_fn(net(xb), yb, LossContext(xb, model, epoch, cfg.epochs, ob))
-            loss_value = loss.item()  # one device sync per step serves the check, the log and the callback
-            if dctx.enabled:
-                # the global mean loss on every rank (so a NaN anywhere stops all ranks at this step);
-                # DDP averages gradients over ranks, so weight this rank's mean by its share of the batch
-                share = local.numel() * dctx.world_size / idx.numel()
-                loss_value = ddp.all_reduce_sum([loss_value * local.numel()], device)[0] / idx.numel()
-                loss = loss * share
-            if not math.isfinite(loss_value):
-                raise TrainingDiverged(
-                    f"training loss became {loss_value} at epoch {epoch}, step {step}; nothing was saved. "
-                    f"Lower the learning rate (now {cfg.lr:g}) or check the data for NaN/Inf")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if dctx.enabled:
-                ddp.average_grads(loss_fn.parameters(), dctx)
-            scaler.step(opt)
-            scaler.update()
-            total += loss_value * idx.numel()
-            count += idx.numel()
-            val = None
-            if step == steps and dctx.is_main:
-                val = id_quality(bench.task, extract_outputs(model, bench.val.x), bench.val.y)
-                history.append({"epoch": epoch, "train_loss": total / count,
-                                "lr": opt.param_groups[0]["lr"], **{f"val_{k}": v for k, v in val.items()}})
-                if probe is not None and (epoch % cfg.geometry_every == 0 or epoch == cfg.epochs):
-                    history[-1].update(model_geometry_snapshot(model, bench.task, **probe))
-            if progress is not None:
-                progress(Progress(epoch, cfg.epochs, step, steps, loss_value, val))
-        sched.step()
-        if epoch_end is not None:
-            epoch_end(epoch, model)
-        ddp.barrier(dctx)  # the other ranks wait while rank 0 validates
+    loader = _BatchLoader(x_train, y_train, cfg.workers, device) if cfg.workers else None
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
+            order = torch.randperm(n, generator=gen)
+            loaded = None if loader is None else loader.epoch(
+                [ddp.rank_slice(order[i:i + cfg.batch_size], dctx) for i in range(0, n, cfg.batch_size)])
+            total, count = 0.0, 0
+            for step in range(1, steps + 1):
+                idx = order[(step - 1) * cfg.batch_size: step * cfg.batch_size]
+                local = ddp.rank_slice(idx, dctx)  # the whole batch unless distributed
+                if loaded is None:
+                    xb, yb = x_train[local], y_train[local]
+                    if pinned:  # indexing makes a new pageable tensor: pin it so the copy can be asynchronous
+                        xb, yb = xb.pin_memory(), yb.pin_memory()
+                else:  # the same batch, gathered by a worker (and pinned by the loader's thread on CUDA)
+                    xb, yb = next(loaded)
+                xb = xb.to(device, non_blocking=pinned, memory_format=layout)
+                yb = yb.to(device, non_blocking=pinned)
+                ob = None
+                if outliers is not None:
+                    ob = outliers[torch.randint(outliers.shape[0], (out_batch,), generator=gen)].to(device)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    loss = loss_fn(net(xb), yb, LossContext(xb, model, epoch, cfg.epochs, ob))
+                loss_value = loss.item()  # one device sync per step serves the check, the log and the callback
+                if dctx.enabled:
+                    # the global mean loss on every rank (so a NaN anywhere stops all ranks at this step);
+                    # DDP averages gradients over ranks, so weight this rank's mean by its share of the batch
+                    share = local.numel() * dctx.world_size / idx.numel()
+                    loss_value = ddp.all_reduce_sum([loss_value * local.numel()], device)[0] / idx.numel()
+                    loss = loss * share
+                if not math.isfinite(loss_value):
+                    raise TrainingDiverged(
+                        f"training loss became {loss_value} at epoch {epoch}, step {step}; nothing was saved. "
+                        f"Lower the learning rate (now {cfg.lr:g}) or check the data for NaN/Inf")
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if dctx.enabled:
+                    ddp.average_grads(loss_fn.parameters(), dctx)
+                scaler.step(opt)
+                scaler.update()
+                total += loss_value * idx.numel()
+                count += idx.numel()
+                val = None
+                if step == steps and dctx.is_main:
+                    val = id_quality(bench.task, extract_outputs(model, bench.val.x), bench.val.y)
+                    history.append({"epoch": epoch, "train_loss": total / count,
+                                    "lr": opt.param_groups[0]["lr"], **{f"val_{k}": v for k, v in val.items()}})
+                    if probe is not None and (epoch % cfg.geometry_every == 0 or epoch == cfg.epochs):
+                        history[-1].update(model_geometry_snapshot(model, bench.task, **probe))
+                if progress is not None:
+                    progress(Progress(epoch, cfg.epochs, step, steps, loss_value, val))
+            sched.step()
+            if epoch_end is not None:
+                epoch_end(epoch, model)
+            ddp.barrier(dctx)  # the other ranks wait while rank 0 validates
+    finally:
+        if loader is not None:
+            loader.close()
 
     if dctx.enabled:  # plain BatchNorm again: the saved and returned model is the unwrapped one
         trained = model

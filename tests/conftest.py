@@ -10,6 +10,15 @@ if str(ROOT) not in sys.path:
 CHECKPOINTS = ROOT / "checkpoints"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dir(tmp_path_factory):
+    """Feature and map caches of the whole run go to a temporary folder, never the user's
+    ~/.cache/ood-lab (tests that need their own folder set $OOD_CACHE_DIR again)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OOD_CACHE_DIR", str(tmp_path_factory.mktemp("ood-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_digits_run():
     """A 3-epoch CE model on digits, trained once per test session."""

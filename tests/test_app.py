@@ -198,11 +198,11 @@ def test_replaced_checkpoint_is_not_served_stale(tmp_path):
     p = tmp_path / "m.pt"
     r1 = ood_core.train("ce", "toy2d", ood_core.TrainConfig(epochs=1), evaluate_after=False)
     ood_core.save_checkpoint(p, r1.model, r1.meta)
-    ev1 = sup.evaluation_cached(str(p), sup.file_mtime(p))
+    ev1 = sup.evaluation_cached(str(p), sup.checkpoint_version(str(p)))
     r2 = ood_core.train("ce", "toy2d", ood_core.TrainConfig(epochs=1, seed=1), evaluate_after=False)
     ood_core.save_checkpoint(p, r2.model, r2.meta)
     os.utime(p, (sup.file_mtime(p) + 5, sup.file_mtime(p) + 5))  # make sure the mtime moves
-    ev2 = sup.evaluation_cached(str(p), sup.file_mtime(p))
+    ev2 = sup.evaluation_cached(str(p), sup.checkpoint_version(str(p)))
     assert not np.array_equal(ev1["scores"]["id/msp"], ev2["scores"]["id/msp"])
     assert np.array_equal(ev2["scores"]["id/msp"], sup.compute_evaluation(p)["scores"]["id/msp"])
 
@@ -298,7 +298,7 @@ def test_jacobian_norms_come_set_by_set_with_progress(ckpt_dir):
 
     path = str(ckpt_dir / "ce_digits.pt")
     calls = []
-    norms = sup.jacobian_norms_cached(path, sup.file_mtime(path), "estimate", 8, 32,
+    norms = sup.jacobian_norms_cached(path, sup.checkpoint_version(path), "estimate", 8, 32,
                                       progress=lambda done, total, name: calls.append((done, total, name)))
     model, _ = ood_core.load_checkpoint(path)
     expected = jacobian_norms_by_set(model, ood_core.load_benchmark("digits"), method="estimate", n_proj=8,

@@ -133,15 +133,16 @@ def test_app_support_wrappers_share_outputs(tmp_path, monkeypatch):
     monkeypatch.setenv("OOD_CACHE_DIR", str(tmp_path / "cache"))
     st.cache_data.clear()
     st.cache_resource.clear()
-    mtime = sup.file_mtime(DIGITS)
-    outputs = sup.outputs_cached(DIGITS, mtime)
-    assert outputs is sup.outputs_cached(DIGITS, mtime)  # one shared extraction
-    geo = sup.geometry_cached(DIGITS, mtime, None)
+    version = sup.checkpoint_version(DIGITS)
+    assert version == (sup.file_mtime(DIGITS), None)  # an embedded dataset: no data root in the key
+    outputs = sup.outputs_cached(DIGITS, version)
+    assert outputs is sup.outputs_cached(DIGITS, version)  # one shared extraction
+    geo = sup.geometry_cached(DIGITS, version, None)
     assert geo["nc"]["nc4"] < 0.05
-    proj = sup.projection_cached(DIGITS, mtime, "pca")
+    proj = sup.projection_cached(DIGITS, version, "pca")
     assert set(proj.coords) == {"id", *ood_core.load_benchmark("digits").ood}
     assert len(list((tmp_path / "cache").glob("projection-pca-*.npz"))) == 1
-    ev = sup.evaluation_cached(DIGITS, mtime)
+    ev = sup.evaluation_cached(DIGITS, version)
     assert set(outputs) == {"id", "train", *ood_core.load_benchmark("digits").ood}  # not mutated by callers
     assert ev["report"]["id_accuracy"] > 0.95
     st.cache_data.clear()

@@ -55,7 +55,7 @@ paths = {Path(p).name: p for p in chosen}
 results = {}
 for side, col, name, result in sup.side_by_side(chosen, sup.evaluation_cached, ood_set,
                                                 sets=lambda r: r["report"]["ood"], user_ood=user_ood):
-    method = sup.checkpoint_meta_cached(paths[name], sup.file_mtime(paths[name])).get("method")
+    method = sup.checkpoint_meta_cached(paths[name], sup.file_version(paths[name])).get("method")
     results[name] = {**result, "method": method}
     col.caption(f"method `{method}`")
     id_s, ood_s = result["scores"][f"id/{score}"], result["scores"][f"{ood_set}/{score}"]

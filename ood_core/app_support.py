@@ -10,8 +10,9 @@ Plain functions (usable without a running Streamlit server, e.g. in tests or a n
 * :func:`history_figure`: the per-epoch NC metrics and JND of a training history (plotly).
 
 Cached wrappers, keyed on ``(path, version)``: ``version`` (:func:`checkpoint_version`) is
-the file's modification time and, for a real-data checkpoint, the data root, so a checkpoint
-replaced on disk is re-read and another data root gives other results, never stale ones:
+a SHA-256 of the file's content and, for a real-data checkpoint, the data root, so a
+checkpoint replaced on disk is re-read (even with the same mtime) and another data root
+gives other results, never stale ones:
 
 * :func:`load_model_cached` (``st.cache_resource``): ``(model, meta)``, one shared model.
 * :func:`outputs_cached`: the model's outputs on every split and OOD set, extracted once per
@@ -94,14 +95,68 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
                   key=lambda p: p.name)
 
 
-def file_mtime(path: str | Path) -> float:
-    """Modification time of ``path`` (the cache key's version part); CheckpointError if gone."""
+def _stat(path: str | Path) -> os.stat_result:
     try:
-        return os.stat(path).st_mtime
+        return os.stat(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint file (was it moved or deleted?)") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the name
+        raise CheckpointError(f"{path}: cannot read the checkpoint file ({getattr(e, 'strerror', None) or e})") from None
+
+
+def file_mtime(path: str | Path) -> float:
+    """Modification time of ``path``; CheckpointError if gone. (Not a cache key: see :func:`file_version`.)"""
+    return _stat(path).st_mtime
+
+
+# Content digests of checkpoint files, memoised per path on everything stat() tells about the
+# file: {path: (stat key, digest)}. A file whose inode was changed less than
+# _RACY_WINDOW_NS ago is hashed on every call, not memoised: timestamps come from a coarse
+# clock (a few ms), so a file rewritten in place twice within one tick with the same size
+# would otherwise keep its first digest (git's "racily clean" problem).
+_DIGESTS: dict[str, tuple[tuple, str]] = {}
+_DIGESTS_LOCK = threading.Lock()
+_DIGESTS_MAX = 256
+_RACY_WINDOW_NS = 2_000_000_000
+
+
+def _stat_key(s: os.stat_result) -> tuple:
+    return (s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns)
+
+
+def file_version(path: str | Path) -> str:
+    """A SHA-256 of the file's bytes (hex, 32 characters): the file part of a checkpoint's
+    cache key. Unlike a modification time it changes whenever the content does, also when a
+    file is replaced by another with the same mtime (``cp -p``, ``os.utime``, a coarse-mtime
+    file system). Memoised on (device, inode, size, mtime_ns, ctime_ns), so an unchanged file
+    is read once (checkpoints are well under a few MB; hashing one costs about a millisecond
+    per MB). CheckpointError if the file is gone or unreadable."""
+    import hashlib
+    import time
+
+    key = str(path)
+    before = _stat(path)
+    with _DIGESTS_LOCK:
+        memo = _DIGESTS.get(key)
+    if memo is not None and memo[0] == _stat_key(before):
+        return memo[1]
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint file (was it moved or deleted?)") from None
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read the checkpoint file ({e.strerror or e})") from None
+    digest = h.hexdigest()[:32]
+    after = _stat(path)
+    if _stat_key(after) == _stat_key(before) and time.time_ns() - after.st_ctime_ns > _RACY_WINDOW_NS:
+        with _DIGESTS_LOCK:
+            _DIGESTS[key] = (_stat_key(after), digest)
+            while len(_DIGESTS) > _DIGESTS_MAX:
+                _DIGESTS.pop(next(iter(_DIGESTS)))
+    return digest
 
 
 def evaluate_model(model, meta: dict, outputs: dict | None = None, bench=None,
@@ -194,9 +249,14 @@ def save_upload(files, folder: str | Path | None = None) -> Path:
     files = [f for f in (files or []) if f is not None]
     if not files:
         raise DataError("no file uploaded; upload one .npy/.npz array file or image files")
-    names = [Path(str(f.name)).name for f in files]
+    # the last component only (also of a Windows path), so a crafted name cannot leave the folder
+    names = [Path(str(f.name).replace("\\", "/")).name for f in files]
     kinds = []
     for name in names:
+        if any(ord(c) < 32 or ord(c) == 127 for c in name):
+            raise DataError(f"{name!r}: the file name contains control characters (NUL, newline...); rename the file")
+        if len(name.encode("utf-8", "surrogateescape")) > 200:
+            raise DataError(f"{name[:40]}...: the file name is too long (at most 200 bytes); rename the file")
         suffix = Path(name).suffix.lower()
         if suffix in ARRAY_SUFFIXES:
             kinds.append("array")
@@ -273,7 +333,7 @@ def store_upload(widget_key: str) -> None:
         return
     try:
         st.session_state[USER_OOD_KEY] = str(save_upload(files))
-    except (OODCoreError, OSError) as e:
+    except (OODCoreError, OSError, ValueError) as e:
         st.session_state["user_ood_error"] = str(e)
 
 
@@ -432,12 +492,15 @@ def preset_status_markdown(root: str) -> str:
     return "\n".join(lines)
 
 
-def checkpoint_version(path: str) -> tuple[float, str | None]:
-    """The cache-key version of a checkpoint: ``(modification time, data root)``, the data root
-    only for a real-data checkpoint (embedded ones do not depend on it, so changing it
-    recomputes nothing for them). CheckpointError if the file is gone."""
-    mtime = file_mtime(path)
-    return mtime, data_root_setting() if needs_data_root(checkpoint_dataset(path)) else None
+def checkpoint_version(path: str) -> tuple[str, str | None]:
+    """The cache-key version of a checkpoint: ``(content digest, data root)``
+    (:func:`file_version`), the data root only for a real-data checkpoint (embedded ones do
+    not depend on it, so changing it recomputes nothing for them). Every cached wrapper is
+    keyed on ``(path, version, ...)``, so a file replaced on disk (whatever its mtime) or
+    another data root never gets another model's or data's results. CheckpointError if the
+    file is gone."""
+    digest = file_version(path)
+    return digest, data_root_setting() if needs_data_root(checkpoint_dataset(path)) else None
 
 
 @st.cache_resource(max_entries=8, show_spinner="Building the benchmark…")
@@ -701,15 +764,16 @@ def test_labels_cached(path: str, version: tuple) -> np.ndarray:
 
 
 @st.cache_data(max_entries=64)
-def checkpoint_meta_cached(path: str, mtime: float) -> dict:
-    """The metadata of the checkpoint at ``path`` (validated, weights not built)."""
+def checkpoint_meta_cached(path: str, digest: str) -> dict:
+    """The metadata of the checkpoint at ``path`` (validated, weights not built); ``digest``
+    (:func:`file_version`) only versions the cache key."""
     return read_checkpoint(path)["meta"]
 
 
 def checkpoint_dataset(path: str) -> str | None:
     """The dataset name a checkpoint was trained on, or None when the file cannot be read."""
     try:
-        return (checkpoint_meta_cached(path, file_mtime(path)).get("dataset") or {}).get("name")
+        return (checkpoint_meta_cached(path, file_version(path)).get("dataset") or {}).get("name")
     except OODCoreError:
         return None
 
@@ -1029,6 +1093,7 @@ def attribution_cached(path: str, version: tuple, set_name: str, index: int, sco
     and ``delta`` (completeness error: sum of attributions - (score - baseline_score)).
     OODCoreError for a score that cannot be attributed or an index out of range.
     """
+    configure_matplotlib_dir()
     from .attribution import integrated_gradients
 
     model, _ = load_model_cached(path, version)
@@ -1039,6 +1104,24 @@ def attribution_cached(path: str, version: tuple, set_name: str, index: int, sco
     return {"input": x.numpy(), "attributions": res.attributions.numpy(),
             "score": float(res.scores[0]), "baseline_score": float(res.baseline_scores[0]),
             "delta": float(res.delta[0])}
+
+
+def configure_matplotlib_dir() -> str:
+    """Keep matplotlib's config and font cache out of the user's home: captum imports
+    matplotlib, which on its first import writes ``~/.config/matplotlib`` and
+    ``~/.cache/matplotlib/fontlist-*.json``. Unless ``$MPLCONFIGDIR`` is set (the user's
+    choice wins), it is pointed at ``<cache folder>/matplotlib`` before that import, so the
+    app writes only into its checkpoint and cache folders. Idempotent; returns the folder."""
+    current = os.environ.get("MPLCONFIGDIR", "")
+    if current.strip():
+        return current
+    folder = default_cache_dir() / "matplotlib"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return ""  # not writable: matplotlib falls back to its own defaults rather than break the page
+    os.environ["MPLCONFIGDIR"] = str(folder)
+    return str(folder)
 
 
 def teaching_mode() -> bool:

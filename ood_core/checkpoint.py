@@ -39,7 +39,9 @@ def save_checkpoint(path, model: OODModel, meta: dict) -> Path:
     """Write ``model``'s weights and ``meta`` to ``path`` atomically.
 
     The archive is written to a temporary file in the same folder, flushed and fsync'ed,
-    then renamed over ``path``: a crash mid-write leaves any previous file intact.
+    then renamed over ``path``: a crash mid-write leaves any previous file intact (and at
+    most a hidden ``.NAME.*.tmp`` that no ``*.pt`` glob matches). A ``meta["partial"]``
+    entry marks the weights of an unfinished run (see ``train(checkpoint=...)``).
     """
     path = Path(path)
     meta = _json_safe({**meta, "model": model.spec})
@@ -58,7 +60,10 @@ def read_checkpoint(source) -> dict:
             raise CheckpointError(f"{p}: no such checkpoint file")
         if p.is_dir():
             raise CheckpointError(f"{p}: is a folder; pass a checkpoint file (.pt)")
-        source = p.read_bytes()
+        try:
+            source = p.read_bytes()
+        except OSError as e:
+            raise CheckpointError(f"{p}: cannot read the checkpoint ({e.strerror or e})") from None
     if not zipfile.is_zipfile(io.BytesIO(source)):
         raise CheckpointError(f"{name}: not a PyTorch checkpoint archive (wrong file type, or a truncated file)")
     try:
@@ -110,7 +115,7 @@ def manifest_entry(path) -> dict:
     """Summary of one checkpoint for ``manifest.json``: what it is and how well it did."""
     meta = read_checkpoint(path)["meta"]
     metrics = meta.get("metrics") or {}
-    return {
+    entry = {
         "file": Path(path).name,
         "method": meta.get("method"),
         "dataset": (meta.get("dataset") or {}).get("name"),
@@ -122,11 +127,17 @@ def manifest_entry(path) -> dict:
         "auroc_group_means": {g: {s: m["auroc"] for s, m in per.items()}
                               for g, per in (metrics.get("group_means") or {}).items()},
     }
+    if meta.get("partial"):  # the last good state of an unfinished run (no OOD metrics)
+        entry["partial"] = meta["partial"]
+    return entry
 
 
 def write_manifest(folder) -> Path:
     """Write ``folder/manifest.json`` listing every ``*.pt`` checkpoint in ``folder``."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: " + ("is a file; pass the folder holding the checkpoints"
+                                               if folder.exists() else "no such folder"))
     entries = [manifest_entry(p) for p in sorted(folder.glob("*.pt"))]
     text = json.dumps({"checkpoints": entries}, indent=2) + "\n"
     return atomic_write(folder / "manifest.json", lambda f: f.write(text.encode()))

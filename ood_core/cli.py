@@ -1,7 +1,10 @@
 """Command line: ``python -m ood_core {train,evaluate,geometry,project,list,manifest} ...`` (``--help`` on each).
 
-Errors caused by input print one line on stderr and exit with status 2; ``--debug`` shows
-the traceback instead.
+Errors caused by input print one line on stderr and exit with status 2; an unexpected error
+(a bug) prints one line and exits with 1; Ctrl-C prints one line saying what is on disk and
+exits with 130. ``--debug`` shows the traceback instead. (Usage errors found by argparse exit
+with 2 and argparse's own usage message.) Every output file is written atomically; output
+paths are checked before any long computation.
 """
 from __future__ import annotations
 
@@ -10,8 +13,25 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import OODCoreError
-from .fileio import atomic_write
+from .errors import OODCoreError, TrainingDiverged
+from .fileio import atomic_write, check_writable
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with the line telling the user what is on disk now."""
+
+
+def _write(args, path, write) -> Path:
+    """``atomic_write`` that remembers what this command has written (for the Ctrl-C message)."""
+    atomic_write(path, write)
+    args._written = [*getattr(args, "_written", []), str(path)]
+    return Path(path)
+
+
+def _at_least(args, option: str, minimum: int, what: str = "") -> None:
+    value = getattr(args, option.lstrip("-").replace("-", "_"))
+    if value is not None and value < minimum:
+        raise OODCoreError(f"{option} must be >= {minimum}{what}, got {value}")
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -114,7 +134,7 @@ def _add_data_options(parser) -> None:
 def cmd_train(args) -> int:
     from tqdm import tqdm
 
-    from .checkpoint import save_checkpoint
+    from .checkpoint import read_checkpoint, save_checkpoint
     from .data import parse_known
     from .evaluate import format_table
     from .train import recommended_config, train
@@ -122,6 +142,9 @@ def cmd_train(args) -> int:
     out = Path(args.out)
     if out.suffix != ".pt":
         raise OODCoreError(f"--out must name a .pt file, got {out}")
+    _at_least(args, "--checkpoint-every", 0, " (0 = off)")
+    _at_least(args, "--feature-dim", 1)
+    check_writable(out)  # before training, not after it
     _data_options(args)
     cfg = recommended_config(args.method, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              weight_decay=args.weight_decay, optimizer=args.optimizer, seed=args.seed,
@@ -141,15 +164,47 @@ def cmd_train(args) -> int:
             bar.set_postfix(epoch=f"{p.epoch}/{p.epochs}", loss=f"{p.loss:.4f}",
                             **{f"val_{k.removeprefix('id_')}": f"{v:.3f}" for k, v in p.val.items()})
 
+    existed = out.exists()
+    saving = False  # a partial save has begun: `out` may now hold one (each save is atomic)
+
+    def save_partial(model, meta):
+        nonlocal saving
+        saving = True
+        save_checkpoint(out, model, meta)
+
+    def on_disk() -> str:
+        """What `out` holds now, read from the file itself (so Ctrl-C at any moment reports the truth)."""
+        partial = None
+        if saving:
+            try:
+                partial = read_checkpoint(out)["meta"].get("partial")
+            except OODCoreError:
+                partial = None
+        if partial:
+            return (f"{out} holds the last good state: a partial checkpoint after epoch {partial['epochs_done']} of "
+                    f"{partial['epochs']} (loadable; run train again for the complete one)")
+        return f"nothing was written ({'the previous ' + str(out) + ' is untouched' if existed else 'no ' + str(out)})"
+
     try:
         result = train(args.method, args.dataset, cfg, known=parse_known(args.known), progress=progress,
-                       model_params=model_params, loss_params=loss_params)
+                       model_params=model_params, loss_params=loss_params,
+                       checkpoint_every=args.checkpoint_every, checkpoint=save_partial if args.checkpoint_every else None)
+    except TrainingDiverged as e:
+        head = str(e).split(";")[0]
+        raise TrainingDiverged(f"{head}; {on_disk()}. Lower the learning rate (now {cfg.lr:g}) "
+                               "or check the data for NaN/Inf") from e
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; {on_disk()}") from None
     finally:
         if bar is not None:
             bar.close()
     if result.rank != 0:  # under torchrun only rank 0 writes the checkpoint and reports
         return 0
-    save_checkpoint(out, result.model, result.meta)
+    try:
+        save_checkpoint(out, result.model, result.meta)
+    except KeyboardInterrupt:  # the write is atomic: `out` holds what it held before
+        raise Interrupted(f"interrupted while saving; {on_disk()}") from None
+    args._written = [str(out)]
     report = result.meta["metrics"]
     quality = {k: v for k, v in report.items() if k.startswith("id_")}
     print(f"saved {out}  ({', '.join(f'{k} {100 * v:.2f}%' for k, v in quality.items())} on the test split)")
@@ -179,6 +234,11 @@ def cmd_evaluate(args) -> int:
     from .methods import default_score_names
     from .scores import SCORES
 
+    if args.scores and Path(args.scores).suffix != ".npz":
+        raise OODCoreError(f"--scores must name a .npz file, got {args.scores}")
+    for option in ("json", "scores"):
+        if getattr(args, option):
+            check_writable(getattr(args, option))
     model, meta, bench = _checkpoint_and_benchmark(args)
     ds = meta["dataset"]
     ood_names = _csv(args.ood)
@@ -212,12 +272,9 @@ def cmd_evaluate(args) -> int:
     report = {**ev.report, "checkpoint": str(args.checkpoint), "method": meta.get("method"),
               "dataset": ds.get("name"), "known": ds.get("known")}
     if args.json:
-        atomic_write(Path(args.json), lambda f: f.write(json.dumps(report, indent=2).encode()))
+        _write(args, Path(args.json), lambda f: f.write(json.dumps(report, indent=2).encode()))
     if args.scores:
-        path = Path(args.scores)
-        if path.suffix != ".npz":
-            raise OODCoreError(f"--scores must name a .npz file, got {path}")
-        atomic_write(path, lambda f: np.savez(f, **ev.scores))
+        _write(args, Path(args.scores), lambda f: np.savez(f, **ev.scores))
     quality = {k: v for k, v in report.items() if k.startswith("id_")}
     print(f"{meta.get('method')} on {ds.get('name')} (known {ds.get('known')}): "
           + ", ".join(f"{k} {100 * v:.2f}%" for k, v in quality.items()))
@@ -230,8 +287,10 @@ def cmd_evaluate(args) -> int:
 def cmd_geometry(args) -> int:
     from .geometry import geometry_summary
 
-    if args.probe_size < 1:
-        raise OODCoreError(f"--probe-size must be >= 1, got {args.probe_size}")
+    _at_least(args, "--probe-size", 1)
+    _at_least(args, "--n-proj", 1)
+    if args.json:
+        check_writable(args.json)
     model, meta, bench = _checkpoint_and_benchmark(args)
     jac = None if args.jacobian == "none" else args.jacobian
     outputs, _ = _outputs(args, model, bench)
@@ -239,7 +298,7 @@ def cmd_geometry(args) -> int:
                                probe_size=args.probe_size)
     summary = {"checkpoint": str(args.checkpoint), "method": meta.get("method"), **summary}
     if args.json:
-        atomic_write(Path(args.json), lambda f: f.write(json.dumps(summary, indent=2).encode()))
+        _write(args, Path(args.json), lambda f: f.write(json.dumps(summary, indent=2).encode()))
     print(f"{meta.get('method')} on {bench.name}: geometry of the representation")
     if "nc" in summary:
         print("neural collapse (training split; 0 = collapsed): "
@@ -272,13 +331,14 @@ def cmd_project(args) -> int:
     out = Path(args.out)
     if out.suffix != ".npz":
         raise OODCoreError(f"--out must name a .npz file, got {out}")
+    check_writable(out)
     model, meta, bench = _checkpoint_and_benchmark(args)
     outputs, _ = _outputs(args, model, bench, ["id", *bench.ood])
     if args.method == "umap":
         print("fitting UMAP (the first fit in a process spends ~10-30 s compiling with numba)...", file=sys.stderr)
     proj = project_benchmark(model, bench, method=args.method, fit_on=args.fit_on, normalize=args.normalize,
                              outputs=outputs, cache_dir=_cache_dir(args), seed=args.seed)
-    atomic_write(out, lambda f: np.savez(f, **proj.coords))
+    _write(args, out, lambda f: np.savez(f, **proj.coords))
     where = "from the cache" if proj.from_cache else f"in {proj.seconds:.1f} s"
     print(f"{args.method} map of {meta.get('method')} features (fit on {args.fit_on}), {where}; wrote {out}")
     if proj.caveat:
@@ -396,6 +456,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="record NC metrics and the JND on a small probe every N epochs into the checkpoint's "
                         "history (shown by the app); default: 0 = off")
     t.add_argument("--out", required=True, help="checkpoint file to write (.pt); written atomically")
+    t.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                   help="also save the model to --out after every N epochs, marked partial (no OOD report), so a "
+                        "run that diverges (NaN/Inf loss) or is interrupted leaves its last good state; "
+                        "the final save replaces it; default: 0 = off")
     t.add_argument("--quiet", action="store_true", help="no progress bar or table")
     _add_data_options(t)
     t.set_defaults(func=cmd_train)
@@ -477,8 +541,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
+        written = getattr(args, "_written", [])
+        msg = str(e) if isinstance(e, Interrupted) else (
+            f"interrupted; wrote {', '.join(written)} (complete) before that" if written
+            else "interrupted; nothing was written")
+        print(msg, file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` etc.: not an error
         sys.stderr.close()

@@ -34,6 +34,9 @@ to the ID format by :func:`load_user_ood` (see its docstring for the rules).
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import struct
 import zipfile
 import zlib
 from pathlib import Path
@@ -407,38 +410,86 @@ def load_benchmark_from_spec(spec, data_root=None) -> Benchmark:
 # --------------------------------------------------------------------------- user OOD sets
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
+# Limits on a user OOD set (an array file or an image folder, CLI ``--ood-file`` and app
+# uploads alike). The data are converted in batches of samples into a preallocated tensor of
+# the model's input shape, so peak memory is the (small) converted output plus a few times
+# CHUNK_BYTES of work space, whatever the file size; the caps bound the output and the
+# evaluation that follows. Both caps can be raised with the environment variables below.
+MAX_USER_BYTES = 1 << 30  # bytes of array data in a .npy/.npz file (1 GiB)
+MAX_USER_SAMPLES = 100_000  # samples: array rows or image files
+MAX_USER_BYTES_ENV = "OOD_MAX_USER_BYTES"
+MAX_USER_SAMPLES_ENV = "OOD_MAX_USER_SAMPLES"
+CHUNK_BYTES = 16 << 20  # float32 work space per batch of samples
+FORTRAN_MAX_BYTES = 64 << 20  # column-major (Fortran-order) arrays cannot be read a batch of samples at a time
 
-def _to_unit_range(arr: np.ndarray, source: str) -> np.ndarray:
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / 255.0
-    if arr.dtype.kind == "b":
-        return arr.astype(np.float32)
-    if arr.dtype.kind not in "fiu":
-        raise DataError(f"{source}: dtype {arr.dtype} is not numeric; save images as uint8 or float arrays")
-    arr = arr.astype(np.float32)
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        raise DataError(f"{source}: {int(bad.sum())} NaN/Inf value(s); replace them before evaluating")
-    lo, hi = float(arr.min()), float(arr.max())
-    if lo >= 0.0 and hi <= 1.0:
-        return arr
-    if lo >= 0.0 and hi <= 255.0:
-        return arr / 255.0  # 0..255 pixel values stored as float/int
-    raise DataError(f"{source}: values span [{lo:g}, {hi:g}]; images must be in [0, 1] or [0, 255]")
+# what reading a .npy/.npz (a zip, read lazily) can raise when the file is damaged
+_UNREADABLE = (OSError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError)
+
+
+def _env_limit(var: str, default: int) -> int:
+    raw = os.environ.get(var, "").strip()
+    if not raw:
+        return default
+    try:
+        text = raw.replace("_", "")
+        value = int(text) if text.isdigit() else int(float(text))
+    except (ValueError, OverflowError):
+        value = 0
+    if value <= 0:
+        raise DataError(f"${var}={raw!r} is not a positive number; set it to a count such as {default}")
+    return value
+
+
+def user_limits() -> tuple[int, int]:
+    """``(max bytes, max samples)`` of a user OOD set: :data:`MAX_USER_BYTES` and
+    :data:`MAX_USER_SAMPLES`, or ``$OOD_MAX_USER_BYTES`` / ``$OOD_MAX_USER_SAMPLES`` when set."""
+    return _env_limit(MAX_USER_BYTES_ENV, MAX_USER_BYTES), _env_limit(MAX_USER_SAMPLES_ENV, MAX_USER_SAMPLES)
+
+
+def _human(nbytes: int) -> str:
+    value = float(nbytes)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError  # pragma: no cover
+
+
+def _check_user_size(n: int, sample_shape: tuple[int, ...], itemsize: int, source: str) -> None:
+    """Refuse an array above the caps, from its declared shape (before any data is read)."""
+    max_bytes, max_samples = user_limits()
+    nbytes = n * math.prod(sample_shape) * itemsize
+    if nbytes > max_bytes:
+        raise DataError(f"{source}: too large: {n:,} samples of shape {tuple(sample_shape)} hold {_human(nbytes)} of "
+                        f"data, more than the limit of {_human(max_bytes)} for a user OOD set; pass a subset, or "
+                        f"raise the limit with the environment variable {MAX_USER_BYTES_ENV}={nbytes}")
+    if n > max_samples:
+        raise DataError(f"{source}: too many samples: {n:,}, more than the limit of {max_samples:,} for a user OOD "
+                        f"set; pass a subset, or raise the limit with the environment variable "
+                        f"{MAX_USER_SAMPLES_ENV}={n}")
+
+
+def _image_layout(shape: tuple[int, ...], source: str) -> str:
+    """"nhw", "nhwc" or "nchw" for (N,H,W), (N,H,W,C) or (N,C,H,W) with C in {1,3,4}."""
+    if len(shape) == 3:
+        return "nhw"
+    if len(shape) == 4:
+        if shape[1] not in (1, 3, 4) and shape[3] in (1, 3, 4):
+            return "nhwc"
+        if shape[1] not in (1, 3, 4):
+            raise DataError(f"{source}: shape {shape} has no channel axis of size 1, 3 or 4")
+        return "nchw"
+    raise DataError(f"{source}: shape {shape} is not an image batch; "
+                    "expected (N, H, W), (N, H, W, C) or (N, C, H, W)")
 
 
 def _as_nchw(arr: np.ndarray, channels: int, source: str) -> np.ndarray:
     """Accept (N,H,W), (N,H,W,C) or (N,C,H,W) with C in {1,3,4}; return (N, channels, H, W)."""
-    if arr.ndim == 3:
+    layout = _image_layout(arr.shape, source)
+    if layout == "nhw":
         arr = arr[:, None]
-    elif arr.ndim == 4:
-        if arr.shape[1] not in (1, 3, 4) and arr.shape[3] in (1, 3, 4):
-            arr = arr.transpose(0, 3, 1, 2)
-        elif arr.shape[1] not in (1, 3, 4):
-            raise DataError(f"{source}: shape {arr.shape} has no channel axis of size 1, 3 or 4")
-    else:
-        raise DataError(f"{source}: shape {arr.shape} is not an image batch; "
-                        "expected (N, H, W), (N, H, W, C) or (N, C, H, W)")
+    elif layout == "nhwc":
+        arr = arr.transpose(0, 3, 1, 2)
     if arr.shape[1] == 4:
         arr = arr[:, :3]  # drop alpha
     if arr.shape[1] == 3 and channels == 1:
@@ -448,98 +499,316 @@ def _as_nchw(arr: np.ndarray, channels: int, source: str) -> np.ndarray:
     return arr
 
 
+def _check_declared(shape: tuple[int, ...], dtype: np.dtype, input_shape: tuple[int, ...], source: str) -> None:
+    """Validate the shape and dtype an array declares (a file header), before reading data."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) >= 1 and math.prod(shape) == 0:
+        raise DataError(f"{source}: no samples (shape {shape})")
+    if len(input_shape) == 1:
+        if len(shape) != 2 or shape[1] != input_shape[0]:
+            raise DataError(f"{source}: shape {shape} does not fit this model; it takes (N, {input_shape[0]}) points")
+        if dtype.kind not in "fiu":
+            raise DataError(f"{source}: dtype {dtype} is not numeric")
+        return
+    if dtype.kind not in "fiub":
+        raise DataError(f"{source}: dtype {dtype} is not numeric; save images as uint8 or float arrays")
+    _image_layout(shape, source)
+
+
+def _batch_size(shape: tuple[int, ...]) -> int:
+    """Samples per batch so that one batch in float32 takes about CHUNK_BYTES."""
+    return max(1, CHUNK_BYTES // max(1, 4 * math.prod(shape[1:])))
+
+
+def _convert_batches(batches, n: int, dtype: np.dtype, input_shape: tuple[int, ...], source: str) -> torch.Tensor:
+    """Convert samples arriving in consecutive batches into a preallocated (n, *input_shape) tensor.
+
+    The range rule needs the range of the whole array, so float/int batches are converted
+    unscaled while their range is tracked, and the whole output is divided by 255 at the end
+    when the values are 0..255 (every step in between is linear, so this equals scaling first).
+    """
+    if len(input_shape) == 1:
+        out = torch.empty((n, input_shape[0]), dtype=torch.float32)
+        start, bad = 0, False
+        for batch in batches:
+            with np.errstate(over="ignore"):  # beyond the float32 range -> inf, refused below
+                x = np.asarray(batch, dtype=np.float32)
+            bad = bad or not np.isfinite(x).all()
+            if not bad:
+                out[start:start + len(x)] = torch.from_numpy(x)
+            start += len(x)
+        if bad:
+            raise DataError(f"{source}: contains NaN/Inf values (or values beyond the float32 range); "
+                            "replace them before evaluating")
+        return out
+    c, h, w = input_shape
+    fixed = 255.0 if dtype == np.uint8 else (1.0 if dtype.kind == "b" else None)
+    out = torch.empty((n, c, h, w), dtype=torch.float32)
+    start, bad, lo, hi = 0, 0, np.inf, -np.inf
+    for batch in batches:
+        m = len(batch)
+        with np.errstate(over="ignore"):  # beyond the float32 range -> inf, refused below
+            x = np.asarray(batch).astype(np.float32)  # a copy: modified in place below
+        if fixed is None:
+            nonfinite = x.size - int(np.count_nonzero(np.isfinite(x)))
+            bad += nonfinite
+            if not nonfinite:
+                lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
+            if bad or lo < 0 or hi > 255:  # refused below; only keep counting
+                start += m
+                continue
+        elif fixed != 1.0:
+            x /= fixed
+        t = torch.from_numpy(np.ascontiguousarray(_as_nchw(x, c, source)))
+        if t.shape[-2:] != (h, w):
+            t = torch.nn.functional.interpolate(t, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+        out[start:start + m] = t
+        start += m
+    if start != n:  # pragma: no cover - the readers yield exactly n samples
+        raise AssertionError(f"{source}: converted {start} of {n} samples")
+    if bad:
+        raise DataError(f"{source}: {bad} NaN/Inf value(s); replace them before evaluating")
+    if fixed is None:
+        if lo >= 0.0 and hi <= 1.0:
+            pass
+        elif lo >= 0.0 and hi <= 255.0:
+            out /= 255.0  # 0..255 pixel values stored as float/int
+        else:
+            raise DataError(f"{source}: values span [{lo:g}, {hi:g}]; images must be in [0, 1] or [0, 255]")
+    return out.clamp_(0.0, 1.0)
+
+
 def convert_to_id_format(arr: np.ndarray, input_shape: tuple[int, ...], source: str = "array") -> torch.Tensor:
     """Convert a user array to the ID format ``input_shape`` (C, H, W) or (D,), range [0, 1].
 
     Rules: uint8 is divided by 255; float/int arrays in [0, 1] are kept, in [0, 255]
-    divided by 255, anything else is refused. Channels: RGB(A) -> grey by luminance when
-    the model takes 1 channel, grey -> RGB by repetition. Spatial size: bilinear resize
-    with antialiasing. Vector datasets (toy2d) need an (N, D) array and are not rescaled.
+    divided by 255, anything else is refused, as are NaN/Inf. Channels: RGB(A) -> grey by
+    luminance when the model takes 1 channel, grey -> RGB by repetition. Spatial size:
+    bilinear resize with antialiasing. Vector datasets (toy2d) need an (N, D) array and are
+    not rescaled. The conversion runs in batches of about ``CHUNK_BYTES`` (float32) into a
+    preallocated output, so ``arr`` may be a memory map larger than the memory.
     """
-    arr = np.asarray(arr)
-    if arr.size == 0 or arr.shape[0] == 0:
-        raise DataError(f"{source}: no samples (shape {arr.shape})")
-    if len(input_shape) == 1:
-        if arr.ndim != 2 or arr.shape[1] != input_shape[0]:
-            raise DataError(f"{source}: shape {arr.shape} does not fit this model; it takes (N, {input_shape[0]}) points")
-        if arr.dtype.kind not in "fiu":
-            raise DataError(f"{source}: dtype {arr.dtype} is not numeric")
-        if not np.isfinite(arr).all():
-            raise DataError(f"{source}: contains NaN/Inf values; replace them before evaluating")
-        return torch.tensor(arr, dtype=torch.float32)
-    c, h, w = input_shape
-    arr = _as_nchw(_to_unit_range(arr, source), c, source)
-    x = torch.tensor(np.ascontiguousarray(arr), dtype=torch.float32)
-    if x.shape[-2:] != (h, w):
-        x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
-        x = x.clamp_(0.0, 1.0)
-    return x
+    if not isinstance(arr, np.ndarray):
+        arr = np.asarray(arr)
+    input_shape = tuple(input_shape)
+    _check_declared(arr.shape, arr.dtype, input_shape, source)
+    k = _batch_size(arr.shape)
+    batches = (arr[i:i + k] for i in range(0, arr.shape[0], k))
+    return _convert_batches(batches, arr.shape[0], arr.dtype, input_shape, source)
 
 
-def _read_array_file(path: Path) -> np.ndarray:
-    # a .npz is a zip whose members are read lazily, so reading a member can fail too
-    unreadable = (OSError, EOFError, zipfile.BadZipFile, zlib.error)
+def _read_exact(f, buf: np.ndarray, source: str) -> None:
+    """Fill the uint8 array ``buf`` from the stream ``f``; a short read is a truncated file."""
+    view, got = memoryview(buf), 0
     try:
-        loaded = np.load(path, allow_pickle=False)  # never unpickle user files
-    except ValueError as e:
-        raise DataError(f"{path}: refused: object arrays need pickle, which is not loaded ({e})") from None
-    except unreadable as e:
+        while got < len(view):
+            r = f.readinto(view[got:])
+            if not r:
+                raise DataError(f"{source}: truncated: the data end after {got} of {len(view)} bytes of a batch; "
+                                "the file is incomplete")
+            got += r
+    except _UNREADABLE as e:
+        raise DataError(f"{source}: not readable ({e.__class__.__name__}: {e})") from None
+
+
+def _read_npy_header(f, source: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            return fmt.read_array_header_1_0(f)
+        if version == (2, 0):
+            return fmt.read_array_header_2_0(f)
+    except (ValueError, SyntaxError, *_UNREADABLE) as e:
+        raise DataError(f"{source}: not a readable .npy array (bad header: {e})") from None
+    raise DataError(f"{source}: .npy format version {version[0]}.{version[1]} is not supported; "
+                    "save plain numeric arrays with np.save")
+
+
+def _read_npy_stream(f, source: str, input_shape: tuple[int, ...], total_size: int | None) -> torch.Tensor:
+    """Read a .npy stream (a file or a zip member of ``total_size`` bytes) positioned at its
+    magic, converting a batch of samples at a time.
+
+    Shape, dtype and size are checked from the header before any data is read; object
+    arrays (pickles) are refused there.
+    """
+    shape, fortran, dtype = _read_npy_header(f, source)
+    if dtype.hasobject:
+        raise DataError(f"{source}: refused: object arrays need pickle, which is not loaded")
+    _check_declared(shape, dtype, input_shape, source)
+    n, sample_shape = shape[0], tuple(shape[1:])
+    _check_user_size(n, sample_shape, dtype.itemsize, source)
+    nbytes = math.prod(shape) * dtype.itemsize
+    try:
+        available = None if total_size is None else total_size - f.tell()
+    except (OSError, ValueError):  # a stream that cannot tell: a short read is caught later
+        available = None
+    if available is not None and available < nbytes:
+        raise DataError(f"{source}: truncated: the header declares shape {shape} of {dtype} ({_human(nbytes)}) "
+                        f"but the file holds {_human(max(available, 0))} of data")
+    if fortran and len(shape) > 1:
+        if nbytes > FORTRAN_MAX_BYTES:
+            raise DataError(f"{source}: stored in Fortran (column-major) order, which cannot be read in batches, and "
+                            f"larger than {_human(FORTRAN_MAX_BYTES)}; re-save it with "
+                            "np.save(path, np.ascontiguousarray(x))")
+        buf = np.empty(nbytes, np.uint8)
+        _read_exact(f, buf, source)
+        return convert_to_id_format(buf.view(dtype).reshape(shape, order="F"), input_shape, source)
+    k = _batch_size(shape)
+    per_sample = math.prod(sample_shape) * dtype.itemsize
+
+    def batches():
+        buf = np.empty(min(k, n) * per_sample, np.uint8)  # reused: each batch is converted before the next read
+        for i in range(0, n, k):
+            m = min(k, n - i)
+            raw = buf[: m * per_sample]
+            _read_exact(f, raw, source)
+            yield raw.view(dtype).reshape((m, *sample_shape))
+        try:
+            f.read(1)  # reach the end, so that a zip member's CRC is checked
+        except _UNREADABLE as e:
+            raise DataError(f"{source}: not readable ({e.__class__.__name__}: {e})") from None
+
+    return _convert_batches(batches(), n, dtype, input_shape, source)
+
+
+def _read_npz(path: Path, f, input_shape: tuple[int, ...]) -> torch.Tensor:
+    try:
+        archive = zipfile.ZipFile(f)
+    except (ValueError, *_UNREADABLE) as e:
         raise DataError(f"{path}: not a readable .npy/.npz file ({e})") from None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            keys = list(loaded.keys())
-            if not keys:
-                raise DataError(f"{path}: the .npz archive holds no array")
-            key = "x" if "x" in keys else keys[0]
-            if len(keys) > 1 and key != "x":
-                raise DataError(f"{path}: the .npz holds several arrays {keys}; name the images 'x'")
-            try:
-                return loaded[key]
-            except ValueError as e:
-                raise DataError(f"{path}: refused: array {key!r}: object arrays need pickle, "
-                                f"which is not loaded ({e})") from None
-            except unreadable as e:
-                raise DataError(f"{path}: array {key!r} is not readable ({e})") from None
-    return loaded
+    with archive:
+        names = archive.namelist()
+        keys = [n[:-4] if n.endswith(".npy") else n for n in names]  # as np.load's NpzFile.files
+        if not keys:
+            raise DataError(f"{path}: the .npz archive holds no array")
+        key = "x" if "x" in keys else keys[0]
+        if len(keys) > 1 and key != "x":
+            raise DataError(f"{path}: the .npz holds several arrays {keys}; name the images 'x'")
+        info = archive.getinfo(names[keys.index(key)])
+        source = f"{path} (array {key!r})"
+        try:
+            member = archive.open(info)
+        except _UNREADABLE as e:
+            raise DataError(f"{source}: not readable ({e.__class__.__name__}: {e})") from None
+        # a compressed member cannot be memory-mapped: its stream is decompressed a batch at a time
+        with member:
+            return _read_npy_stream(member, source, input_shape, total_size=info.file_size)
 
 
-def _read_image_folder(path: Path, channels: int) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+def _read_array_file(path: Path, input_shape: tuple[int, ...]) -> torch.Tensor:
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise DataError(f"{path}: not a readable .npy/.npz file ({e})") from None
+    with f:
+        try:
+            magic = f.read(6)
+            f.seek(0)
+        except OSError as e:
+            raise DataError(f"{path}: not a readable .npy/.npz file ({e})") from None
+        if magic.startswith(b"PK"):
+            return _read_npz(path, f, input_shape)
+        if magic == b"\x93NUMPY":
+            return _read_npy_stream(f, str(path), input_shape, total_size=os.fstat(f.fileno()).st_size)
+        if magic[:1] == b"\x80":
+            raise DataError(f"{path}: refused: this is a pickle, which is never loaded (it can run code); "
+                            "save the images with np.save(path, x) as a numeric array")
+        raise DataError(f"{path}: not a readable .npy/.npz file (it starts with neither the .npy nor the zip signature)")
 
+
+# what decoding a damaged image can raise (PIL's plugins raise more than OSError)
+_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error)
+
+
+def _pil_to_unit(im, channels: int, f: Path) -> np.ndarray:
+    """One PIL image as float32 (channels, H, W) in [0, 1]."""
+    mode = im.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):  # 16-bit / 32-bit grey: convert("L") would clip at 255
+        a = np.asarray(im).astype(np.float32)
+        if not np.isfinite(a).all():
+            raise DataError(f"{f}: NaN/Inf pixel values")
+        lo, hi = float(a.min()), float(a.max())
+        if mode == "F":  # float image: the array rule
+            if lo >= 0 and hi <= 1:
+                pass
+            elif lo >= 0 and hi <= 255:
+                a /= 255.0
+            else:
+                raise DataError(f"{f}: float pixel values span [{lo:g}, {hi:g}]; images must be in [0, 1] or [0, 255]")
+        elif lo >= 0 and hi <= 65535:  # 16-bit grey (mode I;16, or I as older Pillow opens 16-bit PNGs)
+            a /= 65535.0
+        else:
+            raise DataError(f"{f}: {mode} pixel values span [{lo:g}, {hi:g}]; integer images must be 8- or 16-bit")
+        a = a[None]
+        return np.repeat(a, 3, axis=0) if channels == 3 else a
+    # palette, RGBA, LA, CMYK, bilevel, ...: PIL's conversion (alpha dropped, palette applied)
+    a = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+    return a[None] if channels == 1 else a.transpose(2, 0, 1)
+
+
+def _decode_image(f: Path, channels: int) -> np.ndarray:
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        with Image.open(f) as im:
+            if limit and im.size[0] * im.size[1] > limit:  # PIL only warns up to twice its limit
+                raise DataError(f"{f}: refused: the image declares {im.size[0]}x{im.size[1]} pixels, more than "
+                                f"{limit:,} (a possible decompression bomb); resize it first")
+            return _pil_to_unit(im, channels, f)
+    except DataError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"{f}: refused: a possible decompression bomb ({e})") from None
+    except _IMAGE_ERRORS as e:  # UnidentifiedImageError is an OSError
+        raise DataError(f"{f}: unreadable image ({e.__class__.__name__}: {e})") from None
+
+
+def _read_image_folder(path: Path, input_shape: tuple[int, ...]) -> torch.Tensor:
+    """Decode the folder's images one at a time into a preallocated (N, C, H, W) tensor.
+
+    Each image is converted to grey (1 channel) or RGB and resized to (H, W) on its own, so
+    memory holds one decoded image at a time and images of different sizes mix freely.
+    """
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DataError(f"{path}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
-    imgs = []
-    size = None
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                im = im.convert("L" if channels == 1 else "RGB")
-                if size is None:
-                    size = im.size
-                elif im.size != size:
-                    im = im.resize(size, Image.BILINEAR)
-                imgs.append(np.asarray(im, dtype=np.uint8))
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"{f}: unreadable image ({e.__class__.__name__}: {e})") from None
-    return np.stack(imgs)
+    _, max_samples = user_limits()
+    if len(files) > max_samples:
+        raise DataError(f"{path}: too many images: {len(files):,} files, more than the limit of {max_samples:,} for "
+                        f"a user OOD set; pass a smaller folder, or raise the limit with the environment variable "
+                        f"{MAX_USER_SAMPLES_ENV}={len(files)}")
+    c, h, w = input_shape
+    out = torch.empty((len(files), c, h, w), dtype=torch.float32)
+    for i, f in enumerate(files):
+        t = torch.from_numpy(np.ascontiguousarray(_decode_image(f, c)))[None]
+        if t.shape[-2:] != (h, w):
+            t = torch.nn.functional.interpolate(t, size=(h, w), mode="bilinear", antialias=True,
+                                                align_corners=False).clamp_(0.0, 1.0)
+        out[i] = t[0]
+    return out
 
 
 def load_user_ood(path, input_shape: tuple[int, ...]) -> tuple[str, torch.Tensor]:
     """Load a user's OOD set from ``.npy``/``.npz`` or an image folder; returns (name, tensor).
 
     The name is the file stem (or folder name). See :func:`convert_to_id_format` for the
-    conversion rules. Pickled (object) arrays are refused.
+    conversion rules. Pickled (object) arrays are refused. Safety: an array's header (shape,
+    dtype, size) is checked before its data are read, and sets above :func:`user_limits`
+    (``$OOD_MAX_USER_BYTES``, ``$OOD_MAX_USER_SAMPLES``) are refused; arrays are converted a
+    batch of samples at a time and images one at a time, so memory stays bounded by the
+    converted output plus a few times ``CHUNK_BYTES``. Damaged or oversized images
+    (decompression bombs) raise :class:`DataError` naming the file.
     """
     path = Path(path)
+    input_shape = tuple(input_shape)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     if path.is_dir():
         if len(input_shape) != 3:
             raise DataError(f"{path}: an image folder cannot be an OOD set for a model taking points of shape {input_shape}")
-        arr = _read_image_folder(path, input_shape[0])
-    elif path.suffix.lower() in (".npy", ".npz"):
-        arr = _read_array_file(path)
-    else:
-        raise DataError(f"{path}: unsupported file type {path.suffix!r}; pass a .npy/.npz array or a folder of images")
-    return path.stem if path.is_file() else path.name, convert_to_id_format(arr, tuple(input_shape), str(path))
+        return path.name, _read_image_folder(path, input_shape)
+    if path.suffix.lower() in (".npy", ".npz"):
+        return path.stem, _read_array_file(path, input_shape)
+    raise DataError(f"{path}: unsupported file type {path.suffix!r}; pass a .npy/.npz array or a folder of images")

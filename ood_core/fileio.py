@@ -6,6 +6,49 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
+from .errors import OODCoreError
+
+
+class OutputError(OODCoreError, OSError):
+    """An output file cannot be written (its folder is missing/not a folder, read-only, or the disk is full).
+
+    Also an :class:`OSError` (``errno`` is kept), so code that tolerates a failed cache write
+    by catching ``OSError`` keeps doing so; the CLI prints it as one line.
+    """
+
+    def __str__(self) -> str:  # OSError would reformat it as "[Errno N] ..."
+        return str(self.args[0]) if self.args else ""
+
+
+def _output_error(path: Path, e: OSError) -> OutputError:
+    reason = e.strerror or " ".join(str(e).split()) or type(e).__name__
+    blocker = next((a for a in path.parents if a.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        reason = f"{blocker} is a file, not a folder"
+    err = OutputError(f"cannot write {path}: {reason}")
+    err.errno = e.errno
+    return err
+
+
+def check_writable(path) -> Path:
+    """Fail now, with one clear line, if ``atomic_write(path, ...)`` could not create its file.
+
+    Creates ``path``'s folder if needed and creates and removes an empty temporary file in
+    it; ``path`` itself is not touched. Lets a command refuse a bad output path before it
+    spends minutes computing what it would write there.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a folder; pass a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise _output_error(path, e) from None
+    return path
+
 
 def atomic_write(path, write: Callable[[BinaryIO], object], fsync: bool = True) -> Path:
     """Call ``write(f)`` on a temporary file in ``path``'s folder, fsync it, then rename it over ``path``.
@@ -14,11 +57,16 @@ def atomic_write(path, write: Callable[[BinaryIO], object], fsync: bool = True) 
     empty, never partial, so a reader that checks it recomputes).
 
     If ``write`` or the process fails midway, ``path`` keeps its previous content and the
-    temporary file is removed (or, after a hard kill, left as a hidden ``.NAME.*.tmp``).
+    temporary file is removed (or, after a hard kill, left as a hidden ``.NAME.*.tmp``, which
+    no ``*.NAME-suffix`` glob matches). An :class:`OSError` (folder missing or not a folder,
+    no permission, disk full) is raised as :class:`OutputError`, one line naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _output_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -27,6 +75,12 @@ def atomic_write(path, write: Callable[[BinaryIO], object], fsync: bool = True) 
                 os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; checkpoints and reports are meant to be shared
         os.replace(tmp, path)
+    except OutputError:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise _output_error(path, e) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

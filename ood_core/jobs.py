@@ -83,14 +83,30 @@ def default_file_name(method: str, dataset: str) -> str:
     return f"{method}_{dataset}{CHECKPOINT_SUFFIX}"
 
 
+MAX_NAME_BYTES = 200  # file name limit (most file systems allow 255; the save adds a hidden temporary name)
+
+
 def checkpoint_path(folder: str | Path, file_name: str) -> Path:
-    """``folder / file_name`` after checking that ``file_name`` is a plain ``*.pt`` name
-    (no folders, not hidden); raises OODCoreError saying what to type instead."""
+    """``folder / file_name`` after checking that ``file_name`` is a plain ``*.pt`` name that
+    stays inside ``folder``: no folders (``/``, ``..``), not hidden, no control characters
+    (NUL, newline, ...), at most ``MAX_NAME_BYTES`` bytes, and not an existing symbolic link
+    (saving must never write through a link to a file outside ``folder``). Raises
+    OODCoreError saying what to type instead."""
     name = (file_name or "").strip()
-    if not name or Path(name).name != name or name in (".", ".."):
+    if not name or "/" in name or "\\" in name or Path(name).name != name or name in (".", ".."):
         raise OODCoreError(f"output file name {file_name!r} must be a plain file name without folders, "
                            f"e.g. ce_toy2d{CHECKPOINT_SUFFIX}")
-    return _check_name(Path(folder) / name)
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise OODCoreError(f"output file name {file_name!r} contains control characters (NUL, newline, tab...); "
+                           f"use letters, digits, '-', '_' and '.', e.g. ce_toy2d{CHECKPOINT_SUFFIX}")
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        raise OODCoreError(f"output file name is too long ({len(name.encode('utf-8', 'surrogateescape'))} bytes; "
+                           f"at most {MAX_NAME_BYTES}); choose a shorter name, e.g. ce_toy2d{CHECKPOINT_SUFFIX}")
+    path = _check_name(Path(folder) / name)
+    if path.is_symlink():
+        raise OODCoreError(f"{name!r} in {folder} is a symbolic link (to {os.readlink(path)}); the app does not "
+                           f"save through links; choose another name such as {free_path(path).name}")
+    return path
 
 
 def _check_name(path: Path) -> Path:
@@ -107,7 +123,7 @@ def free_path(path: str | Path) -> Path:
     """``path`` if no file has that name, else the first free ``stem-2.pt``, ``stem-3.pt``, ..."""
     path = Path(path)
     candidate, k = path, 2
-    while candidate.exists():
+    while os.path.lexists(candidate):  # a dangling symbolic link takes its name too
         candidate = path.with_name(f"{path.stem}-{k}{path.suffix}")
         k += 1
     return candidate
@@ -115,13 +131,22 @@ def free_path(path: str | Path) -> Path:
 
 def check_output_path(out_path: str | Path, overwrite: bool = False) -> Path:
     """The absolute output path, after refusing a bad name, a folder, or (unless
-    ``overwrite``) an existing file; the error names what to pass instead."""
-    path = _check_name(Path(out_path).expanduser()).resolve()
-    if path.is_dir():
+    ``overwrite``) an existing file; the error names what to pass instead.
+
+    Only the folder part is resolved, never the file name: when the name is a symbolic
+    link, the save replaces the link itself (with ``overwrite``) and never writes to the
+    file it points to; without ``overwrite`` a link, even a dangling one, counts as an
+    existing file."""
+    raw = str(out_path)
+    if "\0" in raw:
+        raise OODCoreError(f"output path {raw!r} contains a NUL character; pass a plain file path")
+    path = _check_name(Path(out_path).expanduser())
+    path = path.parent.resolve() / path.name
+    if path.is_dir() and not path.is_symlink():
         raise OODCoreError(f"{path} is a folder; pass a checkpoint file path ending in {CHECKPOINT_SUFFIX}")
     if path.parent.exists() and not path.parent.is_dir():
         raise OODCoreError(f"{path.parent} is a file, not a folder; pass a path inside a folder")
-    if path.exists() and not overwrite:
+    if os.path.lexists(path) and not overwrite:
         raise OODCoreError(f"{path} already exists and would be replaced; pass overwrite=True (in the app: tick "
                            f"'Overwrite') to replace it, or choose another file name such as {free_path(path).name}")
     return path

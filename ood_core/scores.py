@@ -7,17 +7,40 @@ needs statistics of the training data (Mahalanobis, KNN, ...) overrides :meth:`S
 which receives the training-set outputs, their labels and the model.
 
 Add a score by subclassing :class:`Score` and decorating it with :func:`register_score`.
+
+Reliability (checked by ``tests/test_score_properties.py``): calling a score (and fitting
+one) rejects NaN/Inf in the features or logits with a :class:`~ood_core.errors.DataError`
+naming the score and the input; finite outputs always give finite scores: a score whose
+float32 arithmetic overflows on extreme but finite outputs (e.g. logits ~1e38, energy at a
+small temperature) is recomputed in float64.
 """
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import OODCoreError, unknown
+from .errors import DataError, OODCoreError, unknown
 from .models import ModelOutput
 
 SCORES: dict[str, type["Score"]] = {}
+
+
+def check_finite_outputs(out: ModelOutput, score: str, what: str = "") -> None:
+    """Raise DataError if the features or logits of ``out`` hold NaN/Inf (one cheap pass)."""
+    for name, t in (("features", out.features), ("logits", out.logits)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            continue
+        bad = ~torch.isfinite(t)
+        if not bool(bad.any()):
+            continue
+        bad_rows = bad.reshape(bad.shape[0], -1).any(dim=1) if bad.dim() > 1 else bad
+        raise DataError(
+            f"score {score!r}: the {what}{name} contain {int(bad.sum())} NaN/Inf value(s) in "
+            f"{int(bad_rows.sum())} sample(s) (first: sample {int(bad_rows.float().argmax())}); scores need finite "
+            "model outputs (values beyond the float32 range count as Inf)")
 
 
 def register_score(cls: type["Score"]) -> type["Score"]:
@@ -38,6 +61,20 @@ class Score:
     # then calls score_inputs(model, x) instead of reading cached outputs.
     requires_inputs: bool = False
 
+    def __init_subclass__(cls, **kwargs):
+        # every fit (also a recipe's) rejects non-finite training outputs before using them
+        super().__init_subclass__(**kwargs)
+        fit = cls.__dict__.get("fit")
+        if fit is not None and not getattr(fit, "_checks_finite", False):
+            @functools.wraps(fit)
+            def checked_fit(self, train, *args, **kw):
+                if isinstance(train, ModelOutput):
+                    check_finite_outputs(train, self.name, "training ")
+                return fit(self, train, *args, **kw)
+
+            checked_fit._checks_finite = True
+            cls.fit = checked_fit
+
     def fit(self, train: ModelOutput, labels: torch.Tensor, model: torch.nn.Module | None = None) -> "Score":
         """Learn what the score needs from training-set outputs and labels; default: nothing.
 
@@ -52,8 +89,20 @@ class Score:
         raise NotImplementedError(f"score {self.name!r} is computed from cached outputs")
 
     def __call__(self, out: ModelOutput) -> np.ndarray:
+        """Scores (N,) as float64 of the cached outputs, computed in float32.
+
+        NaN/Inf in the features or logits raise DataError. When finite outputs give a
+        non-finite float32 score (overflow on extreme values), it is recomputed in float64.
+        """
+        out = ModelOutput(out.features.float(), out.logits.float())
+        check_finite_outputs(out, self.name)
         with torch.no_grad():
-            s = self.compute(ModelOutput(out.features.float(), out.logits.float()))
+            s = self.compute(out)
+            if not bool(torch.isfinite(s).all()):
+                s = self.compute(ModelOutput(out.features.double(), out.logits.double()))
+                if not bool(torch.isfinite(s).all()):
+                    raise OODCoreError(f"score {self.name!r} is not finite for {int((~torch.isfinite(s)).sum())} "
+                                       "sample(s) although the model outputs are finite")
         return s.double().cpu().numpy()
 
     @classmethod
@@ -142,4 +191,6 @@ class PrototypeCosineScore(Score):
         if out.features.shape[1] != self.prototypes.shape[1]:
             raise OODCoreError(f"features have {out.features.shape[1]} dimensions but the head weight "
                                f"has {self.prototypes.shape[1]}")
-        return F.normalize(out.features, dim=1) @ self.prototypes.to(out.features.device).T
+        # normalised in float64: ||z|| of float32 features above ~1e19 overflows float32
+        z = F.normalize(out.features.double(), dim=1).to(out.features.dtype)
+        return z @ self.prototypes.to(out.features.device, out.features.dtype).T

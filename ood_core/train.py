@@ -224,7 +224,8 @@ def _worker_context():
 def train(method: str = "ce", dataset: str | Benchmark = "digits", config: TrainConfig | None = None,
           known=None, progress: Callable[[Progress], None] | None = None, model_params: dict | None = None,
           loss_params: dict | None = None, evaluate_after: bool = True,
-          epoch_end: Callable[[int, OODModel], None] | None = None) -> TrainResult:
+          epoch_end: Callable[[int, OODModel], None] | None = None, checkpoint_every: int = 0,
+          checkpoint: Callable[[OODModel, dict], None] | None = None) -> TrainResult:
     """Train ``method`` on ``dataset`` and return the model with its checkpoint metadata.
 
     ``model_params`` override the model spec (``arch``, ``feature_dim``, ...) and
@@ -237,6 +238,14 @@ def train(method: str = "ce", dataset: str | Benchmark = "digits", config: Train
     it (parameters, buffers, train/eval mode) and draw nothing from torch's global random
     generator; then the trained weights are the same with or without it.
 
+    ``checkpoint(model, meta)`` is called after every ``checkpoint_every`` completed epochs
+    (not after the last one: the caller saves the finished model) with the metadata of a
+    checkpoint of the model as it is now: the final metadata without ``metrics`` (no OOD
+    evaluation, to keep it cheap) and with ``meta["partial"] = {"epochs_done": k, "epochs": total}``.
+    E.g. ``checkpoint=lambda model, meta: save_checkpoint(path, model, meta)`` keeps the last
+    good state on disk; the weights do not depend on it. Before the call the weights are
+    checked to be finite (:class:`TrainingDiverged` otherwise), so a saved state is usable.
+
     Under torchrun (``WORLD_SIZE`` > 1) every rank calls this; training is data-parallel
     (:mod:`ood_core.distributed`), while validation, ``progress``, ``epoch_end`` and
     ``evaluate_after`` run on rank 0 only. Every rank returns the trained (unwrapped) model;
@@ -245,6 +254,10 @@ def train(method: str = "ce", dataset: str | Benchmark = "digits", config: Train
     """
     cfg = config or TrainConfig()
     cfg.validate()
+    if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 0:
+        raise OODCoreError(f"checkpoint_every must be a whole number of epochs >= 0 (0 = off), got {checkpoint_every!r}")
+    if checkpoint_every and checkpoint is None:
+        raise OODCoreError("checkpoint_every needs a checkpoint(model, meta) callback that saves the model")
     m = get_method(method)
     bench = dataset if isinstance(dataset, Benchmark) else load_benchmark(dataset, known=known)
     if bench.task != m.task:
@@ -254,7 +267,8 @@ def train(method: str = "ce", dataset: str | Benchmark = "digits", config: Train
     if ddp.env_world_size() > 1:
         dctx, device = ddp.distributed_context(device)
     try:
-        return _train(m, bench, cfg, device, dctx, progress, model_params, loss_params, evaluate_after, epoch_end)
+        return _train(m, bench, cfg, device, dctx, progress, model_params, loss_params, evaluate_after, epoch_end,
+                      checkpoint_every if checkpoint is not None else 0, checkpoint)
     except BaseException as e:
         if dctx.enabled:
             # The traceback's frames still hold the DDP-wrapped model; destroying the process group
@@ -266,8 +280,23 @@ def train(method: str = "ce", dataset: str | Benchmark = "digits", config: Train
         ddp.shutdown(dctx)
 
 
+def _checkpoint_meta(m, bench: Benchmark, model: OODModel, cfg: TrainConfig, device: torch.device,
+                     dctx: ddp.DistContext, used_loss_params: dict, history: list[dict]) -> dict:
+    """The checkpoint metadata of a run (without the OOD ``metrics``)."""
+    return {
+        "method": m.name,
+        "dataset": bench.spec(),
+        "model": model.spec,
+        "train_config": {**dataclasses.asdict(cfg), "device_used": str(device), "world_size": dctx.world_size},
+        "loss_params": used_loss_params,
+        "history": history,
+        "versions": library_versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
 def _train(m, bench: Benchmark, cfg: TrainConfig, device: torch.device, dctx: ddp.DistContext, progress,
-           model_params, loss_params, evaluate_after, epoch_end) -> TrainResult:
+           model_params, loss_params, evaluate_after, epoch_end, checkpoint_every=0, checkpoint=None) -> TrainResult:
     gen = seed_everything(cfg.seed)
 
     spec = dict(arch=default_arch(bench.input_shape), num_classes=bench.num_classes,
@@ -309,7 +338,7 @@ def _train(m, bench: Benchmark, cfg: TrainConfig, device: torch.device, dctx: dd
     n = x_train.shape[0]
     steps = math.ceil(n / cfg.batch_size)
     if not dctx.is_main:
-        progress = epoch_end = None
+        progress = epoch_end = checkpoint = None
     history: list[dict] = []
     loader = _BatchLoader(x_train, y_train, cfg.workers, device) if cfg.workers else None
     try:
@@ -343,9 +372,11 @@ def _train(m, bench: Benchmark, cfg: TrainConfig, device: torch.device, dctx: dd
                     loss_value = ddp.all_reduce_sum([loss_value * local.numel()], device)[0] / idx.numel()
                     loss = loss * share
                 if not math.isfinite(loss_value):
-                    raise TrainingDiverged(
+                    err = TrainingDiverged(
                         f"training loss became {loss_value} at epoch {epoch}, step {step}; nothing was saved. "
                         f"Lower the learning rate (now {cfg.lr:g}) or check the data for NaN/Inf")
+                    err.epoch, err.step, err.loss, err.lr = epoch, step, loss_value, cfg.lr
+                    raise err
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if dctx.enabled:
@@ -366,6 +397,17 @@ def _train(m, bench: Benchmark, cfg: TrainConfig, device: torch.device, dctx: dd
             sched.step()
             if epoch_end is not None:
                 epoch_end(epoch, model)
+            if checkpoint is not None and epoch % checkpoint_every == 0 and epoch < cfg.epochs:
+                bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+                if bad:
+                    err = TrainingDiverged(f"the weights became NaN/Inf in epoch {epoch} ({bad[0]}); "
+                                           f"lower the learning rate (now {cfg.lr:g}) or check the data for NaN/Inf")
+                    err.epoch, err.step, err.loss, err.lr = epoch, steps, float("nan"), cfg.lr
+                    raise err
+                meta = _checkpoint_meta(m, bench, model, cfg, device, dctx, used_loss_params,
+                                        [dict(h) for h in history])
+                meta["partial"] = {"epochs_done": epoch, "epochs": cfg.epochs}
+                checkpoint(model, meta)
             ddp.barrier(dctx)  # the other ranks wait while rank 0 validates
     finally:
         if loader is not None:
@@ -376,16 +418,7 @@ def _train(m, bench: Benchmark, cfg: TrainConfig, device: torch.device, dctx: dd
         model = build_model(**spec).to(device)
         model.load_state_dict(trained.state_dict())
     model.eval()
-    meta = {
-        "method": m.name,
-        "dataset": bench.spec(),
-        "model": model.spec,
-        "train_config": {**dataclasses.asdict(cfg), "device_used": str(device), "world_size": dctx.world_size},
-        "loss_params": used_loss_params,
-        "history": history,
-        "versions": library_versions(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    meta = _checkpoint_meta(m, bench, model, cfg, device, dctx, used_loss_params, history)
     if evaluate_after and dctx.is_main:
         meta["metrics"] = evaluate(model, bench, score_names=applicable_scores(m, bench)).report
     return TrainResult(model, meta, history, dctx.rank)

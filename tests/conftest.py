@@ -64,3 +64,19 @@ def app(ckpt_dir, monkeypatch, clear_streamlit_caches):
 
     monkeypatch.setenv(sup.CHECKPOINT_ENV, str(ckpt_dir))
     return AppTest.from_file(APP, default_timeout=TIMEOUT)
+
+
+@pytest.fixture
+def own_dir(ckpt_dir, tmp_path, monkeypatch):
+    """A fresh checkpoint folder holding a copy of ``ce_toy2d.pt``, listed by the app, and a
+    fresh cache folder."""
+    import shutil
+
+    from ood_core import app_support as sup
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    shutil.copy(ckpt_dir / "ce_toy2d.pt", folder / "ce_toy2d.pt")
+    monkeypatch.setenv(sup.CHECKPOINT_ENV, str(folder))
+    monkeypatch.setenv("OOD_CACHE_DIR", str(tmp_path / "cache"))
+    return folder

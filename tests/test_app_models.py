@@ -7,7 +7,6 @@ for the job and call ``at.run()`` themselves, as the timer would.
 """
 from __future__ import annotations
 
-import shutil
 import time
 
 import numpy as np
@@ -23,16 +22,6 @@ from ood_core.train import TrainConfig, recommended_config
 pytestmark = pytest.mark.usefixtures("clear_streamlit_caches")
 
 JOB_WAIT_S = 120
-
-
-@pytest.fixture
-def own_dir(ckpt_dir, tmp_path, monkeypatch):
-    """A fresh checkpoint folder holding a copy of ``ce_toy2d.pt``, listed by the app."""
-    folder = tmp_path / "checkpoints"
-    folder.mkdir()
-    shutil.copy(ckpt_dir / "ce_toy2d.pt", folder / "ce_toy2d.pt")
-    monkeypatch.setenv(sup.CHECKPOINT_ENV, str(folder))
-    return folder
 
 
 def _new_app() -> AppTest:
@@ -128,7 +117,10 @@ def test_existing_file_is_protected(app, ckpt_dir):
 
 
 @pytest.mark.parametrize("name, message", [("model.pth", "must end in .pt"), ("sub/model.pt", "plain file name"),
-                                           (".hidden.pt", "hidden")])
+                                           (".hidden.pt", "hidden"), ("../escape.pt", "plain file name"),
+                                           ("/tmp/abs.pt", "plain file name"), ("..", "plain file name"),
+                                           ("..\\up.pt", "plain file name"), ("a\nb.pt", "control characters"),
+                                           ("a\tb.pt", "control characters"), ("x" * 250 + ".pt", "too long")])
 def test_bad_file_names_are_explained_and_block_start(app, name, message):
     at = _ok(app.run())
     at.text_input(key="train_out_name").set_value(name)

@@ -92,6 +92,17 @@ def browser():
         b.close()
 
 
+def fill_training_form(page, epochs: int, out_name: str) -> None:
+    """Open the Models page's "Train a new model" tab and set the epochs and the output name."""
+    page.get_by_role("tab", name="Train a new model").click()
+    field = page.get_by_label("Epochs", exact=True).and_(page.locator("input"))
+    field.fill(str(epochs))
+    field.press("Enter")
+    name = page.get_by_label("Output file name", exact=True).and_(page.locator("input"))
+    name.fill(out_name)
+    name.press("Enter")
+
+
 def _settle(page, expect: str | None = None, timeout_s: float = 90) -> None:
     """Wait until a plotly chart is drawn, ``expect`` (if given) is on the page and no spinner shows."""
     deadline = time.time() + timeout_s
@@ -142,13 +153,7 @@ def test_training_in_the_browser_redraws_the_landscape_and_saves(server, browser
     page = browser.new_page(viewport={"width": 1400, "height": 1400})
     page.goto(server + "/", wait_until="domcontentloaded")
     _settle(page)
-    page.get_by_role("tab", name="Train a new model").click()
-    epochs = page.get_by_label("Epochs", exact=True).and_(page.locator("input"))
-    epochs.fill("3")
-    epochs.press("Enter")
-    name = page.get_by_label("Output file name", exact=True).and_(page.locator("input"))
-    name.fill("e2e_toy2d.pt")
-    name.press("Enter")
+    fill_training_form(page, epochs=3, out_name="e2e_toy2d.pt")
     page.get_by_role("button", name="Start training").click()
     page.get_by_text("Training finished").wait_for(timeout=120_000)
     _settle(page, "Training finished")

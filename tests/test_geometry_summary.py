@@ -134,7 +134,7 @@ def test_app_support_wrappers_share_outputs(tmp_path, monkeypatch):
     st.cache_data.clear()
     st.cache_resource.clear()
     version = sup.checkpoint_version(DIGITS)
-    assert version == (sup.file_mtime(DIGITS), None)  # an embedded dataset: no data root in the key
+    assert version == (sup.file_version(DIGITS), None)  # an embedded dataset: no data root in the key
     outputs = sup.outputs_cached(DIGITS, version)
     assert outputs is sup.outputs_cached(DIGITS, version)  # one shared extraction
     geo = sup.geometry_cached(DIGITS, version, None)

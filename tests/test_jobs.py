@@ -238,7 +238,8 @@ def test_output_folder_is_refused(tmp_path):
 
 def test_plain_names_and_free_names(tmp_path):
     assert checkpoint_path(tmp_path, " ce_toy2d.pt ") == tmp_path / "ce_toy2d.pt"
-    for bad in ("", "sub/x.pt", "../x.pt", "x.txt"):
+    for bad in ("", "sub/x.pt", "../x.pt", "x.txt", "/tmp/abs.pt", "..", ".", "a\x00b.pt", "a\nb.pt",
+                "x" * 300 + ".pt", "sub\\x.pt"):
         with pytest.raises(OODCoreError):
             checkpoint_path(tmp_path, bad)
     (tmp_path / "a.pt").write_bytes(b"x")
@@ -393,3 +394,26 @@ def test_job_records_a_fitted_score_landscape(tmp_path):
     # Mahalanobis falls away from the training data: the grid corners score below the class centres
     centre_rows = snaps[-1].score[[3, 3, 11, 11], [3, 11, 3, 11]]
     assert snaps[-1].score[0, 0] < centre_rows.min()
+
+
+@pytest.mark.parametrize("dangling", [False, True])
+def test_a_symlinked_output_name_never_writes_outside_the_folder(tmp_path, dangling):
+    """A name in the folder that is a symbolic link to a file elsewhere: the app refuses it,
+    and the library never writes through it (without overwrite it counts as an existing file,
+    even dangling; with overwrite the link itself is replaced, not the file it points to)."""
+    folder, outside = tmp_path / "ckpts", tmp_path / "elsewhere" / "victim.pt"
+    folder.mkdir()
+    outside.parent.mkdir()
+    if not dangling:
+        outside.write_bytes(b"precious")
+    link = folder / "link.pt"
+    link.symlink_to(outside)
+    with pytest.raises(OODCoreError, match="symbolic link"):
+        checkpoint_path(folder, "link.pt")
+    with pytest.raises(OODCoreError, match="already exists"):
+        start_training("ce", "toy2d", TrainConfig(epochs=1), link, evaluate_after=False)
+    assert free_path(link) == folder / "link-2.pt"
+    job = start_training("ce", "toy2d", TrainConfig(epochs=1), link, overwrite=True, evaluate_after=False)
+    assert job.wait(120) and job.status == "done", job.snapshot().message
+    assert job.snapshot().saved_path == str(link) and link.is_file() and not link.is_symlink()
+    assert (outside.read_bytes() == b"precious") if not dangling else not outside.exists()

@@ -210,6 +210,64 @@ def test_property_swap_and_bounds(s_id, s_ood):
     assert M.detection_error(s_id, s_ood) <= 0.5
 
 
+_extreme_values = st.sampled_from([1e300, -1e300, 1.7e308, -1.7e308, 1e-300, -1e-300, 5e-324, 0.0, 1.0, -1.0])
+_extreme_arrays = st.lists(st.one_of(_extreme_values, _float_values), min_size=1, max_size=30)
+_any_value = st.one_of(_extreme_values, _float_values, _tied_values)
+
+
+def _ranks_of_union(s_id, s_ood):
+    """The same order with small integers: the distinct values replaced by their rank."""
+    _, inverse = np.unique(np.r_[s_id, s_ood], return_inverse=True)
+    return inverse[: len(s_id)].astype(float), inverse[len(s_id):].astype(float)
+
+
+@settings(max_examples=60, deadline=None)
+@given(s_id=_extreme_arrays, s_ood=_extreme_arrays)
+def test_property_extreme_values(s_id, s_ood):
+    # huge (+-1e300, the float64 limit) mixed with tiny (1e-300, subnormal 5e-324) values
+    check_all(s_id, s_ood)
+    d = M.ood_metrics(s_id, s_ood)
+    assert all(np.isfinite(v) and 0.0 <= v <= 1.0 for v in d.values())
+    # every metric depends on the order of the scores only
+    r_id, r_ood = _ranks_of_union(np.asarray(s_id, float), np.asarray(s_ood, float))
+    for name, value in M.ood_metrics(r_id, r_ood).items():
+        assert d[name] == pytest.approx(value, abs=ABS), name
+
+
+@settings(max_examples=60, deadline=None)
+@given(a=_any_value, b=_any_value)
+def test_property_single_sample_each_side(a, b):
+    check_all([a], [b])
+    expected = 1.0 if a > b else 0.0 if a < b else 0.5
+    assert M.auroc([a], [b]) == expected
+    assert M.fpr_at_95_tpr([a], [b]) == (1.0 if b >= a else 0.0)
+    assert M.detection_error([a], [b]) == (0.0 if a > b else 0.5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(c=_any_value, n_id=st.integers(1, 60), n_ood=st.integers(1, 60))
+def test_property_constant_scores(c, n_id, n_ood):
+    s_id, s_ood = np.full(n_id, c), np.full(n_ood, c)
+    assert M.auroc(s_id, s_ood) == 0.5
+    assert M.aupr_in(s_id, s_ood) == pytest.approx(n_id / (n_id + n_ood))
+    assert M.aupr_out(s_id, s_ood) == pytest.approx(n_ood / (n_id + n_ood))
+    assert M.fpr_at_95_tpr(s_id, s_ood) == 1.0
+    assert M.detection_error(s_id, s_ood) == 0.5
+
+
+@settings(max_examples=40, deadline=None)
+@given(s_id=_arrays, s_ood=_arrays, bad=st.sampled_from([np.nan, np.inf, -np.inf]), pos=st.integers(0, 10**6),
+       side=st.sampled_from(["id", "ood"]))
+def test_property_non_finite_rejected_with_position(s_id, s_ood, bad, pos, side):
+    target = list(s_id if side == "id" else s_ood)
+    i = pos % len(target)
+    target[i] = bad
+    args = (target, s_ood) if side == "id" else (s_id, target)
+    for func in METRIC_FUNCS:
+        with pytest.raises(DataError, match=rf"{side}_scores contains 1 NaN/Inf value\(s\) \(first at index {i}\)"):
+            func(*args)
+
+
 def test_swap_sign_convention_fixed():
     s_id, s_ood = CASES["random"]
     assert M.auroc(s_id, s_ood) > 0.6

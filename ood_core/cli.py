@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .errors import OODCoreError, TrainingDiverged
-from .fileio import atomic_write, check_writable
+from .fileio import atomic_write, check_writable, sigint_deferred
 
 
 class Interrupted(KeyboardInterrupt):
@@ -170,7 +170,8 @@ def cmd_train(args) -> int:
     def save_partial(model, meta):
         nonlocal saving
         saving = True
-        save_checkpoint(out, model, meta)
+        with sigint_deferred():
+            save_checkpoint(out, model, meta)
 
     def on_disk() -> str:
         """What `out` holds now, read from the file itself (so Ctrl-C at any moment reports the truth)."""
@@ -201,7 +202,8 @@ def cmd_train(args) -> int:
     if result.rank != 0:  # under torchrun only rank 0 writes the checkpoint and reports
         return 0
     try:
-        save_checkpoint(out, result.model, result.meta)
+        with sigint_deferred():
+            save_checkpoint(out, result.model, result.meta)
     except KeyboardInterrupt:  # the write is atomic: `out` holds what it held before
         raise Interrupted(f"interrupted while saving; {on_disk()}") from None
     args._written = [str(out)]

@@ -1,8 +1,11 @@
 """Atomic file writes: a reader sees the old file or the complete new one, never a partial one."""
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -85,3 +88,25 @@ def atomic_write(path, write: Callable[[BinaryIO], object], fsync: bool = True) 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextlib.contextmanager
+def sigint_deferred():
+    """Hold Ctrl-C (SIGINT) until the block has finished, then raise KeyboardInterrupt.
+
+    For saves from the command line: ``torch.save`` turns an interrupt that lands inside its
+    writer into a RuntimeError, which would be reported as an internal error although the atomic
+    write left every file whole. Signal handlers belong to the main thread, so elsewhere (the
+    app's training thread) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    if received:
+        raise KeyboardInterrupt

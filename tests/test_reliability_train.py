@@ -181,7 +181,7 @@ def test_ctrl_c_from_the_cli_leaves_a_loadable_partial_checkpoint(tmp_path):
     _wait_for(out.exists, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, err
     line = _one_line(err)
     match = re.fullmatch(rf"interrupted; {re.escape(str(out))} holds the last good state: a partial checkpoint "
                          r"after epoch (\d+) of 100000 \(loadable; run train again for the complete one\)", line)
@@ -200,7 +200,7 @@ def test_ctrl_c_without_periodic_checkpoints_writes_nothing(tmp_path):
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
     err = log.read_text()
-    assert proc.returncode == 130
+    assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert err.endswith(f"\ninterrupted; nothing was written (no {out})\n")  # after the closed progress bar
     assert [p.name for p in tmp_path.iterdir()] == ["stderr.txt"]

@@ -18,7 +18,6 @@ checkpoint, the app says how to train one and the pages show nothing else.
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -66,7 +65,7 @@ else:
 current = st.session_state.get("checkpoint")
 chosen_dataset = sup.checkpoint_dataset(current) if current else None
 with st.sidebar.expander("Real datasets", expanded=sup.needs_data_root(chosen_dataset) and not sup.data_root_setting()):
-    st.session_state.setdefault(sup.DATA_ROOT_KEY, os.environ.get(DATA_ROOT_ENV, ""))
+    st.session_state.setdefault(sup.DATA_ROOT_KEY, sup.data_root_setting() or "")  # $OOD_DATA_ROOT at first
     st.text_input("Data root", key=sup.DATA_ROOT_KEY, placeholder="/path/to/datasets",
                   help=f"Folder holding CIFAR, SVHN, MNIST, DTD, Places365, VOC... in torchvision's layout "
                        f"(default: ${DATA_ROOT_ENV}). Only read; the app never downloads. Checkpoints trained on "

@@ -49,6 +49,7 @@ from .data import IMAGE_SUFFIXES, load_benchmark_from_spec, load_user_ood
 from .errors import CheckpointError, DataError, DataNotFound, OODCoreError
 from .evaluate import FPR95_DEFINITION, evaluate, extract_benchmark_outputs
 from .feature_cache import default_feature_cache
+from .fileio import file_name_problem
 from .geometry import (class_mean_subspace, classifier_vectors, geometry_summary, jacobian_norm_map,
                        jacobian_norm, jacobian_norm_path, plane_bounds, principal_subspace,
                        subspace_energy_share)
@@ -102,11 +103,6 @@ def _stat(path: str | Path) -> os.stat_result:
         raise CheckpointError(f"{path}: no such checkpoint file (was it moved or deleted?)") from None
     except (OSError, ValueError) as e:  # ValueError: a NUL in the name
         raise CheckpointError(f"{path}: cannot read the checkpoint file ({getattr(e, 'strerror', None) or e})") from None
-
-
-def file_mtime(path: str | Path) -> float:
-    """Modification time of ``path``; CheckpointError if gone. (Not a cache key: see :func:`file_version`.)"""
-    return _stat(path).st_mtime
 
 
 # Content digests of checkpoint files, memoised per path on everything stat() tells about the
@@ -253,10 +249,9 @@ def save_upload(files, folder: str | Path | None = None) -> Path:
     names = [Path(str(f.name).replace("\\", "/")).name for f in files]
     kinds = []
     for name in names:
-        if any(ord(c) < 32 or ord(c) == 127 for c in name):
-            raise DataError(f"{name!r}: the file name contains control characters (NUL, newline...); rename the file")
-        if len(name.encode("utf-8", "surrogateescape")) > 200:
-            raise DataError(f"{name[:40]}...: the file name is too long (at most 200 bytes); rename the file")
+        problem = file_name_problem(name)
+        if problem:
+            raise DataError(f"{name[:40]!r}: the file name {problem}; rename the file")
         suffix = Path(name).suffix.lower()
         if suffix in ARRAY_SUFFIXES:
             kinds.append("array")
@@ -500,7 +495,7 @@ def checkpoint_version(path: str) -> tuple[str, str | None]:
     another data root never gets another model's or data's results. CheckpointError if the
     file is gone."""
     digest = file_version(path)
-    return digest, data_root_setting() if needs_data_root(checkpoint_dataset(path)) else None
+    return digest, data_root_setting() if needs_data_root(checkpoint_dataset(path, digest)) else None
 
 
 @st.cache_resource(max_entries=8, show_spinner="Building the benchmark…")
@@ -770,10 +765,11 @@ def checkpoint_meta_cached(path: str, digest: str) -> dict:
     return read_checkpoint(path)["meta"]
 
 
-def checkpoint_dataset(path: str) -> str | None:
-    """The dataset name a checkpoint was trained on, or None when the file cannot be read."""
+def checkpoint_dataset(path: str, digest: str | None = None) -> str | None:
+    """The dataset name a checkpoint was trained on, or None when the file cannot be read;
+    ``digest``: its :func:`file_version` when the caller has it already."""
     try:
-        return (checkpoint_meta_cached(path, file_version(path)).get("dataset") or {}).get("name")
+        return (checkpoint_meta_cached(path, digest or file_version(path)).get("dataset") or {}).get("name")
     except OODCoreError:
         return None
 

@@ -111,12 +111,12 @@ def _outputs(args, model, bench, sets=None, extra_ood=None):
     from .evaluate import extract_benchmark_outputs
     from .feature_cache import SUBDIR, FeatureCache
 
-    if getattr(args, "batch_size", 512) < 1:
-        raise OODCoreError(f"--batch-size must be >= 1, got {args.batch_size}")
+    batch_size = getattr(args, "batch_size", 512)
+    if batch_size < 1:
+        raise OODCoreError(f"--batch-size must be >= 1, got {batch_size}")
     folder = _cache_dir(args)
     progress, seen = _feature_progress()
-    outs = extract_benchmark_outputs(model, bench, sets, extra_ood=extra_ood,
-                                     batch_size=getattr(args, "batch_size", 512),
+    outs = extract_benchmark_outputs(model, bench, sets, extra_ood=extra_ood, batch_size=batch_size,
                                      cache=FeatureCache(folder / SUBDIR) if folder is not None else None,
                                      progress=progress)
     return outs, seen

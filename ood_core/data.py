@@ -447,26 +447,34 @@ def user_limits() -> tuple[int, int]:
 
 
 def _human(nbytes: int) -> str:
-    value = float(nbytes)
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+    if nbytes < 1024:
+        return f"{nbytes} bytes"
+    value = nbytes / 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
         value /= 1024
-    raise AssertionError  # pragma: no cover
+    return f"{value:.1f} TiB"
+
+
+def _check_sample_count(n: int, source: str, what: str = "samples", instead: str = "a subset") -> None:
+    """Refuse more than the sample cap (array rows or image files) with the way to raise it."""
+    _, max_samples = user_limits()
+    if n > max_samples:
+        raise DataError(f"{source}: too many {what}: {n:,}{' files' if what == 'images' else ''}, more than the limit "
+                        f"of {max_samples:,} for a user OOD set; pass {instead}, or raise the limit with the "
+                        f"environment variable {MAX_USER_SAMPLES_ENV}={n}")
 
 
 def _check_user_size(n: int, sample_shape: tuple[int, ...], itemsize: int, source: str) -> None:
     """Refuse an array above the caps, from its declared shape (before any data is read)."""
-    max_bytes, max_samples = user_limits()
+    max_bytes, _ = user_limits()
     nbytes = n * math.prod(sample_shape) * itemsize
     if nbytes > max_bytes:
         raise DataError(f"{source}: too large: {n:,} samples of shape {tuple(sample_shape)} hold {_human(nbytes)} of "
                         f"data, more than the limit of {_human(max_bytes)} for a user OOD set; pass a subset, or "
                         f"raise the limit with the environment variable {MAX_USER_BYTES_ENV}={nbytes}")
-    if n > max_samples:
-        raise DataError(f"{source}: too many samples: {n:,}, more than the limit of {max_samples:,} for a user OOD "
-                        f"set; pass a subset, or raise the limit with the environment variable "
-                        f"{MAX_USER_SAMPLES_ENV}={n}")
+    _check_sample_count(n, source)
 
 
 def _image_layout(shape: tuple[int, ...], source: str) -> str:
@@ -520,6 +528,13 @@ def _batch_size(shape: tuple[int, ...]) -> int:
     return max(1, CHUNK_BYTES // max(1, 4 * math.prod(shape[1:])))
 
 
+def _resize(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Images (N, C, H', W') resized bilinearly (antialiased) to (H, W); unchanged if already that size."""
+    if t.shape[-2:] == (h, w):
+        return t
+    return torch.nn.functional.interpolate(t, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+
+
 def _convert_batches(batches, n: int, dtype: np.dtype, input_shape: tuple[int, ...], source: str) -> torch.Tensor:
     """Convert samples arriving in consecutive batches into a preallocated (n, *input_shape) tensor.
 
@@ -560,9 +575,7 @@ def _convert_batches(batches, n: int, dtype: np.dtype, input_shape: tuple[int, .
         elif fixed != 1.0:
             x /= fixed
         t = torch.from_numpy(np.ascontiguousarray(_as_nchw(x, c, source)))
-        if t.shape[-2:] != (h, w):
-            t = torch.nn.functional.interpolate(t, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
-        out[start:start + m] = t
+        out[start:start + m] = _resize(t, h, w)
         start += m
     if start != n:  # pragma: no cover - the readers yield exactly n samples
         raise AssertionError(f"{source}: converted {start} of {n} samples")
@@ -774,19 +787,12 @@ def _read_image_folder(path: Path, input_shape: tuple[int, ...]) -> torch.Tensor
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DataError(f"{path}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
-    _, max_samples = user_limits()
-    if len(files) > max_samples:
-        raise DataError(f"{path}: too many images: {len(files):,} files, more than the limit of {max_samples:,} for "
-                        f"a user OOD set; pass a smaller folder, or raise the limit with the environment variable "
-                        f"{MAX_USER_SAMPLES_ENV}={len(files)}")
+    _check_sample_count(len(files), str(path), "images", "a smaller folder")
     c, h, w = input_shape
     out = torch.empty((len(files), c, h, w), dtype=torch.float32)
     for i, f in enumerate(files):
         t = torch.from_numpy(np.ascontiguousarray(_decode_image(f, c)))[None]
-        if t.shape[-2:] != (h, w):
-            t = torch.nn.functional.interpolate(t, size=(h, w), mode="bilinear", antialias=True,
-                                                align_corners=False).clamp_(0.0, 1.0)
-        out[i] = t[0]
+        out[i] = _resize(t, h, w).clamp_(0.0, 1.0)[0]
     return out
 
 

@@ -53,6 +53,20 @@ def check_writable(path) -> Path:
     return path
 
 
+MAX_NAME_BYTES = 200  # file names the app writes (most file systems allow 255; a save adds a temporary name)
+
+
+def file_name_problem(name: str) -> str | None:
+    """Why ``name`` is unfit as the name of a file the app writes (control characters, or more
+    than :data:`MAX_NAME_BYTES` bytes), or None when it is fine."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "contains control characters (NUL, newline, tab...)"
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if size > MAX_NAME_BYTES:
+        return f"is too long ({size} bytes; at most {MAX_NAME_BYTES})"
+    return None
+
+
 def atomic_write(path, write: Callable[[BinaryIO], object], fsync: bool = True) -> Path:
     """Call ``write(f)`` on a temporary file in ``path``'s folder, fsync it, then rename it over ``path``.
 

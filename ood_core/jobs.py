@@ -51,6 +51,7 @@ import torch
 from .checkpoint import save_checkpoint
 from .data import Benchmark, load_benchmark
 from .errors import OODCoreError, TrainingCancelled
+from .fileio import file_name_problem
 from .geometry import plane_bounds
 from .landscape import DEFAULT_SCORE, Landscape, check_landscape_score, decision_landscape
 from .methods import METHODS, Method, get_method
@@ -83,25 +84,22 @@ def default_file_name(method: str, dataset: str) -> str:
     return f"{method}_{dataset}{CHECKPOINT_SUFFIX}"
 
 
-MAX_NAME_BYTES = 200  # file name limit (most file systems allow 255; the save adds a hidden temporary name)
 
 
 def checkpoint_path(folder: str | Path, file_name: str) -> Path:
     """``folder / file_name`` after checking that ``file_name`` is a plain ``*.pt`` name that
     stays inside ``folder``: no folders (``/``, ``..``), not hidden, no control characters
-    (NUL, newline, ...), at most ``MAX_NAME_BYTES`` bytes, and not an existing symbolic link
+    (NUL, newline, ...), at most ``fileio.MAX_NAME_BYTES`` bytes, and not an existing symbolic link
     (saving must never write through a link to a file outside ``folder``). Raises
     OODCoreError saying what to type instead."""
     name = (file_name or "").strip()
     if not name or "/" in name or "\\" in name or Path(name).name != name or name in (".", ".."):
         raise OODCoreError(f"output file name {file_name!r} must be a plain file name without folders, "
                            f"e.g. ce_toy2d{CHECKPOINT_SUFFIX}")
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise OODCoreError(f"output file name {file_name!r} contains control characters (NUL, newline, tab...); "
-                           f"use letters, digits, '-', '_' and '.', e.g. ce_toy2d{CHECKPOINT_SUFFIX}")
-    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
-        raise OODCoreError(f"output file name is too long ({len(name.encode('utf-8', 'surrogateescape'))} bytes; "
-                           f"at most {MAX_NAME_BYTES}); choose a shorter name, e.g. ce_toy2d{CHECKPOINT_SUFFIX}")
+    problem = file_name_problem(name)
+    if problem:
+        raise OODCoreError(f"output file name {file_name[:40]!r} {problem}; use letters, digits, '-', '_' and '.', "
+                           f"e.g. ce_toy2d{CHECKPOINT_SUFFIX}")
     path = _check_name(Path(folder) / name)
     if path.is_symlink():
         raise OODCoreError(f"{name!r} in {folder} is a symbolic link (to {os.readlink(path)}); the app does not "

@@ -170,6 +170,19 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def global_sum(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over the ranks of the process group (a copy); ``t`` itself in a single process.
+
+    For code that is not handed the :class:`DistContext` (a loss): it asks ``torch.distributed``
+    whether a multi-process group is running. No gradient flows through it. Every rank must call it.
+    """
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return t
+    t = t.clone()
+    dist.all_reduce(t)
+    return t
+
+
 def average_grads(params, ctx: DistContext) -> None:
     """Average the gradients of parameters that DDP does not own (e.g. a loss's own)."""
     for p in params:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed as ddp
 from ..errors import OODCoreError
 from ..geometry import (  # noqa: F401  (re-exported: the class geometry the IB claim is about)
     center_distances, class_means, class_radii, davies_bouldin, geometry_report, separation_ratio)
@@ -74,6 +75,8 @@ class IBLoss(nn.Module):
     the learned centres 2.7 vs 7.0 around the class means; held-out-class AUROC of
     min_distance 94.9% vs 99.0% with the init, where the centres end within half a class
     radius of the class means).
+    Under torchrun the means are those of the whole global batch on every rank (per-class sums
+    and counts all-reduced), the same centres as single-process training.
     """
 
     def __init__(self, beta: float = 1.0, gamma: float = 0.1, margin: float = 10.0, init_centers: bool = True):
@@ -87,10 +90,21 @@ class IBLoss(nn.Module):
 
     @torch.no_grad()
     def _init_centers(self, out: ModelOutput, target, head: CentersHead) -> None:
-        """Set each centre present in the first batch to that class's mean feature (Deep SVDD style)."""
-        z = out.features.detach()
-        for k in target.unique().tolist():
-            head.centers[k] = z[target == k].mean(0).to(head.centers.dtype)
+        """Set each centre present in the first batch to that class's mean feature (Deep SVDD style).
+
+        Under torchrun each rank holds only its slice of the global batch: the per-class sums and
+        counts are summed over ranks, so every rank sets the same centres, those of the whole
+        global batch (the single-process init). DDP would not re-synchronise them otherwise.
+        """
+        z = out.features.detach().float()  # float32 sums also under bf16/fp16 autocast
+        target = target.long()
+        k = head.centers.shape[0]
+        sums = z.new_zeros(k, z.shape[1]).index_add_(0, target, z)
+        counts = torch.bincount(target, minlength=k).to(z.dtype)
+        stats = ddp.global_sum(torch.cat([sums, counts[:, None]], dim=1))  # one collective
+        sums, counts = stats[:, :-1], stats[:, -1]
+        present = counts > 0  # in the global batch, not just this rank's slice
+        head.centers[present] = (sums[present] / counts[present, None]).to(head.centers.dtype)
 
     def terms(self, out: ModelOutput, target) -> dict[str, torch.Tensor]:
         """The three terms of the loss (unweighted): ``ce``, ``intra``, ``inter``."""

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import DataError, OODCoreError
+from .errors import DataError, OODCoreError, unknown
+from .models import HEADS, CentersHead, CosineHead, L2NormHead
 
 JACOBIAN_METHODS = ("exact", "estimate")
 
@@ -361,15 +362,19 @@ def subspace_energy_share(features, basis) -> np.ndarray:
 def cosine_matrix(a, b) -> np.ndarray:
     """(K, L) cosine similarities between the rows of ``a`` (K, d) and ``b`` (L, d).
 
-    With a = centred class means and b = classifier weights, a collapsed network shows a
-    dominant diagonal (NC3, self-duality). Zero rows give 0, not NaN.
+    With (a, b) = :func:`head_comparison` (centred class means, classifier vectors), a
+    collapsed network shows a dominant diagonal (NC3, self-duality). Zero rows give 0, not NaN.
     """
     a, b = _np(a), _np(b)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise DataError(f"expected (K, d) and (L, d) matrices with the same d; got {a.shape} and {b.shape}")
-    na = np.linalg.norm(a, axis=1, keepdims=True)
-    nb = np.linalg.norm(b, axis=1, keepdims=True)
-    return (a / np.where(na > 0, na, 1)) @ (b / np.where(nb > 0, nb, 1)).T
+    return _unit_rows(a) @ _unit_rows(b).T
+
+
+def _unit_rows(a: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm; zero rows stay 0 (not NaN)."""
+    n = np.linalg.norm(a, axis=1, keepdims=True)
+    return a / np.where(n > 0, n, 1)
 
 
 def feature_norm_stats(features) -> dict:
@@ -388,7 +393,78 @@ PINV_RTOL = 1e-10  # eigenvalues of Sigma_B below this times the largest count a
 NC_KEYS = ("nc1", "nc2_equinorm", "nc2_equiangular", "nc2_maxangle", "nc3", "nc4")
 
 
-def nc_metrics(features, labels, weight, bias=None, logits=None) -> dict[str, float]:
+def _check_classifier(features, labels, weight, head: str):
+    """Features (N, d), labels (N,) in 0..C-1 and class vectors (C, d), C >= 2, as arrays."""
+    h, y = _check(features, labels)
+    w = _np(weight)
+    if head not in HEADS:
+        raise unknown("head", head, HEADS)
+    c = int(w.shape[0]) if w.ndim == 2 else 0
+    if w.ndim != 2 or w.shape[1] != h.shape[1]:
+        raise DataError(f"weight must be (C, d) with d = {h.shape[1]} (the feature dimension); got {w.shape}")
+    if c < 2:
+        raise DataError("neural-collapse metrics need at least two classes")
+    if y.min() < 0 or y.max() >= c:
+        raise DataError(f"labels must lie in 0..{c - 1} (one per row of weight); got {y.min()}..{y.max()}")
+    return h, y, w
+
+
+def head_comparison(features, labels, weight, head: str = "linear") -> tuple[np.ndarray, np.ndarray]:
+    """``(M, V)``: centred class means and classifier vectors, both (C, d), in the space where a
+    head of kind ``head`` (:data:`ood_core.models.HEADS`) compares features with its class
+    vectors. NC3 (:func:`nc_metrics`) and the class-mean-vs-classifier cosines
+    (:func:`geometry_summary`) compare exactly these two matrices.
+
+    h = ``features`` (N, d), ``weight`` (C, d) = the head's raw class vectors
+    (:func:`classifier_vectors`), p_k = share of the samples in class k, u = h/||h||:
+      linear   M = [mu_c(h) - mu_G(h)],  V = W             (logits W h + b; Papyan et al.)
+      l2norm   M = [mu_c(u) - mu_G(u)],  V = W             (logits W u + b: only the direction of h reaches the head)
+      cosine   M = [mu_c(u) - mu_G(u)],  V = w_c/||w_c||   (logits s cos(h, w_c): neither ||h|| nor ||w_c|| matters)
+      centers  M = [mu_c(h) - mu_G(h)],  V = c_k - sum_j p_j c_j
+    The centres head is linear in disguise: -||h - c_k||^2 = 2 c_k.h - ||c_k||^2 - ||h||^2, rows
+    2 c_k that the softmax sees only up to a common shift (it moves every logit by the same
+    amount); the shift that centres them like M (mu_G = sum_j p_j mu_j) is taken, so a common
+    offset of all centres (which only changes the implicit biases) does not count.
+
+    Perfect collapse, where NC3 = 0 and the diagonal cosines are 1: every sample on its class
+    mean (any global shift of the features), the centred means a simplex ETF, and
+      linear   W = lambda M (lambda > 0);
+      l2norm   the same for the directions u (per-sample norms are free, the head cannot see
+               them): W = lambda M of u;
+      cosine   directions collapsed as for l2norm, each w_c any positive multiple of row c of M
+               (rows of equal length after normalising: the ETF's means are equinorm);
+      centers  c_k = mu_k + o for any common offset o.
+    For the normalising heads a global shift must be orthogonal to the ETF, otherwise the
+    directions u do not form an ETF (the head then sees a different geometry).
+    Cost: O(N d).
+    """
+    h, y, w = _check_classifier(features, labels, weight, head)
+    c = w.shape[0]
+    if head in ("l2norm", "cosine"):
+        h = _unit_rows(h)
+    m = class_means(h, y, num_classes=c) - h.mean(axis=0)
+    if head == "cosine":
+        w = _unit_rows(w)
+    elif head == "centers":
+        w = w - (np.bincount(y, minlength=c) / len(y)) @ w
+    return m, w
+
+
+def _head_logits(h: np.ndarray, w: np.ndarray, bias, head: str) -> np.ndarray:
+    """Logits of a ``head`` with raw class vectors ``w``, up to a positive scale (enough for argmax)."""
+    if head in ("cosine", "centers") and bias is not None:
+        raise OODCoreError(f"a {head} head has no bias; pass bias=None")
+    b = 0.0 if bias is None else _np(bias)
+    if head == "linear":
+        return h @ w.T + b
+    if head == "l2norm":
+        return _unit_rows(h) @ w.T + b
+    if head == "cosine":
+        return _unit_rows(h) @ _unit_rows(w).T  # the head's scale s > 0 does not move the argmax
+    return -((h[:, None, :] - w[None, :, :]) ** 2).sum(axis=2)
+
+
+def nc_metrics(features, labels, weight, bias=None, logits=None, head: str = "linear") -> dict[str, float]:
     """Neural-collapse metrics (Papyan, Han, Donoho, PNAS 2020); every one tends to 0 under collapse.
 
     h_i = features (N, d) with labels y_i in 0..C-1 (every class present), mu_c = class
@@ -398,23 +474,20 @@ def nc_metrics(features, labels, weight, bias=None, logits=None) -> dict[str, fl
       nc2_equinorm = std_c ||mu_c - mu_G|| / mean_c ||mu_c - mu_G||
       nc2_equiangular = std_{c != c'} cos(mu_c - mu_G, mu_c' - mu_G)
       nc2_maxangle = mean_{c != c'} |cos(mu_c - mu_G, mu_c' - mu_G) + 1/(C - 1)|  (simplex ETF)
-      nc3 = || W^T/||W||_F - M/||M||_F ||_F^2             (classifier aligned with the means)
+      nc3 = || V/||V||_F - M'/||M'||_F ||_F^2 over (C, d) rows  (classifier aligned with the means)
       nc4 = share of samples with argmax_c logits != argmin_c ||h - mu_c||  (nearest class mean)
+    ``head`` (:data:`ood_core.models.HEADS`, default "linear") is the kind of head ``weight``
+    belongs to; nc3 compares (M', V) = :func:`head_comparison` (for "linear" M' = M and
+    V = W, Papyan's definition), nc1, nc2 and nc4 always use the raw features h.
     Standard deviations use ddof 0; Sigma_B^+ is the Moore-Penrose pseudo-inverse with
     eigenvalues below :data:`PINV_RTOL` times the largest treated as 0. The logits
-    for nc4 are ``logits`` when given (e.g. a cosine head's scaled cosines), else
-    h W^T + ``bias``. Cost: O(N d^2 + d^3) (one pseudo-inverse). Returns floats keyed by
-    :data:`NC_KEYS`; only for single-label (multiclass) models.
+    for nc4 are ``logits`` when given, else the head's own logits from ``weight`` (and
+    ``bias`` for the linear and l2norm heads). Cost: O(N d^2 + d^3) (one pseudo-inverse), plus
+    O(N C d) for a centres head's default logits. Returns floats keyed by :data:`NC_KEYS`;
+    only for single-label (multiclass) models.
     """
-    h, y = _check(features, labels)
-    w = _np(weight)
-    c = int(w.shape[0]) if w.ndim == 2 else 0
-    if w.ndim != 2 or w.shape[1] != h.shape[1]:
-        raise DataError(f"weight must be (C, d) with d = {h.shape[1]} (the feature dimension); got {w.shape}")
-    if c < 2:
-        raise DataError("neural-collapse metrics need at least two classes")
-    if y.min() < 0 or y.max() >= c:
-        raise DataError(f"labels must lie in 0..{c - 1} (one per row of weight); got {y.min()}..{y.max()}")
+    h, y, w = _check_classifier(features, labels, weight, head)
+    c = w.shape[0]
     mu = class_means(h, y, num_classes=c)
     mu_g = h.mean(axis=0)
     m = mu - mu_g  # (C, d): rows are the centred means (the columns of M)
@@ -427,11 +500,10 @@ def nc_metrics(features, labels, weight, bias=None, logits=None) -> dict[str, fl
     norms = np.linalg.norm(m, axis=1)
     off = ~np.eye(c, dtype=bool)
     cos = cosine_matrix(m, m)[off]
-    m_f, w_f = np.linalg.norm(m), np.linalg.norm(w)
-    nc3 = float(((w / w_f - m / m_f) ** 2).sum()) if m_f > 0 and w_f > 0 else float("nan")
-    if logits is None:
-        logits = h @ w.T + (0.0 if bias is None else _np(bias))
-    logits = _np(logits)
+    m3, v3 = head_comparison(h, y, w, head=head)
+    m_f, v_f = np.linalg.norm(m3), np.linalg.norm(v3)
+    nc3 = float(((v3 / v_f - m3 / m_f) ** 2).sum()) if m_f > 0 and v_f > 0 else float("nan")
+    logits = _head_logits(h, w, bias, head) if logits is None else _np(logits)
     if logits.shape != (len(h), c):
         raise DataError(f"logits must be (N, C) = {(len(h), c)}, got {logits.shape}")
     nearest = ((mu ** 2).sum(axis=1) - 2 * h @ mu.T).argmin(axis=1)  # ||h - mu_c||^2 up to ||h||^2
@@ -444,9 +516,22 @@ def nc_metrics(features, labels, weight, bias=None, logits=None) -> dict[str, fl
 
 
 # --------------------------------------------------------------------------- whole-model summaries
+def head_kind(model: nn.Module) -> str:
+    """The kind of a model's head, one of :data:`ood_core.models.HEADS`: from its class, and
+    "linear" for any other head with a (K, d) ``weight`` (e.g. a plain ``nn.Linear``)."""
+    head = getattr(model, "head", None)
+    for cls, kind in ((CosineHead, "cosine"), (L2NormHead, "l2norm"), (CentersHead, "centers")):
+        if isinstance(head, cls):  # before the linear fallback: L2NormHead is an nn.Linear
+            return kind
+    classifier_vectors(model)  # raises the one-line error for a head without class vectors
+    return "linear"
+
+
 def classifier_vectors(model: nn.Module) -> torch.Tensor:
-    """The (K, d) class vectors of a model's head: ``head.weight`` (linear, cosine, l2norm
-    heads) or ``head.centers`` (centres head), detached on the CPU."""
+    """The raw (K, d) class vectors of a model's head: ``head.weight`` (linear, cosine, l2norm
+    heads) or ``head.centers`` (centres head), detached on the CPU. Their span is what
+    :func:`orthogonal_energy_share` uses; to compare them with class means (NC3, cosines) pass
+    them through :func:`head_comparison` with ``head=``:func:`head_kind` of the model."""
     head = getattr(model, "head", None)
     for name in ("weight", "centers"):
         v = getattr(head, name, None)
@@ -462,7 +547,7 @@ def model_geometry_snapshot(model: nn.Module, task: str, x_train: torch.Tensor, 
     """The numbers the training loop records per epoch (see ``TrainConfig.geometry_every``).
 
     Multiclass (when every class is in the probe): :func:`nc_metrics` of the training probe, with the head's class vectors
-    (:func:`classifier_vectors`) and the model's own logits for nc4. Every task: the mean
+    (:func:`classifier_vectors`) compared as its kind requires (:func:`head_kind`) and the model's own logits for nc4. Every task: the mean
     Jacobian norm (``method="estimate"``, ``n_proj`` projections, fixed ``seed`` so epochs
     are comparable) of the known and unknown probes and their difference ``jnd``.
     Cost: one forward pass over the probes plus 2 x ``n_proj`` backward passes.
@@ -474,7 +559,7 @@ def model_geometry_snapshot(model: nn.Module, task: str, x_train: torch.Tensor, 
     # NC needs every class in the probe; a tiny probe may miss one: then the NC keys are left out
     if task == "multiclass" and len(torch.unique(torch.as_tensor(y_train))) == w.shape[0]:
         o = extract_outputs(model, x_train)
-        out.update(nc_metrics(o.features, y_train, w, logits=o.logits))
+        out.update(nc_metrics(o.features, y_train, w, logits=o.logits, head=head_kind(model)))
     if x_unknown is not None and len(x_unknown):
         known = jacobian_norm(model, x_known, method="estimate", n_proj=n_proj, seed=seed)
         unknown = jacobian_norm(model, x_unknown, method="estimate", n_proj=n_proj, seed=seed)
@@ -507,7 +592,8 @@ def geometry_summary(model: nn.Module, bench, outputs: dict | None = None, jacob
     * ``nc`` (multiclass): :func:`nc_metrics` of the training split.
     * ``class_geometry`` (multiclass): :func:`geometry_report` of the ID test split.
     * ``cosine_means_vs_weights`` (multiclass): :func:`cosine_matrix` of the centred class
-      means (training split) against the head's class vectors.
+      means (training split) against the head's class vectors, both as :func:`head_comparison`
+      prepares them for the model's :func:`head_kind` (rows: means, columns: classes).
     * ``feature_norms``: :func:`feature_norm_stats` per set ("id" = ID test split).
     * ``energy_outside_span_w``: mean :func:`orthogonal_energy_share` per set.
     * ``energy_inside_mean_subspace`` (multiclass): mean :func:`subspace_energy_share` per set
@@ -525,10 +611,11 @@ def geometry_summary(model: nn.Module, bench, outputs: dict | None = None, jacob
     summary: dict = {"task": bench.task}
     if multiclass:
         train = outputs["train"]
-        means = class_means(train.features, bench.train.y, num_classes=bench.num_classes)
-        summary["nc"] = nc_metrics(train.features, bench.train.y, w, logits=train.logits)
+        kind = head_kind(model)
+        summary["nc"] = nc_metrics(train.features, bench.train.y, w, logits=train.logits, head=kind)
         summary["class_geometry"] = geometry_report(outputs["id"].features, bench.test.y)
-        summary["cosine_means_vs_weights"] = cosine_matrix(means - train.features.double().mean(0).numpy(), w).tolist()
+        summary["cosine_means_vs_weights"] = cosine_matrix(
+            *head_comparison(train.features, bench.train.y, w, head=kind)).tolist()
         basis = class_mean_subspace(train.features, bench.train.y, bench.num_classes)
         summary["energy_inside_mean_subspace"] = {
             s: float(np.nanmean(subspace_energy_share(outputs[s].features, basis))) for s in sets}

@@ -44,6 +44,7 @@ pg = st.navigation([
     st.Page("app_pages/roc.py", title="ROC & metrics", url_path="roc"),
     st.Page("app_pages/embeddings.py", title="Embeddings", url_path="embeddings"),
     st.Page("app_pages/compare.py", title="Compare methods", url_path="compare"),
+    st.Page("app_pages/claims.py", title="Claims", url_path="claims"),
 ])
 
 folder = checkpoint_dir(APP_DIR)

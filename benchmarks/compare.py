@@ -1,155 +1,244 @@
-"""Side-by-side benchmark of every method on the embedded benchmark, with the papers' claims.
+"""Every method side by side over open-set splits and seeds, and the five papers' claims judged
+by paired 95 % confidence intervals.
 
-Trains each method of ``SUITE`` for several seeds, evaluates all of its scores on every OOD
-set of its dataset, prints a markdown table (mean ± std over seeds) and then each paper's
-claim next to the numbers measured for it, with a plain verdict.
+For each dataset of ``SUITE`` the benchmark is built for several known/unknown class splits
+(the open-set protocol of Neal et al. 2018: split 0 is the default 0-5 known, the others are
+seeded random 6-of-10 splits), each method is trained for several seeds on each split, and
+all of its scores are evaluated on every OOD set. Groups (near, far-real, far-synthetic) are
+reported separately; a "balanced" figure is the mean of the group means, so no group
+dominates through its number of sets.
 
-    .venv/bin/python benchmarks/compare.py              # 3 seeds, every method (~5 min on 2 CPU cores)
-    .venv/bin/python benchmarks/compare.py --quick      # 1 seed, 10 epochs: a smoke run
-    .venv/bin/python benchmarks/compare.py --json results.json
+A claim compares a method with its named baseline on the same (split, seed) pairs; a part
+holds only when the 95 % interval of the paired difference excludes zero in the claimed
+direction (``ood_core.stats``). ``--quick`` gives no verdicts.
 
-AUROC and FPR95 are in percent; FPR95 = FPR on OOD at the threshold keeping 95% of ID.
+    python benchmarks/compare.py                          # 5 splits x 5 seeds, every method
+    python benchmarks/compare.py --quick                  # 1 split, 1 seed, 10 epochs: a smoke run
+    python benchmarks/compare.py --methods ce,l2norm --splits 2 --seeds 0,1
+    python benchmarks/compare.py --preset cifar10 --arch resnet18 --device cuda --data-root DIR
+
+Every number (per split, seed, set and score) goes to the JSON results file (``--out``,
+default ``results/compare.json``) that the README and the app's Claims page read.
+AUROC and FPR95 are in percent; FPR95 = FPR on OOD at the threshold keeping 95 % of ID.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import platform
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import ood_core  # noqa: E402
+from ood_core.claims import COMPARE_RESULTS, format_effect, format_value  # noqa: E402
 from ood_core.evaluate import evaluate  # noqa: E402
 from ood_core.methods import applicable_scores, get_method  # noqa: E402
+from ood_core.stats import paired_difference_ci  # noqa: E402
 from ood_core.train import recommended_config, train  # noqa: E402
 
-# Pure data: which methods run on which embedded dataset (each method next to its baseline).
-SUITE = [
-    {"dataset": "digits", "methods": ["ce", "movr", "l2norm", "ib", "oe", "separation"]},
-    {"dataset": "digit-canvases", "methods": ["jointenergy", "snojoe"]},
-]
+DEFAULT_OUT = COMPARE_RESULTS
 
-# Per-run geometry read off the trained model: method -> fn(model, bench) -> {name: float}.
-DIAGNOSTICS: dict[str, Callable] = {}
+# Pure data: which methods run on which dataset (each next to its baseline), with how many
+# open-set splits and seeds. ``splits`` is None for a dataset with a fixed class split.
+SUITE = [
+    {"dataset": "digits", "methods": ["ce", "movr", "l2norm", "ib", "oe", "separation"], "splits": 5},
+    {"dataset": "digit-canvases", "methods": ["jointenergy", "snojoe"], "splits": 5},
+]
+DEFAULT_SEEDS = (0, 1, 2, 3, 4)
+N_CLASSES, N_KNOWN = 10, 6
+
+
+def open_set_split(index: int) -> tuple[int, ...]:
+    """Known classes of split ``index``: 0 -> (0..5), the app's default; k > 0 -> a seeded random 6-of-10."""
+    if index == 0:
+        return tuple(range(N_KNOWN))
+    rng = np.random.default_rng([2018, index])
+    return tuple(sorted(int(c) for c in rng.choice(N_CLASSES, N_KNOWN, replace=False)))
+
+
+# --------------------------------------------------------------------------- diagnostics
+# Geometry read off each trained model: method -> [fn(model, bench, outputs) -> {name: float}].
+DIAGNOSTICS: dict[str, list[Callable]] = {}
 
 
 def diagnostic(*methods):
     def wrap(fn):
         for m in methods:
-            DIAGNOSTICS.setdefault(m, [])
-            DIAGNOSTICS[m].append(fn)
+            DIAGNOSTICS.setdefault(m, []).append(fn)
         return fn
     return wrap
 
 
+def _ood_groups(bench) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for name, group in bench.ood_groups.items():
+        groups.setdefault(group, []).append(name)
+    return groups
+
+
+JACOBIAN_SAMPLES = 300  # per set: the exact Jacobian costs d backward passes per sample
+
+
 @diagnostic("ce", "movr")
-def jacobian_gap(model, bench) -> dict:
-    """Mean exact Jacobian norm of the unit-normalised representation: ID test vs unknown digits."""
+def jacobian_gap(model, bench, outputs) -> dict:
+    """Mean exact Jacobian norm of the unit-normalised representation, ID test vs unknown classes
+    (Park et al.): jnd = unknown - known, and the scale-free ratio unknown / known."""
     from ood_core.geometry import jacobian_norm
 
-    known = jacobian_norm(model, bench.test.x, method="exact")
-    unknown = jacobian_norm(model, bench.ood["unknown"], method="exact")
+    known = jacobian_norm(model, bench.test.x[:JACOBIAN_SAMPLES], method="exact")
+    unknown = jacobian_norm(model, bench.ood["unknown"][:JACOBIAN_SAMPLES], method="exact")
     return {"jn_known": float(known.mean()), "jn_unknown": float(unknown.mean()),
             "jnd": float(unknown.mean() - known.mean()), "jn_ratio": float(unknown.mean() / known.mean())}
 
 
 @diagnostic("oe", "separation")
-def orthogonal_share(model, bench) -> dict:
-    """Mean share of feature energy outside span{w_c}: ID test, unknown digits, generated far sets."""
-    from ood_core.evaluate import extract_outputs
+def orthogonal_share(model, bench, outputs) -> dict:
+    """Mean share of feature energy outside span{w_c} (Wu et al.): on ID test and per OOD group,
+    and the balanced gap (mean over groups of OOD share - ID share)."""
     from ood_core.geometry import orthogonal_energy_share
+    from ood_core.models import head_weight
 
-    w = model.head.weight.detach().cpu()
+    w = head_weight(model).detach().cpu()
 
-    def share(x):
-        return float(np.nanmean(orthogonal_energy_share(extract_outputs(model, x).features, w)))
+    def share(name):
+        return float(np.nanmean(orthogonal_energy_share(outputs[name].features, w)))
 
-    far = [share(x) for name, x in bench.ood.items() if bench.ood_groups[name] == "far"]
-    return {"orth_id": share(bench.test.x), "orth_unknown": share(bench.ood["unknown"]), "orth_far": float(np.mean(far))}
+    out = {"orth_id": share("id")}
+    for group, names in _ood_groups(bench).items():
+        out[f"orth_{group}"] = float(np.mean([share(n) for n in names]))
+    out["orth_gap"] = float(np.mean([out[f"orth_{g}"] - out["orth_id"] for g in _ood_groups(bench)]))
+    return out
 
 
 @diagnostic("ce", "ib")
-def class_geometry(model, bench) -> dict:
+def class_geometry(model, bench, outputs) -> dict:
     """Inter/intra separation ratio and Davies-Bouldin index of the ID test features (class means as centres)."""
-    from ood_core.evaluate import extract_outputs
     from ood_core.geometry import davies_bouldin, separation_ratio
 
-    z = extract_outputs(model, bench.test.x).features.numpy()
+    z = outputs["id"].features.numpy()
     y = bench.test.y.numpy()
     return {"sep_ratio": separation_ratio(z, y), "davies_bouldin": davies_bouldin(z, y)}
 
 
 # --------------------------------------------------------------------------- running
-def run_one(method: str, bench, seed: int, quick: bool) -> dict:
-    cfg = recommended_config(method, seed=seed, epochs=10 if quick else None, device="cpu")
+@dataclasses.dataclass
+class RunSettings:
+    seeds: tuple[int, ...] = DEFAULT_SEEDS
+    splits: int | None = None  # None: each SUITE entry's own
+    epochs: int | None = None  # None: each method's own default
+    device: str = "cpu"
+    arch: str | None = None
+    data_root: str | None = None
+
+
+def _init_for(method: str, pretrained: dict):
+    """The pretrained model a fine-tuning method starts from, when this run already trained it."""
+    pre = getattr(get_method(method), "pretrain", None)
+    return pretrained.get(pre) if pre else None
+
+
+def run_one(method: str, bench, split: int, seed: int, settings: RunSettings, pretrained: dict) -> tuple[dict, object]:
+    cfg = recommended_config(method, seed=seed, epochs=settings.epochs, device=settings.device)
+    kw = {"model_params": {"arch": settings.arch}} if settings.arch else {}
+    init = _init_for(method, pretrained)
+    if init is not None:
+        kw["init"] = init
     t0 = time.perf_counter()
-    result = train(method, bench, cfg, evaluate_after=False)
+    result = train(method, bench, cfg, evaluate_after=False, **kw)
     train_s = time.perf_counter() - t0
     ev = evaluate(result.model, bench, score_names=applicable_scores(get_method(method), bench))
     diags = {}
     for fn in DIAGNOSTICS.get(method, []):
-        diags.update(fn(result.model, bench))
-    return {"method": method, "dataset": bench.name, "seed": seed, "epochs": cfg.epochs, "train_seconds": train_s,
-            "report": ev.report, "diagnostics": diags}
+        diags.update(fn(result.model, bench, ev.outputs))
+    run = {"method": method, "dataset": bench.name, "split": split, "known": list(bench.known), "seed": seed,
+           "epochs": cfg.epochs, "train_seconds": round(train_s, 3), "init": "pretrained in this run" if init else None,
+           "report": _compact(ev.report), "diagnostics": diags}
+    return run, result.model
 
 
-def run_suite(seeds, quick: bool, only: list[str] | None = None, log=print) -> list[dict]:
+def _compact(report: dict) -> dict:
+    """The report without its constant strings, metrics rounded to 6 digits (the file stays small)."""
+    keep = {k: v for k, v in report.items() if k not in ("fpr95_definition", "score_convention")}
+    for part in ("ood", "group_means"):
+        keep[part] = {s: {sc: {m: round(float(v), 6) for m, v in ms.items()} for sc, ms in per.items()}
+                      for s, per in keep[part].items()}
+    return keep
+
+
+def suite_entries(settings: RunSettings, only: list[str] | None, preset: str | None) -> list[dict]:
+    if preset:
+        methods = ["ce", "movr", "l2norm", "ib", "oe", "separation"]
+        return [{"dataset": preset, "methods": [m for m in methods if not only or m in only], "splits": None}]
+    entries = []
+    for e in SUITE:
+        methods = [m for m in e["methods"] if not only or m in only]
+        if methods:
+            entries.append({**e, "methods": methods,
+                            "splits": settings.splits if settings.splits is not None else e["splits"]})
+    return entries
+
+
+def run_suite(entries: list[dict], settings: RunSettings, log=print) -> list[dict]:
     runs = []
-    for entry in SUITE:
-        bench = ood_core.load_benchmark(entry["dataset"])
-        for method in entry["methods"]:
-            if only and method not in only:
-                continue
-            for seed in seeds:
-                run = run_one(method, bench, seed, quick)
-                q = {k: v for k, v in run["report"].items() if k.startswith("id_")}
-                log(f"  {entry['dataset']:15s} {method:12s} seed {seed}: {run['train_seconds']:5.1f} s, "
-                    + ", ".join(f"{k} {100 * v:.1f}" for k, v in q.items()))
-                runs.append(run)
+    for entry in entries:
+        split_ids = range(entry["splits"]) if entry["splits"] else [None]
+        for split in split_ids:
+            known = open_set_split(split) if split is not None else None
+            bench = ood_core.load_benchmark(entry["dataset"], known=known, data_root=settings.data_root)
+            for seed in settings.seeds:
+                pretrained: dict = {}  # method -> model of this (split, seed), for fine-tuning recipes
+                # a method's pretrain stage runs first so its model can be reused
+                order = sorted(entry["methods"], key=lambda m: getattr(get_method(m), "pretrain", None) is not None)
+                for method in order:
+                    run, model = run_one(method, bench, split or 0, seed, settings, pretrained)
+                    pretrained[method] = model
+                    q = {k: v for k, v in run["report"].items() if k.startswith("id_")}
+                    log(f"  {entry['dataset']:15s} split {split or 0} {method:12s} seed {seed}: "
+                        f"{run['train_seconds']:5.1f} s, " + ", ".join(f"{k} {100 * v:.1f}" for k, v in q.items()))
+                    runs.append(run)
     return runs
 
 
-# --------------------------------------------------------------------------- aggregation
-class Results:
-    """Look-ups over the runs: values per seed, and mean ± std."""
+# --------------------------------------------------------------------------- look-ups
+def value(run: dict, score: str, where: str, metric: str) -> float:
+    """A metric of one run: ``where`` is an OOD set, a group, or "balanced" (mean of the group means)."""
+    rep = run["report"]
+    if where == "balanced":
+        return float(np.mean([per[score][metric] for g, per in rep["group_means"].items() if g != "user"]))
+    src = rep["ood"] if where in rep["ood"] else rep["group_means"]
+    return float(src[where][score][metric])
 
+
+def id_quality(run: dict) -> float:
+    return float(next(v for k, v in run["report"].items() if k.startswith("id_")))
+
+
+class Results:
     def __init__(self, runs: list[dict]):
         self.runs = runs
 
-    def _of(self, method):
-        return [r for r in self.runs if r["method"] == method]
+    def of(self, method: str) -> dict[tuple, dict]:
+        """(split, seed) -> run of ``method``."""
+        return {(r["split"], r["seed"]): r for r in self.runs if r["method"] == method}
 
     def has(self, *methods) -> bool:
-        return all(self._of(m) for m in methods)
+        return all(self.of(m) for m in methods)
 
-    def values(self, method: str, score: str, where: str, metric: str) -> np.ndarray:
-        """``where`` is an OOD set name, a group ("near", "far") or "all" (mean over every set)."""
-        out = []
-        for r in self._of(method):
-            rep = r["report"]
-            if where == "all":
-                out.append(np.mean([per[score][metric] for per in rep["ood"].values()]))
-            else:
-                src = rep["ood"] if where in rep["ood"] else rep["group_means"]
-                out.append(src[where][score][metric])
-        return np.array(out)
-
-    def id_values(self, method: str) -> np.ndarray:
-        return np.array([next(v for k, v in r["report"].items() if k.startswith("id_")) for r in self._of(method)])
-
-    def diag(self, method: str, name: str) -> np.ndarray:
-        return np.array([r["diagnostics"][name] for r in self._of(method)])
-
-    def seconds(self, method: str) -> float:
-        return float(np.mean([r["train_seconds"] for r in self._of(method)]))
+    def paired(self, a: str, b: str, fa: Callable[[dict], float], fb: Callable[[dict], float] | None = None):
+        """Values of ``fa`` on method a's runs and ``fb`` (default fa) on b's, over their common (split, seed)."""
+        ra, rb = self.of(a), self.of(b)
+        keys = sorted(set(ra) & set(rb))
+        fb = fb or fa
+        return np.array([fa(ra[k]) for k in keys]), np.array([fb(rb[k]) for k in keys]), keys
 
 
 def pm(values, scale: float = 100.0, digits: int = 1) -> str:
@@ -159,151 +248,204 @@ def pm(values, scale: float = 100.0, digits: int = 1) -> str:
     return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
 
 
-def results_table(res: Results) -> str:
+def groups_of(res: Results, method: str) -> list[str]:
+    first = next(iter(res.of(method).values()))
+    return [g for g in first["report"]["group_means"] if g != "user"]
+
+
+def results_table(res: Results, entries: list[dict]) -> str:
     lines = []
-    for entry in SUITE:
+    for entry in entries:
         methods = [m for m in entry["methods"] if res.has(m)]
         if not methods:
             continue
-        first = res._of(methods[0])[0]["report"]
-        id_name = "ID mAP" if "id_map" in first else "ID acc"
-        lines += [f"\n**{entry['dataset']}** (AUROC / FPR95 in %, mean ± std over seeds; near = unknown classes, "
-                  "far = mean of the generated sets)\n",
-                  f"| method | score | {id_name} | AUROC near | FPR95 near | AUROC far | FPR95 far | train s |",
-                  "|---|---|---|---|---|---|---|---|"]
+        first = next(iter(res.of(methods[0]).values()))
+        id_name = "ID mAP" if "id_map" in first["report"] else "ID acc"
+        groups = groups_of(res, methods[0])
+        n = len(res.of(methods[0]))
+        lines += [f"\n**{entry['dataset']}** (AUROC / FPR95 in %, mean ± std over {n} split × seed runs)\n",
+                  f"| method | score | {id_name} | " + " | ".join(f"AUROC {g} | FPR95 {g}" for g in groups)
+                  + " | train s |", "|---|---|---|" + "---|---|" * len(groups) + "---|"]
         for m in methods:
-            evaluated = next(iter(res._of(m)[0]["report"]["ood"].values()))
+            runs = list(res.of(m).values())
+            evaluated = next(iter(runs[0]["report"]["ood"].values()))
             for score in get_method(m).scores:
                 if score not in evaluated:
                     continue
-                cells = [pm(res.values(m, score, g, k)) for g in ("near", "far") for k in ("auroc", "fpr95")]
-                lines.append(f"| {m} | {score} | {pm(res.id_values(m))} | " + " | ".join(cells)
-                             + f" | {res.seconds(m):.1f} |")
+                cells = [pm([value(r, score, g, k) for r in runs]) for g in groups for k in ("auroc", "fpr95")]
+                lines.append(f"| {m} | {score} | {pm([id_quality(r) for r in runs])} | " + " | ".join(cells)
+                             + f" | {np.mean([r['train_seconds'] for r in runs]):.1f} |")
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- claims
-@dataclass
-class Claim:
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """One testable part of a claim: mean of ``a(run of method) - b(run of baseline)`` over the
+    common (split, seed) pairs, in the claimed ``direction`` ("greater" or "less"); ``margin``
+    shifts zero for a non-inferiority condition (e.g. accuracy kept within 1 point)."""
+
+    text: str
     method: str
+    baseline: str
+    a: Callable[[dict], float]
+    b: Callable[[dict], float] | None = None
+    direction: str = "greater"
+    margin: float = 0.0
+    unit: str = "points"  # "points": x100 for display; "raw": as is
+    condition: bool = False  # a side condition of the claim, not its effect
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    key: str
     paper: str
     statement: str
-    needs: tuple[str, ...]
-    check: Callable[[Results], tuple[str, list[bool]]]  # -> (what was measured, does each part hold?)
+    parts: tuple[Part, ...]
+    figure: str  # what the Claims page draws for the mechanism
 
 
-CLAIMS: list[Claim] = []
+def _score(score, where, metric):
+    return lambda r: value(r, score, where, metric)
 
 
-def better(a, b, higher: bool = True) -> bool:
-    """a beats b by more than the seed spread (the larger of the two standard deviations)."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    spread = max(a.std(ddof=1), b.std(ddof=1)) if a.size > 1 and b.size > 1 else 0.0
-    gap = (a.mean() - b.mean()) if higher else (b.mean() - a.mean())
-    return bool(gap > spread)
+def _diag(name):
+    return lambda r: float(r["diagnostics"][name])
 
 
-def _claim_movr(r: Results):
-    jnd_ce, jnd_m = r.diag("ce", "jnd"), r.diag("movr", "jnd")
-    ratio_ce, ratio_m = r.diag("ce", "jn_ratio"), r.diag("movr", "jn_ratio")
-    au_ce, au_m = r.values("ce", "msp", "near", "auroc"), r.values("movr", "ovr", "near", "auroc")
-    text = (f"JND (unit features, unknown − known): ce {pm(jnd_ce, 1, 3)} vs movr {pm(jnd_m, 1, 3)}; "
-            f"unknown/known norm ratio ce {pm(ratio_ce, 1, 2)} vs movr {pm(ratio_m, 1, 2)}; "
-            f"AUROC near: ce msp {pm(au_ce)} vs movr ovr {pm(au_m)}")
-    return text, [better(jnd_m, jnd_ce)]
-
-
-def _claim_snojoe(r: Results):
-    f_je = r.values("jointenergy", "joint_energy", "all", "fpr95")
-    f_sn = r.values("snojoe", "joint_energy", "all", "fpr95")
-    beats = [better(r.values(m, "joint_energy", "all", "fpr95"), r.values(m, other, "all", "fpr95"), higher=False)
-             for m in ("jointenergy", "snojoe") for other in ("maxlogit", "msp")]
-    text = (f"JointEnergy FPR95 (mean of all sets): no SN {pm(f_je)} vs SN {pm(f_sn)}; "
-            f"near: {pm(r.values('jointenergy', 'joint_energy', 'near', 'fpr95'))} vs "
-            f"{pm(r.values('snojoe', 'joint_energy', 'near', 'fpr95'))}. On snojoe, FPR95 all sets: "
-            f"joint_energy {pm(f_sn)}, maxlogit {pm(r.values('snojoe', 'maxlogit', 'all', 'fpr95'))}, "
-            f"msp {pm(r.values('snojoe', 'msp', 'all', 'fpr95'))}")
-    return text, [better(f_sn, f_je, higher=False), all(beats[1::2]), all(beats[0::2])]
-
-
-def _claim_separation(r: Results):
-    f_oe = r.values("oe", "msp", "all", "fpr95")
-    f_sep = r.values("separation", "separation", "all", "fpr95")
-    o_id, o_unk, o_far = (r.diag("separation", k) for k in ("orth_id", "orth_unknown", "orth_far"))
-    text = (f"FPR95 (mean of all sets): oe msp {pm(f_oe)} vs separation score {pm(f_sep)}; "
-            f"orthogonal-complement energy share on separation: ID {pm(o_id)}%, unknown {pm(o_unk)}%, "
-            f"far {pm(o_far)}% (oe: ID {pm(r.diag('oe', 'orth_id'))}%, far {pm(r.diag('oe', 'orth_far'))}%)")
-    return text, [better(f_sep, f_oe, higher=False), better(o_far, o_id) and better(o_unk, o_id)]
-
-
-def _claim_ib(r: Results):
-    s_ce, s_ib = r.diag("ce", "sep_ratio"), r.diag("ib", "sep_ratio")
-    a_ce = r.values("ce", "min_distance", "near", "auroc")
-    a_ib = r.values("ib", "min_distance", "near", "auroc")
-    f_ce = r.values("ce", "min_distance", "near", "fpr95")
-    f_ib = r.values("ib", "min_distance", "near", "fpr95")
-    text = (f"inter/intra ratio: ce {pm(s_ce, 1, 2)} vs ib {pm(s_ib, 1, 2)}; min-distance AUROC on unknown "
-            f"digits: ce (class means) {pm(a_ce)} vs ib {pm(a_ib)}; FPR95 {pm(f_ce)} vs {pm(f_ib)}")
-    return text, [better(s_ib, s_ce), better(a_ib, a_ce) or better(f_ib, f_ce, higher=False)]
-
-
-def _claim_l2norm(r: Results):
-    a_ce = r.values("ce", "feature_norm", "all", "auroc")
-    a_l2 = r.values("l2norm", "feature_norm", "all", "auroc")
-    acc_ce, acc_l2 = r.id_values("ce"), r.id_values("l2norm")
-    text = (f"feature-norm AUROC (mean of all sets): ce {pm(a_ce)} vs l2norm {pm(a_l2)} "
-            f"(near {pm(r.values('ce', 'feature_norm', 'near', 'auroc'))} vs "
-            f"{pm(r.values('l2norm', 'feature_norm', 'near', 'auroc'))}); ID acc {pm(acc_ce)} vs {pm(acc_l2)}")
-    return text, [better(a_l2, a_ce) and a_l2.mean() - a_ce.mean() >= 0.05, acc_l2.mean() >= acc_ce.mean() - 0.01]
-
-
-CLAIMS += [
-    Claim("movr", "Park et al. 2022", "m-OvR widens the Jacobian-norm gap between unknown and known samples vs CE",
-          ("ce", "movr"), _claim_movr),
-    Claim("snojoe", "Mei et al. 2024", "(1) spectral norm lowers JointEnergy's FPR95; JointEnergy beats (2) MSP and "
-          "(3) MaxLogit on multi-label data", ("jointenergy", "snojoe"), _claim_snojoe),
-    Claim("separation", "Wu et al. 2024", "(1) vs OE on the same outliers the separation terms lower FPR95; (2) OOD "
-          "features keep more energy outside span{w_c} than ID features", ("oe", "separation"), _claim_separation),
-    Claim("ib", "Ando 2021", "vs CE features (1) the inter/intra ratio grows and (2) the distance score separates "
-          "held-out classes better", ("ce", "ib"), _claim_ib),
-    Claim("l2norm", "Haas et al. 2023", "(1) feature-norm AUROC of the L2-trained model >> that of the CE model "
-          "(we require >= 5 points), (2) accuracy kept (within 1 point)", ("ce", "l2norm"), _claim_l2norm),
+CLAIMS = [
+    Claim("movr", "Park et al., arXiv 2209.11436",
+          "m-OvR training widens the Jacobian-norm gap between unknown and known samples compared with CE.",
+          (Part("JND (unknown − known, unit features): movr − ce", "movr", "ce", _diag("jnd"), unit="raw"),
+           Part("unknown/known Jacobian-norm ratio: movr − ce", "movr", "ce", _diag("jn_ratio"), unit="raw")),
+          "jacobian_hist"),
+    Claim("snojoe", "Mei et al., arXiv 2405.04759",
+          "Spectral normalisation lowers JointEnergy's FPR95, and JointEnergy beats MSP and MaxLogit on "
+          "multi-label data.",
+          (Part("JointEnergy FPR95 (balanced over groups): snojoe − jointenergy", "snojoe", "jointenergy",
+                _score("joint_energy", "balanced", "fpr95"), direction="less"),
+           Part("FPR95 (balanced) on snojoe: joint_energy − msp", "snojoe", "snojoe",
+                _score("joint_energy", "balanced", "fpr95"), _score("msp", "balanced", "fpr95"), direction="less"),
+           Part("FPR95 (balanced) on snojoe: joint_energy − maxlogit", "snojoe", "snojoe",
+                _score("joint_energy", "balanced", "fpr95"), _score("maxlogit", "balanced", "fpr95"),
+                direction="less")),
+          "joint_energy_hist"),
+    Claim("separation", "Wu et al., arXiv 2405.17816",
+          "Compared with Outlier Exposure on the same outliers, the separation terms lower FPR95 and push OOD "
+          "features further into the orthogonal complement of span{w_c}.",
+          (Part("FPR95 (balanced): separation score on separation − msp on oe", "separation", "oe",
+                _score("separation", "balanced", "fpr95"), _score("msp", "balanced", "fpr95"), direction="less"),
+           Part("orthogonal-energy gap (OOD − ID share, balanced): separation − oe", "separation", "oe",
+                _diag("orth_gap"))),
+          "orthogonal_share"),
+    Claim("ib", "Ando, arXiv 2111.12950",
+          "Compared with CE features, the IB loss makes classes more compact and separated (inter/intra ratio) "
+          "and its distance score separates held-out classes better.",
+          (Part("inter/intra ratio: ib − ce", "ib", "ce", _diag("sep_ratio"), unit="raw"),
+           Part("min-distance AUROC on unknown classes (near): ib − ce (class means)", "ib", "ce",
+                _score("min_distance", "near", "auroc"))),
+          "center_distances"),
+    Claim("l2norm", "Haas et al., arXiv 2306.04072",
+          "Training with L2-normalised features makes the feature norm a strong OOD score, far stronger than "
+          "on a CE model, with ID accuracy kept.",
+          (Part("feature-norm AUROC (balanced): l2norm − ce", "l2norm", "ce", _score("feature_norm", "balanced", "auroc")),
+           Part("ID accuracy: l2norm − ce (kept: interval above −1 point)", "l2norm", "ce", id_quality,
+                margin=-0.01, condition=True)),
+          "feature_norm_hist"),
 ]
 
 
-def claims_report(res: Results) -> str:
-    lines = ["A part holds only when the gap exceeds the seed spread (the larger standard deviation).\n",
-             "| method | paper's claim | measured here | holds here? |", "|---|---|---|---|"]
-    for c in CLAIMS:
-        if not res.has(*c.needs):
-            continue
-        measured, parts = c.check(res)
-        verdict = "yes" if all(parts) else ("**no**" if not any(parts) else "partly: " + ", ".join(
-            f"({i}) {'yes' if ok else 'no'}" for i, ok in enumerate(parts, 1)))
-        lines.append(f"| {c.method} | {c.statement} ({c.paper}) | {measured} | {verdict} |")
+def judge(res: Results, ci_method: str = "t") -> list[dict]:
+    """Every claim whose methods ran: each part's effect, interval, and verdict (a JSON-able list)."""
+    out = []
+    for claim in CLAIMS:
+        parts = []
+        for p in claim.parts:
+            if not res.has(p.method, p.baseline):
+                break
+            a, b, keys = res.paired(p.method, p.baseline, p.a, p.b)
+            ci = paired_difference_ci(a, b, method=ci_method)
+            # the interval must clear the margin (0 for an effect) on the claimed side
+            held = None if ci.n < 2 else bool(ci.low > p.margin if p.direction == "greater" else ci.high < p.margin)
+            parts.append({"text": p.text, "method": p.method, "baseline": p.baseline, "direction": p.direction,
+                          "margin": p.margin, "unit": p.unit, "condition": p.condition, "n_pairs": ci.n,
+                          "mean_a": float(a.mean()), "mean_b": float(b.mean()), "effect": ci.mean,
+                          "low": ci.low, "high": ci.high, "confidence": ci.confidence, "interval": ci.method,
+                          "holds": held, "pairs": [list(k) for k in keys]})
+        else:
+            verdicts = [p["holds"] for p in parts]
+            verdict = ("no verdict" if any(v is None for v in verdicts) else
+                       "holds" if all(verdicts) else "does not hold" if not any(verdicts) else "partly")
+            out.append({"key": claim.key, "paper": claim.paper, "statement": claim.statement,
+                        "figure": claim.figure, "parts": parts, "verdict": verdict})
+    return out
+
+
+def claims_table(judged: list[dict]) -> str:
+    lines = ["| claim | part | baseline → method | effect [95 % CI] | n | holds? |", "|---|---|---|---|---|---|"]
+    for c in judged:
+        for i, p in enumerate(c["parts"], 1):
+            yes = {True: "yes", False: "**no**", None: "no verdict"}[p["holds"]]
+            lines.append(f"| {c['key']} ({c['verdict']}) | ({i}) {p['text']} | {format_value(p, 'mean_b')} → "
+                         f"{format_value(p, 'mean_a')} | {format_effect(p)} | {p['n_pairs']} | {yes} |")
     return "\n".join(lines)
 
 
-def main() -> None:
+# --------------------------------------------------------------------------- main
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; default 0,1,2")
-    p.add_argument("--quick", action="store_true", help="1 seed and 10 epochs: a smoke run, not the claims")
+    p.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), help="comma-separated seeds (default 0-4)")
+    p.add_argument("--splits", type=int, default=None, help="open-set splits per dataset (default: 5)")
+    p.add_argument("--epochs", type=int, default=None, help="override every method's epochs")
+    p.add_argument("--quick", action="store_true", help="1 split, seed 0, 10 epochs: a smoke run with no verdicts")
     p.add_argument("--methods", default=None, help="only these methods (comma-separated)")
-    p.add_argument("--json", default=None, help="also write every run's report here")
-    args = p.parse_args()
-    seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
+    p.add_argument("--preset", default=None, help="a real-data preset instead of the embedded suite (e.g. cifar10)")
+    p.add_argument("--arch", default=None, help="backbone for every method (e.g. resnet18 with --preset)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
+    p.add_argument("--data-root", default=None, help="folder of the real datasets (default $OOD_DATA_ROOT)")
+    p.add_argument("--ci", default="t", choices=("t", "bootstrap"), help="interval for the verdicts (default t)")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help=f"results file (default {DEFAULT_OUT.name} in results/)")
+    args = p.parse_args(argv)
+    seeds = (0,) if args.quick else tuple(int(s) for s in args.seeds.split(","))
+    settings = RunSettings(seeds=seeds, splits=1 if args.quick else args.splits,
+                           epochs=10 if args.quick and args.epochs is None else args.epochs,
+                           device=args.device, arch=args.arch, data_root=args.data_root)
+    only = args.methods.split(",") if args.methods else None
+    for m in only or []:
+        get_method(m)  # an unknown name fails before any training
+    entries = suite_entries(settings, only, args.preset)
     t0 = time.perf_counter()
-    print(f"# compare: seeds {seeds}{' (quick)' if args.quick else ''}; torch {torch.__version__} on "
-          f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
-    runs = run_suite(seeds, args.quick, args.methods.split(",") if args.methods else None)
+    header = (f"# compare: {len(seeds)} seed(s) {list(seeds)}; splits "
+              f"{settings.splits if settings.splits is not None else 'per dataset'}{' (quick)' if args.quick else ''}; "
+              f"torch {torch.__version__} on {platform.machine()}, device {args.device}, "
+              f"{torch.get_num_threads()} threads, {os.cpu_count()} cores")
+    print(header, flush=True)
+    runs = run_suite(entries, settings)
     res = Results(runs)
-    print(results_table(res))
-    print("\n**Claims** (each paper's claim next to what this run measured)\n")
-    print(claims_report(res))
-    print(f"\ntotal wall time: {time.perf_counter() - t0:.0f} s")
-    if args.json:
-        Path(args.json).write_text(json.dumps(runs, indent=1))
+    print(results_table(res, entries))
+    judged = [] if args.quick else judge(res, args.ci)
+    if judged:
+        print("\n**Claims** (paired over split × seed; a part holds when its 95 % interval excludes zero "
+              "in the claimed direction)\n")
+        print(claims_table(judged))
+    elif args.quick:
+        print("\n(--quick: no verdicts)")
+    seconds = time.perf_counter() - t0
+    print(f"\ntotal wall time: {seconds:.0f} s")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"meta": {"command": "python benchmarks/compare.py " + " ".join(argv if argv is not None else
+                                                                        sys.argv[1:]),
+                    "header": header, "quick": args.quick, "seeds": list(seeds), "seconds": round(seconds, 1),
+                    "ci": args.ci, "torch": torch.__version__, "machine": platform.machine(),
+                    "cores": os.cpu_count(), "datasets": [e["dataset"] for e in entries]},
+           "claims": judged, "runs": runs}
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(doc, separators=(",", ":")))
+    os.replace(tmp, out)
+    print(f"results: {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

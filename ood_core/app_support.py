@@ -45,6 +45,7 @@ import streamlit as st
 import torch
 
 from .checkpoint import load_checkpoint, read_checkpoint
+from .claims import MECHANISMS  # noqa: F401  (the Claims page reads it from here)
 from .data import IMAGE_SUFFIXES, load_benchmark_from_spec, load_user_ood
 from .errors import CheckpointError, DataError, DataNotFound, OODCoreError
 from .evaluate import FPR95_DEFINITION, evaluate, extract_benchmark_outputs
@@ -1246,3 +1247,63 @@ def side_by_side(paths: list[str], fetch, ood_set: str, sets=lambda result: resu
             col.warning(f"{name} has no OOD set {ood_set!r} (another dataset)")
             continue
         yield side, col, name, result
+
+
+# --------------------------------------------------------------------------- claims page
+SHIPPED_CHECKPOINTS = REPO_ROOT / "checkpoints"
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _claims_results(path: str, version: str) -> dict:
+    from .claims import load_results
+
+    return load_results(path)
+
+
+def claims_results(path: str | Path | None = None) -> dict:
+    """The stored results of ``benchmarks/compare.py`` (claims and runs), re-read when the file
+    changes. OODCoreError with the command to run when it is missing."""
+    from . import claims
+
+    path = Path(path or claims.COMPARE_RESULTS)
+    if not path.is_file():
+        return claims.load_results(path)  # raises the one-line error
+    return _claims_results(str(path), file_version(path))
+
+
+@st.cache_data(max_entries=2, show_spinner="Computing the mechanism figures on the shipped checkpoints…")
+def _mechanisms_computed(folder: str, versions: tuple) -> dict:
+    from .claims import compute_mechanisms
+
+    return compute_mechanisms(folder)
+
+
+def claims_mechanisms(folder: str | Path = SHIPPED_CHECKPOINTS) -> dict:
+    """Per-sample mechanism values on the shipped checkpoints: the stored file when it matches
+    the checkpoints' contents (the usual case: read, not computed), else computed once."""
+    from .claims import load_mechanisms
+
+    stored = load_mechanisms(folder)
+    if stored is not None:
+        return stored
+    versions = tuple((p.name, file_version(p)) for p in list_checkpoints(folder))
+    return _mechanisms_computed(str(folder), versions)
+
+
+def verdict_markdown(verdict: str) -> str:
+    """A claim's verdict as a coloured badge: green holds, orange partly, red does not, grey none."""
+    color = {"holds": "green", "partly": "orange", "does not hold": "red"}.get(verdict, "gray")
+    return f"**Verdict:** :{color}-badge[{verdict}]"
+
+
+def claim_table(claim: dict) -> pd.DataFrame:
+    from .claims import claim_rows
+
+    return pd.DataFrame(claim_rows(claim))
+
+
+def mechanism_figure(figure: dict, role: str, x_label: str):
+    """The distributions of one side (``"baseline"`` or ``"method"``) of a stored mechanism."""
+    side = figure[role]
+    return distributions_figure({k: np.asarray(v) for k, v in side["values"].items()}, x_label,
+                                f"{side['method']} ({side['file']})")

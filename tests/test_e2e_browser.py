@@ -46,6 +46,7 @@ PAGES = [
     ("roc", None, None),
     ("embeddings", "ID only", "Fitted on ID only"),
     ("compare", "ROC curve", "AUROC"),
+    ("claims", None, "Verdict"),
 ]
 
 

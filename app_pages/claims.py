@@ -1,0 +1,40 @@
+"""Claims: each paper's claim, the effect measured by benchmarks/compare.py with its 95 %
+interval and verdict, and the figure of the mechanism for the method beside its baseline on
+the shipped checkpoints. Reads stored results; trains nothing. Widgets and plots only."""
+from __future__ import annotations
+
+import streamlit as st
+
+from ood_core import app_support as sup
+
+st.title("Claims")
+with st.expander("How is a claim judged?", expanded=sup.teaching_mode()):
+    st.markdown(
+        "Each method is trained on several open-set splits (known/unknown classes) and seeds, and compared "
+        "with its baseline **on the same (split, seed) pairs**. A part of a claim holds only when the 95 % "
+        "confidence interval of the paired difference excludes zero in the claimed direction. Effects are in "
+        "percentage points (AUROC, FPR95, accuracy) or in the quantity's own unit. *Balanced* figures "
+        "average the group means (near, far-real, far-synthetic), so no group dominates by its number of sets.")
+
+results = sup.or_stop(sup.claims_results)
+meta = results["meta"]
+st.caption(f"From `{meta.get('command', 'benchmarks/compare.py')}` — {meta.get('header', '')}; "
+           f"{meta.get('seconds', '?')} s in all.")
+if meta.get("quick") or not results["claims"]:
+    st.warning("These results come from a quick run without verdicts; run `python benchmarks/compare.py`.")
+
+mechanisms = sup.or_stop(sup.claims_mechanisms)
+for claim in results["claims"]:
+    st.header(f"{claim['key']} — {claim['paper']}")
+    st.markdown(claim["statement"])
+    st.markdown(sup.verdict_markdown(claim["verdict"]))
+    sup.show_table(sup.claim_table(claim), f"claim_{claim['key']}", f"claim_{claim['key']}")
+    mech = sup.MECHANISMS.get(claim["figure"])
+    figure = mechanisms["figures"].get(claim["figure"]) if mech else None
+    if figure is None:
+        continue
+    st.markdown(f"**Mechanism.** {mech.what}")
+    left, right = st.columns(2)
+    for role, col in (("baseline", left), ("method", right)):
+        sup.show_figure(sup.mechanism_figure(figure, role, mech.x_label), f"mech_{claim['key']}_{role}",
+                        f"{claim['figure']}_{role}", col)

@@ -37,7 +37,9 @@ def test_default_run_shows_table_and_histogram(app, ckpt_dir):
 
     df = at.dataframe[0].value
     assert list(df.columns[:7]) == ["ood_set", "group", "score", "auroc", "fpr95", "aupr_in", "aupr_out"]
-    assert {"unknown", "uniform-noise", "mean (near)", "mean (far)"} <= set(df["ood_set"])
+    assert {"unknown", "photos", "uniform-noise", "mean (near)", "mean (far-real)", "mean (far-synthetic)"} <= set(
+        df["ood_set"])
+    assert "mean (far)" not in set(df["ood_set"])  # real and synthetic far-OOD are never merged
     assert df[["auroc", "fpr95", "aupr_in", "aupr_out"]].apply(lambda c: c.between(0, 1).all()).all()
     assert any("FPR95" in c.value and "high score = in-distribution" in c.value for c in at.caption)
 
@@ -151,10 +153,10 @@ def test_switching_checkpoint_resets_choices_it_lacks(app, ckpt_dir):
     at.selectbox(key="checkpoint").set_value(str(ckpt_dir / "ce_toy2d.pt")).run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.metric[2].value == "toy2d"
-    assert at.selectbox(key="ood_set").options == ["ring (far)", "uniform-box (far)"]
+    assert at.selectbox(key="ood_set").options == ["ring (far-synthetic)", "uniform-box (far-synthetic)"]
     assert at.selectbox(key="ood_set").value == "ring"
     assert _chart_spec(at)["data"][1]["name"] == "OOD: ring"
-    assert set(at.dataframe[0].value["ood_set"]) == {"ring", "uniform-box", "mean (far)"}
+    assert set(at.dataframe[0].value["ood_set"]) == {"ring", "uniform-box", "mean (far-synthetic)"}
 
 
 def test_corrupt_checkpoint_shows_error(tmp_path, monkeypatch):

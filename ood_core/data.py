@@ -20,10 +20,10 @@ each group on its own, so real and generated far-OOD are never merged into one m
 
 Far-real OOD sets (``REAL_OOD_SETS``, group ``far-real``) for the grey image datasets, cut
 from the images shipped inside the scikit-image wheel (read offline, once per process):
-  * ``photos``: camera, astronaut, coffee, chelsea, rocket, motorcycle (left view),
+  * ``real-photos``: camera, astronaut, coffee, chelsea, rocket, motorcycle (left view),
     hubble_deep_field.
   * ``real-textures``: brick, grass, gravel.
-  * ``faces``: the 100 face patches (25x25) of ``lfw_subset``.
+  * ``real-faces``: the 100 face patches (25x25) of ``lfw_subset``.
 Each sample is a seeded square crop (a uniformly drawn image, side 1/8 to 1/2 of its
 shorter side, 0.6 to 1 for the small faces, position uniform) converted to the ID format:
 RGB -> grey by luminance, area-resized to H x W (the side is a multiple of H, so each pixel
@@ -214,11 +214,11 @@ REAL_SOURCES: dict[str, Callable] = {
 }
 
 REAL_OOD_SETS: dict[str, RealOODSet] = {
-    "photos": RealOODSet(("camera", "astronaut", "coffee", "chelsea", "rocket", "motorcycle",
+    "real-photos": RealOODSet(("camera", "astronaut", "coffee", "chelsea", "rocket", "motorcycle",
                           "hubble_deep_field"), (1 / 8, 1 / 2)),
     "real-textures": RealOODSet(("brick", "grass", "gravel"), (1 / 8, 1 / 2)),
     # a face patch is only 25x25: keep most of the face
-    "faces": RealOODSet(("lfw_faces",), (0.6, 1.0)),
+    "real-faces": RealOODSet(("lfw_faces",), (0.6, 1.0)),
 }
 REAL_MIN_CONTRAST = 0.1  # a crop whose block means span less than this (of the full scale) is redrawn
 _REAL_MAX_DRAWS = 100  # draws per sample before the set is declared impossible

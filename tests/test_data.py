@@ -146,7 +146,7 @@ def test_digits_split_seed_changes_split():
 @pytest.mark.parametrize("dataset", ["digits", "digit-canvases"])
 def test_image_ood_sets_and_groups(dataset):
     b = _bench(dataset)
-    real = ["photos", "real-textures", "faces"]
+    real = ["real-photos", "real-textures", "real-faces"]
     synthetic = ["uniform-noise", "gaussian-noise", "constant", "blobs", "textures"]
     assert b.ood_groups == {"unknown": "near", **{n: "far-real" for n in real},
                             **{n: "far-synthetic" for n in synthetic}}

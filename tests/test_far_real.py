@@ -13,7 +13,7 @@ from ood_core import data as D
 from ood_core.errors import DataError, UnknownNameError
 from ood_core.evaluate import group_means
 
-REAL = ["photos", "real-textures", "faces"]
+REAL = ["real-photos", "real-textures", "real-faces"]
 SHAPES = [(1, 8, 8), (1, 16, 16)]
 
 
@@ -72,9 +72,9 @@ def test_real_sets_differ_from_each_other_and_from_the_generated():
 
 
 def test_real_deterministic_and_seeded():
-    a = D.real_ood("photos", 50, (1, 8, 8), seed=0)
-    assert torch.equal(a, D.real_ood("photos", 50, (1, 8, 8), seed=0))
-    assert not torch.equal(a, D.real_ood("photos", 50, (1, 8, 8), seed=1))
+    a = D.real_ood("real-photos", 50, (1, 8, 8), seed=0)
+    assert torch.equal(a, D.real_ood("real-photos", 50, (1, 8, 8), seed=0))
+    assert not torch.equal(a, D.real_ood("real-photos", 50, (1, 8, 8), seed=1))
     b0, b1 = _bench("digits"), _bench("digits", ood_seed=1)
     assert torch.equal(b0.ood["unknown"], b1.ood["unknown"]) and torch.equal(b0.train.x, b1.train.x)
     for name in REAL:
@@ -116,7 +116,7 @@ def test_faces_are_crops_of_the_shipped_faces():
                     candidates.append(((small - lo) / (hi - lo) if hi > lo else small * 0).ravel())
                     cand_k.append(k)
     candidates, cand_k = np.stack(candidates), np.array(cand_k)
-    x = _real("faces").numpy().reshape(D.N_GENERATED, -1).astype(np.float64)
+    x = _real("real-faces").numpy().reshape(D.N_GENERATED, -1).astype(np.float64)
     ks = []
     for img in x:
         err = np.abs(candidates - img).max(1)
@@ -132,7 +132,7 @@ def test_sources_are_grey_luminance_of_the_shipped_images():
     assert got.dtype == np.float32 and not got.flags.writeable
     np.testing.assert_allclose(got, grey, atol=1e-6)
     assert len(D._real_source("lfw_faces")) == 100  # faces only, not the 100 background patches
-    assert sum(len(D._real_source(s)) for s in D.REAL_OOD_SETS["photos"].sources) == 7
+    assert sum(len(D._real_source(s)) for s in D.REAL_OOD_SETS["real-photos"].sources) == 7
 
 
 def test_photo_crop_sizes_span_the_range():
@@ -157,16 +157,16 @@ def test_sources_load_once(monkeypatch):
 
 
 def test_real_errors(monkeypatch):
-    with pytest.raises(UnknownNameError, match="photos"):
+    with pytest.raises(UnknownNameError, match="real-photos"):
         D.real_ood("paintings", 5, (1, 8, 8))
     for shape in [(3, 32, 32), (2,)]:
         with pytest.raises(DataError, match="grey images"):
-            D.real_ood("photos", 5, shape)
+            D.real_ood("real-photos", 5, shape)
     with pytest.raises(DataError, match="smaller than"):
-        D.real_ood("faces", 5, (1, 32, 32))  # the face patches are 25x25
+        D.real_ood("real-faces", 5, (1, 32, 32))  # the face patches are 25x25
     monkeypatch.setattr(D, "REAL_MIN_CONTRAST", 2.0)  # unreachable on a [0, 1] scale
     with pytest.raises(DataError, match="contrast"):
-        D.real_ood("photos", 1, (1, 8, 8))
+        D.real_ood("real-photos", 1, (1, 8, 8))
 
 
 def test_group_means_keep_far_real_and_far_synthetic_apart():

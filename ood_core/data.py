@@ -215,7 +215,7 @@ REAL_SOURCES: dict[str, Callable] = {
 
 REAL_OOD_SETS: dict[str, RealOODSet] = {
     "real-photos": RealOODSet(("camera", "astronaut", "coffee", "chelsea", "rocket", "motorcycle",
-                          "hubble_deep_field"), (1 / 8, 1 / 2)),
+                               "hubble_deep_field"), (1 / 8, 1 / 2)),
     "real-textures": RealOODSet(("brick", "grass", "gravel"), (1 / 8, 1 / 2)),
     # a face patch is only 25x25: keep most of the face
     "real-faces": RealOODSet(("lfw_faces",), (0.6, 1.0)),

@@ -17,8 +17,8 @@ with st.expander("What am I looking at?", expanded=sup.teaching_mode()):
     st.latex(r"\mathrm{AUROC} = \Pr[s(x_{\mathrm{ID}}) > s(x_{\mathrm{OOD}})],\qquad "
              r"\mathrm{FPR95} = \Pr[s(x_{\mathrm{OOD}}) \ge t_{95}],\ \Pr[s(x_{\mathrm{ID}}) \ge t_{95}] = 0.95")
     st.markdown("Look for the column whose OOD histogram sits furthest left of the ID one (or whose ROC "
-                "hugs the top-left corner), and check whether the ranking of methods holds for near "
-                "and far OOD sets alike.")
+                "hugs the top-left corner), and check whether the ranking of methods holds for near, "
+                "far-real (photo crops) and far-synthetic (generated) OOD sets alike.")
 
 path, version, model, meta = sup.require_checkpoint()
 options = [str(p) for p in sup.list_checkpoints(Path(path).parent)]

@@ -62,7 +62,7 @@ with st.expander("What am I looking at?", expanded=sup.teaching_mode()):
         "**What to look for:** with `ce` the regions are unbounded wedges and the score keeps *growing* away "
         "from the data (the logits of a ReLU network grow linearly along rays), so points far from every class "
         "look *more* in-distribution than the training data: this is why OOD detection by softmax or energy "
-        "fails far away (AUROC below 0.5 on the far sets). Switch the landscape score to `mahalanobis` (fitted "
+        "fails far away (AUROC below 0.5 on the far-synthetic sets `ring` and `uniform-box`). Switch the landscape score to `mahalanobis` (fitted "
         "on the training features) and the score falls away from the classes instead. Other methods change "
         "the geometry itself: `l2norm` and `movr` normalise the features, which makes the energy flat along "
         "rays; `ib` learns class centres.")

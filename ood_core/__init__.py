@@ -22,7 +22,7 @@ progress, cancel, safe save), ``landscape`` (decision and score grids for 2-D in
 __version__ = "0.1.0"
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import DATASETS, IMAGE_OOD_SETS, Benchmark, load_benchmark, load_user_ood
+from .data import DATASETS, IMAGE_OOD_SETS, REAL_OOD_SETS, Benchmark, load_benchmark, load_user_ood
 from .errors import CheckpointError, DataError, OODCoreError, TrainingCancelled, TrainingDiverged
 from .evaluate import Evaluation, evaluate, extract_benchmark_outputs, extract_outputs
 from .methods import METHODS, get_method
@@ -36,8 +36,8 @@ from . import recipes  # noqa: E402,F401  (registers the methods and their score
 from . import real_data  # noqa: E402,F401  (registers the real-data presets in DATASETS)
 
 __all__ = [
-    "load_checkpoint", "save_checkpoint", "DATASETS", "IMAGE_OOD_SETS", "Benchmark", "load_benchmark",
-    "load_user_ood", "CheckpointError", "DataError", "OODCoreError", "TrainingCancelled", "TrainingDiverged",
+    "load_checkpoint", "save_checkpoint", "DATASETS", "IMAGE_OOD_SETS", "REAL_OOD_SETS", "Benchmark",
+    "load_benchmark", "load_user_ood", "CheckpointError", "DataError", "OODCoreError", "TrainingCancelled", "TrainingDiverged",
     "Evaluation", "evaluate", "extract_benchmark_outputs", "extract_outputs", "attribution", "geometry", "jobs",
     "landscape", "projection", "METHODS", "get_method", "auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr",
     "ood_metrics", "ModelOutput", "build_model", "SCORES", "make_score", "TrainConfig", "TrainResult", "train",

@@ -68,7 +68,8 @@ TABLE_COLUMNS = ("ood_set", "group", "score", "auroc", "fpr95", "aupr_in", "aupr
 TABLE_CAPTION = (
     f"FPR95 = {FPR95_DEFINITION}; lower is better. AUROC, AUPR-In (ID positive) and AUPR-Out "
     "(OOD positive): higher is better. Every score follows one convention: high score = in-distribution (ID). "
-    "Rows `mean (near)` / `mean (far)` average the OOD sets of each group."
+    "Rows `mean (near)`, `mean (far-real)`, `mean (far-synthetic)` (`mean (far)` on real-data presets) "
+    "average the OOD sets of each group."
 )
 
 
@@ -186,7 +187,7 @@ def score_names(scores: dict) -> list[str]:
 
 
 def ood_set_names(report: dict) -> list[str]:
-    """OOD set names of a report, in evaluation order (near first, then far)."""
+    """OOD set names of a report, in evaluation order (near first, then far-real, then far-synthetic)."""
     return list(report.get("ood", {}))
 
 
@@ -831,7 +832,7 @@ def epoch_metrics_figure(history: list[dict]):
 
 
 def group_mean_table(report: dict | None) -> pd.DataFrame:
-    """AUROC and FPR95 per OOD group (near/far) and score of a training run's OOD report."""
+    """AUROC and FPR95 per OOD group (near, far-real, far-synthetic, ...) and score of a training run's OOD report."""
     rows = [{"group": group, "score": score, "auroc": m.get("auroc"), "fpr95": m.get("fpr95")}
             for group, per in ((report or {}).get("group_means") or {}).items() for score, m in per.items()]
     return pd.DataFrame(rows, columns=["group", "score", "auroc", "fpr95"])

@@ -385,7 +385,7 @@ def cmd_features(args) -> int:
 
 # --------------------------------------------------------------------------- list
 def cmd_list(args) -> int:
-    from .data import DATASET_DESCRIPTIONS, IMAGE_OOD_SETS, load_benchmark
+    from .data import DATASET_DESCRIPTIONS, IMAGE_OOD_SETS, REAL_OOD_SETS, load_benchmark
     from .methods import METHODS
     from .real_data import LAYOUTS, PRESETS
     from .scores import SCORES
@@ -402,7 +402,8 @@ def cmd_list(args) -> int:
             continue
         b = load_benchmark(name)
         print(f"  {name:16s} " + ", ".join(f"{s} ({b.ood_groups[s]}, n={b.ood[s].shape[0]})" for s in b.ood))
-    print(f"  generated families for any image dataset: {', '.join(IMAGE_OOD_SETS)}")
+    print(f"  far-synthetic families for any image dataset: {', '.join(IMAGE_OOD_SETS)}")
+    print(f"  far-real sets for the grey embedded datasets (scikit-image crops): {', '.join(REAL_OOD_SETS)}")
     print("real-data layouts under --data-root / $OOD_DATA_ROOT (--download fetches them):")
     for name, layout in LAYOUTS.items():
         print(f"  {name:16s} {layout}")

@@ -8,14 +8,31 @@ ID datasets (``DATASETS``)
     the *known* classes (default 0-5) are ID; the test images of the other classes form
     the near-OOD set ``unknown``.
   * ``toy2d``: four 2-D Gaussian classes on a circle (a teaching set whose input plane can
-    be drawn). OOD: ``ring`` (an annulus around the classes) and ``uniform-box``.
+    be drawn). OOD (group ``far-synthetic``): ``ring`` (an annulus around the classes) and
+    ``uniform-box``.
   * ``digit-canvases``: multi-label. A 16x16 canvas is a 2x2 grid of 8x8 slots holding
     1-3 digits of known classes; the target is the set of labels present. OOD canvases
     (``unknown``) hold 1-3 digits of unknown classes only. Built from the digit splits, so
     no test digit is ever seen in training.
 
-Far-OOD sets for image datasets (``IMAGE_OOD_SETS``), same shape and [0, 1] range as the
-ID images:
+OOD groups: ``near`` (``unknown``), ``far-real`` and ``far-synthetic``; reports average
+each group on its own, so real and generated far-OOD are never merged into one mean.
+
+Far-real OOD sets (``REAL_OOD_SETS``, group ``far-real``) for the grey image datasets, cut
+from the images shipped inside the scikit-image wheel (read offline, once per process):
+  * ``real-photos``: camera, astronaut, coffee, chelsea, rocket, motorcycle (left view),
+    hubble_deep_field.
+  * ``real-textures``: brick, grass, gravel.
+  * ``real-faces``: the 100 face patches (25x25) of ``lfw_subset``.
+Each sample is a seeded square crop (a uniformly drawn image, side 1/8 to 1/2 of its
+shorter side, 0.6 to 1 for the small faces, position uniform) converted to the ID format:
+RGB -> grey by luminance, area-resized to H x W (the side is a multiple of H, so each pixel
+is the mean of a k x k block) and min-max stretched to [0, 1] per image, as every digit
+spans 0 (background) to about 1 (stroke). Crops whose block means span less than 0.1 are
+redrawn. 300 per set, one RNG stream per set from ``ood_seed``.
+
+Far-synthetic OOD sets for image datasets (``IMAGE_OOD_SETS``, group ``far-synthetic``),
+same shape and [0, 1] range as the ID images:
   * ``uniform-noise``: i.i.d. U(0, 1) pixels.
   * ``gaussian-noise``: N(0.5, 0.25^2) pixels, clipped to [0, 1].
   * ``constant``: every pixel of an image equal to one level drawn from U(0, 1).
@@ -26,7 +43,7 @@ ID images:
 Training outliers (``TRAIN_OUTLIERS``, for outlier-exposure recipes; never an evaluation set):
   * ``scrambled-digits``: known-class *training* images cut into square blocks (side 2,
     H/4 or H/2, drawn per image) whose positions are randomly permuted; every evaluation
-    set (``unknown`` and the generated families above) stays held out.
+    set (``unknown``, the far-real and the generated sets above) stays held out.
 
 User OOD sets come from a ``.npy``/``.npz`` array or a folder of images and are converted
 to the ID format by :func:`load_user_ood` (see its docstring for the rules).
@@ -34,6 +51,7 @@ to the ID format by :func:`load_user_ood` (see its docstring for the rules).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import struct
@@ -49,7 +67,9 @@ from .errors import DataError, unknown
 
 DEFAULT_KNOWN = (0, 1, 2, 3, 4, 5)
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
-N_GENERATED = 300  # samples per generated OOD set
+N_GENERATED = 300  # samples per generated or far-real OOD set
+# OOD groups of the embedded benchmarks (real-data presets use "near" / "far")
+NEAR, FAR_REAL, FAR_SYNTHETIC = "near", "far-real", "far-synthetic"
 
 
 @dataclasses.dataclass
@@ -67,8 +87,9 @@ class Split:
 class Benchmark:
     """An ID dataset with its splits and its named OOD sets.
 
-    ``ood`` maps a set name to an input tensor in the ID format; ``ood_groups`` says
-    whether each set is ``near`` or ``far`` OOD.
+    ``ood`` maps a set name to an input tensor in the ID format; ``ood_groups`` gives each
+    set's group: ``near``, ``far-real`` or ``far-synthetic`` on the embedded benchmarks,
+    ``near`` or ``far`` on the real-data presets.
     """
 
     name: str
@@ -163,6 +184,141 @@ def generate_ood(name: str, n: int, shape: tuple[int, ...], seed: int = 0) -> to
     return torch.as_tensor(IMAGE_OOD_SETS[name](n, tuple(shape), rng), dtype=torch.float32)
 
 
+# --------------------------------------------------------------------------- real far-OOD crops
+@dataclasses.dataclass(frozen=True)
+class RealOODSet:
+    """A far-OOD set cut from photographs shipped inside the scikit-image wheel.
+
+    ``sources``: keys of :data:`REAL_SOURCES`; every image they hold is equally likely.
+    ``crop``: the crop side as a fraction (lo, hi) of the image's shorter side.
+    """
+
+    sources: tuple[str, ...]
+    crop: tuple[float, float]
+
+
+# skimage.data loaders that read files inside the wheel (no pooch download); each returns
+# the images it holds, so a source may give one photograph or a stack of patches
+REAL_SOURCES: dict[str, Callable] = {
+    "camera": lambda d: [d.camera()],
+    "astronaut": lambda d: [d.astronaut()],
+    "coffee": lambda d: [d.coffee()],
+    "chelsea": lambda d: [d.chelsea()],
+    "rocket": lambda d: [d.rocket()],
+    "motorcycle": lambda d: [d.stereo_motorcycle()[0]],  # the left view
+    "hubble_deep_field": lambda d: [d.hubble_deep_field()],
+    "brick": lambda d: [d.brick()],
+    "grass": lambda d: [d.grass()],
+    "gravel": lambda d: [d.gravel()],
+    "lfw_faces": lambda d: list(d.lfw_subset()[:100]),  # the first 100 of 200 are faces, the rest background
+}
+
+REAL_OOD_SETS: dict[str, RealOODSet] = {
+    "real-photos": RealOODSet(("camera", "astronaut", "coffee", "chelsea", "rocket", "motorcycle",
+                               "hubble_deep_field"), (1 / 8, 1 / 2)),
+    "real-textures": RealOODSet(("brick", "grass", "gravel"), (1 / 8, 1 / 2)),
+    # a face patch is only 25x25: keep most of the face
+    "real-faces": RealOODSet(("lfw_faces",), (0.6, 1.0)),
+}
+REAL_MIN_CONTRAST = 0.1  # a crop whose block means span less than this (of the full scale) is redrawn
+_REAL_MAX_DRAWS = 100  # draws per sample before the set is declared impossible
+
+
+@functools.lru_cache(maxsize=None)
+def _real_source(name: str) -> tuple[np.ndarray, ...]:
+    """The images of source ``name`` as read-only float32 grey (H, W) in [0, 1], loaded once per process."""
+    try:
+        import skimage.data
+    except ImportError:
+        raise DataError("the far-real OOD sets need scikit-image: pip install scikit-image==0.26.0") from None
+    try:
+        raw = REAL_SOURCES[name](skimage.data)
+    except Exception as e:  # a build without the shipped image would try to download it
+        raise DataError(f"scikit-image's shipped image {name!r} cannot be read ({e.__class__.__name__}: {e})") from None
+    out = []
+    for a in raw:
+        a = np.asarray(a)
+        a = a.astype(np.float32) / (255.0 if a.dtype == np.uint8 else 1.0)
+        if a.ndim == 3:  # RGB(A) -> grey with the luminance used for user data
+            a = _as_nchw(a[None], 1, name)[0, 0].astype(np.float32)
+        a.flags.writeable = False  # shared by every call through the cache
+        out.append(a)
+    return tuple(out)
+
+
+def _block_means(image: np.ndarray, top: int, left: int, k: int, hw: tuple[int, int]) -> np.ndarray:
+    """The (k*H, k*W) crop of a grey ``image`` at (top, left), area-resized to ``hw`` = (H, W).
+
+    The crop is an exact multiple of the target, so the area resize is the mean of each k x k block.
+    """
+    h, w = hw
+    crop = image[top:top + k * h, left:left + k * w]
+    if crop.shape != (k * h, k * w):
+        raise DataError(f"crop {k * h}x{k * w} at ({top}, {left}) leaves the {image.shape[0]}x{image.shape[1]} image")
+    return crop.reshape(h, k, w, k).mean(axis=(1, 3), dtype=np.float64)
+
+
+def _min_max(a: np.ndarray) -> np.ndarray:
+    lo, hi = a.min(), a.max()
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+
+
+def real_crop_to_input(image: np.ndarray, top: int, left: int, k: int, hw: tuple[int, int]) -> np.ndarray:
+    """One far-real sample: :func:`_block_means` of the crop, min-max stretched to [0, 1].
+
+    Min-max per crop matches the digits' appearance, whose every image spans 0 (background)
+    to about 1 (stroke), so a dim photo patch is not told apart by its range alone.
+    """
+    return _min_max(_block_means(image, top, left, k, hw))
+
+
+def _crop_factors(image_hw: tuple[int, int], hw: tuple[int, int], crop: tuple[float, float]) -> range:
+    """Block sizes k whose (k*H, k*W) crop fits the image and has a side within ``crop`` of its shorter side."""
+    fit = min(image_hw[0] // hw[0], image_hw[1] // hw[1])
+    side, short = max(hw), min(image_hw)
+    lo = max(1, math.ceil(crop[0] * short / side))
+    hi = min(fit, math.floor(crop[1] * short / side))
+    return range(lo, hi + 1) if lo <= hi else range(fit, fit + 1)  # a small image: the largest crop that fits
+
+
+def real_ood(name: str, n: int, shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    """``n`` seeded crops of the far-real set ``name`` in the grey image format ``shape`` (1, H, W).
+
+    Each sample draws an image of the set's sources uniformly, a block size k (uniform over
+    those giving a crop side within the set's ``crop`` fractions) and a uniform position;
+    crops whose block means span less than :data:`REAL_MIN_CONTRAST` are redrawn, since
+    stretching a flat patch only amplifies compression noise. See :func:`real_crop_to_input`.
+    """
+    if name not in REAL_OOD_SETS:
+        raise unknown("far-real OOD set", name, REAL_OOD_SETS)
+    shape = tuple(shape)
+    if len(shape) != 3 or shape[0] != 1:
+        raise DataError(f"the far-real OOD sets are grey images (1, H, W); this dataset takes {shape}")
+    spec, hw = REAL_OOD_SETS[name], shape[1:]
+    images = [im for src in spec.sources for im in _real_source(src)]
+    small = [im.shape for im in images if im.shape[0] < hw[0] or im.shape[1] < hw[1]]
+    if small:
+        raise DataError(f"far-real set {name!r}: source images of size {small[0]} are smaller than {hw}")
+    # one stream per set, keyed by its name: adding a set never changes another's samples
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    out = np.empty((n, 1, *hw), dtype=np.float32)
+    for i in range(n):
+        for _ in range(_REAL_MAX_DRAWS):
+            im = images[rng.integers(len(images))]
+            ks = _crop_factors(im.shape, hw, spec.crop)
+            k = int(ks[rng.integers(len(ks))])
+            top = int(rng.integers(im.shape[0] - k * hw[0] + 1))
+            left = int(rng.integers(im.shape[1] - k * hw[1] + 1))
+            block = _block_means(im, top, left, k, hw)
+            if block.max() - block.min() >= REAL_MIN_CONTRAST:
+                out[i, 0] = _min_max(block)
+                break
+        else:
+            raise DataError(f"far-real set {name!r}: no crop with contrast >= {REAL_MIN_CONTRAST} "
+                            f"in {_REAL_MAX_DRAWS} draws")
+    return torch.from_numpy(out)
+
+
 # --------------------------------------------------------------------------- digits
 def _parse_known(known, n_classes: int = 10) -> tuple[int, ...]:
     known = DEFAULT_KNOWN if known is None else tuple(sorted({int(k) for k in known}))
@@ -209,7 +365,13 @@ def _remap(y: np.ndarray, known: tuple[int, ...]) -> np.ndarray:
 def _add_generated(ood: dict, groups: dict, shape, seed: int) -> None:
     for name in IMAGE_OOD_SETS:
         ood[name] = generate_ood(name, N_GENERATED, shape, seed)
-        groups[name] = "far"
+        groups[name] = FAR_SYNTHETIC
+
+
+def _add_real(ood: dict, groups: dict, shape, seed: int) -> None:
+    for name in REAL_OOD_SETS:
+        ood[name] = real_ood(name, N_GENERATED, shape, seed)
+        groups[name] = FAR_REAL
 
 
 def load_digits_benchmark(known=None, split_seed: int = 0, ood_seed: int = 0) -> Benchmark:
@@ -221,7 +383,8 @@ def load_digits_benchmark(known=None, split_seed: int = 0, ood_seed: int = 0) ->
         parts[name] = Split(torch.from_numpy(x[keep]), torch.from_numpy(_remap(y[keep], known)))
     x_test, y_test = splits["test"]
     ood = {"unknown": torch.from_numpy(x_test[~np.isin(y_test, known)])}
-    groups = {"unknown": "near"}
+    groups = {"unknown": NEAR}
+    _add_real(ood, groups, (1, 8, 8), ood_seed)
     _add_generated(ood, groups, (1, 8, 8), ood_seed)
     return Benchmark("digits", "multiclass", (1, 8, 8), known, [str(k) for k in known],
                      parts["train"], parts["val"], parts["test"], ood, groups, split_seed, ood_seed)
@@ -261,7 +424,7 @@ def load_toy2d_benchmark(known=None, split_seed: int = 0, ood_seed: int = 0) -> 
     ood = {"ring": torch.tensor(ring, dtype=torch.float32), "uniform-box": torch.tensor(box, dtype=torch.float32)}
     return Benchmark("toy2d", "multiclass", (2,), tuple(range(TOY_CLASSES)),
                      [f"class {k}" for k in range(TOY_CLASSES)], train, val, test, ood,
-                     {"ring": "far", "uniform-box": "far"}, split_seed, ood_seed)
+                     {"ring": FAR_SYNTHETIC, "uniform-box": FAR_SYNTHETIC}, split_seed, ood_seed)
 
 
 # --------------------------------------------------------------------------- digit canvases
@@ -298,7 +461,8 @@ def load_digit_canvases_benchmark(known=None, split_seed: int = 0, ood_seed: int
     orng = np.random.default_rng([ood_seed, 3])
     unk, _ = _make_canvases(x_test, y_test, N_GENERATED, orng, unknown_classes)
     ood = {"unknown": torch.from_numpy(unk)}
-    groups = {"unknown": "near"}
+    groups = {"unknown": NEAR}
+    _add_real(ood, groups, (1, 16, 16), ood_seed)
     _add_generated(ood, groups, (1, 16, 16), ood_seed)
     return Benchmark("digit-canvases", "multilabel", (1, 16, 16), known, [str(k) for k in known],
                      parts["train"], parts["val"], parts["test"], ood, groups, split_seed, ood_seed)
@@ -312,9 +476,11 @@ DATASETS: dict[str, Callable[..., Benchmark]] = {
 }
 
 DATASET_DESCRIPTIONS = {
-    "digits": "sklearn digits 8x8, open-set: known classes ID, others near-OOD; 5 generated far-OOD sets",
-    "toy2d": "4 Gaussian classes in 2-D; OOD: ring around them, uniform box",
-    "digit-canvases": "multi-label 16x16 canvases of 1-3 known digits; OOD: unknown-digit canvases + generated sets",
+    "digits": "sklearn digits 8x8, open-set: known classes ID, others near-OOD; 3 far-real sets (crops of "
+              "scikit-image photos, textures, faces) and 5 far-synthetic generated sets",
+    "toy2d": "4 Gaussian classes in 2-D; far-synthetic OOD: ring around them, uniform box",
+    "digit-canvases": "multi-label 16x16 canvases of 1-3 known digits; OOD: unknown-digit canvases (near), "
+                      "3 far-real and 5 far-synthetic sets",
 }
 
 

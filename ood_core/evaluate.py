@@ -3,7 +3,7 @@
 :func:`extract_outputs` runs the model once per dataset in batches and keeps features and
 logits on the CPU; every score then reads those cached outputs. :func:`evaluate` returns an
 :class:`Evaluation` holding a JSON-able report (one entry per OOD set and score, plus
-near/far group means) and the per-sample scores that every number can be recomputed from.
+group means: near, far-real, far-synthetic, ...) and the per-sample scores that every number can be recomputed from.
 """
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ class Evaluation:
     outputs: dict[str, ModelOutput]
 
     def table(self) -> list[dict]:
-        """Tidy rows: one per (OOD set, score), then the near/far group means."""
+        """Tidy rows: one per (OOD set, score), then the mean of each OOD group."""
         rows = []
         for set_name, per_score in self.report["ood"].items():
             for score, m in per_score.items():
@@ -188,10 +188,11 @@ def evaluate(model: torch.nn.Module, bench: Benchmark, ood_sets: dict[str, torch
 
 
 def group_means(per_set: dict, groups: dict[str, str]) -> dict:
-    """Mean of each metric over the OOD sets of each group (near / far / user)."""
+    """Mean of each metric over the OOD sets of each group (near / far-real / far-synthetic /
+    far / user): each group on its own, so real and synthetic far-OOD are never merged."""
     out: dict = {}
-    order = {"near": 0, "far": 1, "user": 2}
-    for group in sorted(set(groups.values()), key=lambda g: (order.get(g, 3), g)):
+    order = {"near": 0, "far-real": 1, "far-synthetic": 2, "far": 3, "user": 4}
+    for group in sorted(set(groups.values()), key=lambda g: (order.get(g, len(order)), g)):
         members = [s for s in per_set if groups[s] == group]
         out[group] = {}
         for score in per_set[members[0]]:

@@ -375,7 +375,7 @@ def build_image_folder(name: str, known=None, split_seed: int = 0, ood_seed: int
     """``imagefolder:PATH``: ID classes = the subfolders of PATH (resized to 32x32 RGB).
 
     All images are split 60/20/20 (stratified, split seed); OOD = the generated far-OOD
-    families of :mod:`ood_core.data`. PATH is stored in the name, so checkpoints rebuild it.
+    families of :mod:`ood_core.data` (group ``far-synthetic``; the far-real crops are grey). PATH is stored in the name, so checkpoints rebuild it.
     """
     from sklearn.model_selection import train_test_split
 

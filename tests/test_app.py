@@ -37,7 +37,9 @@ def test_default_run_shows_table_and_histogram(app, ckpt_dir):
 
     df = at.dataframe[0].value
     assert list(df.columns[:7]) == ["ood_set", "group", "score", "auroc", "fpr95", "aupr_in", "aupr_out"]
-    assert {"unknown", "uniform-noise", "mean (near)", "mean (far)"} <= set(df["ood_set"])
+    assert {"unknown", "real-photos", "uniform-noise", "mean (near)", "mean (far-real)",
+            "mean (far-synthetic)"} <= set(df["ood_set"])
+    assert "mean (far)" not in set(df["ood_set"])  # real and synthetic far-OOD are never merged
     assert df[["auroc", "fpr95", "aupr_in", "aupr_out"]].apply(lambda c: c.between(0, 1).all()).all()
     assert any("FPR95" in c.value and "high score = in-distribution" in c.value for c in at.caption)
 
@@ -98,10 +100,10 @@ def test_jacobian_page_histograms_jnd_and_path(app, ckpt_dir):
     hist = [c for c in _charts(at) if c["data"][0]["type"] == "histogram"]
     assert len(hist) == 1 and hist[0]["data"][0]["name"] == "ID (test)" and len(hist[0]["data"]) == 4
     jnd = at.dataframe[0].value
-    assert jnd["JND vs ID"].iloc[0] == 0 and len(jnd) == 7
     # the table is the plotted data's mean: recompute one entry with the library directly
     model, meta = ood_core.load_checkpoint(ckpt_dir / "ce_digits.pt")
     bench = ood_core.load_benchmark("digits")
+    assert jnd["JND vs ID"].iloc[0] == 0 and len(jnd) == 1 + len(bench.ood) == 10  # ID, then every OOD set
     from ood_core.geometry import jacobian_norm
     direct = jacobian_norm(model, bench.ood["textures"][:256], method="estimate", n_proj=16).mean()
     assert jnd.set_index("set").loc["textures", "mean ||J||_F"] == pytest.approx(direct, rel=1e-6)
@@ -151,10 +153,10 @@ def test_switching_checkpoint_resets_choices_it_lacks(app, ckpt_dir):
     at.selectbox(key="checkpoint").set_value(str(ckpt_dir / "ce_toy2d.pt")).run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.metric[2].value == "toy2d"
-    assert at.selectbox(key="ood_set").options == ["ring (far)", "uniform-box (far)"]
+    assert at.selectbox(key="ood_set").options == ["ring (far-synthetic)", "uniform-box (far-synthetic)"]
     assert at.selectbox(key="ood_set").value == "ring"
     assert _chart_spec(at)["data"][1]["name"] == "OOD: ring"
-    assert set(at.dataframe[0].value["ood_set"]) == {"ring", "uniform-box", "mean (far)"}
+    assert set(at.dataframe[0].value["ood_set"]) == {"ring", "uniform-box", "mean (far-synthetic)"}
 
 
 def test_corrupt_checkpoint_shows_error(tmp_path, monkeypatch):

@@ -42,7 +42,8 @@ def test_evaluate_report_and_scores_are_consistent(tmp_path, capsys):
     assert rc == 0
     report = json.loads(report_path.read_text())
     assert report["id_accuracy"] >= 0.97
-    expected_sets = {"unknown", "uniform-noise", "gaussian-noise", "constant", "blobs", "textures", "my-set"}
+    expected_sets = {"unknown", "real-photos", "real-textures", "real-faces", "uniform-noise", "gaussian-noise",
+                     "constant", "blobs", "textures", "my-set"}
     assert set(report["ood"]) == expected_sets
     scores = np.load(scores_path)
     assert scores["my-set/msp"].shape == (25,)
@@ -53,7 +54,13 @@ def test_evaluate_report_and_scores_are_consistent(tmp_path, capsys):
             ids, oods = scores[f"id/{score}"], scores[f"{s}/{score}"]
             assert m["auroc"] == pytest.approx(metrics.auroc(ids, oods))
             assert m["fpr95"] == pytest.approx(metrics.fpr_at_95_tpr(ids, oods))
-    assert "| unknown |" in capsys.readouterr().out
+    assert report["groups"] == {"unknown": "near", "real-photos": "far-real", "real-textures": "far-real",
+                                "real-faces": "far-real", "uniform-noise": "far-synthetic",
+                                "gaussian-noise": "far-synthetic", "constant": "far-synthetic",
+                                "blobs": "far-synthetic", "textures": "far-synthetic", "my-set": "user"}
+    assert list(report["group_means"]) == ["near", "far-real", "far-synthetic", "user"]
+    out = capsys.readouterr().out
+    assert "| unknown |" in out and "| mean (far-real) |" in out and "| mean (far-synthetic) |" in out
 
 
 def test_evaluate_subset_and_image_folder(tmp_path):

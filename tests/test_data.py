@@ -143,13 +143,20 @@ def test_digits_split_seed_changes_split():
     assert a.spec()["split_seed"] == 0 and b.spec()["split_seed"] == 1
 
 
-def test_digits_ood_sets_and_groups():
-    b = _bench("digits")
-    assert set(b.ood) == {"unknown", *D.IMAGE_OOD_SETS}
-    assert b.ood_groups["unknown"] == "near"
-    for name in D.IMAGE_OOD_SETS:
-        assert b.ood_groups[name] == "far"
-        assert b.ood[name].shape == (D.N_GENERATED, 1, 8, 8)
+@pytest.mark.parametrize("dataset", ["digits", "digit-canvases"])
+def test_image_ood_sets_and_groups(dataset):
+    b = _bench(dataset)
+    real = ["real-photos", "real-textures", "real-faces"]
+    synthetic = ["uniform-noise", "gaussian-noise", "constant", "blobs", "textures"]
+    assert b.ood_groups == {"unknown": "near", **{n: "far-real" for n in real},
+                            **{n: "far-synthetic" for n in synthetic}}
+    assert list(b.ood) == list(b.ood_groups)  # near, then far-real, then far-synthetic
+    for name in real + synthetic:
+        assert b.ood[name].shape == (D.N_GENERATED, *b.input_shape)
+
+
+def test_toy2d_groups():
+    assert _bench("toy2d").ood_groups == {"ring": "far-synthetic", "uniform-box": "far-synthetic"}
 
 
 def test_ood_seed_changes_generated_sets_only():

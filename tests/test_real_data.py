@@ -72,7 +72,7 @@ def test_imagefolder_benchmark(tmp_path, monkeypatch):
     bench = D.load_benchmark(f"imagefolder:{tmp_path / 'imgs'}")
     assert bench.input_shape == (3, 32, 32) and bench.class_names == ["class0", "class1"]
     assert (len(bench.train), len(bench.val), len(bench.test)) == (12, 4, 4)
-    assert set(bench.ood_groups.values()) == {"far"}
+    assert set(bench.ood_groups.values()) == {"far-synthetic"}
     again = D.load_benchmark_from_spec(bench.spec())
     assert torch.equal(again.test.x, bench.test.x)
 

@@ -39,7 +39,7 @@ checkpoints: $(STAMP)
 # Every method side by side over 5 open-set splits x 5 seeds, and the five claims judged by paired
 # 95 % intervals; writes results/compare.json, which the README and the app's Claims page read.
 bench: $(STAMP)
-	$(PY) benchmarks/compare.py
+	$(PY) benchmarks/compare.py --workers 2
 
 # Every app page's first render and re-render on the shipped checkpoints (AppTest and, with
 # Chromium installed, the browser); the README's latency tables come from this.

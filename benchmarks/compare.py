@@ -187,25 +187,36 @@ def suite_entries(settings: RunSettings, only: list[str] | None, preset: str | N
     return entries
 
 
-def run_suite(entries: list[dict], settings: RunSettings, log=print) -> list[dict]:
-    runs = []
-    for entry in entries:
-        split_ids = range(entry["splits"]) if entry["splits"] else [None]
-        for split in split_ids:
-            known = open_set_split(split) if split is not None else None
-            bench = ood_core.load_benchmark(entry["dataset"], known=known, data_root=settings.data_root)
-            for seed in settings.seeds:
-                pretrained: dict = {}  # method -> model of this (split, seed), for fine-tuning recipes
-                # a method's pretrain stage runs first so its model can be reused
-                order = sorted(entry["methods"], key=lambda m: getattr(get_method(m), "pretrain", None) is not None)
-                for method in order:
-                    run, model = run_one(method, bench, split or 0, seed, settings, pretrained)
-                    pretrained[method] = model
-                    q = {k: v for k, v in run["report"].items() if k.startswith("id_")}
-                    log(f"  {entry['dataset']:15s} split {split or 0} {method:12s} seed {seed}: "
-                        f"{run['train_seconds']:5.1f} s, " + ", ".join(f"{k} {100 * v:.1f}" for k, v in q.items()))
-                    runs.append(run)
+def run_unit(dataset: str, methods: list[str], split: int | None, seed: int, settings: RunSettings) -> list[dict]:
+    """Every method on one (dataset, split, seed): the unit of work (units are independent)."""
+    known = open_set_split(split) if split is not None else None
+    bench = ood_core.load_benchmark(dataset, known=known, data_root=settings.data_root)
+    runs, pretrained = [], {}  # method -> model of this (split, seed), for fine-tuning recipes
+    # a method's pretrain stage runs first so its model can be reused
+    for method in sorted(methods, key=lambda m: getattr(get_method(m), "pretrain", None) is not None):
+        run, pretrained[method] = run_one(method, bench, split or 0, seed, settings, pretrained)
+        q = {k: v for k, v in run["report"].items() if k.startswith("id_")}
+        print(f"  {dataset:15s} split {split or 0} {method:12s} seed {seed}: {run['train_seconds']:5.1f} s, "
+              + ", ".join(f"{k} {100 * v:.1f}" for k, v in q.items()), flush=True)
+        runs.append(run)
     return runs
+
+
+def _run_unit_in_worker(args) -> list[dict]:
+    torch.set_num_threads(1)  # the workers share the cores; tiny models gain nothing from intra-op threads
+    return run_unit(*args)
+
+
+def run_suite(entries: list[dict], settings: RunSettings, workers: int = 1) -> list[dict]:
+    """All units of ``entries``; with ``workers`` > 1 in that many processes (same runs, same order)."""
+    units = [(e["dataset"], e["methods"], split, seed, settings)
+             for e in entries for split in (range(e["splits"]) if e["splits"] else [None]) for seed in settings.seeds]
+    if workers <= 1:
+        return [run for u in units for run in run_unit(*u)]
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        return [run for runs in pool.imap(_run_unit_in_worker, units) for run in runs]
 
 
 # --------------------------------------------------------------------------- look-ups
@@ -403,6 +414,8 @@ def main(argv=None) -> int:
     p.add_argument("--arch", default=None, help="backbone for every method (e.g. resnet18 with --preset)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
     p.add_argument("--data-root", default=None, help="folder of the real datasets (default $OOD_DATA_ROOT)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes that train (split, seed) units side by side, one thread each (default 1)")
     p.add_argument("--ci", default="t", choices=("t", "bootstrap"), help="interval for the verdicts (default t)")
     p.add_argument("--out", default=str(DEFAULT_OUT), help=f"results file (default {DEFAULT_OUT.name} in results/)")
     args = p.parse_args(argv)
@@ -418,9 +431,9 @@ def main(argv=None) -> int:
     header = (f"# compare: {len(seeds)} seed(s) {list(seeds)}; splits "
               f"{settings.splits if settings.splits is not None else 'per dataset'}{' (quick)' if args.quick else ''}; "
               f"torch {torch.__version__} on {platform.machine()}, device {args.device}, "
-              f"{torch.get_num_threads()} threads, {os.cpu_count()} cores")
+              f"{torch.get_num_threads()} threads, {os.cpu_count()} cores, {max(1, args.workers)} worker(s)")
     print(header, flush=True)
-    runs = run_suite(entries, settings)
+    runs = run_suite(entries, settings, max(1, args.workers))
     res = Results(runs)
     print(results_table(res, entries))
     judged = [] if args.quick else judge(res, args.ci)

@@ -279,7 +279,11 @@ def train(method: str = "ce", dataset: str | Benchmark = "digits", config: Train
     and workers; same ``model_params``; no OOD evaluation) and fine-tunes from it, so
     ``train(m, init=train(pre, ...))`` with the same seed gives the same weights as
     ``train(m)``. ``progress`` sees both runs (``Progress.stage``); ``epoch_end`` and
-    ``checkpoint`` only the fine-tune. ``meta["init"]`` records the starting point.
+    ``checkpoint`` only the fine-tune. ``meta["init"]`` records the starting point: ``source``
+    ("model", "state_dict", "checkpoint" or "pretrained in this run"), ``method`` and ``seed``
+    where known, ``path`` of a checkpoint, ``weights`` (the
+    :func:`ood_core.feature_cache.model_fingerprint` of the starting model) and, for an
+    implicit pretrain, its ``train_config`` and ``final`` history row.
 
     Under torchrun (``WORLD_SIZE`` > 1) every rank calls this; training is data-parallel
     (:mod:`ood_core.distributed`), while validation, ``progress``, ``epoch_end`` and

@@ -27,11 +27,13 @@ clean-venv:
 # Rebuild the shipped checkpoints (one per method, seed 0, each method's own training settings)
 # with the per-epoch geometry record (NC1-NC4, JND) that the app plots,
 # their manifest, and the mechanism figures of the Claims page (results/mechanisms.json).
-CKPT_DIGITS := ce movr l2norm ib oe separation
+CKPT_DIGITS := ce movr l2norm ib
+CKPT_FINETUNE := oe separation  # fine-tune ce_digits.pt (their pretrain; the same weights as pretraining it again)
 CKPT_CANVASES := jointenergy snojoe
 checkpoints: $(STAMP)
 	$(PY) -m ood_core train --method ce --dataset toy2d --seed 0 --track-geometry 1 --out checkpoints/ce_toy2d.pt --quiet
 	for m in $(CKPT_DIGITS); do $(PY) -m ood_core train --method $$m --dataset digits --seed 0 --track-geometry 1 --out checkpoints/$${m}_digits.pt --quiet || exit 1; done
+	for m in $(CKPT_FINETUNE); do $(PY) -m ood_core train --method $$m --dataset digits --seed 0 --init checkpoints/ce_digits.pt --track-geometry 1 --out checkpoints/$${m}_digits.pt --quiet || exit 1; done
 	for m in $(CKPT_CANVASES); do $(PY) -m ood_core train --method $$m --dataset digit-canvases --seed 0 --track-geometry 1 --out checkpoints/$${m}_canvases.pt --quiet || exit 1; done
 	$(PY) -m ood_core manifest checkpoints
 	$(PY) -c "from ood_core.claims import write_mechanisms; print(write_mechanisms('checkpoints'))"

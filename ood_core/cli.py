@@ -147,6 +147,7 @@ def cmd_train(args) -> int:
     check_writable(out)  # before training, not after it
     _data_options(args)
     cfg = recommended_config(args.method, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                             lr_min=args.lr_min, schedule=args.schedule,
                              weight_decay=args.weight_decay, optimizer=args.optimizer, seed=args.seed,
                              device=args.device, geometry_every=args.track_geometry, amp=args.amp,
                              channels_last=args.channels_last or None, workers=args.workers)
@@ -154,10 +155,16 @@ def cmd_train(args) -> int:
     loss_params = _key_values(args.param)
     bar = None
 
+    stage = None
+
     def progress(p):
-        nonlocal bar
+        nonlocal bar, stage
+        if bar is not None and p.stage != stage:  # one bar per stage ("pretrain": a fine-tune recipe's start)
+            bar.close()
+            bar = None
         if bar is None:
-            bar = tqdm(total=p.epochs * p.steps, desc=f"train {args.method}/{args.dataset}", unit="step",
+            stage = p.stage
+            bar = tqdm(total=p.epochs * p.steps, desc=f"{p.stage} {args.method}/{args.dataset}", unit="step",
                        disable=args.quiet, file=sys.stderr)
         bar.update(1)
         if p.val is not None:
@@ -188,7 +195,7 @@ def cmd_train(args) -> int:
 
     try:
         result = train(args.method, args.dataset, cfg, known=parse_known(args.known), progress=progress,
-                       model_params=model_params, loss_params=loss_params,
+                       model_params=model_params, loss_params=loss_params, init=args.init,
                        checkpoint_every=args.checkpoint_every, checkpoint=save_partial if args.checkpoint_every else None)
     except TrainingDiverged as e:
         head = str(e).split(";")[0]
@@ -410,7 +417,8 @@ def cmd_list(args) -> int:
     print("methods:")
     for name, m in METHODS.items():
         params = ", ".join(f"{k}={v}" for k, v in m.loss_params.items())
-        train_opts = ", ".join(f"{k}={v}" for k, v in m.train_defaults.items())
+        train_opts = ", ".join([f"{k}={v}" for k, v in m.train_defaults.items()]
+                               + ([f"fine-tunes {m.pretrain}"] if m.pretrain else []))
         print(f"  {name:16s} {m.task}, {m.head} head{', spectral norm' if m.spectral_norm else ''}: {m.description}"
               + (f" [params: {params}]" if params else "") + (f" [training: {train_opts}]" if train_opts else ""))
     print("scores (high = ID):")
@@ -442,6 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=None, help="default: 30, or the method's own (see `list`)")
     t.add_argument("--batch-size", type=int, default=None, help="default: 64, or the method's own")
     t.add_argument("--lr", type=float, default=None, help="learning rate; default: 1e-3, or the method's own")
+    t.add_argument("--lr-min", type=float, default=None, help="final lr of the cosine schedule; default: 0, "
+                   "or the method's own")
+    t.add_argument("--schedule", choices=("cosine-epoch", "cosine-step"), default=None,
+                   help="cosine annealing stepped per epoch or per optimiser step; default: cosine-epoch, "
+                        "or the method's own")
     t.add_argument("--weight-decay", type=float, default=None, help="default: 5e-4, or the method's own")
     t.add_argument("--optimizer", choices=("adam", "sgd"), default=None, help="default: adam, or the method's own")
     t.add_argument("--seed", type=int, default=0, help="default: 0")
@@ -458,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--track-geometry", type=int, default=0, metavar="N",
                    help="record NC metrics and the JND on a small probe every N epochs into the checkpoint's "
                         "history (shown by the app); default: 0 = off")
+    t.add_argument("--init", default=None, metavar="CKPT",
+                   help="start from this checkpoint's weights (same model spec and benchmark) instead of a random "
+                        "init; oe and separation otherwise first train their ce starting model (see `list`)")
     t.add_argument("--out", required=True, help="checkpoint file to write (.pt); written atomically")
     t.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
                    help="also save the model to --out after every N epochs, marked partial (no OOD report), so a "

@@ -330,6 +330,12 @@ class TrainingJob:
 
     def _on_progress(self, p: Progress) -> None:
         """Per-batch callback from train(): record the step, then honour a cancel request."""
+        if p.stage == "pretrain":  # a fine-tune recipe training its starting model: the curves are the fine-tune's
+            with self._lock:
+                self._message = f"pretraining: epoch {p.epoch}/{p.epochs}, step {p.step}/{p.steps}, loss {p.loss:.4f}"
+            if self._cancel.is_set():
+                raise TrainingCancelled(f"training cancelled while pretraining (epoch {p.epoch}); nothing was saved")
+            return
         with self._lock:
             self._epoch, self._step = p.epoch, p.step
             self._global_step = (p.epoch - 1) * p.steps + p.step

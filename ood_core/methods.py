@@ -48,7 +48,9 @@ class Method:
     training-outlier family of ``ood_core.data.TRAIN_OUTLIERS`` (never an evaluation set);
     ``scores`` are the scores reported for the method (the first is its own score);
     ``baseline`` is the method it must be compared with; ``train_defaults`` are the
-    TrainConfig values the recipe is run with unless the user overrides them.
+    TrainConfig values the recipe is run with unless the user overrides them. ``pretrain``
+    names the method whose trained model is the recipe's starting point (a fine-tune recipe):
+    ``train()`` without ``init`` first trains that method with its own defaults, same seed.
     """
 
     name: str
@@ -64,6 +66,7 @@ class Method:
     scores: tuple[str, ...] = ("msp", "maxlogit", "energy", "feature_norm")
     baseline: str | None = None
     train_defaults: dict = dataclasses.field(default_factory=dict)  # TrainConfig fields this recipe needs
+    pretrain: str | None = None  # the method this recipe fine-tunes (None: trained from a random init)
     paper: str = ""
 
 

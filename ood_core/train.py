@@ -14,6 +14,7 @@ import dataclasses
 import datetime as _dt
 import gc
 import math
+import os
 import traceback
 from typing import Callable, NamedTuple
 
@@ -21,7 +22,7 @@ import torch
 
 from . import distributed as ddp
 from .data import Benchmark, load_benchmark, training_outliers
-from .errors import OODCoreError, TrainingDiverged
+from .errors import CheckpointError, OODCoreError, TrainingDiverged
 from .evaluate import evaluate, extract_outputs, id_quality
 from .geometry import model_geometry_snapshot
 from .methods import LossContext, applicable_scores, get_method
@@ -30,6 +31,15 @@ from .runtime import library_versions, seed_everything, select_device
 
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+SCHEDULES = ("cosine-epoch", "cosine-step")
+
+
+def cosine_lr(t: int, total: int, lr: float, lr_min: float = 0.0) -> float:
+    """Cosine annealing: lr_min + (lr - lr_min) * (1 + cos(pi * t / total)) / 2, for step t of total.
+
+    lr at t = 0, lr_min at t = total (Loshchilov & Hutter, SGDR, ICLR 2017, without restarts).
+    """
+    return lr_min + (lr - lr_min) * (1 + math.cos(math.pi * t / total)) / 2
 
 
 @dataclasses.dataclass
@@ -41,6 +51,11 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 5e-4
     optimizer: str = "adam"  # "adam" or "sgd" (momentum 0.9, nesterov)
+    # Cosine annealing from lr to lr_min: "cosine-epoch" steps once per epoch (T = epochs, as
+    # before), "cosine-step" once per optimiser step (T = epochs x steps per epoch, the fine-tune
+    # schedule of the Separation reference code); lr at step t = cosine_lr(t, T, lr, lr_min).
+    schedule: str = "cosine-epoch"
+    lr_min: float = 0.0
     seed: int = 0
     device: str = "auto"
     # Record neural-collapse metrics (multiclass) and the Jacobian-norm difference on a small
@@ -72,6 +87,10 @@ class TrainConfig:
             raise OODCoreError(f"learning rate must be a positive number, got {self.lr}")
         if self.weight_decay < 0:
             raise OODCoreError(f"weight decay must be >= 0, got {self.weight_decay}")
+        if self.schedule not in SCHEDULES:
+            raise OODCoreError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not (0 <= self.lr_min <= self.lr and math.isfinite(self.lr_min)):
+            raise OODCoreError(f"lr_min must be a number in [0, lr = {self.lr:g}], got {self.lr_min}")
         if self.optimizer not in ("adam", "sgd"):
             raise OODCoreError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
         if self.geometry_every < 0:
@@ -102,6 +121,9 @@ class Progress(NamedTuple):
     """Passed to the progress callback after every batch.
 
     ``val`` is filled (a dict of validation metrics) on the last batch of each epoch only.
+    ``stage`` is "pretrain" while a method with ``Method.pretrain`` trains its starting model
+    (epochs and steps then count that run), "train" for the method's own run. ``lr`` is the
+    learning rate this step used.
     """
 
     epoch: int  # 1-based
@@ -110,6 +132,8 @@ class Progress(NamedTuple):
     steps: int
     loss: float
     val: dict | None
+    stage: str = "train"
+    lr: float | None = None
 
 
 @dataclasses.dataclass
@@ -225,7 +249,7 @@ def train(method: str = "ce", dataset: str | Benchmark = "digits", config: Train
           known=None, progress: Callable[[Progress], None] | None = None, model_params: dict | None = None,
           loss_params: dict | None = None, evaluate_after: bool = True,
           epoch_end: Callable[[int, OODModel], None] | None = None, checkpoint_every: int = 0,
-          checkpoint: Callable[[OODModel, dict], None] | None = None) -> TrainResult:
+          checkpoint: Callable[[OODModel, dict], None] | None = None, init=None) -> TrainResult:
     """Train ``method`` on ``dataset`` and return the model with its checkpoint metadata.
 
     ``model_params`` override the model spec (``arch``, ``feature_dim``, ...) and
@@ -246,6 +270,21 @@ def train(method: str = "ce", dataset: str | Benchmark = "digits", config: Train
     good state on disk; the weights do not depend on it. Before the call the weights are
     checked to be finite (:class:`TrainingDiverged` otherwise), so a saved state is usable.
 
+    ``init`` is the starting point: the weights of a trained model (an :class:`OODModel`, a
+    :class:`TrainResult`, a state dict, or a checkpoint path) instead of a random initialisation.
+    Its model spec must equal the one this run builds, and for a checkpoint or a TrainResult its
+    dataset (name, known classes, split seed) must be this benchmark's. A method with
+    ``Method.pretrain`` (oe, separation: "ce") and no ``init`` first trains that method on the
+    same benchmark (its own recommended config with this run's seed, device, amp, channels_last
+    and workers; same ``model_params``; no OOD evaluation) and fine-tunes from it, so
+    ``train(m, init=train(pre, ...))`` with the same seed gives the same weights as
+    ``train(m)``. ``progress`` sees both runs (``Progress.stage``); ``epoch_end`` and
+    ``checkpoint`` only the fine-tune. ``meta["init"]`` records the starting point: ``source``
+    ("model", "state_dict", "checkpoint" or "pretrained in this run"), ``method`` and ``seed``
+    where known, ``path`` of a checkpoint, ``weights`` (the
+    :func:`ood_core.feature_cache.model_fingerprint` of the starting model) and, for an
+    implicit pretrain, its ``train_config`` and ``final`` history row.
+
     Under torchrun (``WORLD_SIZE`` > 1) every rank calls this; training is data-parallel
     (:mod:`ood_core.distributed`), while validation, ``progress``, ``epoch_end`` and
     ``evaluate_after`` run on rank 0 only. Every rank returns the trained (unwrapped) model;
@@ -262,13 +301,19 @@ def train(method: str = "ce", dataset: str | Benchmark = "digits", config: Train
     bench = dataset if isinstance(dataset, Benchmark) else load_benchmark(dataset, known=known)
     if bench.task != m.task:
         raise OODCoreError(f"method {method!r} is for {m.task} data but dataset {bench.name!r} is {bench.task}")
+    start = _resolve_init(init, bench) if init is not None else None  # before any training: a bad init fails fast
+    pre = get_method(m.pretrain) if start is None and m.pretrain is not None else None
+    if pre is not None and pre.task != m.task:
+        raise OODCoreError(f"method {m.name!r} pretrains with {pre.name!r}, which is for {pre.task} data")
     device = select_device(cfg.device)
     dctx = ddp.DistContext()
     if ddp.env_world_size() > 1:
         dctx, device = ddp.distributed_context(device)
     try:
+        if pre is not None:
+            start = _pretrain(pre, m, bench, cfg, device, dctx, progress, model_params)
         return _train(m, bench, cfg, device, dctx, progress, model_params, loss_params, evaluate_after, epoch_end,
-                      checkpoint_every if checkpoint is not None else 0, checkpoint)
+                      checkpoint_every if checkpoint is not None else 0, checkpoint, start=start)
     except BaseException as e:
         if dctx.enabled:
             # The traceback's frames still hold the DDP-wrapped model; destroying the process group
@@ -280,11 +325,97 @@ def train(method: str = "ce", dataset: str | Benchmark = "digits", config: Train
         ddp.shutdown(dctx)
 
 
+# Execution settings a pretrain stage takes from the caller's config; everything else (epochs,
+# optimiser, schedule) is the pretrain method's own recipe.
+PRETRAIN_INHERITS = ("seed", "device", "amp", "channels_last", "workers")
+
+
+@dataclasses.dataclass
+class _Start:
+    """Where a run starts: weights to load, the spec they belong to (None: unknown) and the record for meta."""
+
+    state_dict: dict
+    spec: dict | None
+    info: dict
+
+
+def _resolve_init(init, bench: Benchmark) -> _Start:
+    """Read ``train(init=...)``: a model, a TrainResult, a state dict or a checkpoint path."""
+    from .checkpoint import load_checkpoint
+
+    meta = None
+    if isinstance(init, TrainResult):
+        model, meta, info = init.model, init.meta, {"source": "model"}
+    elif isinstance(init, OODModel):
+        model, info = init, {"source": "model"}
+    elif isinstance(init, (str, os.PathLike)):
+        try:
+            model, meta = load_checkpoint(init)  # weights-only loader: a checkpoint cannot run code
+        except CheckpointError as e:
+            raise CheckpointError(f"init: {e}") from None
+        info = {"source": "checkpoint", "path": str(init)}
+        if meta.get("partial"):
+            p = meta["partial"]
+            raise OODCoreError(f"init {init}: a partial checkpoint (epoch {p.get('epochs_done')} of "
+                               f"{p.get('epochs')}); pass the finished one")
+    elif isinstance(init, dict) and init and all(isinstance(v, torch.Tensor) for v in init.values()):
+        return _Start(dict(init), None, {"source": "state_dict"})
+    else:
+        raise OODCoreError(f"init must be a trained OODModel, a TrainResult, a state dict or a checkpoint path, "
+                           f"got {type(init).__name__}")
+    if meta is not None:
+        ds = meta.get("dataset") or {}
+        want = bench.spec()
+        for key in ("name", "known", "split_seed"):
+            if ds.get(key) != want[key]:
+                raise OODCoreError(f"init was trained on {ds.get('name')} (known {ds.get('known')}, split seed "
+                                   f"{ds.get('split_seed')}), not on this benchmark {want['name']} (known "
+                                   f"{want['known']}, split seed {want['split_seed']}); pass a model of this benchmark")
+        info.update(method=meta.get("method"), seed=(meta.get("train_config") or {}).get("seed"))
+    return _Start({k: v.detach() for k, v in model.state_dict().items()}, dict(model.spec), info)
+
+
+def _load_start(model: OODModel, start: _Start) -> dict:
+    """Load ``start`` into the freshly built ``model`` (spec checked first); return ``meta["init"]``."""
+    from .feature_cache import model_fingerprint
+
+    if start.spec is not None and start.spec != model.spec:
+        diff = ", ".join(f"{k} {start.spec.get(k)!r} (this run: {model.spec.get(k)!r})"
+                         for k in sorted(set(start.spec) | set(model.spec)) if start.spec.get(k) != model.spec.get(k))
+        raise OODCoreError(f"init model does not match the model this run builds: {diff}; pass a model of the same "
+                           "spec, or model_params (--arch/--feature-dim) that match it")
+    try:
+        model.load_state_dict(start.state_dict, strict=True)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:300]
+        raise OODCoreError(f"init weights do not fit the {model.spec['arch']} model this run builds "
+                           f"(pass the weights of a model of the same spec): {detail}") from None
+    return {**start.info, "weights": model_fingerprint(model)}
+
+
+def _pretrain(pre, m, bench: Benchmark, cfg: TrainConfig, device, dctx, progress, model_params) -> _Start:
+    """Train ``pre`` (the starting model of ``m``) on ``bench``; see :func:`train`."""
+    pcfg = recommended_config(pre.name, **{k: getattr(cfg, k) for k in PRETRAIN_INHERITS})
+    pcfg.validate()
+    try:
+        r = _train(pre, bench, pcfg, device, dctx, progress, model_params, None, False, None, stage="pretrain")
+    except TrainingDiverged as e:
+        err = TrainingDiverged(f"pretraining {pre.name} for {m.name}: {e}")
+        for attr in ("epoch", "step", "loss", "lr"):
+            setattr(err, attr, getattr(e, attr, None))
+        raise err from e
+    info = {"source": "pretrained in this run", "method": pre.name, "train_config": r.meta["train_config"],
+            "final": r.history[-1] if r.history else None}
+    return _Start({k: v.detach() for k, v in r.model.state_dict().items()}, dict(r.model.spec), info)
+
+
 def _checkpoint_meta(m, bench: Benchmark, model: OODModel, cfg: TrainConfig, device: torch.device,
-                     dctx: ddp.DistContext, used_loss_params: dict, history: list[dict]) -> dict:
+                     dctx: ddp.DistContext, used_loss_params: dict, history: list[dict],
+                     init_info: dict | None = None) -> dict:
     """The checkpoint metadata of a run (without the OOD ``metrics``)."""
     return {
         "method": m.name,
+        **({"init": init_info} if init_info is not None else {}),
         "dataset": bench.spec(),
         "model": model.spec,
         "train_config": {**dataclasses.asdict(cfg), "device_used": str(device), "world_size": dctx.world_size},
@@ -296,14 +427,17 @@ def _checkpoint_meta(m, bench: Benchmark, model: OODModel, cfg: TrainConfig, dev
 
 
 def _train(m, bench: Benchmark, cfg: TrainConfig, device: torch.device, dctx: ddp.DistContext, progress,
-           model_params, loss_params, evaluate_after, epoch_end, checkpoint_every=0, checkpoint=None) -> TrainResult:
+           model_params, loss_params, evaluate_after, epoch_end, checkpoint_every=0, checkpoint=None,
+           start: _Start | None = None, stage: str = "train") -> TrainResult:
     gen = seed_everything(cfg.seed)
 
     spec = dict(arch=default_arch(bench.input_shape), num_classes=bench.num_classes,
                 input_shape=bench.input_shape, head=m.head, spectral_norm=m.spectral_norm)
     spec.update(m.model_params)
     spec.update(model_params or {})
-    model = build_model(**spec).to(device)
+    model = build_model(**spec)  # built (drawing its random init) with or without a start: same RNG stream after
+    init_info = _load_start(model, start) if start is not None else None
+    model = model.to(device)
     amp_dtype = AMP_DTYPES[cfg.amp]
     if cfg.amp == "fp16" and device.type != "cuda":
         raise OODCoreError(f"amp='fp16' needs a CUDA device (float16 with a gradient scaler); on {device.type} "
@@ -330,13 +464,19 @@ def _train(m, bench: Benchmark, cfg: TrainConfig, device: torch.device, dctx: dd
         outliers = training_outliers(m.outliers, bench, seed=cfg.seed)
         out_batch = max(1, round(cfg.batch_size * m.outlier_ratio))
     opt = _optimizer(cfg, list(model.parameters()) + list(loss_fn.parameters()))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")  # a no-op unless fp16
-
     x_train, y_train = bench.train.x, bench.train.y
-    probe = _geometry_probe(bench, cfg) if cfg.geometry_every and dctx.is_main else None
     n = x_train.shape[0]
     steps = math.ceil(n / cfg.batch_size)
+    per_step = cfg.schedule == "cosine-step"
+    if per_step:
+        total_steps = cfg.epochs * steps
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda t: cosine_lr(t, total_steps, cfg.lr, cfg.lr_min) / cfg.lr)
+    else:  # per epoch, exactly as before (eta_min = lr_min = 0 by default)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr_min)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")  # a no-op unless fp16
+
+    probe = _geometry_probe(bench, cfg) if cfg.geometry_every and dctx.is_main else None
     if not dctx.is_main:
         progress = epoch_end = checkpoint = None
     history: list[dict] = []
@@ -377,6 +517,7 @@ def _train(m, bench: Benchmark, cfg: TrainConfig, device: torch.device, dctx: dd
                         f"Lower the learning rate (now {cfg.lr:g}) or check the data for NaN/Inf")
                     err.epoch, err.step, err.loss, err.lr = epoch, step, loss_value, cfg.lr
                     raise err
+                lr_used = opt.param_groups[0]["lr"]
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if dctx.enabled:
@@ -393,8 +534,11 @@ def _train(m, bench: Benchmark, cfg: TrainConfig, device: torch.device, dctx: dd
                     if probe is not None and (epoch % cfg.geometry_every == 0 or epoch == cfg.epochs):
                         history[-1].update(model_geometry_snapshot(model, bench.task, **probe))
                 if progress is not None:
-                    progress(Progress(epoch, cfg.epochs, step, steps, loss_value, val))
-            sched.step()
+                    progress(Progress(epoch, cfg.epochs, step, steps, loss_value, val, stage, lr_used))
+                if per_step:
+                    sched.step()
+            if not per_step:
+                sched.step()
             if epoch_end is not None:
                 epoch_end(epoch, model)
             if checkpoint is not None and epoch % checkpoint_every == 0 and epoch < cfg.epochs:
@@ -405,7 +549,7 @@ def _train(m, bench: Benchmark, cfg: TrainConfig, device: torch.device, dctx: dd
                     err.epoch, err.step, err.loss, err.lr = epoch, steps, float("nan"), cfg.lr
                     raise err
                 meta = _checkpoint_meta(m, bench, model, cfg, device, dctx, used_loss_params,
-                                        [dict(h) for h in history])
+                                        [dict(h) for h in history], init_info)
                 meta["partial"] = {"epochs_done": epoch, "epochs": cfg.epochs}
                 checkpoint(model, meta)
             ddp.barrier(dctx)  # the other ranks wait while rank 0 validates
@@ -418,7 +562,7 @@ def _train(m, bench: Benchmark, cfg: TrainConfig, device: torch.device, dctx: dd
         model = build_model(**spec).to(device)
         model.load_state_dict(trained.state_dict())
     model.eval()
-    meta = _checkpoint_meta(m, bench, model, cfg, device, dctx, used_loss_params, history)
+    meta = _checkpoint_meta(m, bench, model, cfg, device, dctx, used_loss_params, history, init_info)
     if evaluate_after and dctx.is_main:
         meta["metrics"] = evaluate(model, bench, score_names=applicable_scores(m, bench)).report
     return TrainResult(model, meta, history, dctx.rank)

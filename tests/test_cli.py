@@ -12,6 +12,7 @@ from ood_core.cli import main
 from conftest import CHECKPOINTS, ROOT
 
 DIGITS = str(CHECKPOINTS / "ce_digits.pt")
+TOY = str(CHECKPOINTS / "ce_toy2d.pt")
 
 
 def test_train_writes_a_loadable_checkpoint(tmp_path, capsys):
@@ -86,6 +87,11 @@ def test_evaluate_subset_and_image_folder(tmp_path):
     (["train", "--dataset", "nope", "--out", "x.pt"], "unknown dataset"),
     (["train", "--known", "0", "--out", "x.pt"], "at least 2 known"),
     (["train", "--out", "model.txt"], ".pt"),
+    (["train", "--method", "oe", "--init", "missing.pt", "--out", "x.pt"], "init: missing.pt: no such checkpoint"),
+    (["train", "--method", "oe", "--init", str(ROOT / "requirements.txt"), "--out", "x.pt"], "not a PyTorch checkpoint"),
+    (["train", "--method", "oe", "--init", DIGITS, "--feature-dim", "16", "--out", "x.pt"],
+     "does not match the model this run builds: feature_dim 128 (this run: 16)"),
+    (["train", "--method", "oe", "--init", TOY, "--out", "x.pt"], "init was trained on toy2d"),
 ])
 def test_bad_input_gives_one_line_error(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -124,8 +130,34 @@ def test_every_method_trains_and_evaluates_from_the_cli(method, tmp_path):
 
     dataset = "digit-canvases" if ood_core.METHODS[method].task == "multilabel" else "digits"
     out = tmp_path / f"{method}.pt"
-    assert main(["train", "--method", method, "--dataset", dataset, "--epochs", "1", "--out", str(out), "--quiet"]) == 0
+    # a fine-tune recipe starts from the shipped CE model (its implicit pretrain stage is tested in test_separation)
+    init = ["--init", DIGITS] if ood_core.METHODS[method].pretrain else []
+    assert main(["train", "--method", method, "--dataset", dataset, "--epochs", "1", "--out", str(out), "--quiet",
+                 *init]) == 0
     assert main(["evaluate", "--checkpoint", str(out), "--ood", "unknown", "--json", str(tmp_path / "r.json")]) == 0
     report = json.loads((tmp_path / "r.json").read_text())
     own_score = ood_core.METHODS[method].scores[0]
     assert own_score in report["ood"]["unknown"]
+
+
+def test_train_init_round_trip(tmp_path, capsys):
+    import ood_core
+    from ood_core.feature_cache import model_fingerprint
+
+    out = tmp_path / "sep.pt"
+    assert main(["train", "--method", "separation", "--init", DIGITS, "--epochs", "1", "--out", str(out),
+                 "--quiet"]) == 0
+    assert "saved" in capsys.readouterr().out
+    model, meta = ood_core.load_checkpoint(out)
+    start, _ = ood_core.load_checkpoint(DIGITS)
+    assert meta["init"] == {"source": "checkpoint", "path": DIGITS, "method": "ce", "seed": 0,
+                            "weights": model_fingerprint(start)}
+    tc = meta["train_config"]
+    assert (tc["optimizer"], tc["schedule"], tc["epochs"]) == ("sgd", "cosine-step", 1)
+    # the fine-tuned checkpoint is itself a valid --init for another run on the same benchmark
+    again = tmp_path / "again.pt"
+    assert main(["train", "--init", str(out), "--epochs", "1", "--lr-min", "1e-5", "--schedule", "cosine-step",
+                 "--out", str(again), "--quiet"]) == 0
+    _, meta2 = ood_core.load_checkpoint(again)
+    assert meta2["init"]["method"] == "separation" and meta2["init"]["weights"] == model_fingerprint(model)
+    assert meta2["train_config"]["lr_min"] == 1e-5

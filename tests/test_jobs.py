@@ -417,3 +417,23 @@ def test_a_symlinked_output_name_never_writes_outside_the_folder(tmp_path, dangl
     assert job.wait(120) and job.status == "done", job.snapshot().message
     assert job.snapshot().saved_path == str(link) and link.is_file() and not link.is_symlink()
     assert (outside.read_bytes() == b"precious") if not dangling else not outside.exists()
+
+
+def test_job_of_a_fine_tune_recipe_keeps_the_pretrain_stage_out_of_its_curves(tmp_path, monkeypatch):
+    import dataclasses
+
+    from ood_core.data import Split
+    from ood_core.methods import METHODS
+
+    # the ce recipe with tiny defaults, so oe's implicit pretrain stage is cheap
+    monkeypatch.setitem(METHODS, "ce", dataclasses.replace(METHODS["ce"], train_defaults={"epochs": 2, "batch_size": 32}))
+    digits = ood_core.load_benchmark("digits")
+    small = dataclasses.replace(digits, train=Split(digits.train.x[:64], digits.train.y[:64]))
+    cfg = TrainConfig(epochs=3, batch_size=32, seed=0, optimizer="sgd", lr=0.01, schedule="cosine-step")
+    job = start_training("oe", small, cfg, tmp_path / "oe.pt", evaluate_after=False)
+    assert job.wait(WAIT_S * 3) and job.status == "done", job.snapshot().message
+    snap = job.snapshot()
+    assert [row["epoch"] for row in snap.history] == [1, 2, 3]  # the fine-tune's epochs only
+    assert snap.global_step == snap.total_steps == 3 * 2
+    _, meta = load_checkpoint(tmp_path / "oe.pt")
+    assert meta["init"]["source"] == "pretrained in this run" and meta["init"]["method"] == "ce"

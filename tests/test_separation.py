@@ -17,6 +17,7 @@ from ood_core.recipes.separation import (
     OUTLIER_FAMILY, OutlierExposureLoss, SeparationLoss, SeparationScore, oe_uniform_loss, orthogonal_energy_share,
     orthogonal_loss, parallel_loss, separation_active)
 from ood_core.scores import make_score
+from ood_core.train import recommended_config
 
 SQ2 = math.sqrt(2.0)
 
@@ -262,3 +263,61 @@ def test_smoke_training_and_evaluation(digits):
     m = evaluate(r.model, small, ood_sets={"unknown": small.ood["unknown"]}, score_names=["separation", "msp"]).report
     assert "separation" in m["ood"]["unknown"] and 0 <= m["ood"]["unknown"]["separation"]["auroc"] <= 1
     assert r.meta["loss_params"]["warmup"] == 0.5
+
+
+# --------------------------------------------------------------------------- the fine-tune protocol
+def test_oe_and_separation_share_the_fine_tune_protocol():
+    sep, oe = METHODS["separation"], METHODS["oe"]
+    assert sep.pretrain == oe.pretrain == "ce"
+    assert sep.train_defaults == oe.train_defaults  # same schedule ...
+    assert sep.outliers == oe.outliers and sep.outlier_ratio == oe.outlier_ratio == 2.0  # ... same outliers
+    d = sep.train_defaults
+    assert (d["optimizer"], d["schedule"], d["weight_decay"], d["lr_min"]) == ("sgd", "cosine-step", 5e-4, 1e-6)
+    assert METHODS["ce"].pretrain is None
+
+
+@pytest.fixture
+def quick_ce(monkeypatch):
+    """The ce recipe with tiny defaults, so the implicit pretrain stage is cheap."""
+    monkeypatch.setitem(METHODS, "ce", dataclasses.replace(METHODS["ce"], train_defaults={"epochs": 2, "batch_size": 32}))
+
+
+def _fine(epochs=4, seed=0):
+    return ood_core.TrainConfig(epochs=epochs, batch_size=32, seed=seed, optimizer="sgd", lr=0.01,
+                                schedule="cosine-step", lr_min=1e-6)
+
+
+def _record_separation_terms(monkeypatch):
+    calls = []
+    forward = SeparationLoss.forward
+
+    def spy(self, out, target, ctx):
+        loss = forward(self, out, target, ctx)
+        calls.append((ctx.epoch, ctx.epochs, "par" in self.last_terms))
+        return loss
+
+    monkeypatch.setattr(SeparationLoss, "forward", spy)
+    return calls
+
+
+def test_implicit_pretrain_equals_explicit_init_and_terms_switch_on_in_the_fine_tune(digits, quick_ce, monkeypatch):
+    small = dataclasses.replace(digits, train=Split(digits.train.x[:64], digits.train.y[:64]))
+    calls = _record_separation_terms(monkeypatch)
+    seen = []
+    implicit = ood_core.train("separation", small, _fine(), progress=seen.append, evaluate_after=False)
+    # progress: the pretrain stage (ce, 2 epochs of 2 steps) then the fine-tune (4 epochs of 2 steps)
+    assert [(p.stage, p.epoch, p.epochs) for p in seen if p.step == p.steps] == [
+        ("pretrain", 1, 2), ("pretrain", 2, 2), *(("train", e, 4) for e in (1, 2, 3, 4))]
+    # warm-up = half of the FINE-TUNE epochs: the separation terms are on in fine-tune epochs 3 and 4
+    assert sorted(set(calls)) == [(1, 4, False), (2, 4, False), (3, 4, True), (4, 4, True)]
+    assert len(implicit.history) == 4 and implicit.meta["init"]["method"] == "ce"
+    assert implicit.meta["init"]["source"] == "pretrained in this run"
+    assert implicit.meta["init"]["train_config"]["epochs"] == 2
+
+    ce = ood_core.train("ce", small, recommended_config("ce", seed=0), evaluate_after=False)
+    explicit = ood_core.train("separation", small, _fine(), init=ce, evaluate_after=False)
+    for (k, a), b in zip(implicit.model.state_dict().items(), explicit.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert implicit.meta["init"]["weights"] == explicit.meta["init"]["weights"]
+    # and fine-tuning changed the CE weights
+    assert not torch.equal(ce.model.head.weight, explicit.model.head.weight)

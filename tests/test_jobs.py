@@ -417,3 +417,23 @@ def test_a_symlinked_output_name_never_writes_outside_the_folder(tmp_path, dangl
     assert job.wait(120) and job.status == "done", job.snapshot().message
     assert job.snapshot().saved_path == str(link) and link.is_file() and not link.is_symlink()
     assert (outside.read_bytes() == b"precious") if not dangling else not outside.exists()
+
+
+def test_movr_job_on_toy2d_trains_without_rotation_and_maps_msp_at_the_training_scale(tmp_path):
+    # toy2d points are not images: the default rotation loss is left out (one warning), and the
+    # landscape's msp is the registry msp at the method's logit_scale T = 32
+    from ood_core.train import recommended_config
+
+    # the config the app's form builds: the recipe's, with the user's epochs
+    job = start_training("movr", "toy2d", recommended_config("movr", epochs=2), tmp_path / "m.pt",
+                         evaluate_after=False, landscape_resolution=9, landscape_score="msp")
+    assert job.wait(WAIT_S) and job.status == "done", job.snapshot().message
+    land = job.snapshot().landscapes[-1]
+    model, meta = load_checkpoint(tmp_path / "m.pt")
+    assert meta["loss_params"]["rotation"] == 0.1 and meta["train_config"]["weight_decay"] == 1e-3
+    with torch.no_grad():
+        cos = model.eval()(torch.tensor(land.grid_points(), dtype=torch.float32)).logits.double().numpy()
+    a = 32.0 * cos
+    e = np.exp(a - a.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(land.score.ravel(), (e / e.sum(axis=1, keepdims=True)).max(axis=1), rtol=1e-5,
+                               atol=1e-6)

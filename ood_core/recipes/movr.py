@@ -152,7 +152,7 @@ class MarginalOvRLoss(nn.Module):
             elif not self._warned_inputs:
                 self._warned_inputs = True
                 warnings.warn(f"m-OvR: the rotation auxiliary loss (weight {self.rotation:g}) needs square images; "
-                              f"inputs of shape {tuple(ctx.x.shape[1:])} are trained without it", stacklevel=2)
+                              f"inputs of shape {tuple(ctx.x.shape[1:])} are trained without it")
         return loss
 
 

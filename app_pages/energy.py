@@ -45,7 +45,7 @@ sample_set = s1.selectbox("Set", ["id", *ood_names], key="energy_sample_set",
 index = int(s2.number_input("Sample #", 0, len(energies[sample_set]) - 1, 0, key="energy_sample"))
 names = meta["dataset"].get("class_names") or list(range(terms[sample_set].shape[1]))
 what = "softplus(f_k): this label's term of the JointEnergy" if score_name == "joint_energy" else \
-    "logit f_k (the energy is their log-sum-exp)"
+    "logit f_k, times the method's logit_scale where it sets one (movr: T) (the energy is their log-sum-exp)"
 fig = px.bar(pd.DataFrame({"label": [str(n) for n in names], "term": terms[sample_set][index]}), x="label", y="term",
              title=f"{score_name} = {energies[sample_set][index]:.3f}; bars: {what}")
 sup.show_figure(fig, "energy_terms", "energy_per_label")

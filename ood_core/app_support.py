@@ -54,7 +54,7 @@ from .fileio import file_name_problem
 from .geometry import (class_mean_subspace, classifier_vectors, geometry_summary, jacobian_norm_map,
                        jacobian_norm, jacobian_norm_path, plane_bounds, principal_subspace,
                        subspace_energy_share)
-from .methods import default_score_names
+from .methods import default_score_names, method_score_params
 from .projection import Projection, default_cache_dir, project_benchmark
 from .runtime import select_device
 from .scores import make_score
@@ -169,7 +169,7 @@ def evaluate_model(model, meta: dict, outputs: dict | None = None, bench=None,
     """
     bench = bench if bench is not None else load_benchmark_from_spec(meta.get("dataset"))
     result = evaluate(model, bench, score_names=default_score_names(meta, bench), outputs=outputs,
-                      extra_ood=extra_ood)
+                      extra_ood=extra_ood, score_params=method_score_params(meta))
     return {"report": result.report,
             "scores": {k: np.asarray(v) for k, v in result.scores.items()},
             "table": result.table()}
@@ -1071,11 +1071,12 @@ def sample_cached(path: str, version: tuple, set_name: str, index: int, user_ood
 
 @st.cache_resource(max_entries=32, show_spinner="Fitting the score on the training features…")
 def fitted_score_cached(path: str, version: tuple, name: str):
-    """The registry score ``name``, fitted as the evaluator fits it (training-split outputs,
-    labels and the model) when it ``requires_fit``; shared, read-only."""
-    score = make_score(name)
+    """The registry score ``name`` with the checkpoint method's parameters (as the evaluator
+    builds it, :func:`ood_core.methods.method_score_params`), fitted as the evaluator fits it
+    (training-split outputs, labels and the model) when it ``requires_fit``; shared, read-only."""
+    model, meta = load_model_cached(path, version)
+    score = make_score(name, **method_score_params(meta).get(name, {}))
     if score.requires_fit:
-        model, _ = load_model_cached(path, version)
         score.fit(outputs_cached(path, version)["train"], benchmark_cached(path, version).train.y, model)
     return score
 
@@ -1170,16 +1171,21 @@ def energies_cached(path: str, version: tuple,
                     user_ood: str | None = None) -> tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """``(score name, per-sample score per set, per-label terms per set)``.
 
-    Multiclass: the negative free energy logsumexp_k f_k (``energy``, Liu et al. 2020), and as
-    per-label terms the logits f_k it is built from. Multi-label: JointEnergy sum_k softplus(f_k)
-    (``joint_energy``, Wang et al. 2021) and its per-label terms softplus(f_k). High = ID.
+    Multiclass: the negative free energy logsumexp_k s f_k (``energy``, Liu et al. 2020), and as
+    per-label terms the scaled logits s f_k it is built from (s = the method's ``logit_scale``,
+    1 unless the method declares one, e.g. T = 32 for ``movr``). Multi-label: JointEnergy
+    sum_k softplus(f_k) (``joint_energy``, Wang et al. 2021) and its per-label terms
+    softplus(f_k). High = ID.
     """
     multilabel = benchmark_cached(path, version).task == "multilabel"
     name = "joint_energy" if multilabel else "energy"
-    score_fn = make_score(name)  # the registry's score: the same numbers as the evaluator's
+    _, meta = load_model_cached(path, version)
+    params = method_score_params(meta).get(name, {})
+    score_fn = make_score(name, **params)  # the registry's score: the same numbers as the evaluator's
+    scale = float(params.get("logit_scale", 1.0))
     score, terms = {}, {}
     for set_name, out in _scored_sets(outputs_cached(path, version, user_ood)).items():
-        logits = out.logits.double()
+        logits = scale * out.logits.double()
         score[set_name] = score_fn(out)
         terms[set_name] = (torch.nn.functional.softplus(logits) if multilabel else logits).numpy()
     return name, score, terms

@@ -240,7 +240,7 @@ def cmd_evaluate(args) -> int:
     from .data import load_user_ood
     from .errors import unknown
     from .evaluate import evaluate, format_table
-    from .methods import default_score_names
+    from .methods import default_score_names, method_score_params
     from .scores import SCORES
 
     if args.scores and Path(args.scores).suffix != ".npz":
@@ -277,7 +277,8 @@ def cmd_evaluate(args) -> int:
     needs_train = any(make_score(n).requires_fit for n in score_names)
     outputs, _ = _outputs(args, model, bench, ["id", *(["train"] if needs_train else []), *used], extra_ood=extra)
     ev = evaluate(model, bench, ood_sets=ood_sets, score_names=score_names, extra_ood=extra,
-                  batch_size=args.batch_size, device=args.device, outputs=outputs)
+                  batch_size=args.batch_size, device=args.device, outputs=outputs,
+                  score_params=method_score_params(meta))
     report = {**ev.report, "checkpoint": str(args.checkpoint), "method": meta.get("method"),
               "dataset": ds.get("name"), "known": ds.get("known")}
     if args.json:

@@ -137,11 +137,17 @@ def evaluate(model: torch.nn.Module, bench: Benchmark, ood_sets: dict[str, torch
              score_names: list[str] | None = None, extra_ood: dict[str, torch.Tensor] | None = None,
              batch_size: int = 512, device: str | torch.device | None = None,
              outputs: dict[str, ModelOutput] | None = None, cache: FeatureCache | None = None,
-             progress: Callable[[str, int, int, bool], None] | None = None) -> Evaluation:
+             progress: Callable[[str, int, int, bool], None] | None = None,
+             score_params: dict[str, dict] | None = None) -> Evaluation:
     """Score the ID test split and each OOD set with every requested score.
 
     ``ood_sets`` defaults to all of ``bench.ood``; ``extra_ood`` adds user sets (group
     ``user``). ``score_names`` defaults to every registered score for the task.
+    ``score_params`` ``{score name: keyword parameters}`` builds those scores with
+    ``make_score(name, **params)`` (entries for scores not evaluated are ignored); for a
+    checkpoint pass :func:`ood_core.methods.method_score_params` of its meta, so e.g. MSP on
+    a ``movr`` model uses the training scale. ``report["score_params"]`` records the
+    parameters each score was built with (``{}`` = its defaults).
     ``outputs`` (from :func:`extract_benchmark_outputs` of the same model) are reused instead
     of running the model again on those sets; the result's ``outputs`` holds every set used.
     ``cache`` and ``progress``: as in :func:`extract_benchmark_outputs`.
@@ -157,7 +163,8 @@ def evaluate(model: torch.nn.Module, bench: Benchmark, ood_sets: dict[str, torch
     for name, x in sets.items():
         check_input_shape(x, bench.input_shape, name)
     names = score_names or scores_for_task(bench.task)
-    scorers = {n: make_score(n) for n in names}
+    used_params = {n: dict((score_params or {}).get(n) or {}) for n in names}
+    scorers = {n: make_score(n, **used_params[n]) for n in names}
     for n, s in scorers.items():
         if bench.task not in s.tasks:
             raise OODCoreError(f"score {n!r} does not apply to {bench.task} models")
@@ -184,6 +191,7 @@ def evaluate(model: torch.nn.Module, bench: Benchmark, ood_sets: dict[str, torch
     report["group_means"] = group_means(report["ood"], groups)
     report["fpr95_definition"] = FPR95_DEFINITION
     report["score_convention"] = "higher score = more in-distribution"
+    report["score_params"] = used_params
     return Evaluation(report, per_sample, outputs)
 
 
@@ -210,4 +218,10 @@ def format_table(report: dict, metrics=("auroc", "fpr95")) -> str:
     for name, per_score in rows:
         cells = [f"{100 * per_score[s][m]:.1f}" for s in score_names for m in metrics]
         lines.append("| " + " | ".join([name] + cells) + " |")
+    params = {s: p for s, p in (report.get("score_params") or {}).items() if p and s in score_names}
+    if params:  # a score not at its defaults says so under the table
+        lines.append("")
+        lines.append("score parameters: " + "; ".join(
+            f"{s} " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in p.items())
+            for s, p in params.items()))
     return "\n".join(lines)

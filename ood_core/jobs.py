@@ -54,7 +54,7 @@ from .errors import OODCoreError, TrainingCancelled
 from .fileio import file_name_problem
 from .geometry import plane_bounds
 from .landscape import DEFAULT_SCORE, Landscape, check_landscape_score, decision_landscape
-from .methods import METHODS, Method, get_method
+from .methods import METHODS, Method, get_method, method_score_params
 from .runtime import select_device
 from .train import Progress, TrainConfig, recommended_config, train
 
@@ -362,7 +362,8 @@ class TrainingJob:
         if self.landscape_resolution is not None:
             snap = decision_landscape(model, self.landscape_bounds, self.landscape_resolution,
                                       score=self.landscape_score, epoch=epoch,
-                                      fit_on=(self.bench.train.x, self.bench.train.y))
+                                      fit_on=(self.bench.train.x, self.bench.train.y),
+                                      score_params=method_score_params(self.method).get(self.landscape_score))
             with self._lock:
                 self._landscapes.append(snap)
         if self.min_epoch_seconds > 0 and epoch < self.config.epochs:

@@ -72,11 +72,12 @@ def grid_axes(bounds: tuple[float, float, float, float], resolution: int) -> tup
     return np.linspace(x_min, x_max, int(resolution)), np.linspace(y_min, y_max, int(resolution))
 
 
-def check_landscape_score(score: str, can_fit: bool = True):
-    """The registry score ``score``, after checking a landscape can compute it: from the model's
-    outputs (not the inputs' gradients), and, for a score that learns from the training data
-    (``requires_fit``: mahalanobis, knn, ...), only when training data is given (``can_fit``)."""
-    scorer = make_score(score)
+def check_landscape_score(score: str, can_fit: bool = True, score_params: dict | None = None):
+    """The registry score ``score`` (built with ``score_params``, its keyword parameters), after
+    checking a landscape can compute it: from the model's outputs (not the inputs' gradients),
+    and, for a score that learns from the training data (``requires_fit``: mahalanobis, knn,
+    ...), only when training data is given (``can_fit``)."""
+    scorer = make_score(score, **(score_params or {}))
     if scorer.requires_inputs:
         raise OODCoreError(f"score {score!r} needs input gradients, too slow for a grid; a landscape uses scores "
                            "computed from the model's outputs: pass e.g. 'energy', 'msp' or 'mahalanobis'")
@@ -88,7 +89,8 @@ def check_landscape_score(score: str, can_fit: bool = True):
 
 def decision_landscape(model: torch.nn.Module, bounds: tuple[float, float, float, float], resolution: int = 60,
                        score: str = DEFAULT_SCORE, epoch: int | None = None,
-                       fit_on: tuple[torch.Tensor, torch.Tensor] | None = None) -> Landscape:
+                       fit_on: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       score_params: dict | None = None) -> Landscape:
     """Predicted class and OOD score of ``model`` over a ``resolution`` x ``resolution`` grid.
 
     ``model`` takes (N, 2) inputs and returns :class:`~ood_core.models.ModelOutput`;
@@ -96,9 +98,11 @@ def decision_landscape(model: torch.nn.Module, bounds: tuple[float, float, float
     ``score`` is a registry score computed from the outputs (``energy``, ``msp``, ``maxlogit``,
     ``feature_norm``; with ``fit_on`` = (training inputs, labels) also the scores that are
     fitted on the training set's outputs, as the evaluator does: ``mahalanobis``, ``knn``,
-    ``min_distance``, ...). Cost: resolution^2 forward passes (+ one pass over ``fit_on``).
+    ``min_distance``, ...). ``score_params``: the score's keyword parameters (for a method's
+    model: ``method_score_params(method).get(score)``, e.g. msp's ``logit_scale`` on ``movr``).
+    Cost: resolution^2 forward passes (+ one pass over ``fit_on``).
     """
-    scorer = check_landscape_score(score, can_fit=fit_on is not None)
+    scorer = check_landscape_score(score, can_fit=fit_on is not None, score_params=score_params)
     xs, ys = grid_axes(bounds, resolution)
     gx, gy = np.meshgrid(xs, ys)
     points = torch.as_tensor(np.stack([gx.ravel(), gy.ravel()], axis=1), dtype=torch.float32)

@@ -51,6 +51,12 @@ class Method:
     TrainConfig values the recipe is run with unless the user overrides them. ``pretrain``
     names the method whose trained model is the recipe's starting point (a fine-tune recipe):
     ``train()`` without ``init`` first trains that method with its own defaults, same seed.
+
+    ``score_params(loss_params) -> {score name: keyword parameters}`` gives the parameters
+    its scores are built with for a model trained with ``loss_params`` (the method's
+    defaults merged with the run's overrides), e.g. the training temperature for a softmax
+    score on a cosine head; None = every score at its defaults. Read it through
+    :func:`method_score_params`, which every evaluation of a checkpoint uses.
     """
 
     name: str
@@ -68,6 +74,7 @@ class Method:
     train_defaults: dict = dataclasses.field(default_factory=dict)  # TrainConfig fields this recipe needs
     pretrain: str | None = None  # the method this recipe fine-tunes (None: trained from a random init)
     paper: str = ""
+    score_params: Callable[[dict], dict[str, dict]] | None = None
 
 
 METHODS: dict[str, Method] = {}
@@ -105,3 +112,23 @@ def default_score_names(meta: dict, bench) -> list[str] | None:
     """The scores to report for a checkpoint: its method's, or None (every score) if the method is unknown."""
     method = METHODS.get(str(meta.get("method")))
     return applicable_scores(method, bench) if method is not None else None
+
+
+def method_score_params(method: "Method | dict | str | None", loss_params: dict | None = None) -> dict[str, dict]:
+    """``{score name: keyword parameters}`` to build the scores of a model of ``method`` with.
+
+    ``method``: a :class:`Method`, its name, or a checkpoint's ``meta`` (its ``"method"``
+    names the method and its ``"loss_params"`` are the ones the model was trained with).
+    ``loss_params`` (with a Method or name) override the method's defaults, as in training.
+    A score not listed, a method without ``score_params`` and a method that is not
+    registered (an unknown checkpoint) all get the scores' defaults: ``{}``.
+    """
+    if isinstance(method, dict):  # checkpoint meta
+        loss_params = {**(method.get("loss_params") or {}), **(loss_params or {})}
+        method = method.get("method")
+    if isinstance(method, str) or method is None:
+        method = METHODS.get(str(method))
+    if method is None or method.score_params is None:
+        return {}
+    params = method.score_params({**method.loss_params, **(loss_params or {})})
+    return {name: dict(kw) for name, kw in params.items()}

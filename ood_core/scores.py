@@ -112,14 +112,37 @@ class Score:
         return (cls.__doc__ or "").strip().splitlines()[0]
 
 
+def check_logit_scale(logit_scale) -> float:
+    """``logit_scale`` as a float, or OODCoreError unless it is a finite number > 0."""
+    try:
+        s = float(logit_scale)
+    except (TypeError, ValueError):
+        raise OODCoreError(f"logit_scale must be a positive number, got {logit_scale!r}") from None
+    if not (s > 0 and np.isfinite(s)):
+        raise OODCoreError(f"logit_scale must be a positive number, got {logit_scale!r}")
+    return s
+
+
 @register_score
 class MSP(Score):
-    """Maximum softmax probability, max_k softmax(f(x))_k (Hendrycks & Gimpel, ICLR 2017)."""
+    """Maximum softmax probability, max_k softmax(s * f(x))_k (Hendrycks & Gimpel, ICLR 2017); high = ID.
+
+    ``logit_scale`` s (default 1.0) multiplies the logits before the softmax: s = 1 is the
+    plain MSP of the model's logits. It is the inverse of a softmax temperature (s = 1/T in
+    the ODIN/pytorch-ood sense). Use it to score a head whose logits are not the ones the
+    softmax was trained on: the ``movr`` model outputs cosines and was trained on 32 * cos,
+    so its MSP uses s = 32 (its method declares it, see :func:`ood_core.methods.method_score_params`);
+    at s = 1 the softmax of K cosines in [-1, 1] is capped near e / (e + (K - 1) / e).
+    """
 
     name = "msp"
 
+    def __init__(self, logit_scale: float = 1.0):
+        self.logit_scale = check_logit_scale(logit_scale)
+
     def compute(self, out):
-        return out.logits.softmax(dim=1).max(dim=1).values
+        z = out.logits if self.logit_scale == 1.0 else self.logit_scale * out.logits
+        return z.softmax(dim=1).max(dim=1).values
 
 
 @register_score
@@ -134,16 +157,27 @@ class MaxLogit(Score):
 
 @register_score
 class Energy(Score):
-    """Negative free energy, T * logsumexp_k(f_k(x) / T) (Liu et al., NeurIPS 2020); T = 1."""
+    """Negative free energy, T * logsumexp_k(s * f_k(x) / T) (Liu et al., NeurIPS 2020); high = ID.
+
+    ``logit_scale`` s (default 1.0) first turns the model's logits into the logits the
+    softmax was trained on (``movr``: cosines, trained as 32 * cos, so s = 32, declared by
+    the method, see :func:`ood_core.methods.method_score_params`); ``temperature`` T
+    (default 1.0) is the energy temperature of Liu et al. applied to those. s = T = 1 is
+    the plain logsumexp_k f_k(x).
+    """
 
     name = "energy"
 
-    def __init__(self, temperature: float = 1.0):
+    def __init__(self, temperature: float = 1.0, logit_scale: float = 1.0):
         self.temperature = float(temperature)
+        if not (self.temperature > 0 and np.isfinite(self.temperature)):
+            raise OODCoreError(f"energy temperature must be a positive number, got {temperature!r}")
+        self.logit_scale = check_logit_scale(logit_scale)
 
     def compute(self, out):
-        t = self.temperature
-        return t * torch.logsumexp(out.logits / t, dim=1)
+        t, z = self.temperature, out.logits
+        z = z if self.logit_scale == 1.0 else self.logit_scale * z  # s = 1: exactly the unscaled numbers
+        return t * torch.logsumexp(z / t, dim=1)
 
 
 @register_score

@@ -161,3 +161,40 @@ def test_train_init_round_trip(tmp_path, capsys):
     _, meta2 = ood_core.load_checkpoint(again)
     assert meta2["init"]["method"] == "separation" and meta2["init"]["weights"] == model_fingerprint(model)
     assert meta2["train_config"]["lr_min"] == 1e-5
+
+
+def test_movr_default_cli_run_follows_the_paper_and_scores_softmax_at_its_temperature(tmp_path):
+    """Default `train --method movr`: wd 1e-3 and rotation 0.1 in the meta; `evaluate` builds
+    msp/energy with logit_scale = T = 32: the per-sample MSP equals softmax(32 cos) (NumPy)."""
+    import ood_core
+
+    out = tmp_path / "movr.pt"
+    assert main(["train", "--method", "movr", "--epochs", "2", "--out", str(out), "--quiet"]) == 0
+    model, meta = ood_core.load_checkpoint(out)
+    assert meta["train_config"]["weight_decay"] == 1e-3
+    assert meta["loss_params"] == {"T": 32.0, "m": 0.5, "rotation": 0.1}
+    report_path, scores_path = tmp_path / "r.json", tmp_path / "s.npz"
+    assert main(["evaluate", "--checkpoint", str(out), "--ood", "unknown", "--score-names", "msp,energy,maxlogit",
+                 "--json", str(report_path), "--scores", str(scores_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["score_params"] == {"msp": {"logit_scale": 32.0}, "energy": {"logit_scale": 32.0}, "maxlogit": {}}
+    bench = ood_core.load_benchmark("digits")
+    cos = ood_core.extract_outputs(model, bench.test.x).logits.double().numpy()
+    a = 32.0 * cos
+    e = np.exp(a - a.max(axis=1, keepdims=True))
+    saved = np.load(scores_path)
+    np.testing.assert_allclose(saved["id/msp"], (e / e.sum(axis=1, keepdims=True)).max(axis=1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(saved["id/energy"], a.max(axis=1) + np.log(e.sum(axis=1)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(saved["id/maxlogit"], cos.max(axis=1), rtol=1e-5, atol=1e-6)  # untouched
+    assert saved["id/msp"].max() > 0.6  # above the cap of the softmax of 6 raw cosines (~0.597)
+
+
+def test_cli_wd_and_rotation_overrides_reach_the_movr_checkpoint(tmp_path):
+    import ood_core
+
+    out = tmp_path / "m.pt"
+    assert main(["train", "--method", "movr", "--epochs", "1", "--weight-decay", "5e-4", "--param", "rotation=0",
+                 "--param", "T=16", "--out", str(out), "--quiet"]) == 0
+    _, meta = ood_core.load_checkpoint(out)
+    assert meta["train_config"]["weight_decay"] == 5e-4 and meta["loss_params"]["rotation"] == 0
+    assert ood_core.methods.method_score_params(meta)["msp"] == {"logit_scale": 16.0}

@@ -437,3 +437,23 @@ def test_job_of_a_fine_tune_recipe_keeps_the_pretrain_stage_out_of_its_curves(tm
     assert snap.global_step == snap.total_steps == 3 * 2
     _, meta = load_checkpoint(tmp_path / "oe.pt")
     assert meta["init"]["source"] == "pretrained in this run" and meta["init"]["method"] == "ce"
+
+
+def test_movr_job_on_toy2d_trains_without_rotation_and_maps_msp_at_the_training_scale(tmp_path):
+    # toy2d points are not images: the default rotation loss is left out (one warning), and the
+    # landscape's msp is the registry msp at the method's logit_scale T = 32
+    from ood_core.train import recommended_config
+
+    # the config the app's form builds: the recipe's, with the user's epochs
+    job = start_training("movr", "toy2d", recommended_config("movr", epochs=2), tmp_path / "m.pt",
+                         evaluate_after=False, landscape_resolution=9, landscape_score="msp")
+    assert job.wait(WAIT_S) and job.status == "done", job.snapshot().message
+    land = job.snapshot().landscapes[-1]
+    model, meta = load_checkpoint(tmp_path / "m.pt")
+    assert meta["loss_params"]["rotation"] == 0.1 and meta["train_config"]["weight_decay"] == 1e-3
+    with torch.no_grad():
+        cos = model.eval()(torch.tensor(land.grid_points(), dtype=torch.float32)).logits.double().numpy()
+    a = 32.0 * cos
+    e = np.exp(a - a.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(land.score.ravel(), (e / e.sum(axis=1, keepdims=True)).max(axis=1), rtol=1e-5,
+                               atol=1e-6)

@@ -38,7 +38,7 @@ def test_loss_matches_a_hand_computed_two_class_example():
         s_y = math.cos(math.acos(c[t]) + m)
         s_o = c[1 - t]
         expected.append(-math.log(_np_sigmoid(T * s_y)) - math.log(1 - _np_sigmoid(T * s_o)))
-    loss = MarginalOvRLoss(T=T, m=m)(_out(cos), torch.as_tensor(y))
+    loss = MarginalOvRLoss(T=T, m=m, rotation=0.0)(_out(cos), torch.as_tensor(y))  # the OvR term alone
     assert loss.item() == pytest.approx(np.mean(expected), rel=1e-6)
     # first sample by the addition formula: cos(theta + m) = 0.8 cos m - 0.6 sin m = 0.41441
     s_y0 = 0.8 * math.cos(0.5) - 0.6 * math.sin(0.5)
@@ -70,13 +70,13 @@ def test_m0_is_summed_binary_cross_entropy_and_small_T_gives_K_log2():
     y = torch.tensor([0, 3, 1, 1, 2])
     T = 7.0
     bce = F.binary_cross_entropy_with_logits(T * cos, F.one_hot(y, 4).double(), reduction="sum") / 5
-    assert MarginalOvRLoss(T=T, m=0.0)(_out(cos), y).item() == pytest.approx(bce.item(), rel=1e-9)
-    assert MarginalOvRLoss(T=1e-6, m=0.5)(_out(cos), y).item() == pytest.approx(4 * math.log(2), rel=1e-5)
+    assert MarginalOvRLoss(T=T, m=0.0, rotation=0.0)(_out(cos), y).item() == pytest.approx(bce.item(), rel=1e-9)
+    assert MarginalOvRLoss(T=1e-6, m=0.5, rotation=0.0)(_out(cos), y).item() == pytest.approx(4 * math.log(2), rel=1e-5)
 
 
 def test_gradient_raises_target_cosine_and_lowers_the_others():
     torch.manual_seed(0)
-    loss_fn = MarginalOvRLoss(T=32.0, m=0.5)
+    loss_fn = MarginalOvRLoss(T=32.0, m=0.5, rotation=0.0)
     # on the cosines themselves: dL/ds_y < 0, dL/ds_k > 0
     s = (torch.rand(6, 5, dtype=torch.float64) * 1.8 - 0.9).requires_grad_(True)
     y = torch.tensor([0, 1, 2, 3, 4, 0])
@@ -85,7 +85,7 @@ def test_gradient_raises_target_cosine_and_lowers_the_others():
     assert (s.grad[onehot] < 0).all() and (s.grad[~onehot] > 0).all()
     # through a cosine head: one SGD step on the prototypes moves each s_k the right way
     # (T = 4 so that no sigmoid saturates and every cosine gets a visible gradient)
-    loss_fn = MarginalOvRLoss(T=4.0, m=0.5)
+    loss_fn = MarginalOvRLoss(T=4.0, m=0.5, rotation=0.0)
     head = CosineHead(8, 5, scale=1.0).double()
     z = torch.randn(1, 8, dtype=torch.float64)
     target = torch.tensor([2])
@@ -105,8 +105,8 @@ def test_cosine_head_scale_is_divided_out():
     z = torch.randn(4, 8)
     y = torch.tensor([0, 1, 2, 0])
     ctx = LossContext(torch.zeros(4, 1), torch.nn.ModuleDict({"head": head}), 1, 1)
-    with_ctx = MarginalOvRLoss()(ModelOutput(z, head(z)), y, ctx)
-    on_cos = MarginalOvRLoss()(ModelOutput(z, head(z) / 16.0), y)
+    with_ctx = MarginalOvRLoss(rotation=0.0)(ModelOutput(z, head(z)), y, ctx)
+    on_cos = MarginalOvRLoss(rotation=0.0)(ModelOutput(z, head(z) / 16.0), y)
     assert with_ctx.item() == pytest.approx(on_cos.item(), rel=1e-6)
     linear = torch.nn.ModuleDict({"head": torch.nn.Linear(8, 3)})
     with pytest.raises(OODCoreError, match="cosine head"):
@@ -138,10 +138,20 @@ def test_rotation_auxiliary_loss_adds_a_positive_term_and_trains_its_head():
     assert rot.rotation_head.weight.grad is not None and rot.rotation_head.weight.grad.abs().sum() > 0
     opt.step()
     assert not torch.equal(rot.rotation_head.weight.detach(), w0)
-    with pytest.raises(OODCoreError, match="square images"):
-        vec = build_model("mlp", 3, (2,), head="cosine")
-        xv = torch.randn(4, 2)
-        rot(vec(xv), y[:4], LossContext(xv, vec, 1, 1))
+    vec = build_model("mlp", 3, (2,), head="cosine")
+    xv = torch.randn(4, 2)
+    with pytest.raises(OODCoreError, match="square images"):  # asked for directly: a clear error
+        rot.rotation_loss(vec(xv), LossContext(xv, vec, 1, 1))
+    # in the loss, vector inputs (toy2d) train without the term, with one warning per loss
+    on_vectors = MarginalOvRLoss(rotation=0.1)
+    with pytest.warns(UserWarning, match="square images"):
+        got = on_vectors(vec(xv), y[:4], LossContext(xv, vec, 1, 1))
+    assert got.item() == pytest.approx(MarginalOvRLoss(rotation=0.0)(vec(xv), y[:4], LossContext(xv, vec, 1, 1)).item())
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        on_vectors(vec(xv), y[:4], LossContext(xv, vec, 1, 1))  # warned once already
 
 
 def test_bad_loss_parameters_are_refused():
@@ -204,8 +214,33 @@ def test_movr_is_registered_with_a_unit_scale_cosine_head():
     m = METHODS["movr"]
     assert m.head == "cosine" and m.model_params == {"cosine_scale": 1.0} and m.baseline == "ce"
     assert m.task == "multiclass"
-    assert m.loss_params == {"T": 32.0, "m": 0.5, "rotation": 0.0}
+    assert m.loss_params == {"T": 32.0, "m": 0.5, "rotation": 0.1}  # the paper's recipe, rotation on
     assert m.scores == ("ovr", "max_cosine", "jacobian_norm", "msp", "energy")
+    assert MarginalOvRLoss().rotation == 0.1 and MarginalOvRLoss().rotation_head is not None
+
+
+def test_the_recommended_movr_config_has_the_papers_weight_decay():
+    from ood_core.train import TrainConfig, recommended_config
+
+    assert recommended_config("movr").weight_decay == 1e-3
+    assert recommended_config("movr", weight_decay=5e-4).weight_decay == 5e-4  # the user's value wins
+    assert recommended_config("movr", weight_decay=None).weight_decay == 1e-3  # an unset CLI option falls through
+    assert recommended_config("ce").weight_decay == TrainConfig().weight_decay == 5e-4
+
+
+def test_movr_score_params_follow_the_checkpoints_training_temperature():
+    from ood_core.methods import method_score_params
+
+    want32 = {"msp": {"logit_scale": 32.0}, "energy": {"logit_scale": 32.0}, "ovr": {"T": 32.0}}
+    assert method_score_params("movr") == want32
+    assert method_score_params(METHODS["movr"]) == want32
+    assert method_score_params({"method": "movr", "loss_params": {"T": 32.0, "m": 0.5, "rotation": 0.1}}) == want32
+    # a run trained with --param T=16 is scored at 16
+    assert method_score_params({"method": "movr", "loss_params": {"T": 16.0}})["msp"] == {"logit_scale": 16.0}
+    assert method_score_params("movr", {"T": 8})["ovr"] == {"T": 8.0}
+    # other methods and unknown checkpoints: every score at its defaults
+    assert method_score_params("ce") == {}
+    assert method_score_params({"method": "not-a-method"}) == {} and method_score_params({}) == {}
 
 
 def test_short_training_and_evaluation_with_the_movr_scores():
@@ -222,3 +257,50 @@ def test_short_training_and_evaluation_with_the_movr_scores():
     for name in ("ovr", "max_cosine", "jacobian_norm"):
         assert np.isfinite(ev.scores[f"unknown/{name}"]).all()
         assert 0.0 <= ev.report["ood"]["unknown"][name]["auroc"] <= 1.0
+
+
+def _np_softmax_max_and_lse(a):
+    m = a.max(axis=1, keepdims=True)
+    e = np.exp(a - m)
+    return (e / e.sum(axis=1, keepdims=True)).max(axis=1), m[:, 0] + np.log(e.sum(axis=1))
+
+
+def test_evaluate_scores_a_movr_model_at_the_training_scale():
+    """MSP/energy on the cosine head = softmax/logsumexp of 32 * cos (NumPy), above the T = 1 cap."""
+    from ood_core.methods import method_score_params
+
+    full = ood_core.load_benchmark("digits")
+    sub = lambda split, n: Split(split.x[:n], split.y[:n])  # noqa: E731
+    bench = dataclasses.replace(full, train=sub(full.train, 256), val=sub(full.val, 64), test=sub(full.test, 60))
+    run = ood_core.train("movr", bench, ood_core.TrainConfig(epochs=3, seed=0), evaluate_after=False)
+    ood = {"unknown": bench.ood["unknown"][:40]}
+    ev = ood_core.evaluate(run.model, bench, ood_sets=ood, score_names=["msp", "energy", "ovr"],
+                           score_params=method_score_params(run.meta))
+    assert ev.report["score_params"] == {"msp": {"logit_scale": 32.0}, "energy": {"logit_scale": 32.0},
+                                         "ovr": {"T": 32.0}}
+    from ood_core.evaluate import format_table
+
+    assert "score parameters: msp logit_scale=32; energy logit_scale=32; ovr T=32" in format_table(ev.report)
+    for set_name, x in (("id", bench.test.x), ("unknown", ood["unknown"])):
+        cos = ood_core.extract_outputs(run.model, x).logits.double().numpy()
+        msp, lse = _np_softmax_max_and_lse(32.0 * cos)
+        np.testing.assert_allclose(ev.scores[f"{set_name}/msp"], msp, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ev.scores[f"{set_name}/energy"], lse, rtol=1e-5, atol=1e-5)
+    K = bench.num_classes
+    cap = math.e / (math.e + (K - 1) / math.e)  # max softmax of K cosines at scale 1 (~0.597 for K = 6)
+    assert ev.scores["id/msp"].max() > cap + 0.2
+    plain = ood_core.evaluate(run.model, bench, ood_sets=ood, score_names=["msp"])
+    assert plain.report["score_params"] == {"msp": {}}
+    assert plain.scores["id/msp"].max() <= cap + 1e-6
+    assert "score parameters" not in format_table(plain.report)
+
+
+@pytest.mark.xfail(strict=True, reason="ood_core/train.py (owned by another branch) still calls evaluate() without "
+                                       "score_params=method_score_params(m, used_loss_params); remove this marker "
+                                       "when it does")
+def test_train_evaluate_after_scores_movr_at_the_training_scale():
+    full = ood_core.load_benchmark("digits")
+    sub = lambda split, n: Split(split.x[:n], split.y[:n])  # noqa: E731
+    bench = dataclasses.replace(full, train=sub(full.train, 128), val=sub(full.val, 32), test=sub(full.test, 40))
+    run = ood_core.train("movr", bench, ood_core.TrainConfig(epochs=1, seed=0))
+    assert run.meta["metrics"]["score_params"]["msp"] == {"logit_scale": 32.0}

@@ -119,3 +119,36 @@ def test_scores_for_task():
     assert set(scores_for_task("multiclass")) <= set(SCORES)
     assert set(scores_for_task("multilabel")) <= set(SCORES)
     assert scores_for_task("no-such-task") == []
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.5, 32.0])
+def test_msp_and_energy_logit_scale_against_numpy(scale):
+    # logit_scale s multiplies the logits before the softmax / logsumexp (s = 32: movr's training scale)
+    z, logits, out = _random_output(5, scale=1.0)
+    a = scale * logits.astype(np.float64)
+    np.testing.assert_allclose(make_score("msp", logit_scale=scale)(out), _softmax_max(a), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(make_score("energy", logit_scale=scale)(out), _logsumexp(a), rtol=1e-5, atol=1e-5)
+    # with an energy temperature T as well: T * logsumexp(s f / T)
+    np.testing.assert_allclose(make_score("energy", logit_scale=scale, temperature=4.0)(out), _logsumexp(a, 4.0),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_msp_logit_scale_by_hand():
+    # cosines (0.9, 0.1, -0.5) at s = 32: softmax_0 = 1 / (1 + e^{-25.6} + e^{-44.8})
+    out = ModelOutput(torch.zeros(1, 2), torch.tensor([[0.9, 0.1, -0.5]]))
+    assert make_score("msp", logit_scale=32.0)(out)[0] == pytest.approx(1 / (1 + np.exp(-25.6) + np.exp(-44.8)), rel=1e-6)
+    assert make_score("msp")(out)[0] == pytest.approx(np.exp(0.9) / (np.exp(0.9) + np.exp(0.1) + np.exp(-0.5)), rel=1e-6)
+    assert make_score("energy", logit_scale=32.0)(out)[0] == pytest.approx(
+        28.8 + np.log1p(np.exp(-25.6) + np.exp(-44.8)), rel=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "x"])
+def test_bad_logit_scale_and_temperature_are_refused(bad):
+    from ood_core.errors import OODCoreError
+
+    for name in ("msp", "energy"):
+        with pytest.raises(OODCoreError, match="logit_scale"):
+            make_score(name, logit_scale=bad)
+    if not isinstance(bad, str):
+        with pytest.raises(OODCoreError, match="temperature"):
+            make_score("energy", temperature=bad)

@@ -7,9 +7,22 @@ internally, so the feature-norm score still sees ||z||).
 Backbones: ``smallcnn`` (grey 8x8 .. 28x28), ``mlp`` (vectors, e.g. toy2d), ``resnet18``
 (torchvision ResNet-18 with a 3x3 stride-1 stem and no max-pool, for 32x32 RGB).
 Heads: ``linear`` (W z + b), ``cosine`` (scale * cos(z, w_k), unit features and weights),
-``l2norm`` (W z/||z|| + b, Haas et al. 2023). ``spectral_norm=True`` wraps every conv
-(and, with ``spectral_norm_linear``, every linear) layer of the backbone in
-``torch.nn.utils.parametrizations.spectral_norm``; the head and BatchNorm are left alone.
+``l2norm`` (W z/||z|| + b, Haas et al. 2023), ``centers`` (-||z - c_k||^2), ``mlp-bn``
+(Linear(d, head_hidden) -> BatchNorm1d -> ReLU -> Linear(head_hidden, K), the classifier of
+the JointEnergy / SNoJoE reference code, scaled down from 1000 hidden units to 256).
+``spectral_norm=True`` wraps every conv (and, with ``spectral_norm_linear``, every linear)
+layer of the backbone in ``torch.nn.utils.parametrizations.spectral_norm``; the head (all
+of ``mlp-bn``) and BatchNorm are left alone.
+
+SmallCNN's conv blocks are ``norm="batch"`` (bias-free conv -> BatchNorm -> ReLU, the
+default) or ``norm="none"`` (conv with bias -> ReLU). The distinction matters for spectral
+norm: BatchNorm undoes any positive rescaling of the conv in front of it, so W <- W/sigma(W)
+changes nothing there (see :mod:`ood_core.recipes.multilabel`).
+
+``features`` is always the input of the final linear classifier: the backbone output z for
+the one-layer heads, the ReLU output of the hidden layer (``model.neck``) for ``mlp-bn``. So
+``model.head`` is a plain linear layer whose weight classifies ``features`` for every head
+that has one, and scores or geometry that read ``head.weight`` work unchanged.
 
 A model is rebuilt from the JSON-able spec stored in its checkpoint, ``build_model(**spec)``.
 """
@@ -21,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import unknown
+from .errors import OODCoreError, unknown
 
 
 class ModelOutput(NamedTuple):
@@ -29,21 +42,34 @@ class ModelOutput(NamedTuple):
     logits: torch.Tensor  # (N, K)
 
 
-def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
+NORMS = ("batch", "none")
+
+
+def _conv_block(c_in: int, c_out: int, norm: str = "batch") -> nn.Sequential:
+    if norm == "none":  # without BatchNorm the conv needs its own bias
+        return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=True), nn.ReLU(inplace=True))
+    # BatchNorm's shift makes a conv bias redundant
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
 class SmallCNN(nn.Module):
-    """Three conv stages (32, 64, feature_dim channels), two 2x max-pools, global average pool."""
+    """Three conv stages (32, 64, feature_dim channels), two 2x max-pools, global average pool.
 
-    def __init__(self, in_channels: int = 1, feature_dim: int = 128):
+    ``norm="batch"``: each conv is bias-free and followed by BatchNorm2d; ``norm="none"``: each
+    conv has a bias and no normalisation follows it.
+    """
+
+    def __init__(self, in_channels: int = 1, feature_dim: int = 128, norm: str = "batch"):
         super().__init__()
+        if norm not in NORMS:
+            raise unknown("SmallCNN norm", norm, NORMS)
         self.net = nn.Sequential(
-            _conv_block(in_channels, 32), _conv_block(32, 32), nn.MaxPool2d(2),
-            _conv_block(32, 64), _conv_block(64, 64), nn.MaxPool2d(2),
-            _conv_block(64, feature_dim), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            _conv_block(in_channels, 32, norm), _conv_block(32, 32, norm), nn.MaxPool2d(2),
+            _conv_block(32, 64, norm), _conv_block(64, 64, norm), nn.MaxPool2d(2),
+            _conv_block(64, feature_dim, norm), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
         self.feature_dim = feature_dim
+        self.norm = norm
 
     def forward(self, x):
         return self.net(x)
@@ -122,22 +148,38 @@ class CentersHead(nn.Module):
         return -(z.unsqueeze(1) - self.centers.unsqueeze(0)).pow(2).sum(dim=2)
 
 
-class OODModel(nn.Module):
-    """backbone + head, returning ``ModelOutput(features, logits)``."""
+def mlp_bn_neck(in_features: int, hidden: int) -> nn.Sequential:
+    """The hidden layer of the ``mlp-bn`` head: Linear(d, hidden) -> BatchNorm1d -> ReLU.
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, spec: dict):
+    With the final ``LinearHead(hidden, K)`` it is the classifier of the JointEnergy reference
+    code (Wang et al., NeurIPS 2021; reused by SNoJoE, Mei et al., arXiv 2405.04759), there
+    Linear(ch, 1000) -> BN1d -> ReLU -> Linear(1000, K) after global average pooling.
+    """
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True))
+
+
+class OODModel(nn.Module):
+    """backbone (+ neck) + head, returning ``ModelOutput(features, logits)``.
+
+    ``features = neck(backbone(x))`` (the neck is the identity unless the head has a hidden
+    layer) and ``logits = head(features)``.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, spec: dict, neck: nn.Module | None = None):
         super().__init__()
         self.backbone = backbone
+        self.neck = neck if neck is not None else nn.Identity()  # Identity: no state_dict keys
         self.head = head
         self.spec = dict(spec)
 
     def forward(self, x) -> ModelOutput:
-        z = self.backbone(x)
+        z = self.neck(self.backbone(x))
         return ModelOutput(z, self.head(z))
 
 
 BACKBONES = ("smallcnn", "mlp", "resnet18")
-HEADS = ("linear", "cosine", "l2norm", "centers")
+HEADS = ("linear", "cosine", "l2norm", "centers", "mlp-bn")
+_NATIVE_NORM = {"smallcnn": "batch", "mlp": "none", "resnet18": "batch"}  # what each backbone has built in
 
 
 def apply_spectral_norm(module: nn.Module, linear: bool = False) -> nn.Module:
@@ -152,14 +194,27 @@ def apply_spectral_norm(module: nn.Module, linear: bool = False) -> nn.Module:
 
 
 def build_model(arch: str, num_classes: int, input_shape, head: str = "linear", feature_dim: int | None = None,
-                spectral_norm: bool = False, spectral_norm_linear: bool = False, cosine_scale: float = 16.0) -> OODModel:
+                spectral_norm: bool = False, spectral_norm_linear: bool = False, cosine_scale: float = 16.0,
+                norm: str | None = None, head_hidden: int = 256) -> OODModel:
     """Build a model from explicit parameters (the spec stored in checkpoints).
 
-    ``input_shape`` is (C, H, W) for images or (D,) for vectors.
+    ``input_shape`` is (C, H, W) for images or (D,) for vectors. ``feature_dim`` is the
+    backbone's output width d. ``norm`` is the backbone's normalisation: None = its own
+    ("batch" for smallcnn and resnet18, "none" for mlp); only smallcnn offers both (see
+    :class:`SmallCNN`). ``head_hidden`` is the hidden width of the ``mlp-bn`` head (ignored
+    by the other heads).
     """
     input_shape = tuple(int(s) for s in input_shape)
+    if arch in _NATIVE_NORM:
+        norm = _NATIVE_NORM[arch] if norm is None else norm
+        if norm != _NATIVE_NORM[arch] and arch != "smallcnn":
+            raise OODCoreError(f"norm={norm!r} is not available for the {arch} backbone "
+                               f"(only smallcnn has both 'batch' and 'none'; {arch} has {_NATIVE_NORM[arch]!r})")
+    head_hidden = int(head_hidden)
+    if head == "mlp-bn" and head_hidden < 1:
+        raise OODCoreError(f"head_hidden must be >= 1 for the mlp-bn head, got {head_hidden}")
     if arch == "smallcnn":
-        backbone = SmallCNN(input_shape[0], feature_dim or 128)
+        backbone = SmallCNN(input_shape[0], feature_dim or 128, norm)
     elif arch == "mlp":
         backbone = MLP(input_shape[0], feature_dim or 32)
     elif arch == "resnet18":
@@ -167,8 +222,11 @@ def build_model(arch: str, num_classes: int, input_shape, head: str = "linear", 
     else:
         raise unknown("architecture", arch, BACKBONES)
     d = backbone.feature_dim
+    neck = None
     if head == "linear":
         head_mod = LinearHead(d, num_classes)
+    elif head == "mlp-bn":
+        neck, head_mod = mlp_bn_neck(d, head_hidden), LinearHead(head_hidden, num_classes)
     elif head == "cosine":
         head_mod = CosineHead(d, num_classes, cosine_scale)
     elif head == "l2norm":
@@ -177,12 +235,13 @@ def build_model(arch: str, num_classes: int, input_shape, head: str = "linear", 
         head_mod = CentersHead(d, num_classes)
     else:
         raise unknown("head", head, HEADS)
-    if spectral_norm:
+    if spectral_norm:  # the backbone only: the neck belongs to the head, which stays unconstrained
         apply_spectral_norm(backbone, linear=spectral_norm_linear)
     spec = dict(arch=arch, num_classes=int(num_classes), input_shape=list(input_shape), head=head,
                 feature_dim=int(d), spectral_norm=bool(spectral_norm),
-                spectral_norm_linear=bool(spectral_norm_linear), cosine_scale=float(cosine_scale))
-    return OODModel(backbone, head_mod, spec)
+                spectral_norm_linear=bool(spectral_norm_linear), cosine_scale=float(cosine_scale),
+                norm=norm, head_hidden=head_hidden)
+    return OODModel(backbone, head_mod, spec, neck)
 
 
 def default_arch(input_shape) -> str:
@@ -193,9 +252,8 @@ def default_arch(input_shape) -> str:
 
 
 def head_weight(model: nn.Module) -> torch.Tensor:
-    """The (K, d) weight of the model's classifier head (linear, cosine or l2norm head)."""
-    from .errors import OODCoreError
-
+    """The (K, d) weight of the model's classifier head (linear, cosine, l2norm or mlp-bn head;
+    for mlp-bn it is the final layer's, which classifies ``features``)."""
     weight = getattr(getattr(model, "head", None), "weight", None)
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
         raise OODCoreError("this needs a model whose classifier head has a (K, d) weight matrix "

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ood_core.errors import UnknownNameError
-from ood_core.models import BACKBONES, HEADS, ModelOutput, build_model, default_arch
+from ood_core.errors import OODCoreError, UnknownNameError
+from ood_core.models import BACKBONES, HEADS, LinearHead, ModelOutput, build_model, default_arch, head_weight
 
 K = 5
 CONFIGS = [
@@ -32,7 +32,8 @@ def test_build_model_output_shapes(arch, shape, n, d, head):
     with torch.no_grad():
         out = model(_input(shape, n))
     assert isinstance(out, ModelOutput)
-    assert out.features.shape == (n, d)
+    width = 256 if head == "mlp-bn" else d  # features = the input of the final linear layer
+    assert out.features.shape == (n, width)
     assert out.logits.shape == (n, K)
     assert torch.isfinite(out.features).all() and torch.isfinite(out.logits).all()
     assert model.spec["arch"] == arch and model.spec["head"] == head and model.spec["feature_dim"] == d
@@ -170,3 +171,67 @@ def test_default_arch():
     assert default_arch((2,)) == "mlp"
     assert default_arch((3, 32, 32)) == "resnet18"
     assert default_arch((1, 8, 8)) == "smallcnn"
+
+
+def test_mlp_bn_head_is_linear_bn_relu_linear_and_its_final_weight_classifies_the_features():
+    torch.manual_seed(6)
+    model = build_model("smallcnn", K, (1, 16, 16), head="mlp-bn", head_hidden=16)
+    lin, bn, relu = model.neck
+    assert (type(lin), type(bn), type(relu)) == (nn.Linear, nn.BatchNorm1d, nn.ReLU)
+    assert lin.weight.shape == (16, 128) and bn.num_features == 16
+    assert type(model.head) is LinearHead and head_weight(model).shape == (K, 16)
+    x = _input((1, 16, 16), 6)
+    model.train()
+    with torch.no_grad():
+        model(x)  # move the BN1d running statistics away from (0, 1)
+        model(_input((1, 16, 16), 6, seed=1))
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+        z = model.backbone(x)
+    # independent computation of the head in eval mode: running statistics, then ReLU, then W h + b
+    u = z @ lin.weight.T + lin.bias
+    h = ((u - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias).clamp_min(0)
+    torch.testing.assert_close(out.features, h, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.logits, h @ model.head.weight.T + model.head.bias, rtol=1e-5, atol=1e-6)
+    assert model.spec["head_hidden"] == 16 and model.spec["feature_dim"] == 128
+    clone = build_model(**model.spec)
+    clone.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(clone.eval()(x).logits, out.logits)
+
+
+def test_spectral_norm_never_touches_the_mlp_bn_head():
+    sn = build_model("mlp", K, (2,), head="mlp-bn", spectral_norm=True, spectral_norm_linear=True)
+    assert all(parametrize.is_parametrized(m, "weight") for m in sn.backbone.modules() if isinstance(m, nn.Linear))
+    assert not any(parametrize.is_parametrized(m) for m in (*sn.neck.modules(), sn.head))
+
+
+def test_smallcnn_norm_none_has_conv_biases_and_no_batchnorm():
+    model = build_model("smallcnn", K, (1, 8, 8), norm="none")
+    convs = [m for m in model.backbone.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 5 and all(c.bias is not None for c in convs)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert model.spec["norm"] == "none"
+    plain = build_model("smallcnn", K, (1, 8, 8))
+    convs = [m for m in plain.backbone.modules() if isinstance(m, nn.Conv2d)]
+    assert all(c.bias is None for c in convs) and plain.spec["norm"] == "batch"
+    assert build_model("mlp", K, (2,)).spec["norm"] == "none" and build_model(**model.spec).spec == model.spec
+
+
+def test_spec_without_the_new_keys_builds_the_old_model():
+    # checkpoints written before ``norm`` / ``head_hidden`` existed: BN SmallCNN, no neck
+    old = dict(arch="smallcnn", num_classes=K, input_shape=[1, 16, 16], head="linear", feature_dim=128,
+               spectral_norm=True, spectral_norm_linear=False, cosine_scale=16.0)
+    keys = list(build_model(**old).state_dict())
+    assert not any(k.startswith("neck") for k in keys)
+    assert "backbone.net.0.1.running_mean" in keys and "head.weight" in keys
+
+
+def test_bad_norm_and_head_hidden_are_clear_errors():
+    with pytest.raises(OODCoreError, match="not available for the resnet18"):
+        build_model("resnet18", K, (3, 32, 32), norm="none")
+    with pytest.raises(UnknownNameError, match="norm"):
+        build_model("smallcnn", K, (1, 8, 8), norm="group")
+    with pytest.raises(OODCoreError, match="head_hidden"):
+        build_model("smallcnn", K, (1, 8, 8), head="mlp-bn", head_hidden=0)

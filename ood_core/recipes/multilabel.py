@@ -6,12 +6,54 @@
   label-wise free energies, S(x) = sum_i log(1 + exp(f_i(x))).
 * SNoJoE: Mei, Wang, Zhang, Wang, "Spectral Normalized Joint Energy for Multi-Label
   Out-of-Distribution Detection" (arXiv 2405.04759). The same score on a network trained
-  with spectral normalisation (``torch.nn.utils.parametrizations.spectral_norm``) on every
-  convolution of the backbone; the linear classifier head and BatchNorm are left alone, as
-  in the reference code. Adam, BCE.
+  with spectral normalisation (``torch.nn.utils.parametrizations.spectral_norm``, one power
+  iteration per training forward) on every convolution of the backbone; the classifier head
+  and BatchNorm are left alone, as in the reference code. Adam, BCE.
 
-Both methods use the same loss (:class:`BCEWithLogits`); they differ only in the model's
-``spectral_norm`` flag. Scores follow the project convention: **high = ID**.
+Both recipes: SmallCNN backbone (``norm="batch"``: bias-free conv -> BatchNorm2d -> ReLU, like
+the reference ResNet), the reference head ``mlp-bn`` (global average pool -> Linear(d, 256)
+-> BatchNorm1d -> ReLU -> Linear(256, K); 256 hidden units where the reference has 1000),
+BCE (:class:`BCEWithLogits`), Adam without weight decay, the same TrainConfig. They differ
+**only** in the model's ``spectral_norm`` flag. Scores follow the project convention:
+**high = ID**.
+
+What spectral norm changes in the reference layout (every conv followed by BatchNorm)
+-------------------------------------------------------------------------------------
+In training mode BatchNorm computes (u - mean u) / sqrt(var u + eps) per channel, so
+BN(c W x) = BN(W x) for any c > 0 (up to eps). Spectral norm replaces the raw weight W by
+W / sigma(W), sigma a positive scalar, so the network as a function of its *raw* parameters
+is the same function: F_SN(W) = F(W / sigma(W)) = F(W). Three consequences:
+
+1. The function class is unchanged (no Lipschitz bound survives the BatchNorm after it).
+2. The loss of the raw parameters is the same function, so is its gradient. (Directly: with
+   G the gradient at W_n = W/sigma and sigma = u^T W v from the power iteration,
+   d/dW L(W/sigma) = (G - <G, W_n> u v^T) / sigma, and scale invariance gives <G, W_n> = 0,
+   leaving G/sigma, which is also d/dW L(W).) From the same initial raw weights Adam (or SGD),
+   with or without weight decay on the raw W, takes the same steps.
+3. The "effective learning rate ~ 1/sigma" of the normalised weight W/sigma is real but holds
+   with and without spectral norm alike: BatchNorm already makes the function depend only on
+   each channel's direction, and the optimiser sees the same raw W in both cases.
+
+What remains is BatchNorm's eps (relative weight eps sigma^2 / var(W x)), the running
+statistics used at test time (an exponential average of pre-activations whose scale 1/sigma_t
+drifts during training; at the start of a fine-tune the pretrained statistics belong to the
+unnormalised weights), and float rounding, which training amplifies like a change of seed.
+JointEnergy's released training script runs BatchNorm on batch statistics (it calls
+``model.train()`` every epoch and only freezes the BN affine parameters), so this holds for the
+reference protocol too: there SN is a re-parametrisation whose effect on the trained network
+is of the size of seed noise. At our scale the same: for the same raw weights the training-mode
+logits agree to float error (tested), and two runs with the same seed end apart only as far
+as rounding drives them (tested: a few tenths of a logit after 2 epochs, like two seeds).
+``benchmarks/snojoe_ablation.py`` measures whether any FPR95 difference survives a paired
+interval over seeds.
+
+Without BatchNorm (``norm="none"``, convs with bias) the scale is no longer undone by the next
+layer. Positively homogeneous layers (ReLU, max/average pool) give
+g(x; W/sigma, b) = g(x; W, b') / prod_l sigma_l with the bias of layer l rescaled by
+prod_{k<=l} sigma_k, so the function class is again the same up to one scalar, which a linear
+head absorbs by growing its weight (and a BatchNorm1d head removes outright); but the loss of
+the raw parameters differs, so the training dynamics, and with finite training the trained
+network, do. That variant is in the ablation; the recipes keep the reference layout.
 """
 from __future__ import annotations
 
@@ -104,19 +146,24 @@ class SumSigmoid(Score):
 
 _SCORES = ("joint_energy", "maxlogit", "msp", "max_sigmoid", "energy")
 
+# What both recipes share; they differ only in ``spectral_norm`` (see the module docstring).
+MODEL_PARAMS = {"norm": "batch", "head_hidden": 256, "spectral_norm_linear": False}
+TRAIN_DEFAULTS = {"weight_decay": 0.0}  # the reference's plain Adam has none
+
 register_method(Method(
     name="jointenergy",
-    description="multi-label BCE, linear head, JointEnergy score (baseline of SNoJoE)",
-    task="multilabel", head="linear", make_loss=BCEWithLogits, spectral_norm=False,
+    description="multi-label BCE, reference MLP-BN head, JointEnergy score (baseline of SNoJoE)",
+    task="multilabel", head="mlp-bn", make_loss=BCEWithLogits, spectral_norm=False,
+    model_params=dict(MODEL_PARAMS), train_defaults=dict(TRAIN_DEFAULTS),
     loss_params={"pos_weight": 1.0}, scores=_SCORES, baseline=None,
     paper="Wang, Liu, Bocchieri, Li, NeurIPS 2021 (arXiv 2109.14162)",
 ))
 
 register_method(Method(
     name="snojoe",
-    description="multi-label BCE with spectral norm on every backbone conv, JointEnergy score",
-    task="multilabel", head="linear", make_loss=BCEWithLogits, spectral_norm=True,
-    model_params={"spectral_norm_linear": False},
+    description="multi-label BCE with spectral norm on every backbone conv, MLP-BN head, JointEnergy score",
+    task="multilabel", head="mlp-bn", make_loss=BCEWithLogits, spectral_norm=True,
+    model_params=dict(MODEL_PARAMS), train_defaults=dict(TRAIN_DEFAULTS),
     loss_params={"pos_weight": 1.0}, scores=_SCORES, baseline="jointenergy",
     paper="Mei, Wang, Zhang, Wang, arXiv 2405.04759 (SNoJoE)",
 ))

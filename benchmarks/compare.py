@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import ood_core  # noqa: E402
 from ood_core.claims import COMPARE_RESULTS, format_effect, format_value  # noqa: E402
 from ood_core.evaluate import evaluate  # noqa: E402
-from ood_core.methods import applicable_scores, get_method  # noqa: E402
+from ood_core.methods import applicable_scores, get_method, method_score_params  # noqa: E402
 from ood_core.stats import paired_difference_ci  # noqa: E402
 from ood_core.train import recommended_config, train  # noqa: E402
 
@@ -157,7 +157,8 @@ def run_one(method: str, bench, split: int, seed: int, settings: RunSettings, pr
     t0 = time.perf_counter()
     result = train(method, bench, cfg, evaluate_after=False, **kw)
     train_s = time.perf_counter() - t0
-    ev = evaluate(result.model, bench, score_names=applicable_scores(get_method(method), bench))
+    ev = evaluate(result.model, bench, score_names=applicable_scores(get_method(method), bench),
+                  score_params=method_score_params(result.meta))  # e.g. movr's softmax at its training T
     diags = {}
     for fn in DIAGNOSTICS.get(method, []):
         diags.update(fn(result.model, bench, ev.outputs))

@@ -25,7 +25,7 @@ from .data import Benchmark, load_benchmark, training_outliers
 from .errors import CheckpointError, OODCoreError, TrainingDiverged
 from .evaluate import evaluate, extract_outputs, id_quality
 from .geometry import model_geometry_snapshot
-from .methods import LossContext, applicable_scores, get_method
+from .methods import LossContext, applicable_scores, get_method, method_score_params
 from .models import OODModel, build_model, default_arch
 from .runtime import library_versions, seed_everything, select_device
 
@@ -564,5 +564,6 @@ def _train(m, bench: Benchmark, cfg: TrainConfig, device: torch.device, dctx: dd
     model.eval()
     meta = _checkpoint_meta(m, bench, model, cfg, device, dctx, used_loss_params, history, init_info)
     if evaluate_after and dctx.is_main:
-        meta["metrics"] = evaluate(model, bench, score_names=applicable_scores(m, bench)).report
+        meta["metrics"] = evaluate(model, bench, score_names=applicable_scores(m, bench),
+                                   score_params=method_score_params(m, used_loss_params)).report
     return TrainResult(model, meta, history, dctx.rank)

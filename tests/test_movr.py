@@ -295,9 +295,6 @@ def test_evaluate_scores_a_movr_model_at_the_training_scale():
     assert "score parameters" not in format_table(plain.report)
 
 
-@pytest.mark.xfail(strict=True, reason="ood_core/train.py (owned by another branch) still calls evaluate() without "
-                                       "score_params=method_score_params(m, used_loss_params); remove this marker "
-                                       "when it does")
 def test_train_evaluate_after_scores_movr_at_the_training_scale():
     full = ood_core.load_benchmark("digits")
     sub = lambda split, n: Split(split.x[:n], split.y[:n])  # noqa: E731

@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import ood_core  # noqa: E402
 from ood_core.claims import COMPARE_RESULTS, format_effect, format_value  # noqa: E402
+from ood_core.data import open_set_splits  # noqa: E402
 from ood_core.evaluate import evaluate  # noqa: E402
 from ood_core.methods import applicable_scores, get_method, method_score_params  # noqa: E402
 from ood_core.stats import paired_difference_ci  # noqa: E402
@@ -54,17 +55,6 @@ SUITE = [
     {"dataset": "digit-canvases", "methods": ["jointenergy", "snojoe"], "splits": 5},
 ]
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
-N_CLASSES, N_KNOWN = 10, 6
-
-
-def open_set_split(index: int) -> tuple[int, ...]:
-    """Known classes of split ``index``: 0 -> (0..5), the app's default; k > 0 -> a seeded random 6-of-10."""
-    if index == 0:
-        return tuple(range(N_KNOWN))
-    rng = np.random.default_rng([2018, index])
-    return tuple(sorted(int(c) for c in rng.choice(N_CLASSES, N_KNOWN, replace=False)))
-
-
 # --------------------------------------------------------------------------- diagnostics
 # Geometry read off each trained model: method -> [fn(model, bench, outputs) -> {name: float}].
 DIAGNOSTICS: dict[str, list[Callable]] = {}
@@ -192,7 +182,7 @@ def suite_entries(settings: RunSettings, only: list[str] | None, preset: str | N
 
 def run_unit(dataset: str, methods: list[str], split: int | None, seed: int, settings: RunSettings) -> list[dict]:
     """Every method on one (dataset, split, seed): the unit of work (units are independent)."""
-    known = open_set_split(split) if split is not None else None
+    known = open_set_splits(split + 1)[split] if split is not None else None
     bench = ood_core.load_benchmark(dataset, known=known, data_root=settings.data_root)
     runs, pretrained = [], {}  # method -> model of this (split, seed), for fine-tuning recipes
     # a method's pretrain stage runs first so its model can be reused

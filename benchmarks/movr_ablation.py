@@ -2,8 +2,8 @@
 
 For every (seed, open-set split) one ``ce`` model is trained with its recommended config and one
 ``movr`` model per setting (the paper's defaults, then one change at a time). Open-set splits
-follow Neal et al. 2018: 6 known digits drawn at random (seeded) out of 10, the other 4 are the
-``unknown`` set. Per model, on the known test digits and the unknown digits:
+follow Neal et al. 2018 and are the ones ``compare.py`` uses (``ood_core.data.open_set_splits``:
+split 0 = digits 0-5, then seeded random 6-of-10 choices); the other 4 digits are the ``unknown`` set. Per model, on the known test digits and the unknown digits:
 
 - JND = mean ||d f/dx||_F on unknowns - mean on knowns, f = z/||z|| (exact Jacobian,
   :func:`ood_core.geometry.jacobian_norm`);
@@ -35,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ood_core  # noqa: E402
+from ood_core.data import open_set_splits  # noqa: E402
 from ood_core.evaluate import evaluate  # noqa: E402
 from ood_core.geometry import jacobian_norm  # noqa: E402
 from ood_core.methods import method_score_params  # noqa: E402
@@ -49,17 +50,6 @@ SETTINGS: dict[str, tuple[dict, dict]] = {
     "m0": ({"m": 0.0}, {}),
     "T16": ({"T": 16.0}, {}),
 }
-
-
-def open_set_splits(n: int, seed: int = 0, classes: int = 10, known: int = 6) -> list[tuple[int, ...]]:
-    """``n`` distinct seeded random choices of ``known`` of ``classes`` digits, sorted."""
-    rng = np.random.default_rng(seed)
-    splits: list[tuple[int, ...]] = []
-    while len(splits) < n:
-        s = tuple(sorted(int(c) for c in rng.choice(classes, known, replace=False)))
-        if s not in splits:
-            splits.append(s)
-    return splits
 
 
 def measure(model, bench, method: str, loss_params: dict) -> dict:
@@ -124,7 +114,6 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=5, help="training seeds per split (default 5)")
     p.add_argument("--splits", type=int, default=3, help="random 6-of-10 known-digit splits (default 3)")
-    p.add_argument("--split-seed", type=int, default=0, help="seed drawing the splits (default 0)")
     p.add_argument("--settings", default=",".join(SETTINGS),
                    help=f"comma-separated subset of {', '.join(SETTINGS)} (default: all)")
     p.add_argument("--epochs", type=int, default=None, help="default: the recommended config's (30)")
@@ -138,7 +127,7 @@ def main(argv=None) -> int:
         p.error("--seeds and --splits must be >= 1")
     torch.set_num_threads(1)  # small models: one thread is as fast and leaves the other cores free
     runs: list[dict] = []
-    splits = open_set_splits(args.splits, args.split_seed)
+    splits = open_set_splits(args.splits)
     for known in splits:
         for seed in range(args.seeds):
             jobs = [("ce", None, {}, {})] + [("movr", s, *SETTINGS[s]) for s in settings]

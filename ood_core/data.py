@@ -332,6 +332,24 @@ def _parse_known(known, n_classes: int = 10) -> tuple[int, ...]:
     return known
 
 
+def open_set_splits(n: int, n_classes: int = 10, n_known: int = 6) -> list[tuple[int, ...]]:
+    """The known classes of ``n`` open-set splits (Neal et al. 2018: random known/unknown splits,
+    results averaged over them): split 0 is :data:`DEFAULT_KNOWN` (the app's default), split
+    i > 0 a random ``n_known``-of-``n_classes`` choice drawn from the seed (2018, i), skipping any
+    split already listed. Deterministic: the first k splits are the same for every n >= k."""
+    if n < 1:
+        raise DataError(f"need at least one open-set split, got {n}")
+    splits = [tuple(DEFAULT_KNOWN)][:n]
+    i = 1
+    while len(splits) < n:
+        rng = np.random.default_rng([2018, i])
+        split = tuple(sorted(int(c) for c in rng.choice(n_classes, n_known, replace=False)))
+        if split not in splits:
+            splits.append(split)
+        i += 1
+    return splits
+
+
 def parse_known(text: str | None) -> tuple[int, ...] | None:
     """Parse ``"0,1,2"`` into a tuple of ints (CLI helper); None keeps the default."""
     if text is None or text == "":

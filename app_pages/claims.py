@@ -22,19 +22,21 @@ st.caption(f"From `{meta.get('command', 'benchmarks/compare.py')}` — {meta.get
            f"{meta.get('seconds', '?')} s in all.")
 if meta.get("quick") or not results["claims"]:
     st.warning("These results come from a quick run without verdicts; run `python benchmarks/compare.py`.")
+    st.stop()
 
-mechanisms = sup.or_stop(sup.claims_mechanisms)
-for claim in results["claims"]:
-    st.header(f"{claim['key']} — {claim['paper']}")
-    st.markdown(claim["statement"])
-    st.markdown(sup.verdict_markdown(claim["verdict"]))
-    sup.show_table(sup.claim_table(claim), f"claim_{claim['key']}", f"claim_{claim['key']}")
-    mech = sup.MECHANISMS.get(claim["figure"])
-    figure = mechanisms["figures"].get(claim["figure"]) if mech else None
-    if figure is None:
-        continue
-    st.markdown(f"**Mechanism.** {mech.what}")
+st.dataframe(sup.claims_overview(results), hide_index=True, key="claims_overview")
+by_key = {c["key"]: c for c in results["claims"]}
+key = st.selectbox("Claim", list(by_key), key="claim", format_func=lambda k: f"{k} — {by_key[k]['paper']}")
+claim = by_key[key]
+st.header(f"{claim['key']} — {claim['paper']}")
+st.markdown(claim["statement"])
+st.markdown(sup.verdict_markdown(claim["verdict"]))
+sup.show_table(sup.claim_table(claim), f"claim_{claim['key']}", f"claim_{claim['key']}")
+mech = sup.MECHANISMS.get(claim["figure"])
+figure = sup.or_stop(sup.claims_mechanisms)["figures"].get(claim["figure"]) if mech else None
+if figure is not None:
+    st.markdown(f"**Mechanism** (shipped checkpoints). {mech.what}")
     left, right = st.columns(2)
     for role, col in (("baseline", left), ("method", right)):
-        sup.show_figure(sup.mechanism_figure(figure, role, mech.x_label), f"mech_{claim['key']}_{role}",
-                        f"{claim['figure']}_{role}", col)
+        sup.show_figure(sup.mechanism_figure(figure, role, mech.x_label), f"mech_{role}", f"{claim['figure']}_{role}",
+                        col)

@@ -1303,6 +1303,13 @@ def verdict_markdown(verdict: str) -> str:
     return f"**Verdict:** :{color}-badge[{verdict}]"
 
 
+def claims_overview(results: dict) -> pd.DataFrame:
+    """One row per claim: its method, baseline, verdict and how many parts hold."""
+    return pd.DataFrame([{"claim": c["key"], "paper": c["paper"], "verdict": c["verdict"],
+                          "parts holding": f"{sum(bool(p['holds']) for p in c['parts'])} of {len(c['parts'])}"}
+                         for c in results["claims"]])
+
+
 def claim_table(claim: dict) -> pd.DataFrame:
     from .claims import claim_rows
 

@@ -2,6 +2,7 @@
 the mechanism figures of the shipped checkpoints; it reads stored numbers and trains nothing."""
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
@@ -9,14 +10,13 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from apptest_helpers import APP, TIMEOUT, array, traces_of_type
+from ood_core import app_support as sup
 from ood_core import claims
 
 pytestmark = pytest.mark.usefixtures("clear_streamlit_caches")
 
 
-def _run_claims_page(monkeypatch):
-    import importlib
-
+def _claims_page(monkeypatch) -> AppTest:
     def no_training(*a, **k):
         raise AssertionError("the Claims page must not train")
 
@@ -28,33 +28,34 @@ def _run_claims_page(monkeypatch):
     return at
 
 
-def test_claims_page_shows_the_stored_verdicts_and_mechanisms(monkeypatch):
+def test_claims_page_shows_every_stored_verdict_and_its_mechanism(monkeypatch):
     doc = json.loads(claims.COMPARE_RESULTS.read_text())  # the repository ships its latest run
-    assert doc["claims"], "results/compare.json holds no verdicts: run benchmarks/compare.py"
-    at = _run_claims_page(monkeypatch)
-    assert [h.value for h in at.header] == [f"{c['key']} — {c['paper']}" for c in doc["claims"]]
-    from ood_core import app_support as sup
-
-    text = " ".join(m.value for m in at.markdown)
+    assert doc["claims"] and not doc["meta"]["quick"], "results/compare.json holds no verdicts"
+    stored = claims.load_mechanisms(sup.SHIPPED_CHECKPOINTS)
+    assert stored is not None, "results/mechanisms.json does not match the shipped checkpoints: make checkpoints"
+    at = _claims_page(monkeypatch)
+    overview = at.dataframe[0].value
+    assert list(overview["claim"]) == [c["key"] for c in doc["claims"]]
+    assert list(overview["verdict"]) == [c["verdict"] for c in doc["claims"]]
     for c in doc["claims"]:
-        assert sup.verdict_markdown(c["verdict"]) in text
-    tables = [df.value for df in at.dataframe]  # one per claim, in order
-    assert len(tables) == len(doc["claims"])
-    for c, shown in zip(doc["claims"], tables):
+        at.selectbox(key="claim").set_value(c["key"]).run()
+        assert not at.exception
+        assert [h.value for h in at.header] == [f"{c['key']} — {c['paper']}"]
+        assert sup.verdict_markdown(c["verdict"]) in " ".join(m.value for m in at.markdown)
+        shown = at.dataframe[1].value
         assert list(shown["effect [95 % CI]"]) == [claims.format_effect(p) for p in c["parts"]]
-    hists = traces_of_type(at, "histogram")
-    assert len(hists) == 2 * len(doc["claims"])
-    stored = claims.load_mechanisms(claims.RESULTS_DIR.parent / "checkpoints") or claims.compute_mechanisms(
-        claims.RESULTS_DIR.parent / "checkpoints")
-    first = doc["claims"][0]
-    values = stored["figures"][first["figure"]]["baseline"]["values"]
-    drawn = array(hists[0]["data"][0]["x"])
-    assert np.allclose(np.sort(drawn), np.sort(np.asarray(next(iter(values.values())))))
+        hists = traces_of_type(at, "histogram")
+        assert len(hists) == 2
+        for role, hist in zip(("baseline", "method"), hists):
+            values = stored["figures"][c["figure"]][role]["values"]
+            assert [t["name"] for t in hist["data"]] == list(values)
+            first = next(iter(values.values()))
+            assert np.allclose(np.sort(array(hist["data"][0]["x"])), np.sort(first))
 
 
 def test_claims_page_without_results_says_what_to_run(monkeypatch, tmp_path):
     monkeypatch.setattr(claims, "COMPARE_RESULTS", tmp_path / "missing.json")
-    at = _run_claims_page(monkeypatch)
+    at = _claims_page(monkeypatch)
     assert any("benchmarks/compare.py" in e.value for e in at.error)
 
 
@@ -62,5 +63,13 @@ def test_claims_page_refuses_a_foreign_results_file(monkeypatch, tmp_path):
     bad = tmp_path / "compare.json"
     bad.write_text(json.dumps({"runs": []}))
     monkeypatch.setattr(claims, "COMPARE_RESULTS", bad)
-    at = _run_claims_page(monkeypatch)
+    at = _claims_page(monkeypatch)
     assert any("not a results file" in e.value for e in at.error)
+
+
+def test_stale_mechanisms_are_not_served(tmp_path):
+    """A mechanisms file made on other checkpoints (another digest) is ignored, not drawn."""
+    doc = {"checkpoints": {"ce_digits.pt": "0" * 32}, "figures": {}}
+    path = tmp_path / "mechanisms.json"
+    path.write_text(json.dumps(doc))
+    assert claims.load_mechanisms(sup.SHIPPED_CHECKPOINTS, path) is None

@@ -27,7 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import DataError, OODCoreError, unknown
-from .models import HEADS, CentersHead, CosineHead, L2NormHead
+from .models import CentersHead, CosineHead, L2NormHead
+
+# How a head compares features with its class vectors. The ``mlp-bn`` head of build_model is a
+# hidden layer (the model's features) followed by a linear head, so it is of kind "linear".
+HEAD_KINDS = ("linear", "cosine", "l2norm", "centers")
 
 JACOBIAN_METHODS = ("exact", "estimate")
 
@@ -397,8 +401,8 @@ def _check_classifier(features, labels, weight, head: str):
     """Features (N, d), labels (N,) in 0..C-1 and class vectors (C, d), C >= 2, as arrays."""
     h, y = _check(features, labels)
     w = _np(weight)
-    if head not in HEADS:
-        raise unknown("head", head, HEADS)
+    if head not in HEAD_KINDS:
+        raise unknown("head kind", head, HEAD_KINDS)
     c = int(w.shape[0]) if w.ndim == 2 else 0
     if w.ndim != 2 or w.shape[1] != h.shape[1]:
         raise DataError(f"weight must be (C, d) with d = {h.shape[1]} (the feature dimension); got {w.shape}")
@@ -411,7 +415,7 @@ def _check_classifier(features, labels, weight, head: str):
 
 def head_comparison(features, labels, weight, head: str = "linear") -> tuple[np.ndarray, np.ndarray]:
     """``(M, V)``: centred class means and classifier vectors, both (C, d), in the space where a
-    head of kind ``head`` (:data:`ood_core.models.HEADS`) compares features with its class
+    head of kind ``head`` (:data:`HEAD_KINDS`) compares features with its class
     vectors. NC3 (:func:`nc_metrics`) and the class-mean-vs-classifier cosines
     (:func:`geometry_summary`) compare exactly these two matrices.
 
@@ -476,7 +480,7 @@ def nc_metrics(features, labels, weight, bias=None, logits=None, head: str = "li
       nc2_maxangle = mean_{c != c'} |cos(mu_c - mu_G, mu_c' - mu_G) + 1/(C - 1)|  (simplex ETF)
       nc3 = || V/||V||_F - M'/||M'||_F ||_F^2 over (C, d) rows  (classifier aligned with the means)
       nc4 = share of samples with argmax_c logits != argmin_c ||h - mu_c||  (nearest class mean)
-    ``head`` (:data:`ood_core.models.HEADS`, default "linear") is the kind of head ``weight``
+    ``head`` (:data:`HEAD_KINDS`, default "linear") is the kind of head ``weight``
     belongs to; nc3 compares (M', V) = :func:`head_comparison` (for "linear" M' = M and
     V = W, Papyan's definition), nc1, nc2 and nc4 always use the raw features h.
     Standard deviations use ddof 0; Sigma_B^+ is the Moore-Penrose pseudo-inverse with
@@ -517,7 +521,7 @@ def nc_metrics(features, labels, weight, bias=None, logits=None, head: str = "li
 
 # --------------------------------------------------------------------------- whole-model summaries
 def head_kind(model: nn.Module) -> str:
-    """The kind of a model's head, one of :data:`ood_core.models.HEADS`: from its class, and
+    """The kind of a model's head, one of :data:`HEAD_KINDS`: from its class, and
     "linear" for any other head with a (K, d) ``weight`` (e.g. a plain ``nn.Linear``)."""
     head = getattr(model, "head", None)
     for cls, kind in ((CosineHead, "cosine"), (L2NormHead, "l2norm"), (CentersHead, "centers")):

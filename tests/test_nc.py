@@ -11,7 +11,8 @@ from ood_core.errors import DataError, OODCoreError
 from ood_core.geometry import (NC_KEYS, cosine_matrix, feature_norm_stats, geometry_summary, head_comparison, head_kind,
                                model_geometry_snapshot, nc_metrics, orthogonal_energy_share, principal_subspace,
                                subspace_energy_share)
-from ood_core.models import HEADS, build_model
+from ood_core.geometry import HEAD_KINDS as HEADS
+from ood_core.models import build_model
 
 
 def _nc_reference(h, y, w, b):
@@ -342,3 +343,11 @@ def test_head_kind_of_other_heads():
     model.head = torch.nn.Identity()
     with pytest.raises(OODCoreError, match="head"):
         head_kind(model)
+
+
+def test_the_mlp_bn_head_is_a_linear_head_on_its_hidden_features():
+    from ood_core.geometry import head_kind
+
+    model = build_model("mlp", 3, (2,), head="mlp-bn", head_hidden=8)
+    assert head_kind(model) == "linear"
+    assert model(torch.zeros(4, 2)).features.shape == (4, 8)

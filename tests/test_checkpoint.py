@@ -8,7 +8,7 @@ import torch
 import ood_core
 from ood_core.checkpoint import load_checkpoint, save_checkpoint
 from ood_core.data import load_benchmark_from_spec
-from ood_core.methods import default_score_names
+from ood_core.methods import default_score_names, method_score_params
 from ood_core.errors import CheckpointError
 from ood_core.models import build_model
 
@@ -118,7 +118,8 @@ def test_one_checkpoint_per_method_is_shipped():
 def test_shipped_checkpoints_load_and_their_stored_metrics_hold(name):
     model, meta = load_checkpoint(CHECKPOINTS / name)
     bench = load_benchmark_from_spec(meta["dataset"])
-    report = ood_core.evaluate(model, bench, score_names=default_score_names(meta, bench)).report
+    report = ood_core.evaluate(model, bench, score_names=default_score_names(meta, bench),
+                               score_params=method_score_params(meta)).report  # e.g. movr's softmax at T
     quality = next(k for k in report if k.startswith("id_"))
     assert report[quality] == pytest.approx(meta["metrics"][quality], abs=0.005)
     for s, per_score in meta["metrics"]["ood"].items():

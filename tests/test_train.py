@@ -74,7 +74,8 @@ def test_metadata_records_what_was_done(tiny_digits_run):
     assert meta["train_config"]["epochs"] == 3 and meta["train_config"]["device_used"] == "cpu"
     assert set(meta["versions"]) >= {"torch", "numpy", "ood_core", "python"}
     assert len(meta["history"]) == 3
-    assert set(meta["metrics"]["ood"]) == {"unknown", "uniform-noise", "gaussian-noise", "constant", "blobs", "textures"}
+    assert set(meta["metrics"]["ood"]) == {"unknown", "real-photos", "real-textures", "real-faces", "uniform-noise",
+                                           "gaussian-noise", "constant", "blobs", "textures"}
 
 
 # --------------------------------------------------------------------------- lr schedules

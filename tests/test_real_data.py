@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ood_core import data as D
-from ood_core import real_data as R
+from ood_core.data import real as R
 from ood_core.cli import main
 from ood_core.errors import DataError
 

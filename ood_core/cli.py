@@ -56,18 +56,6 @@ def _key_values(items: list[str] | None) -> dict:
     return out
 
 
-def _data_options(args) -> None:
-    """Apply ``--data-root`` / ``--download`` for this run (read by :mod:`ood_core.real_data`)."""
-    import os
-
-    from .real_data import DATA_ROOT_ENV, DOWNLOAD_ENV
-
-    if getattr(args, "data_root", None):
-        os.environ[DATA_ROOT_ENV] = str(Path(args.data_root).expanduser())
-    if getattr(args, "download", False):
-        os.environ[DOWNLOAD_ENV] = "1"
-
-
 def _add_cache_options(parser, what: str = "features") -> None:
     parser.add_argument("--cache-dir", default=None,
                         help=f"disk cache of {what} (shared with the app); default: $OOD_CACHE_DIR or ~/.cache/ood-lab")
@@ -76,7 +64,7 @@ def _add_cache_options(parser, what: str = "features") -> None:
 
 def _cache_dir(args):
     """The cache folder chosen by ``--cache-dir`` / ``--no-cache`` (None = no disk cache)."""
-    from .projection import default_cache_dir
+    from .paths import default_cache_dir
 
     if args.no_cache:
         return None
@@ -122,6 +110,12 @@ def _outputs(args, model, bench, sets=None, extra_ood=None):
     return outs, seen
 
 
+def _download(args) -> bool | None:
+    """``--download`` as the loaders' ``download`` argument: True when given, else None, so that
+    ``$OOD_DATA_DOWNLOAD`` still applies."""
+    return True if args.download else None
+
+
 def _add_data_options(parser) -> None:
     parser.add_argument("--data-root", default=None, metavar="DIR",
                         help="folder holding the real datasets (cifar10, voc2007, ...; see `list`); "
@@ -145,7 +139,6 @@ def cmd_train(args) -> int:
     _at_least(args, "--checkpoint-every", 0, " (0 = off)")
     _at_least(args, "--feature-dim", 1)
     check_writable(out)  # before training, not after it
-    _data_options(args)
     cfg = recommended_config(args.method, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              lr_min=args.lr_min, schedule=args.schedule,
                              weight_decay=args.weight_decay, optimizer=args.optimizer, seed=args.seed,
@@ -196,7 +189,8 @@ def cmd_train(args) -> int:
     try:
         result = train(args.method, args.dataset, cfg, known=parse_known(args.known), progress=progress,
                        model_params=model_params, loss_params=loss_params, init=args.init,
-                       checkpoint_every=args.checkpoint_every, checkpoint=save_partial if args.checkpoint_every else None)
+                       checkpoint_every=args.checkpoint_every, checkpoint=save_partial if args.checkpoint_every else None,
+                       data_root=args.data_root, download=_download(args))
     except TrainingDiverged as e:
         head = str(e).split(";")[0]
         raise TrainingDiverged(f"{head}; {on_disk()}. Lower the learning rate (now {cfg.lr:g}) "
@@ -229,9 +223,9 @@ def _checkpoint_and_benchmark(args):
     from .data import load_benchmark_from_spec
     from .runtime import select_device
 
-    _data_options(args)
     model, meta = load_checkpoint(args.checkpoint, device=select_device(args.device))
-    return model, meta, load_benchmark_from_spec(meta.get("dataset"))
+    return model, meta, load_benchmark_from_spec(meta.get("dataset"), data_root=args.data_root,
+                                                 download=_download(args))
 
 
 def cmd_evaluate(args) -> int:
@@ -393,9 +387,8 @@ def cmd_features(args) -> int:
 
 # --------------------------------------------------------------------------- list
 def cmd_list(args) -> int:
-    from .data import DATASET_DESCRIPTIONS, IMAGE_OOD_SETS, REAL_OOD_SETS, load_benchmark
+    from .data import DATASET_DESCRIPTIONS, IMAGE_OOD_SETS, LAYOUTS, PRESETS, REAL_OOD_SETS, load_benchmark
     from .methods import METHODS
-    from .real_data import LAYOUTS, PRESETS
     from .scores import SCORES
 
     print("datasets:")

@@ -58,6 +58,9 @@ def data_root(root=None) -> Path:
     return Path(root).expanduser()
 
 
-def download_enabled() -> bool:
-    """Whether ``$OOD_DATA_DOWNLOAD`` lets torchvision fetch missing real datasets."""
+def download_enabled(download: bool | None = None) -> bool:
+    """Whether torchvision may fetch missing real datasets: ``download`` if given, else
+    ``$OOD_DATA_DOWNLOAD`` (1, true or yes)."""
+    if download is not None:
+        return bool(download)
     return os.environ.get(DOWNLOAD_ENV, "").strip().lower() in ("1", "true", "yes")

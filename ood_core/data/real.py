@@ -110,9 +110,9 @@ def missing(name: str, root: Path, detail: str = "") -> DataNotFound:
                      f"{LAYOUTS[name]}; pass --download (needs internet) or copy the files there")
 
 
-def _tv_download(name, root: Path, make) -> None:
+def _tv_download(name, root: Path, make, download=None) -> None:
     """Run torchvision's downloader ``make()`` when downloading is enabled; wrap its errors."""
-    if not download_enabled():
+    if not download_enabled(download):
         return
     try:
         make()
@@ -149,15 +149,15 @@ def _load_plain_pickle(fh):
     return _PlainDataUnpickler(fh, encoding="latin1").load()
 
 
-def load_cifar(name: str, train: bool, root=None):
+def load_cifar(name: str, train: bool, root=None, download=None):
     """CIFAR-10/100 from the python pickles: ``(x uint8 (N,3,32,32), y int64 (N,), class names)``."""
     root = data_root(root)
     ten = name == "cifar10"
     folder = root / ("cifar-10-batches-py" if ten else "cifar-100-python")
-    if download_enabled():
+    if download_enabled(download):
         from torchvision.datasets import CIFAR10, CIFAR100
 
-        _tv_download(name, root, lambda: (CIFAR10 if ten else CIFAR100)(str(root), train=train, download=True))
+        _tv_download(name, root, lambda: (CIFAR10 if ten else CIFAR100)(str(root), train=train, download=True), True)
     files = ([f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]) if ten else (
         ["train"] if train else ["test"])
     meta_file = "batches.meta" if ten else "meta"
@@ -175,16 +175,16 @@ def load_cifar(name: str, train: bool, root=None):
     return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)), names
 
 
-def load_svhn(train: bool, root=None):
+def load_svhn(train: bool, root=None, download=None):
     """SVHN cropped digits from ``<root>/svhn/{train,test}_32x32.mat`` (label 10 means digit 0)."""
     from scipy.io import loadmat
 
     root = data_root(root)
     split = "train" if train else "test"
-    if download_enabled():
+    if download_enabled(download):
         from torchvision.datasets import SVHN
 
-        _tv_download("svhn", root, lambda: SVHN(str(root / "svhn"), split=split, download=True))
+        _tv_download("svhn", root, lambda: SVHN(str(root / "svhn"), split=split, download=True), True)
     try:
         mat = loadmat(root / "svhn" / f"{split}_32x32.mat")
         x = np.transpose(mat["X"], (3, 2, 0, 1)).astype(np.uint8)  # (32,32,3,N) -> (N,3,32,32)
@@ -194,14 +194,14 @@ def load_svhn(train: bool, root=None):
     return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), [str(i) for i in range(10)]
 
 
-def load_mnist(name: str, train: bool, root=None):
+def load_mnist(name: str, train: bool, root=None, download=None):
     """MNIST / FashionMNIST through torchvision (raw idx files): ``(x (N,1,28,28) uint8, y, names)``."""
     from torchvision.datasets import MNIST, FashionMNIST
 
     root = data_root(root)
     cls = MNIST if name == "mnist" else FashionMNIST
     try:
-        ds = cls(str(root), train=train, download=download_enabled())
+        ds = cls(str(root), train=train, download=download_enabled(download))
     except (RuntimeError, OSError, ValueError) as e:
         raise missing(name, root, f"{type(e).__name__}: {e}") from None
     return ds.data[:, None].contiguous(), ds.targets.long(), list(ds.classes)
@@ -228,17 +228,17 @@ IMAGE_SETS = {  # OOD-only image sets: folder (relative to root) searched recurs
 }
 
 
-def load_image_set(name: str, size, channels: int = 3, seed=0, root=None) -> torch.Tensor:
+def load_image_set(name: str, size, channels: int = 3, seed=0, root=None, download=None) -> torch.Tensor:
     """A seeded subset (``OOD_SET_SIZE``) of an OOD image set, decoded at ``size`` (H, W)."""
     root = data_root(root)
     if name == "dtd":
         from torchvision.datasets import DTD
 
-        _tv_download(name, root, lambda: DTD(str(root), download=True))
+        _tv_download(name, root, lambda: DTD(str(root), download=True), download)
     elif name == "places365":
         from torchvision.datasets import Places365
 
-        _tv_download(name, root, lambda: Places365(str(root), split="val", small=True, download=True))
+        _tv_download(name, root, lambda: Places365(str(root), split="val", small=True, download=True), download)
     folder = root / IMAGE_SETS[name]
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
     if not files:
@@ -260,7 +260,7 @@ def load_image_folder(path, size, channels: int = 3):
     return torch.from_numpy(_read_images(files, size, channels)), y, list(ds.classes)
 
 
-def load_voc(year: str, image_set: str, root=None, size: int = VOC_SIZE):
+def load_voc(year: str, image_set: str, root=None, size: int = VOC_SIZE, download=None):
     """PASCAL VOC as 20-label multi-label: ``(x uint8 (N,3,size,size), y float32 multi-hot (N,20))``.
 
     Labels are every object class named in the image's XML annotation (difficult objects
@@ -272,7 +272,7 @@ def load_voc(year: str, image_set: str, root=None, size: int = VOC_SIZE):
     root = data_root(root)
     name = f"voc{year}"
     try:
-        ds = VOCDetection(str(root), year=year, image_set=image_set, download=download_enabled())
+        ds = VOCDetection(str(root), year=year, image_set=image_set, download=download_enabled(download))
     except (RuntimeError, OSError, ValueError) as e:
         raise missing(name, root, f"{type(e).__name__}: {e}") from None
     col = {c: i for i, c in enumerate(VOC_CLASSES)}
@@ -296,27 +296,30 @@ ID_SHAPES = {"cifar10": (3, 32, 32), "cifar100": (3, 32, 32), "svhn": (3, 32, 32
              "fashionmnist": (1, 28, 28), "voc2007": (3, VOC_SIZE, VOC_SIZE), "voc2012": (3, VOC_SIZE, VOC_SIZE)}
 
 
-def load_split(name: str, train: bool, root=None):
-    """Official train (``train=True``) or test split of an ID-capable dataset: (x uint8, y, class names)."""
+def load_split(name: str, train: bool, root=None, download=None):
+    """Official train (``train=True``) or test split of an ID-capable dataset: (x uint8, y, class names).
+
+    ``root``: the data root (None: ``$OOD_DATA_ROOT``); ``download``: let torchvision fetch
+    missing files (None: ``$OOD_DATA_DOWNLOAD``); the same two arguments for every loader here."""
     if name in ("cifar10", "cifar100"):
-        return load_cifar(name, train, root)
+        return load_cifar(name, train, root, download)
     if name == "svhn":
-        return load_svhn(train, root)
+        return load_svhn(train, root, download)
     if name in ("mnist", "fashionmnist"):
-        return load_mnist(name, train, root)
+        return load_mnist(name, train, root, download)
     if name in ("voc2007", "voc2012"):
         year = name[3:]
         sets = {"2007": ("trainval", "test"), "2012": ("train", "val")}[year]
-        return load_voc(year, sets[0] if train else sets[1], root)
+        return load_voc(year, sets[0] if train else sets[1], root, download=download)
     raise unknown("real dataset", name, ID_SHAPES)
 
 
-def load_ood_set(name: str, input_shape, seed, root=None) -> torch.Tensor:
+def load_ood_set(name: str, input_shape, seed, root=None, download=None) -> torch.Tensor:
     """OOD set ``name`` (test split / image list), seeded subset, in the ID format ``input_shape``."""
     if name in IMAGE_SETS:
-        x = load_image_set(name, input_shape[1:], input_shape[0], seed=seed, root=root)
+        x = load_image_set(name, input_shape[1:], input_shape[0], seed=seed, root=root, download=download)
     else:
-        x, _, _ = load_split(name, train=False, root=root)
+        x, _, _ = load_split(name, train=False, root=root, download=download)
         x = x[torch.from_numpy(_subset(len(x), seed))]
     return convert_to_id_format(x.numpy(), tuple(input_shape), name)
 
@@ -325,14 +328,15 @@ def _to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0)
 
 
-def build_preset(preset: str, known=None, split_seed: int = 0, ood_seed: int = 0, data_root=None) -> Benchmark:
+def build_preset(preset: str, known=None, split_seed: int = 0, ood_seed: int = 0, data_root=None,
+                 download=None) -> Benchmark:
     """Build the benchmark of ``PRESETS[preset]`` from the files under ``data_root`` (default:
-    ``$OOD_DATA_ROOT``)."""
+    ``$OOD_DATA_ROOT``), fetching missing ones when ``download`` (default: ``$OOD_DATA_DOWNLOAD``)."""
     p = PRESETS[preset]
     name = p["id"]
     shape = ID_SHAPES[name]
-    x_tr, y_tr, names = load_split(name, train=True, root=data_root)
-    x_te, y_te, _ = load_split(name, train=False, root=data_root)
+    x_tr, y_tr, names = load_split(name, train=True, root=data_root, download=download)
+    x_te, y_te, _ = load_split(name, train=False, root=data_root, download=download)
     multilabel = y_tr.dim() == 2
     require_all_known(preset, known, len(names))
     perm = torch.from_numpy(np.random.default_rng([split_seed, 11]).permutation(len(x_tr)))
@@ -344,7 +348,8 @@ def build_preset(preset: str, known=None, split_seed: int = 0, ood_seed: int = 0
             optional = entry.endswith("?")
             set_name = entry.rstrip("?")
             try:
-                ood[set_name] = load_ood_set(set_name, shape, [ood_seed, hash_name(set_name)], root=data_root)
+                ood[set_name] = load_ood_set(set_name, shape, [ood_seed, hash_name(set_name)], root=data_root,
+                                             download=download)
             except DataError as e:
                 if not optional:
                     raise
@@ -403,8 +408,9 @@ def describe_preset(preset: str) -> str:
 
 def preset_builder(preset: str):
     """The registry's builder of ``preset``: :func:`build_preset` with the preset bound."""
-    def build(known=None, split_seed: int = 0, ood_seed: int = 0, data_root=None) -> Benchmark:
-        return build_preset(preset, known=known, split_seed=split_seed, ood_seed=ood_seed, data_root=data_root)
+    def build(known=None, split_seed: int = 0, ood_seed: int = 0, data_root=None, download=None) -> Benchmark:
+        return build_preset(preset, known=known, split_seed=split_seed, ood_seed=ood_seed, data_root=data_root,
+                            download=download)
 
     build.__name__ = f"load_{preset}_benchmark"
     build.__doc__ = f"Preset {preset!r}: {describe_preset(preset)}"

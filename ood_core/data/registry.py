@@ -16,7 +16,7 @@ from .benchmark import Benchmark
 
 DATASETS: dict[str, Callable[..., Benchmark]] = {}
 DATASET_DESCRIPTIONS: dict[str, str] = {}
-_TAKES_DATA_ROOT: set[str] = set()  # builders that read files under a data root
+_TAKES_DATA_ROOT: set[str] = set()  # builders that read files under a data root (and may download them)
 IMAGE_FOLDER_PREFIX = "imagefolder:"
 
 
@@ -26,7 +26,8 @@ def register_dataset(name: str, builder: Callable[..., Benchmark], description: 
 
     ``builder(known=None, split_seed=0, ood_seed=0)`` returns the :class:`Benchmark`; with
     ``takes_data_root`` it also takes ``data_root`` (the folder of its files, None = the
-    default, see :func:`ood_core.paths.data_root`). A name already registered is refused
+    default, see :func:`ood_core.paths.data_root`) and ``download`` (fetch missing files;
+    None = :func:`ood_core.paths.download_enabled`). A name already registered is refused
     unless ``replace``.
     """
     if name in DATASETS and not replace:
@@ -40,27 +41,30 @@ def register_dataset(name: str, builder: Callable[..., Benchmark], description: 
         _TAKES_DATA_ROOT.add(name)
 
 
-def load_benchmark(name: str, known=None, split_seed: int = 0, ood_seed: int = 0, data_root=None) -> Benchmark:
+def load_benchmark(name: str, known=None, split_seed: int = 0, ood_seed: int = 0, data_root=None,
+                   download: bool | None = None) -> Benchmark:
     """Load a benchmark by name (see ``DATASETS``), or ``imagefolder:PATH`` (see :mod:`ood_core.data.real`).
 
     ``data_root``: the folder of the real datasets (``cifar10``, ``voc2007``, ...); None reads
-    ``$OOD_DATA_ROOT``. Embedded datasets and image folders ignore it.
+    ``$OOD_DATA_ROOT``. ``download``: let torchvision fetch missing real datasets into it
+    (needs internet); None reads ``$OOD_DATA_DOWNLOAD``. Embedded datasets and image folders
+    ignore both.
     """
     if name.startswith(IMAGE_FOLDER_PREFIX):
         return real.build_image_folder(name, known=known, split_seed=split_seed, ood_seed=ood_seed)
     if name not in DATASETS:
         raise unknown("dataset", name, DATASETS)
-    root = {"data_root": data_root} if name in _TAKES_DATA_ROOT else {}
+    root = {"data_root": data_root, "download": download} if name in _TAKES_DATA_ROOT else {}
     return DATASETS[name](known=known, split_seed=split_seed, ood_seed=ood_seed, **root)
 
 
-def load_benchmark_from_spec(spec, data_root=None) -> Benchmark:
+def load_benchmark_from_spec(spec, data_root=None, download: bool | None = None) -> Benchmark:
     """Rebuild the exact benchmark described by :meth:`Benchmark.spec` (as stored in checkpoints);
-    ``data_root`` as in :func:`load_benchmark`."""
+    ``data_root`` and ``download`` as in :func:`load_benchmark`."""
     if not isinstance(spec, dict) or "name" not in spec:
         raise DataError("the checkpoint metadata does not say which dataset the model was trained on")
     return load_benchmark(spec["name"], known=spec.get("known"), split_seed=spec.get("split_seed", 0),
-                          ood_seed=spec.get("ood_seed", 0), data_root=data_root)
+                          ood_seed=spec.get("ood_seed", 0), data_root=data_root, download=download)
 
 
 register_dataset("digits", embedded.load_digits_benchmark,

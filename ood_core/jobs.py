@@ -58,7 +58,6 @@ from .methods import METHODS, Method, get_method, method_score_params
 from .runtime import select_device
 from .train import Progress, TrainConfig, recommended_config, train
 
-STATUSES = ("queued", "running", "done", "cancelled", "failed")
 FINISHED = ("done", "cancelled", "failed")
 CHECKPOINT_SUFFIX = ".pt"
 MAX_LOSS_POINTS = 2000  # per-step losses handed out by snapshot(); longer runs are thinned evenly

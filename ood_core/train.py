@@ -23,7 +23,7 @@ import torch
 from . import distributed as ddp
 from .data import Benchmark, load_benchmark, training_outliers
 from .errors import CheckpointError, OODCoreError, TrainingDiverged
-from .evaluate import evaluate, extract_outputs, id_quality
+from .evaluate import evaluate, extract_outputs, id_metrics
 from .geometry import model_geometry_snapshot
 from .methods import LossContext, applicable_scores, get_method, method_score_params
 from .models import OODModel, build_model, default_arch
@@ -534,7 +534,7 @@ def _train(m, bench: Benchmark, cfg: TrainConfig, device: torch.device, dctx: dd
                 count += idx.numel()
                 val = None
                 if step == steps and dctx.is_main:
-                    val = id_quality(bench.task, extract_outputs(model, bench.val.x), bench.val.y)
+                    val = id_metrics(bench.task, extract_outputs(model, bench.val.x), bench.val.y)
                     history.append({"epoch": epoch, "train_loss": total / count,
                                     "lr": opt.param_groups[0]["lr"], **{f"val_{k}": v for k, v in val.items()}})
                     if probe is not None and (epoch % cfg.geometry_every == 0 or epoch == cfg.epochs):

@@ -33,7 +33,6 @@ from .train import TrainConfig, TrainResult, train
 
 from . import attribution, geometry, jobs, landscape, projection  # noqa: E402,F401
 from . import recipes  # noqa: E402,F401  (registers the methods and their scores)
-from . import real_data  # noqa: E402,F401  (registers the real-data presets in DATASETS)
 
 __all__ = [
     "load_checkpoint", "save_checkpoint", "DATASETS", "IMAGE_OOD_SETS", "REAL_OOD_SETS", "Benchmark",

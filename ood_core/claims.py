@@ -107,10 +107,10 @@ def _by_group(bench, per_set: Callable[[str], np.ndarray]) -> dict[str, np.ndarr
 
 
 def _jacobian_values(model, bench, outputs):
-    from .geometry import jacobian_norm
+    from .geometry import jacobian_norms
 
-    return {"ID (test)": jacobian_norm(model, bench.test.x[:MAX_PER_SET], method="exact"),
-            "OOD: unknown classes": jacobian_norm(model, bench.ood["unknown"][:MAX_PER_SET], method="exact")}
+    return jacobian_norms(model, {"ID (test)": bench.test.x, "OOD: unknown classes": bench.ood["unknown"]},
+                          MAX_PER_SET, method="exact")
 
 
 def _feature_norm_values(model, bench, outputs):

@@ -56,16 +56,12 @@ def _key_values(items: list[str] | None) -> dict:
     return out
 
 
-def _data_options(args) -> None:
-    """Apply ``--data-root`` / ``--download`` for this run (read by :mod:`ood_core.real_data`)."""
-    import os
-
-    from .real_data import DATA_ROOT_ENV, DOWNLOAD_ENV
-
-    if getattr(args, "data_root", None):
-        os.environ[DATA_ROOT_ENV] = str(Path(args.data_root).expanduser())
-    if getattr(args, "download", False):
-        os.environ[DOWNLOAD_ENV] = "1"
+def _suffixed(path, option: str, suffix: str) -> Path:
+    """``path`` as a Path, refused unless it ends in ``suffix`` (checked before any long computation)."""
+    path = Path(path)
+    if path.suffix != suffix:
+        raise OODCoreError(f"{option} must name a {suffix} file, got {path}")
+    return path
 
 
 def _add_cache_options(parser, what: str = "features") -> None:
@@ -76,7 +72,7 @@ def _add_cache_options(parser, what: str = "features") -> None:
 
 def _cache_dir(args):
     """The cache folder chosen by ``--cache-dir`` / ``--no-cache`` (None = no disk cache)."""
-    from .projection import default_cache_dir
+    from .paths import default_cache_dir
 
     if args.no_cache:
         return None
@@ -122,12 +118,34 @@ def _outputs(args, model, bench, sets=None, extra_ood=None):
     return outs, seen
 
 
+def _download(args) -> bool | None:
+    """``--download`` as the loaders' ``download`` argument: True when given, else None, so that
+    ``$OOD_DATA_DOWNLOAD`` still applies."""
+    return True if args.download else None
+
+
 def _add_data_options(parser) -> None:
     parser.add_argument("--data-root", default=None, metavar="DIR",
                         help="folder holding the real datasets (cifar10, voc2007, ...; see `list`); "
                              "default: $OOD_DATA_ROOT. Embedded datasets need none")
     parser.add_argument("--download", action="store_true",
                         help="let torchvision download missing real datasets into the data root (needs internet)")
+
+
+def _add_device_option(parser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+
+
+def _checkpoint_command(sub, name: str, func, cache_what: str = "features", **parser_kw):
+    """The parser of a command that reads ``--checkpoint`` on ``--device``, with the cache and
+    data-root options every such command takes; the caller adds the command's own options."""
+    parser = sub.add_parser(name, **parser_kw)
+    parser.add_argument("--checkpoint", required=True, help="checkpoint file (.pt)")
+    _add_device_option(parser)
+    _add_cache_options(parser, cache_what)
+    _add_data_options(parser)
+    parser.set_defaults(func=func)
+    return parser
 
 
 # --------------------------------------------------------------------------- train
@@ -139,13 +157,10 @@ def cmd_train(args) -> int:
     from .evaluate import format_table
     from .train import recommended_config, train
 
-    out = Path(args.out)
-    if out.suffix != ".pt":
-        raise OODCoreError(f"--out must name a .pt file, got {out}")
+    out = _suffixed(args.out, "--out", ".pt")
     _at_least(args, "--checkpoint-every", 0, " (0 = off)")
     _at_least(args, "--feature-dim", 1)
     check_writable(out)  # before training, not after it
-    _data_options(args)
     cfg = recommended_config(args.method, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              lr_min=args.lr_min, schedule=args.schedule,
                              weight_decay=args.weight_decay, optimizer=args.optimizer, seed=args.seed,
@@ -196,7 +211,8 @@ def cmd_train(args) -> int:
     try:
         result = train(args.method, args.dataset, cfg, known=parse_known(args.known), progress=progress,
                        model_params=model_params, loss_params=loss_params, init=args.init,
-                       checkpoint_every=args.checkpoint_every, checkpoint=save_partial if args.checkpoint_every else None)
+                       checkpoint_every=args.checkpoint_every, checkpoint=save_partial if args.checkpoint_every else None,
+                       data_root=args.data_root, download=_download(args))
     except TrainingDiverged as e:
         head = str(e).split(";")[0]
         raise TrainingDiverged(f"{head}; {on_disk()}. Lower the learning rate (now {cfg.lr:g}) "
@@ -229,9 +245,9 @@ def _checkpoint_and_benchmark(args):
     from .data import load_benchmark_from_spec
     from .runtime import select_device
 
-    _data_options(args)
     model, meta = load_checkpoint(args.checkpoint, device=select_device(args.device))
-    return model, meta, load_benchmark_from_spec(meta.get("dataset"))
+    return model, meta, load_benchmark_from_spec(meta.get("dataset"), data_root=args.data_root,
+                                                 download=_download(args))
 
 
 def cmd_evaluate(args) -> int:
@@ -243,8 +259,8 @@ def cmd_evaluate(args) -> int:
     from .methods import default_score_names, method_score_params
     from .scores import SCORES
 
-    if args.scores and Path(args.scores).suffix != ".npz":
-        raise OODCoreError(f"--scores must name a .npz file, got {args.scores}")
+    if args.scores:
+        _suffixed(args.scores, "--scores", ".npz")
     for option in ("json", "scores"):
         if getattr(args, option):
             check_writable(getattr(args, option))
@@ -338,9 +354,7 @@ def cmd_project(args) -> int:
 
     from .projection import project_benchmark, separation_in_map
 
-    out = Path(args.out)
-    if out.suffix != ".npz":
-        raise OODCoreError(f"--out must name a .npz file, got {out}")
+    out = _suffixed(args.out, "--out", ".npz")
     check_writable(out)
     model, meta, bench = _checkpoint_and_benchmark(args)
     outputs, _ = _outputs(args, model, bench, ["id", *bench.ood])
@@ -393,9 +407,8 @@ def cmd_features(args) -> int:
 
 # --------------------------------------------------------------------------- list
 def cmd_list(args) -> int:
-    from .data import DATASET_DESCRIPTIONS, IMAGE_OOD_SETS, REAL_OOD_SETS, load_benchmark
+    from .data import DATASET_DESCRIPTIONS, IMAGE_OOD_SETS, LAYOUTS, PRESETS, REAL_OOD_SETS, load_benchmark
     from .methods import METHODS
-    from .real_data import LAYOUTS, PRESETS
     from .scores import SCORES
 
     print("datasets:")
@@ -459,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=float, default=None, help="default: 5e-4, or the method's own")
     t.add_argument("--optimizer", choices=("adam", "sgd"), default=None, help="default: adam, or the method's own")
     t.add_argument("--seed", type=int, default=0, help="default: 0")
-    t.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    _add_device_option(t)
     t.add_argument("--arch", default=None, help="backbone: smallcnn, mlp, resnet18; default: by input shape")
     t.add_argument("--feature-dim", type=int, default=None, help="feature dimension (smallcnn/mlp)")
     t.add_argument("--param", action="append", metavar="KEY=VALUE",
@@ -484,9 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(t)
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="score ID and OOD sets with a checkpoint",
-                       description="Evaluate a checkpoint on its ID test split vs OOD sets with every score.")
-    e.add_argument("--checkpoint", required=True, help="checkpoint file (.pt)")
+    e = _checkpoint_command(sub, "evaluate", cmd_evaluate, help="score ID and OOD sets with a checkpoint",
+                            description="Evaluate a checkpoint on its ID test split vs OOD sets with every score.")
     e.add_argument("--ood", default=None,
                    help="built-in OOD sets, comma-separated, or 'none'; default: all of the dataset's (see `list`)")
     e.add_argument("--ood-file", action="append", metavar="ARRAY_OR_FOLDER",
@@ -497,55 +509,42 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", metavar="REPORT.json", help="write the metrics report as JSON")
     e.add_argument("--scores", metavar="SCORES.npz", help="write per-sample scores keyed 'id/SCORE', 'SET/SCORE'")
     e.add_argument("--batch-size", type=int, default=512, help="default: 512")
-    e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    _add_cache_options(e)
-    _add_data_options(e)
-    e.set_defaults(func=cmd_evaluate)
 
-    g = sub.add_parser("geometry", help="neural collapse, subspaces, feature norms and Jacobian norms of a checkpoint",
-                       description="Print (and optionally save as JSON) the representation geometry of a checkpoint "
-                                   "on its benchmark: NC1-NC4, class radii and distances, energy shares in the "
-                                   "principal subspaces, feature norms, Jacobian norms and JND per OOD set.")
-    g.add_argument("--checkpoint", required=True, help="checkpoint file (.pt)")
+    g = _checkpoint_command(sub, "geometry", cmd_geometry,
+                            help="neural collapse, subspaces, feature norms and Jacobian norms of a checkpoint",
+                            description="Print (and optionally save as JSON) the representation geometry of a "
+                                        "checkpoint on its benchmark: NC1-NC4, class radii and distances, energy "
+                                        "shares in the principal subspaces, feature norms, Jacobian norms and JND "
+                                        "per OOD set.")
     g.add_argument("--jacobian", choices=("estimate", "exact", "none"), default="estimate",
                    help="how to compute Jacobian norms; default: estimate (random projections)")
     g.add_argument("--n-proj", type=int, default=16, help="projections for --jacobian estimate; default: 16")
     g.add_argument("--probe-size", type=int, default=256, help="samples per set for Jacobian norms; default: 256")
     g.add_argument("--json", metavar="GEOMETRY.json", help="write the whole summary as JSON")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    _add_cache_options(g)
-    _add_data_options(g)
-    g.set_defaults(func=cmd_geometry)
 
-    pr = sub.add_parser("project", help="2-D PCA/UMAP map of a checkpoint's ID and OOD features",
-                        description="Map the features of the ID test split and every OOD set to 2-D (one shared "
-                                    "PCA or UMAP), save the coordinates per set as .npz and print how far each "
-                                    "set sits from ID in the map. Maps are cached on disk by model and data.")
-    pr.add_argument("--checkpoint", required=True, help="checkpoint file (.pt)")
+    pr = _checkpoint_command(sub, "project", cmd_project, "features and maps",
+                             help="2-D PCA/UMAP map of a checkpoint's ID and OOD features",
+                             description="Map the features of the ID test split and every OOD set to 2-D (one "
+                                         "shared PCA or UMAP), save the coordinates per set as .npz and print how "
+                                         "far each set sits from ID in the map. Maps are cached on disk by model "
+                                         "and data.")
     pr.add_argument("--method", choices=("pca", "umap"), default="pca", help="default: pca")
     pr.add_argument("--fit-on", choices=("union", "id"), default="union",
                     help="fit on all sets (default) or on ID only (UMAP then hides OOD inside ID clusters)")
     pr.add_argument("--normalize", action="store_true", help="L2-normalise features first (cosine-head models)")
     pr.add_argument("--seed", type=int, default=0, help="UMAP random_state; default: 0")
     pr.add_argument("--out", required=True, help="coordinates per set (.npz), written atomically")
-    pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    _add_cache_options(pr, "features and maps")
-    _add_data_options(pr)
-    pr.set_defaults(func=cmd_project)
 
-    fe = sub.add_parser("features", help="extract a checkpoint's features once, into the disk cache",
-                        description="Run the model over its benchmark's sets in batches (progress bars on stderr) "
-                                    "and store features and logits in the disk cache, keyed by the weights and the "
-                                    "data. `evaluate`, `geometry`, `project` and the app then read them.")
-    fe.add_argument("--checkpoint", required=True, help="checkpoint file (.pt)")
+    fe = _checkpoint_command(sub, "features", cmd_features,
+                             help="extract a checkpoint's features once, into the disk cache",
+                             description="Run the model over its benchmark's sets in batches (progress bars on "
+                                         "stderr) and store features and logits in the disk cache, keyed by the "
+                                         "weights and the data. `evaluate`, `geometry`, `project` and the app then "
+                                         "read them.")
     fe.add_argument("--sets", default=None,
                     help="comma-separated: train, val, id (the ID test split) or OOD set names; default: id, "
                          "train and every OOD set")
     fe.add_argument("--batch-size", type=int, default=512, help="default: 512")
-    fe.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    _add_cache_options(fe)
-    _add_data_options(fe)
-    fe.set_defaults(func=cmd_features)
 
     ls = sub.add_parser("list", help="list datasets, OOD sets, methods and scores")
     ls.set_defaults(func=cmd_list)

@@ -78,7 +78,7 @@ def extract_benchmark_outputs(model: torch.nn.Module, bench: Benchmark, sets: li
     ``progress(set_name, done, total, from_cache)`` is called after every batch of an
     extraction, and once (``done == total``, ``from_cache=True``) for a set read from the cache.
     """
-    sources = {"train": bench.train.x, "val": bench.val.x, "id": bench.test.x, **bench.ood, **(extra_ood or {})}
+    sources = bench.inputs(extra_ood)
     wanted = sets if sets is not None else ["id", "train", *bench.ood, *(extra_ood or {})]
     missing = [k for k in wanted if k not in sources and k not in (outputs or {})]
     if missing:
@@ -126,8 +126,8 @@ class Evaluation:
         return rows
 
 
-def id_quality(task: str, out: ModelOutput, y: torch.Tensor) -> dict[str, float]:
-    """ID accuracy (multiclass) or mAP over labels (multilabel) on a labelled split."""
+def id_metrics(task: str, out: ModelOutput, y: torch.Tensor) -> dict[str, float]:
+    """``{"id_accuracy": ...}`` (multiclass) or ``{"id_map": ...}`` (multilabel: mAP over labels) of a labelled split."""
     if task == "multilabel":
         return {"id_map": mean_average_precision(out.logits.numpy(), y.numpy())}
     return {"id_accuracy": accuracy(out.logits.numpy(), y.numpy())}
@@ -180,11 +180,11 @@ def evaluate(model: torch.nn.Module, bench: Benchmark, ood_sets: dict[str, torch
         for s in scorers.values():
             s.fit(outputs["train"], bench.train.y, model)
 
-    inputs = {"id": bench.test.x, **sets}
+    inputs = bench.inputs(ood=sets, training=False)
     per_sample = {f"{set_name}/{n}": (s.score_inputs(model, inputs[set_name]) if s.requires_inputs
                                       else s(outputs[set_name]))
                   for set_name in inputs for n, s in scorers.items()}
-    report: dict = {**id_quality(bench.task, outputs["id"], bench.test.y), "ood": {}, "groups": groups}
+    report: dict = {**id_metrics(bench.task, outputs["id"], bench.test.y), "ood": {}, "groups": groups}
     for set_name in sets:
         report["ood"][set_name] = {n: ood_metrics(per_sample[f"id/{n}"], per_sample[f"{set_name}/{n}"])
                                    for n in names}

@@ -26,6 +26,7 @@ import torch
 
 from .fileio import atomic_write
 from .models import ModelOutput
+from .paths import default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,4 @@ class FeatureCache:
 
 def default_feature_cache() -> FeatureCache:
     """The cache the CLI and the app share: ``$OOD_CACHE_DIR/features`` (else ``~/.cache/ood-lab/features``)."""
-    from .projection import default_cache_dir
-
     return FeatureCache(default_cache_dir() / SUBDIR)

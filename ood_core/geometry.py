@@ -145,6 +145,20 @@ def jacobian_norm(model: nn.Module, x: torch.Tensor, method: str = "exact", n_pr
     return torch.cat(out).clamp_min(0).sqrt().numpy()
 
 
+def jacobian_norms(model: nn.Module, sets, probe_size: int | None = None, **kw) -> dict[str, np.ndarray]:
+    """:func:`jacobian_norm` of the first ``probe_size`` samples (None: all) of each set of the
+    mapping ``sets`` (name -> inputs), in its order: the one per-set loop. Keyword arguments go to
+    :func:`jacobian_norm`; every set gets the same ``seed``. Cost: one :func:`jacobian_norm` per set."""
+    return {name: jacobian_norm(model, x if probe_size is None else x[:probe_size], **kw) for name, x in sets.items()}
+
+
+def jnd(norms, reference: str = "id") -> dict[str, float]:
+    """Jacobian Norm Difference of every set of ``norms`` (name -> per-sample ||J||_F) against
+    ``reference``: mean of the set - mean of ``reference`` (see :func:`jacobian_norm_difference`)."""
+    ref = norms[reference].mean()
+    return {name: float(v.mean() - ref) for name, v in norms.items() if name != reference}
+
+
 def jacobian_norm_difference(model: nn.Module, x_known: torch.Tensor, x_unknown: torch.Tensor, **kw) -> float:
     """Jacobian Norm Difference (Park et al. 2022): JND = mean_unknown ||J||_F - mean_known ||J||_F.
 
@@ -153,9 +167,7 @@ def jacobian_norm_difference(model: nn.Module, x_known: torch.Tensor, x_unknown:
     go to :func:`jacobian_norm` (method, n_proj, normalize, chunk_size, seed); the cost is
     that of two :func:`jacobian_norm` calls.
     """
-    known = jacobian_norm(model, x_known, **kw)
-    unknown = jacobian_norm(model, x_unknown, **kw)
-    return float(unknown.mean() - known.mean())
+    return jnd(jacobian_norms(model, {"known": x_known, "unknown": x_unknown}, **kw), "known")["unknown"]
 
 
 def jacobian_norm_path(model: nn.Module, x_start: torch.Tensor, x_end: torch.Tensor, steps: int = 33,
@@ -275,18 +287,18 @@ def davies_bouldin(z, y) -> float:
     """Davies-Bouldin index (Davies & Bouldin 1979) of the labelled clusters; lower = better separated.
 
     s_k = mean distance of class k's samples to its mean, M_kl = ||mu_k - mu_l||,
-    DB = (1/K) sum_k max_{l != k} (s_k + s_l) / M_kl (same definition as
-    ``sklearn.metrics.davies_bouldin_score``; pairs of coincident means count as 0 there and here).
+    DB = (1/K) sum_k max_{l != k} (s_k + s_l) / M_kl, as ``sklearn.metrics.davies_bouldin_score``
+    computes it (pairs of coincident means count as 0). Needs at least two classes.
     """
+    from sklearn.metrics import davies_bouldin_score
+
     z, y = _check(z, y)
-    c = class_means(z, y)
-    s = class_radii(z, y, c)
-    m = center_distances(c)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = (s[:, None] + s[None]) / m
-    r[~np.isfinite(r)] = 0.0
-    np.fill_diagonal(r, -np.inf)
-    return float(r.max(axis=1).mean())
+    k = len(np.unique(y))
+    if k < 2:
+        raise DataError("the Davies-Bouldin index needs at least two classes")
+    if k == len(y):  # one sample per class (a tiny split): no spread, so 0; sklearn refuses this case
+        return 0.0
+    return float(davies_bouldin_score(z, y))
 
 
 def geometry_report(z, y, centers=None) -> dict:
@@ -565,20 +577,18 @@ def model_geometry_snapshot(model: nn.Module, task: str, x_train: torch.Tensor, 
         o = extract_outputs(model, x_train)
         out.update(nc_metrics(o.features, y_train, w, logits=o.logits, head=head_kind(model)))
     if x_unknown is not None and len(x_unknown):
-        known = jacobian_norm(model, x_known, method="estimate", n_proj=n_proj, seed=seed)
-        unknown = jacobian_norm(model, x_unknown, method="estimate", n_proj=n_proj, seed=seed)
-        out.update(jacobian_known=float(known.mean()), jacobian_unknown=float(unknown.mean()),
-                   jnd=float(unknown.mean() - known.mean()))
+        norms = jacobian_norms(model, {"known": x_known, "unknown": x_unknown}, method="estimate", n_proj=n_proj,
+                               seed=seed)
+        out.update(jacobian_known=float(norms["known"].mean()), jacobian_unknown=float(norms["unknown"].mean()),
+                   jnd=jnd(norms, "known")["unknown"])
     return out
 
 
 def jacobian_norms_by_set(model: nn.Module, bench, method: str = "estimate", n_proj: int = 16,
                           probe_size: int = 256, seed: int = 0) -> dict[str, np.ndarray]:
-    """:func:`jacobian_norm` of the first ``probe_size`` samples of the ID test split (key
-    ``"id"``) and of every OOD set of ``bench``. Cost: one :func:`jacobian_norm` per set."""
-    sets = {"id": bench.test.x, **bench.ood}
-    return {name: jacobian_norm(model, x[:probe_size], method=method, n_proj=n_proj, seed=seed)
-            for name, x in sets.items()}
+    """:func:`jacobian_norms` of the first ``probe_size`` samples of the ID test split (key
+    ``"id"``) and of every OOD set of ``bench``."""
+    return jacobian_norms(model, bench.inputs(training=False), probe_size, method=method, n_proj=n_proj, seed=seed)
 
 
 def class_mean_subspace(features, labels, num_classes: int) -> np.ndarray:
@@ -628,7 +638,6 @@ def geometry_summary(model: nn.Module, bench, outputs: dict | None = None, jacob
                                         for s in sets}
     if jacobian is not None:
         norms = jacobian_norms_by_set(model, bench, method=jacobian, n_proj=n_proj, probe_size=probe_size, seed=seed)
-        means_j = {s: float(v.mean()) for s, v in norms.items()}
-        summary["jacobian_mean"] = means_j
-        summary["jnd"] = {s: means_j[s] - means_j["id"] for s in bench.ood}
+        summary["jacobian_mean"] = {s: float(v.mean()) for s, v in norms.items()}
+        summary["jnd"] = jnd(norms)
     return summary

@@ -58,7 +58,6 @@ from .methods import METHODS, Method, get_method, method_score_params
 from .runtime import select_device
 from .train import Progress, TrainConfig, recommended_config, train
 
-STATUSES = ("queued", "running", "done", "cancelled", "failed")
 FINISHED = ("done", "cancelled", "failed")
 CHECKPOINT_SUFFIX = ".pt"
 MAX_LOSS_POINTS = 2000  # per-step losses handed out by snapshot(); longer runs are thinned evenly
@@ -438,7 +437,7 @@ def start_training(method: str, dataset: str | Benchmark, config: TrainConfig | 
                    out_path: str | Path = "model.pt", overwrite: bool = False,
                    landscape_resolution: int | None = None, landscape_score: str = DEFAULT_SCORE,
                    evaluate_after: bool = True, min_epoch_seconds: float = 0.0,
-                   torch_threads: int | None = 1) -> TrainingJob:
+                   torch_threads: int | None = 1, data_root=None) -> TrainingJob:
     """Check the request, then train ``method`` on ``dataset`` in a background thread.
 
     ``config`` defaults to :func:`ood_core.train.recommended_config` of the method (it is
@@ -450,10 +449,11 @@ def start_training(method: str, dataset: str | Benchmark, config: TrainConfig | 
     until it has lasted that long (a slow-motion view of a fast run; the weights are the
     same). ``torch_threads``: intra-op threads of the training thread (None = torch's default
     here; see the module docstring for why 1). Raises OODCoreError for a bad request; what
-    goes wrong later is in the job's status and snapshot.
+    goes wrong later is in the job's status and snapshot. ``data_root``: the folder of a
+    real-data preset's files when ``dataset`` is a name (see :func:`ood_core.data.load_benchmark`).
     """
     m = get_method(method)
-    bench = dataset if isinstance(dataset, Benchmark) else load_benchmark(dataset)
+    bench = dataset if isinstance(dataset, Benchmark) else load_benchmark(dataset, data_root=data_root)
     if not _method_fits(m, bench):
         fitting = ", ".join(methods_for(bench)) or "none"
         raise OODCoreError(f"method {method!r} ({m.task}{', needs image inputs' if m.outliers else ''}) cannot "

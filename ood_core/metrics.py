@@ -23,9 +23,6 @@ import numpy as np
 
 from .errors import DataError
 
-METRIC_NAMES = ("auroc", "fpr95", "aupr_in", "aupr_out")
-
-
 def _check_scores(scores, what: str) -> np.ndarray:
     arr = np.asarray(scores, dtype=np.float64).ravel()
     if arr.size == 0:

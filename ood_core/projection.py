@@ -27,7 +27,7 @@ method, its parameters, the library versions and the exact bytes of every featur
 any change of data or parameters is a cache miss. Files are written atomically and read
 with ``allow_pickle=False``; a corrupt or mismatching file is recomputed and overwritten
 (with a warning). Nothing is cached unless the caller passes ``cache_dir``; see
-:func:`default_cache_dir` for the conventional location. UMAP's numba-compiled code is cached
+:func:`ood_core.paths.default_cache_dir` for the conventional location. UMAP's numba-compiled code is cached
 too, in ``<default_cache_dir()>/numba`` unless ``NUMBA_CACHE_DIR`` is set
 (:func:`configure_numba_cache`), so only the first UMAP fit on a machine pays the compilation.
 """
@@ -48,6 +48,7 @@ import numpy as np
 
 from .errors import DataError, OODCoreError, unknown
 from .fileio import atomic_write
+from .paths import default_cache_dir, point_tool_cache  # default_cache_dir also re-exported for older callers
 
 PROJECTION_METHODS = ("pca", "umap")
 FIT_ON = ("union", "id")
@@ -96,16 +97,6 @@ class Projection:
         return xy, labels
 
 
-def default_cache_dir() -> Path:
-    """The conventional projection cache folder: ``$OOD_CACHE_DIR`` if set, else ``~/.cache/ood-lab``.
-
-    The library never uses it on its own; callers (app, CLI) pass it to :func:`project` as
-    ``cache_dir`` when they want caching.
-    """
-    env = os.environ.get("OOD_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "ood-lab"
-
-
 NUMBA_CACHE_ENV = "NUMBA_CACHE_DIR"
 
 
@@ -121,19 +112,12 @@ def configure_numba_cache() -> str:
     is *defined*, i.e. when umap is imported, so this must run before ``import umap`` (it also
     makes an already imported numba re-read its configuration). Idempotent.
     """
-    current = os.environ.get(NUMBA_CACHE_ENV, "")
-    if current.strip():
-        return current  # the user's choice wins
-    folder = default_cache_dir() / "numba"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return ""  # not writable: leave numba to its own default locations rather than break the fit
-    os.environ[NUMBA_CACHE_ENV] = str(folder)
+    user_set = bool(os.environ.get(NUMBA_CACHE_ENV, "").strip())
+    folder = point_tool_cache(NUMBA_CACHE_ENV, "numba")
     numba = sys.modules.get("numba")
-    if numba is not None:  # imported before (by someone else): its config holds the old value
+    if folder and not user_set and numba is not None:  # numba imported before: its config holds the old value
         numba.core.config.reload_config()
-    return str(folder)
+    return folder
 
 
 # ---------------------------------------------------------------------------------------------

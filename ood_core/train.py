@@ -23,7 +23,7 @@ import torch
 from . import distributed as ddp
 from .data import Benchmark, load_benchmark, training_outliers
 from .errors import CheckpointError, OODCoreError, TrainingDiverged
-from .evaluate import evaluate, extract_outputs, id_quality
+from .evaluate import evaluate, extract_outputs, id_metrics
 from .geometry import model_geometry_snapshot
 from .methods import LossContext, applicable_scores, get_method, method_score_params
 from .models import OODModel, build_model, default_arch
@@ -249,7 +249,8 @@ def train(method: str = "ce", dataset: str | Benchmark = "digits", config: Train
           known=None, progress: Callable[[Progress], None] | None = None, model_params: dict | None = None,
           loss_params: dict | None = None, evaluate_after: bool = True,
           epoch_end: Callable[[int, OODModel], None] | None = None, checkpoint_every: int = 0,
-          checkpoint: Callable[[OODModel, dict], None] | None = None, init=None) -> TrainResult:
+          checkpoint: Callable[[OODModel, dict], None] | None = None, init=None, data_root=None,
+          download: bool | None = None) -> TrainResult:
     """Train ``method`` on ``dataset`` and return the model with its checkpoint metadata.
 
     ``model_params`` override the model spec (``arch``, ``feature_dim``, ...) and
@@ -285,6 +286,10 @@ def train(method: str = "ce", dataset: str | Benchmark = "digits", config: Train
     :func:`ood_core.feature_cache.model_fingerprint` of the starting model) and, for an
     implicit pretrain, its ``train_config`` and ``final`` history row.
 
+    ``data_root`` and ``download``: where a real-data preset's files are and whether missing
+    ones may be fetched, when ``dataset`` is a name (None: ``$OOD_DATA_ROOT`` /
+    ``$OOD_DATA_DOWNLOAD``; see :func:`ood_core.data.load_benchmark`); embedded datasets ignore them.
+
     Under torchrun (``WORLD_SIZE`` > 1) every rank calls this; training is data-parallel
     (:mod:`ood_core.distributed`), while validation, ``progress``, ``epoch_end`` and
     ``evaluate_after`` run on rank 0 only. Every rank returns the trained (unwrapped) model;
@@ -298,7 +303,8 @@ def train(method: str = "ce", dataset: str | Benchmark = "digits", config: Train
     if checkpoint_every and checkpoint is None:
         raise OODCoreError("checkpoint_every needs a checkpoint(model, meta) callback that saves the model")
     m = get_method(method)
-    bench = dataset if isinstance(dataset, Benchmark) else load_benchmark(dataset, known=known)
+    bench = dataset if isinstance(dataset, Benchmark) else load_benchmark(
+        dataset, known=known, data_root=data_root, download=download)
     if bench.task != m.task:
         raise OODCoreError(f"method {method!r} is for {m.task} data but dataset {bench.name!r} is {bench.task}")
     start = _resolve_init(init, bench) if init is not None else None  # before any training: a bad init fails fast
@@ -528,7 +534,7 @@ def _train(m, bench: Benchmark, cfg: TrainConfig, device: torch.device, dctx: dd
                 count += idx.numel()
                 val = None
                 if step == steps and dctx.is_main:
-                    val = id_quality(bench.task, extract_outputs(model, bench.val.x), bench.val.y)
+                    val = id_metrics(bench.task, extract_outputs(model, bench.val.x), bench.val.y)
                     history.append({"epoch": epoch, "train_loss": total / count,
                                     "lr": opt.param_groups[0]["lr"], **{f"val_{k}": v for k, v in val.items()}})
                     if probe is not None and (epoch % cfg.geometry_every == 0 or epoch == cfg.epochs):

@@ -10,6 +10,7 @@ import torch
 from sklearn.datasets import load_digits
 
 from ood_core import data as D
+from ood_core.data import embedded as E
 from ood_core.errors import DataError, UnknownNameError
 
 
@@ -348,7 +349,7 @@ def test_digit_canvases_unknown_set():
     assert unk.shape == (D.N_GENERATED, 1, 16, 16)
     assert (unk.flatten(1).max(1).values > 0).all()
     unknown_classes = set(range(10)) - set(b.known)
-    test_digits = {img.tobytes() for img in D._digit_splits(0)["test"][0][:, 0]}
+    test_digits = {img.tobytes() for img in E._digit_splits(0)["test"][0][:, 0]}
     for classes, imgs in _slot_contents(unk):
         assert 1 <= len(classes) <= 3
         assert set(classes) <= unknown_classes

@@ -10,6 +10,7 @@ import torch
 from skimage.measure import block_reduce
 
 from ood_core import data as D
+from ood_core.data import embedded as E  # the module whose settings the tests patch
 from ood_core.errors import DataError, UnknownNameError
 from ood_core.evaluate import group_means
 
@@ -38,7 +39,7 @@ def test_block_means_on_a_hand_checkable_gradient():
     np.testing.assert_allclose(D.real_crop_to_input(img, 0, 0, 2, (2, 2)), [[0.0, 0.2], [0.8, 1.0]])
     # an offset crop: rows 1-2, columns 2-3 of a 4x6 image of 6r + c -> one block of mean 6*1.5 + 2.5
     img = np.arange(24, dtype=np.float32).reshape(4, 6)
-    assert D._block_means(img, 1, 2, 2, (1, 1)).item() == pytest.approx(11.5)
+    assert E._block_means(img, 1, 2, 2, (1, 1)).item() == pytest.approx(11.5)
     # a flat crop has no range to stretch: all zeros, not NaN
     assert (D.real_crop_to_input(np.ones((4, 4), np.float32), 0, 0, 2, (2, 2)) == 0).all()
     with pytest.raises(DataError, match="leaves"):
@@ -85,7 +86,7 @@ def test_real_deterministic_and_seeded():
 def test_adding_a_set_changes_no_other(monkeypatch):
     before = {n: _real(n) for n in REAL}
     extra = {"more-photos": D.RealOODSet(("camera",), (0.2, 0.3))}
-    monkeypatch.setattr(D, "REAL_OOD_SETS", {**extra, **D.REAL_OOD_SETS})
+    monkeypatch.setattr(E, "REAL_OOD_SETS", {**extra, **E.REAL_OOD_SETS})
     for n in REAL:
         assert torch.equal(D.real_ood(n, D.N_GENERATED, (1, 8, 8), 0), before[n]), n
     assert "more-photos" in D.load_benchmark("digits").ood
@@ -128,32 +129,32 @@ def test_faces_are_crops_of_the_shipped_faces():
 def test_sources_are_grey_luminance_of_the_shipped_images():
     rgb = skimage.data.astronaut().astype(np.float64) / 255
     grey = 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
-    (got,) = D._real_source("astronaut")
+    (got,) = E._real_source("astronaut")
     assert got.dtype == np.float32 and not got.flags.writeable
     np.testing.assert_allclose(got, grey, atol=1e-6)
-    assert len(D._real_source("lfw_faces")) == 100  # faces only, not the 100 background patches
-    assert sum(len(D._real_source(s)) for s in D.REAL_OOD_SETS["real-photos"].sources) == 7
+    assert len(E._real_source("lfw_faces")) == 100  # faces only, not the 100 background patches
+    assert sum(len(E._real_source(s)) for s in D.REAL_OOD_SETS["real-photos"].sources) == 7
 
 
 def test_photo_crop_sizes_span_the_range():
     """Crop sides of photos are drawn from 1/8 to 1/2 of the shorter side: seen through the block
     sizes k that the admissible range gives for camera (512 px) at 8x8."""
-    assert D._crop_factors((512, 512), (8, 8), (1 / 8, 1 / 2)) == range(8, 33)
-    assert D._crop_factors((300, 451), (16, 16), (1 / 8, 1 / 2)) == range(3, 10)
-    assert D._crop_factors((25, 25), (16, 16), (0.6, 1.0)) == range(1, 2)  # 16/25 < 0.6: largest that fits
+    assert E._crop_factors((512, 512), (8, 8), (1 / 8, 1 / 2)) == range(8, 33)
+    assert E._crop_factors((300, 451), (16, 16), (1 / 8, 1 / 2)) == range(3, 10)
+    assert E._crop_factors((25, 25), (16, 16), (0.6, 1.0)) == range(1, 2)  # 16/25 < 0.6: largest that fits
 
 
 def test_sources_load_once(monkeypatch):
     calls = []
-    counted = {k: (lambda f, k=k: lambda d: calls.append(k) or f(d))(f) for k, f in D.REAL_SOURCES.items()}
-    monkeypatch.setattr(D, "REAL_SOURCES", counted)
-    D._real_source.cache_clear()
+    counted = {k: (lambda f, k=k: lambda d: calls.append(k) or f(d))(f) for k, f in E.REAL_SOURCES.items()}
+    monkeypatch.setattr(E, "REAL_SOURCES", counted)
+    E._real_source.cache_clear()
     try:
         D.load_benchmark("digits")
         D.load_benchmark("digit-canvases", ood_seed=3)
     finally:
-        D._real_source.cache_clear()  # drop entries loaded through the counting loaders
-    assert sorted(calls) == sorted(D.REAL_SOURCES)
+        E._real_source.cache_clear()  # drop entries loaded through the counting loaders
+    assert sorted(calls) == sorted(E.REAL_SOURCES)
 
 
 def test_real_errors(monkeypatch):
@@ -164,7 +165,7 @@ def test_real_errors(monkeypatch):
             D.real_ood("real-photos", 5, shape)
     with pytest.raises(DataError, match="smaller than"):
         D.real_ood("real-faces", 5, (1, 32, 32))  # the face patches are 25x25
-    monkeypatch.setattr(D, "REAL_MIN_CONTRAST", 2.0)  # unreachable on a [0, 1] scale
+    monkeypatch.setattr(E, "REAL_MIN_CONTRAST", 2.0)  # unreachable on a [0, 1] scale
     with pytest.raises(DataError, match="contrast"):
         D.real_ood("real-photos", 1, (1, 8, 8))
 

@@ -152,9 +152,7 @@ def test_min_distance_reads_centres_and_falls_back_to_class_means():
         MinDistance()(probe)
 
 
-def test_geometry_helpers_against_loops_and_sklearn():
-    from sklearn.metrics import davies_bouldin_score
-
+def test_geometry_helpers_against_loops():
     rng = np.random.default_rng(5)
     y = np.repeat(np.arange(4), [5, 7, 6, 8])
     z = rng.normal(size=(len(y), 3)) * 0.5 + rng.normal(size=(4, 3))[y] * 3
@@ -166,12 +164,17 @@ def test_geometry_helpers_against_loops_and_sklearn():
     np.testing.assert_allclose(center_distances(mu), cd, atol=1e-12)
     inter = np.mean([cd[a, b] for a in range(4) for b in range(4) if a != b])
     assert separation_ratio(z, y) == pytest.approx(inter / np.mean(radii))
-    assert davies_bouldin(z, y) == pytest.approx(davies_bouldin_score(z, y), rel=1e-10)
+    # Davies-Bouldin by its definition: mean over k of max_{l != k} (s_k + s_l) / ||mu_k - mu_l||
+    db = np.mean([max((radii[a] + radii[b]) / cd[a, b] for b in range(4) if b != a) for a in range(4)])
+    assert davies_bouldin(z, y) == pytest.approx(db, rel=1e-10)
     # hand example: two classes, radius 1 each, centres 4 apart -> ratio 4, DB (1 + 1)/4
     zz = np.array([[-1.0, 0], [1, 0], [3, 0], [5, 0]])
     yy = np.array([0, 0, 1, 1])
     assert separation_ratio(zz, yy) == pytest.approx(4.0)
     assert davies_bouldin(zz, yy) == pytest.approx(0.5)
+    assert davies_bouldin(zz, np.arange(4)) == 0.0  # one sample per class: no spread
+    with pytest.raises(DataError):
+        davies_bouldin(zz, np.zeros(4, dtype=int))  # one class: no index
     rep = geometry_report(zz, yy)
     assert rep["mean_radius"] == pytest.approx(1.0) and rep["mean_center_distance"] == pytest.approx(4.0)
     # learned centres may be passed instead of the class means

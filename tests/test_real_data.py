@@ -4,13 +4,14 @@ No real dataset is read here (no internet): CIFAR pickles, SVHN .mat, MNIST idx 
 Places365 / TinyImageNet JPEG folders and VOC XML annotations are written into tmp dirs.
 """
 import json
+import os
 import pickle
 
 import pytest
 import torch
 
 from ood_core import data as D
-from ood_core import real_data as R
+from ood_core.data import real as R
 from ood_core.cli import main
 from ood_core.errors import DataError
 
@@ -160,7 +161,7 @@ def test_cli_train_and_evaluate_on_fake_cifar10(root, tmp_path, monkeypatch, cap
     ckpt, report_path = tmp_path / "c10.pt", tmp_path / "r.json"
     assert main(["train", "--dataset", "cifar10", "--data-root", str(root), "--epochs", "1", "--arch", "smallcnn",
                  "--out", str(ckpt), "--quiet"]) == 0
-    monkeypatch.delenv(R.DATA_ROOT_ENV)
+    assert R.DATA_ROOT_ENV not in os.environ  # passed as an argument, not exported to the environment
     assert main(["evaluate", "--checkpoint", str(ckpt), "--data-root", str(root), "--json", str(report_path)]) == 0
     report = json.loads(report_path.read_text())
     assert report["dataset"] == "cifar10"
@@ -171,6 +172,28 @@ def test_cli_train_and_evaluate_on_fake_cifar10(root, tmp_path, monkeypatch, cap
         for m in per_score.values():
             assert 0.0 <= m["auroc"] <= 1.0
     assert "mean (far)" in capsys.readouterr().out
+
+
+def test_train_and_load_from_spec_take_the_data_root(root, monkeypatch):
+    """The data root is an argument of train() and load_benchmark_from_spec(), not only of the environment."""
+    from ood_core.train import TrainConfig, train
+
+    monkeypatch.delenv(R.DATA_ROOT_ENV)
+    result = train("ce", "cifar10", TrainConfig(epochs=1, batch_size=64), model_params={"arch": "smallcnn"},
+                   evaluate_after=False, data_root=root)
+    bench = D.load_benchmark_from_spec(result.meta["dataset"], data_root=root)
+    assert result.meta["dataset"]["name"] == bench.name == "cifar10"
+    with pytest.raises(DataError, match="need a data root"):
+        D.load_benchmark_from_spec(result.meta["dataset"])
+
+
+def test_download_argument_overrides_the_environment(monkeypatch):
+    from ood_core.paths import download_enabled
+
+    monkeypatch.setenv(R.DOWNLOAD_ENV, "1")
+    assert download_enabled() and download_enabled(None) and not download_enabled(False)
+    monkeypatch.delenv(R.DOWNLOAD_ENV)
+    assert not download_enabled() and download_enabled(True)
 
 
 def test_cli_missing_data_is_one_line(tmp_path, capsys):
@@ -189,8 +212,6 @@ def test_cli_list_shows_presets(capsys):
 def test_crafted_cifar_pickle_is_refused_without_running_code(root, tmp_path):
     """CIFAR batches are pickles; one that references any callable other than numpy's array
     rebuilders is refused before it can run (the payload would create a file)."""
-    import os
-
     marker = tmp_path / "pwned"
 
     class Payload:

@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from ood_core import data as D
+from ood_core.data import convert, user  # the modules whose settings the tests patch
 from ood_core.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,7 +94,7 @@ def test_large_npy_is_converted_in_bounded_memory(tmp_path):
     growth = r["peak_after"] - r["peak_before"]  # the load's own peak, the imports (torch) excluded
     assert growth < 0.4 * r["file"], f"loading grew the peak RSS by {growth / 2**20:.0f} MiB"
     # and the output itself (250k x 64 floats = 61 MiB) is most of what was added
-    assert growth < 64 * 2**20 + 8 * D.CHUNK_BYTES
+    assert growth < 64 * 2**20 + 8 * convert.CHUNK_BYTES
 
 
 def _header_only_npy(path: Path, shape, dtype=np.uint8) -> Path:
@@ -169,7 +170,7 @@ def test_compressed_npz_is_refused_from_its_member_header(tmp_path, monkeypatch)
 @pytest.fixture
 def tiny_batches(monkeypatch):
     """Batches of a few samples, so that every array below spans many of them."""
-    monkeypatch.setattr(D, "CHUNK_BYTES", 3 * 16 * 16 * 4)
+    monkeypatch.setattr(convert, "CHUNK_BYTES", 3 * 16 * 16 * 4)
 
 
 _RNG = np.random.default_rng(7)
@@ -231,7 +232,7 @@ def test_fortran_order_small_read_large_refused(tmp_path, monkeypatch):
         np.lib.format.read_magic(f)
         assert np.lib.format.read_array_header_1_0(f)[1]  # really stored in Fortran order
     np.testing.assert_allclose(D.load_user_ood(tmp_path / "f.npy", (1, 8, 8))[1].numpy()[:, 0], arr / 255.0, atol=1e-7)
-    monkeypatch.setattr(D, "FORTRAN_MAX_BYTES", arr.nbytes - 1)
+    monkeypatch.setattr(user, "FORTRAN_MAX_BYTES", arr.nbytes - 1)
     with pytest.raises(DataError, match="Fortran.*ascontiguousarray"):
         D.load_user_ood(tmp_path / "f.npy", (1, 8, 8))
 

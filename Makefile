@@ -1,5 +1,6 @@
 # Two commands on a fresh machine:  `make run` (the app)  and  `make test` (the test suite).
-# Both create/refresh the virtual environment .venv from requirements.txt first.
+# Both create/refresh the virtual environment .venv first: this checkout installed editable
+# (pyproject.toml, with the `test` extra) at the versions pinned in constraints.txt.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,9 +9,9 @@ PORT ?= 8501
 
 .PHONY: setup run test checkpoints bench latency clean-venv
 
-$(STAMP): requirements.txt
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -5,7 +5,7 @@ Targets (issue): on CPU, with the shipped checkpoints in ``checkpoints/``, every
 
 Method (AppTest mode, the default; ``streamlit.testing.v1.AppTest``, no browser):
 
-* Pages: every ``st.Page("app_pages/x.py", ...)`` registered in ``app.py``, parsed from its
+* Pages: every ``st.Page(PAGES / "x.py", ...)`` registered by ``app.py``'s router, parsed from its
   source, so a new page is measured without editing this script. The checkpoint is the
   sidebar's default (the first ``*.pt`` by name in ``$OOD_CHECKPOINT_DIR`` or
   ``checkpoints/``; ``--checkpoint NAME`` picks another one).
@@ -73,6 +73,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "app.py"
+ROUTER = ROOT / "ood_core" / "app" / "main.py"  # the st.navigation call app.py runs
 TARGET_FIRST_S = 3.0
 TARGET_RERENDER_S = 1.0
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
@@ -101,18 +102,25 @@ class PageInfo:
     default: bool = False  # the default page is served at "/" (its url_path gives "page not found")
 
 
-def registered_pages(app: Path = APP) -> list[PageInfo]:
-    """The ``st.Page("file.py", title=..., url_path=...)`` calls of ``app`` in source order."""
+def registered_pages(app: Path = ROUTER) -> list[PageInfo]:
+    """The ``st.Page("file.py", title=...)`` or ``st.Page(PAGES / "file.py", ...)`` calls of
+    ``app`` in source order; ``file`` relative to :data:`APP` (as ``AppTest.switch_page`` wants
+    it), ``PAGES`` being the router's folder of pages."""
     tree = ast.parse(Path(app).read_text(), filename=str(app))
     pages = []
     for node in ast.walk(tree):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "Page"):
             continue
-        if not node.args or not isinstance(node.args[0], ast.Constant) or not isinstance(node.args[0].value, str):
+        arg = node.args[0] if node.args else None
+        if isinstance(arg, ast.BinOp) and isinstance(arg.op, ast.Div) and isinstance(arg.right, ast.Constant):
+            # the router's PAGES folder, not imported: importing ood_core here would spoil the cold start
+            file = os.path.relpath(ROUTER.parent / "app_pages" / arg.right.value, APP.parent)
+        elif isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+            file = arg.value
+        else:
             continue
         kw = {k.arg: k.value.value for k in node.keywords
               if k.arg in ("title", "url_path", "default") and isinstance(k.value, ast.Constant)}
-        file = node.args[0].value
         stem = Path(file).stem
         pages.append((node.lineno, node.col_offset, PageInfo(kw.get("url_path") or stem, file, kw.get("title") or stem,
                                                              bool(kw.get("default")))))
@@ -659,15 +667,15 @@ def _markdown(head: list[str], rows: list[list[str]]) -> str:
 
 # ----------------------------------------------------------------------------- main
 def cold_start(timeout: float, checkpoint: str | None, fresh_disk_cache: bool) -> dict:
-    """The cold process start: importing ``ood_core.app_support`` (torch, plotly, streamlit ...;
+    """The cold process start: importing ``ood_core.app.widgets`` (torch, plotly, streamlit ...;
     None if this process had imported it already) and the first ``at.run()`` of app.py (the
     default page). Raises PageError if that run raised."""
     from streamlit.testing.v1 import AppTest
 
     out = {"import_s": None, "first_run_s": None}
-    if "ood_core.app_support" not in sys.modules:
+    if "ood_core.app.widgets" not in sys.modules:
         t0 = time.perf_counter()
-        importlib.import_module("ood_core.app_support")
+        importlib.import_module("ood_core.app.widgets")
         out["import_s"] = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="ood-latency-cache-") as tmp, \
             env_var("OOD_CACHE_DIR", tmp if fresh_disk_cache else None):
@@ -728,7 +736,7 @@ def main(argv: list[str] | None = None) -> int:
             cold = cold_start(args.timeout, None, fresh)
         except PageError as e:
             cold = {"error": str(e)}
-        from ood_core.app_support import checkpoint_dir, list_checkpoints
+        from ood_core.checkpoint_store import checkpoint_dir, list_checkpoints
 
         pages = select_pages(registered_pages(), args.pages)
         ckpts = list_checkpoints(checkpoint_dir(ROOT))
@@ -768,7 +776,7 @@ def main(argv: list[str] | None = None) -> int:
     if cold.get("error"):
         print(f"Cold process start: the first run of app.py raised: {cold['error']}")
     else:
-        imp = "" if cold["import_s"] is None else f"import of ood_core.app_support (torch, plotly, ...) {cold['import_s']:.2f} s + "
+        imp = "" if cold["import_s"] is None else f"import of ood_core.app.widgets (torch, plotly, ...) {cold['import_s']:.2f} s + "
         print(f"Cold process start (not a page figure): {imp}first run of app.py (default page) "
               f"{cold['first_run_s']:.2f} s.")
     print()

@@ -31,3 +31,12 @@ def array(values) -> np.ndarray:
 def traces_of_type(at: AppTest, trace_type: str) -> list[dict]:
     """The charts whose first trace has type ``trace_type`` ("histogram", "scatter", ...)."""
     return [c for c in charts(at) if c["data"] and c["data"][0]["type"] == trace_type]
+
+
+def evaluation_of(path) -> dict:
+    """The app's evaluation of a checkpoint (:func:`ood_core.views.evaluate_model`), computed
+    directly: no cache, no Streamlit; the reference the pages' numbers are checked against."""
+    from ood_core import load_checkpoint
+    from ood_core.views import evaluate_model
+
+    return evaluate_model(*load_checkpoint(path))

@@ -60,9 +60,9 @@ def app(ckpt_dir, monkeypatch, clear_streamlit_caches):
     from streamlit.testing.v1 import AppTest
 
     from apptest_helpers import APP, TIMEOUT
-    from ood_core import app_support as sup
+    from ood_core import checkpoint_store
 
-    monkeypatch.setenv(sup.CHECKPOINT_ENV, str(ckpt_dir))
+    monkeypatch.setenv(checkpoint_store.CHECKPOINT_ENV, str(ckpt_dir))
     return AppTest.from_file(APP, default_timeout=TIMEOUT)
 
 
@@ -72,11 +72,11 @@ def own_dir(ckpt_dir, tmp_path, monkeypatch):
     fresh cache folder."""
     import shutil
 
-    from ood_core import app_support as sup
+    from ood_core import checkpoint_store
 
     folder = tmp_path / "checkpoints"
     folder.mkdir()
     shutil.copy(ckpt_dir / "ce_toy2d.pt", folder / "ce_toy2d.pt")
-    monkeypatch.setenv(sup.CHECKPOINT_ENV, str(folder))
+    monkeypatch.setenv(checkpoint_store.CHECKPOINT_ENV, str(folder))
     monkeypatch.setenv("OOD_CACHE_DIR", str(tmp_path / "cache"))
     return folder

@@ -14,8 +14,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import ood_core
-from ood_core import app_support as sup
-from apptest_helpers import APP, TIMEOUT, array as _array, charts as _charts
+from ood_core.app import cached, figures, tables
+from ood_core import checkpoint_store
+from apptest_helpers import APP, TIMEOUT, array as _array, charts as _charts, evaluation_of
 
 pytestmark = pytest.mark.usefixtures("clear_streamlit_caches")
 
@@ -56,7 +57,7 @@ def _scatter_charts(at: AppTest) -> list[dict]:
 def test_collapse_page_shows_nc_metrics_and_their_history(app, ckpt_dir, monkeypatch, tmp_path):
     monkeypatch.setenv("OOD_CACHE_DIR", str(tmp_path))
     at = app.run()
-    at.switch_page("app_pages/collapse.py").run()
+    at.switch_page("ood_core/app/app_pages/collapse.py").run()
     assert not at.exception, [e.value for e in at.exception]
     nc = {m.label: float(m.value) for m in at.metric if m.label.startswith("nc")}
     assert set(nc) == {"nc1", "nc2_equinorm", "nc2_equiangular", "nc2_maxangle", "nc3", "nc4"}
@@ -75,7 +76,7 @@ def test_collapse_page_shows_nc_metrics_and_their_history(app, ckpt_dir, monkeyp
 
 def test_collapse_page_subspace_choice_changes_the_shares(app, ckpt_dir):
     at = app.run()
-    at.switch_page("app_pages/collapse.py").run()
+    at.switch_page("ood_core/app/app_pages/collapse.py").run()
     assert not at.exception, [e.value for e in at.exception]
     heat = [c for c in _charts(at) if c["data"][0]["type"] == "heatmap"]
     z = heat[0]["data"][0]["z"]
@@ -95,7 +96,7 @@ def test_collapse_page_subspace_choice_changes_the_shares(app, ckpt_dir):
 
 def test_jacobian_page_histograms_jnd_and_path(app, ckpt_dir):
     at = app.run()
-    at.switch_page("app_pages/jacobian.py").run()
+    at.switch_page("ood_core/app/app_pages/jacobian.py").run()
     assert not at.exception, [e.value for e in at.exception]
     hist = [c for c in _charts(at) if c["data"][0]["type"] == "histogram"]
     assert len(hist) == 1 and hist[0]["data"][0]["name"] == "ID (test)" and len(hist[0]["data"]) == 4
@@ -121,7 +122,7 @@ def test_jacobian_page_histograms_jnd_and_path(app, ckpt_dir):
 def test_jacobian_page_maps_the_plane_for_toy2d(app, ckpt_dir):
     at = app.run()
     at.selectbox(key="checkpoint").set_value(str(ckpt_dir / "ce_toy2d.pt")).run()
-    at.switch_page("app_pages/jacobian.py").run()
+    at.switch_page("ood_core/app/app_pages/jacobian.py").run()
     assert not at.exception, [e.value for e in at.exception]
     heat = [c for c in _charts(at) if c["data"][0]["type"] == "heatmap"]
     assert len(heat) == 1 and [t["name"] for t in heat[0]["data"][1:]] == ["ID (test)", "OOD: ring", "OOD: uniform-box"]
@@ -161,7 +162,7 @@ def test_switching_checkpoint_resets_choices_it_lacks(app, ckpt_dir):
 
 def test_corrupt_checkpoint_shows_error(tmp_path, monkeypatch):
     (tmp_path / "broken.pt").write_bytes(os.urandom(2048))
-    monkeypatch.setenv(sup.CHECKPOINT_ENV, str(tmp_path))
+    monkeypatch.setenv(checkpoint_store.CHECKPOINT_ENV, str(tmp_path))
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     assert not at.exception, [e.value for e in at.exception]
     assert len(at.error) == 1
@@ -171,11 +172,11 @@ def test_corrupt_checkpoint_shows_error(tmp_path, monkeypatch):
 
 
 def test_empty_folder_says_how_to_train(tmp_path, monkeypatch):
-    monkeypatch.setenv(sup.CHECKPOINT_ENV, str(tmp_path))
+    monkeypatch.setenv(checkpoint_store.CHECKPOINT_ENV, str(tmp_path))
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     assert not at.exception
     assert not at.error
-    assert any(sup.TRAIN_COMMAND in i.value for i in at.info)
+    assert any(checkpoint_store.TRAIN_COMMAND in i.value for i in at.info)
     assert not at.get("plotly_chart")
 
 
@@ -184,14 +185,14 @@ def test_plain_helpers_work_without_streamlit(ckpt_dir, tmp_path):
     (tmp_path / "a.pt").write_bytes(b"x")
     (tmp_path / ".a.pt.123.tmp").write_bytes(b"x")
     (tmp_path / "notes.txt").write_text("x")
-    assert [p.name for p in sup.list_checkpoints(tmp_path)] == ["a.pt", "b.pt"]
-    assert sup.list_checkpoints(tmp_path / "missing") == []
+    assert [p.name for p in checkpoint_store.list_checkpoints(tmp_path)] == ["a.pt", "b.pt"]
+    assert checkpoint_store.list_checkpoints(tmp_path / "missing") == []
 
-    res = sup.compute_evaluation(ckpt_dir / "ce_digits.pt")
+    res = evaluation_of(ckpt_dir / "ce_digits.pt")
     assert pickle.loads(pickle.dumps(res)).keys() == {"report", "scores", "table"}
     assert all(isinstance(v, np.ndarray) for v in res["scores"].values())
-    assert sup.score_names(res["scores"]) == list(ood_core.METHODS["ce"].scores)  # the method's scores, in order
-    fig = sup.histogram_figure(res["scores"]["id/msp"], res["scores"]["blobs/msp"], "msp", "blobs")
+    assert tables.score_names(res["scores"]) == list(ood_core.METHODS["ce"].scores)  # the method's scores, in order
+    fig = figures.histogram_figure(res["scores"]["id/msp"], res["scores"]["blobs/msp"], "msp", "blobs")
     assert len(fig.data) == 2 and fig.layout.barmode == "overlay"
     assert all(t.histnorm == "probability density" for t in fig.data)
 
@@ -200,21 +201,21 @@ def test_replaced_checkpoint_is_not_served_stale(tmp_path):
     p = tmp_path / "m.pt"
     r1 = ood_core.train("ce", "toy2d", ood_core.TrainConfig(epochs=1), evaluate_after=False)
     ood_core.save_checkpoint(p, r1.model, r1.meta)
-    ev1 = sup.evaluation_cached(str(p), sup.checkpoint_version(str(p)))
+    ev1 = cached.evaluation_cached(str(p), cached.checkpoint_version(str(p)))
     r2 = ood_core.train("ce", "toy2d", ood_core.TrainConfig(epochs=1, seed=1), evaluate_after=False)
     ood_core.save_checkpoint(p, r2.model, r2.meta)
     os.utime(p, (os.stat(p).st_mtime + 5, os.stat(p).st_mtime + 5))  # make sure the mtime moves
-    ev2 = sup.evaluation_cached(str(p), sup.checkpoint_version(str(p)))
+    ev2 = cached.evaluation_cached(str(p), cached.checkpoint_version(str(p)))
     assert not np.array_equal(ev1["scores"]["id/msp"], ev2["scores"]["id/msp"])
-    assert np.array_equal(ev2["scores"]["id/msp"], sup.compute_evaluation(p)["scores"]["id/msp"])
+    assert np.array_equal(ev2["scores"]["id/msp"], evaluation_of(p)["scores"]["id/msp"])
 
 
 def test_roc_page_threshold_slider_moves_the_counts(app, ckpt_dir):
     at = app.run()
-    at.switch_page("app_pages/roc.py").run()
+    at.switch_page("ood_core/app/app_pages/roc.py").run()
     assert not at.exception, [e.value for e in at.exception]
     metrics = {m.label: m.value for m in at.metric}
-    ev = sup.compute_evaluation(ckpt_dir / "ce_digits.pt")
+    ev = evaluation_of(ckpt_dir / "ce_digits.pt")
     fpr95 = ev["report"]["ood"]["unknown"]["msp"]["fpr95"]
     # the slider starts at the 95%-TPR threshold, so the live FPR is the table's FPR95
     assert float(metrics["TPR"]) >= 0.95 and float(metrics["FPR"]) == pytest.approx(fpr95, abs=1e-3)
@@ -239,7 +240,7 @@ def _hists(at: AppTest) -> list[dict]:
 
 def test_feature_page_compares_two_models(app, ckpt_dir):
     at = app.run()
-    at.switch_page("app_pages/features.py").run()
+    at.switch_page("ood_core/app/app_pages/features.py").run()
     assert not at.exception, [e.value for e in at.exception]
     # the default companion is the other checkpoint (toy2d), which lacks the digits OOD sets
     assert at.selectbox(key="feat_compare").value.endswith("ce_toy2d.pt")
@@ -265,10 +266,10 @@ def test_energy_page_joint_energy_with_and_without_spectral_norm(monkeypatch):
     """On the shipped multi-label checkpoints: JointEnergy (left) beside SNoJoE (right)."""
     from conftest import CHECKPOINTS
 
-    monkeypatch.setenv(sup.CHECKPOINT_ENV, str(CHECKPOINTS))
+    monkeypatch.setenv(checkpoint_store.CHECKPOINT_ENV, str(CHECKPOINTS))
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     at.selectbox(key="checkpoint").set_value(str(CHECKPOINTS / "jointenergy_canvases.pt")).run()
-    at.switch_page("app_pages/energy.py").run()
+    at.switch_page("ood_core/app/app_pages/energy.py").run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.selectbox(key="energy_compare").value.endswith("snojoe_canvases.pt")
     assert len(_hists(at)) == 2
@@ -285,10 +286,10 @@ def test_energy_page_joint_energy_with_and_without_spectral_norm(monkeypatch):
 
 def test_energy_page_on_a_single_label_model_matches_the_energy_score(app, ckpt_dir):
     at = app.run()
-    at.switch_page("app_pages/energy.py").run()
+    at.switch_page("ood_core/app/app_pages/energy.py").run()
     assert not at.exception, [e.value for e in at.exception]
     table = at.dataframe[0].value.set_index(["model", "ood_set"])
-    ev = sup.compute_evaluation(ckpt_dir / "ce_digits.pt")
+    ev = evaluation_of(ckpt_dir / "ce_digits.pt")
     for s, per_score in ev["report"]["ood"].items():
         assert table.loc[("ce_digits.pt", s), "AUROC"] == pytest.approx(per_score["energy"]["auroc"], abs=1e-6)
 
@@ -300,7 +301,7 @@ def test_jacobian_norms_come_set_by_set_with_progress(ckpt_dir):
 
     path = str(ckpt_dir / "ce_digits.pt")
     calls = []
-    norms = sup.jacobian_norms_cached(path, sup.checkpoint_version(path), "estimate", 8, 32,
+    norms = cached.jacobian_norms_cached(path, cached.checkpoint_version(path), "estimate", 8, 32,
                                       progress=lambda done, total, name: calls.append((done, total, name)))
     model, _ = ood_core.load_checkpoint(path)
     expected = jacobian_norms_by_set(model, ood_core.load_benchmark("digits"), method="estimate", n_proj=8,

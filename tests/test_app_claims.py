@@ -10,7 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from apptest_helpers import APP, TIMEOUT, array, traces_of_type
-from ood_core import app_support as sup
+from ood_core.app import cached, widgets
 from ood_core import claims
 
 pytestmark = pytest.mark.usefixtures("clear_streamlit_caches")
@@ -22,7 +22,7 @@ def _claims_page(monkeypatch) -> AppTest:
 
     monkeypatch.setattr(importlib.import_module("ood_core.train"), "_train", no_training)
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.switch_page("app_pages/claims.py")
+    at.switch_page("ood_core/app/app_pages/claims.py")
     at.run()
     assert not at.exception, [e.message for e in at.exception]
     return at
@@ -31,7 +31,7 @@ def _claims_page(monkeypatch) -> AppTest:
 def test_claims_page_shows_every_stored_verdict_and_its_mechanism(monkeypatch):
     doc = json.loads(claims.COMPARE_RESULTS.read_text())  # the repository ships its latest run
     assert doc["claims"] and not doc["meta"]["quick"], "results/compare.json holds no verdicts"
-    stored = claims.load_mechanisms(sup.SHIPPED_CHECKPOINTS)
+    stored = claims.load_mechanisms(cached.SHIPPED_CHECKPOINTS)
     assert stored is not None, "results/mechanisms.json does not match the shipped checkpoints: make checkpoints"
     at = _claims_page(monkeypatch)
     overview = at.dataframe[0].value
@@ -41,7 +41,7 @@ def test_claims_page_shows_every_stored_verdict_and_its_mechanism(monkeypatch):
         at.selectbox(key="claim").set_value(c["key"]).run()
         assert not at.exception
         assert [h.value for h in at.header] == [f"{c['key']} — {c['paper']}"]
-        assert sup.verdict_markdown(c["verdict"]) in " ".join(m.value for m in at.markdown)
+        assert widgets.verdict_markdown(c["verdict"]) in " ".join(m.value for m in at.markdown)
         shown = at.dataframe[1].value
         assert list(shown["effect [95 % CI]"]) == [claims.format_effect(p) for p in c["parts"]]
         hists = traces_of_type(at, "histogram")
@@ -72,4 +72,4 @@ def test_stale_mechanisms_are_not_served(tmp_path):
     doc = {"checkpoints": {"ce_digits.pt": "0" * 32}, "figures": {}}
     path = tmp_path / "mechanisms.json"
     path.write_text(json.dumps(doc))
-    assert claims.load_mechanisms(sup.SHIPPED_CHECKPOINTS, path) is None
+    assert claims.load_mechanisms(cached.SHIPPED_CHECKPOINTS, path) is None

@@ -13,8 +13,9 @@ from sklearn.metrics import roc_auc_score
 from streamlit.testing.v1 import AppTest
 
 import ood_core
-from apptest_helpers import APP, TIMEOUT, charts, traces_of_type
-from ood_core import app_support as sup
+from apptest_helpers import APP, TIMEOUT, charts, traces_of_type, evaluation_of
+from ood_core.app import figures, state, tables
+from ood_core import checkpoint_store, uploads
 from ood_core.errors import DataError
 
 pytestmark = pytest.mark.usefixtures("clear_streamlit_caches")
@@ -55,7 +56,7 @@ def compare_dir(ckpt_dir, tmp_path_factory):
 
 @pytest.fixture
 def compare_app(compare_dir, monkeypatch):
-    monkeypatch.setenv(sup.CHECKPOINT_ENV, str(compare_dir))
+    monkeypatch.setenv(checkpoint_store.CHECKPOINT_ENV, str(compare_dir))
     monkeypatch.setenv("OOD_CACHE_DIR", str(compare_dir / "cache"))
     return AppTest.from_file(APP, default_timeout=TIMEOUT)
 
@@ -64,18 +65,18 @@ def compare_app(compare_dir, monkeypatch):
 def test_save_upload_is_content_addressed_and_confined(tmp_path):
     a = _npy(np.zeros((3, 8, 8), np.uint8))
     b = _npy(np.ones((3, 8, 8), np.uint8))
-    p1 = sup.save_upload([Upload("../../../escape.npy", a)], tmp_path)
+    p1 = uploads.save_upload([Upload("../../../escape.npy", a)], tmp_path)
     assert p1.name == "escape.npy" and p1.parent.parent == tmp_path  # the crafted path is reduced to its name
     assert p1.read_bytes() == a
-    assert sup.save_upload([Upload("escape.npy", a)], tmp_path) == p1  # same content: same place
-    assert sup.save_upload([Upload("escape.npy", b)], tmp_path) != p1
+    assert uploads.save_upload([Upload("escape.npy", a)], tmp_path) == p1  # same content: same place
+    assert uploads.save_upload([Upload("escape.npy", b)], tmp_path) != p1
     assert not list(tmp_path.glob(".upload-*"))  # no temporary folder left behind
 
 
 def test_save_upload_image_folder_loads_as_an_ood_set(tmp_path):
     rng = np.random.default_rng(0)
     files = [Upload(f"img{i}.png", _png(rng.integers(0, 255, (12, 12), dtype=np.uint8))) for i in range(5)]
-    folder = sup.save_upload(files, tmp_path)
+    folder = uploads.save_upload(files, tmp_path)
     assert folder.is_dir() and len(list(folder.iterdir())) == 5
     name, x = ood_core.data.load_user_ood(folder, (1, 8, 8))
     assert name == "uploaded_images" and tuple(x.shape) == (5, 1, 8, 8)
@@ -89,7 +90,7 @@ def test_save_upload_image_folder_loads_as_an_ood_set(tmp_path):
 ])
 def test_save_upload_refuses_what_it_cannot_use(tmp_path, files, message):
     with pytest.raises(DataError, match=message.replace(".", r"\.").replace("(", r"\(")):
-        sup.save_upload(files, tmp_path)
+        uploads.save_upload(files, tmp_path)
     assert not any(tmp_path.iterdir())  # nothing written
 
 
@@ -98,16 +99,16 @@ def test_comparison_table_reads_each_models_report():
         m = {"auroc": auroc, "fpr95": 1 - auroc, "aupr_in": auroc, "aupr_out": auroc}
         return {"report": {"ood": {"blobs": {"msp": m, "energy": m}}}, "method": "x"}
 
-    df = sup.comparison_table({"a.pt": result(0.7), "b.pt": result(0.9)}, "blobs", ["energy"])
+    df = tables.comparison_table({"a.pt": result(0.7), "b.pt": result(0.9)}, "blobs", ["energy"])
     assert list(df["model"]) == ["b.pt", "a.pt"] and list(df["score"]) == ["energy", "energy"]
     assert list(df["auroc"]) == [0.9, 0.7]
-    assert len(sup.comparison_table({"a.pt": result(0.7)}, "blobs")) == 2
-    assert sup.comparison_table({"a.pt": result(0.7)}, "other set").empty
+    assert len(tables.comparison_table({"a.pt": result(0.7)}, "blobs")) == 2
+    assert tables.comparison_table({"a.pt": result(0.7)}, "other set").empty
 
 
 def test_figure_html_stands_alone():
-    fig = sup.roc_figure({"curve": (np.array([0.0, 0.5, 1.0]), np.array([0.0, 0.9, 1.0]))})
-    html = sup.figure_html(fig)
+    fig = figures.roc_figure({"curve": (np.array([0.0, 0.5, 1.0]), np.array([0.0, 0.9, 1.0]))})
+    html = figures.figure_html(fig)
     assert html.lstrip().lower().startswith(("<html", "<!doctype html"))
     assert "<script src=\"http" not in html and len(html) > 1_000_000  # plotly.js inlined: opens offline
     assert "chance" in html  # the figure's own data is embedded
@@ -116,7 +117,7 @@ def test_figure_html_stands_alone():
 # ------------------------------------------------------------------ Compare page
 def test_compare_page_defaults_to_same_dataset_models_and_one_table(compare_app, compare_dir):
     at = compare_app.run()
-    at.switch_page("app_pages/compare.py").run()
+    at.switch_page("ood_core/app/app_pages/compare.py").run()
     assert not at.exception, [e.value for e in at.exception]
     chosen = at.multiselect(key="compare_models").value
     assert [p.split("/")[-1] for p in chosen] == ["ce_digits.pt", "l2norm_digits.pt"]  # not the toy2d model
@@ -127,7 +128,7 @@ def test_compare_page_defaults_to_same_dataset_models_and_one_table(compare_app,
     ood_set = at.selectbox(key="compare_set").value
     # each row equals an evaluation computed outside the app, and AUROC equals sklearn's
     for p in chosen:
-        ev = sup.compute_evaluation(p)
+        ev = evaluation_of(p)
         row = table[table["model"] == p.split("/")[-1]].iloc[0]
         assert row["fpr95"] == pytest.approx(ev["report"]["ood"][ood_set]["energy"]["fpr95"], abs=1e-12)
         id_s, ood_s = ev["scores"]["id/energy"], ev["scores"][f"{ood_set}/energy"]
@@ -145,7 +146,7 @@ def test_compare_page_defaults_to_same_dataset_models_and_one_table(compare_app,
 
 def test_compare_page_needs_two_models_and_shows_a_foreign_one_as_a_warning(compare_app, compare_dir):
     at = compare_app.run()
-    at.switch_page("app_pages/compare.py").run()
+    at.switch_page("ood_core/app/app_pages/compare.py").run()
     at.multiselect(key="compare_models").set_value([str(compare_dir / "ce_digits.pt")]).run()
     assert any("at least two" in i.value for i in at.info) and not charts(at)
     at.multiselect(key="compare_models").set_value(
@@ -158,10 +159,10 @@ def test_compare_page_needs_two_models_and_shows_a_foreign_one_as_a_warning(comp
 # ------------------------------------------------------------------ user OOD set in the sidebar
 def test_uploaded_ood_set_is_scored_on_every_page(app, ckpt_dir, tmp_path):
     rng = np.random.default_rng(1)
-    upload = sup.save_upload([Upload("scribbles.npy", _npy(rng.integers(0, 256, (30, 8, 8), dtype=np.uint8)))],
+    upload = uploads.save_upload([Upload("scribbles.npy", _npy(rng.integers(0, 256, (30, 8, 8), dtype=np.uint8)))],
                              tmp_path)
     at = app
-    at.session_state[sup.USER_OOD_KEY] = str(upload)
+    at.session_state[state.USER_OOD_KEY] = str(upload)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("scribbles" in s.value and "30 samples" in s.value for s in at.sidebar.success)
@@ -179,16 +180,16 @@ def test_uploaded_ood_set_is_scored_on_every_page(app, ckpt_dir, tmp_path):
     assert rows.set_index("score").loc["feature_norm", "auroc"] == pytest.approx(expected, abs=1e-6)
 
     for page, key in (("features.py", "feat_set"), ("energy.py", "energy_set")):
-        at.switch_page(f"app_pages/{page}").run()
+        at.switch_page(f"ood_core/app/app_pages/{page}").run()
         assert not at.exception and "scribbles" in at.selectbox(key=key).options
-    at.switch_page("app_pages/roc.py").run()
+    at.switch_page("ood_core/app/app_pages/roc.py").run()
     assert "scribbles" in at.multiselect(key="roc_sets").options
 
 
 def test_upload_that_does_not_fit_the_model_is_explained_and_ignored(app, ckpt_dir, tmp_path):
-    upload = sup.save_upload([Upload("points.npy", _npy(np.zeros((10, 2), np.float32)))], tmp_path)
+    upload = uploads.save_upload([Upload("points.npy", _npy(np.zeros((10, 2), np.float32)))], tmp_path)
     at = app
-    at.session_state[sup.USER_OOD_KEY] = str(upload)
+    at.session_state[state.USER_OOD_KEY] = str(upload)
     at.run()  # ce_digits takes 8x8 images, not 2-D points
     assert not at.exception
     assert any("does not fit" in e.value for e in at.sidebar.error)
@@ -197,7 +198,7 @@ def test_upload_that_does_not_fit_the_model_is_explained_and_ignored(app, ckpt_d
     assert not at.exception and any("points" in s.value for s in at.sidebar.success)
     assert "points" in set(at.dataframe[0].value["ood_set"])
     at.button(key="user_ood_remove").click().run()
-    assert sup.USER_OOD_KEY not in at.session_state and "points" not in set(at.dataframe[0].value["ood_set"])
+    assert state.USER_OOD_KEY not in at.session_state and "points" not in set(at.dataframe[0].value["ood_set"])
 
 
 # ------------------------------------------------------------------ downloads and teaching mode
@@ -207,7 +208,7 @@ PAGES = ["models", "jacobian", "collapse", "features", "energy", "roc", "embeddi
 @pytest.mark.parametrize("page", PAGES)
 def test_every_figure_and_table_can_be_downloaded(app, page):
     at = app.run()
-    at.switch_page(f"app_pages/{page}.py").run()
+    at.switch_page(f"ood_core/app/app_pages/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
     buttons = [b.proto.label for b in at.get("download_button")]
     assert buttons.count("Download figure (HTML)") == len(at.get("plotly_chart"))
@@ -216,11 +217,25 @@ def test_every_figure_and_table_can_be_downloaded(app, page):
 
 def test_teaching_mode_opens_the_explanations(app):
     at = app.run()
-    at.switch_page("app_pages/roc.py").run()
+    at.switch_page("ood_core/app/app_pages/roc.py").run()
     explain = [e for e in at.expander if e.label == "What am I looking at?"]
     assert len(explain) == 1 and not explain[0].proto.expanded
     at.toggle(key="teaching").set_value(True).run()
     for page in PAGES:
-        at.switch_page(f"app_pages/{page}.py").run()
+        at.switch_page(f"ood_core/app/app_pages/{page}.py").run()
         explain = [e for e in at.expander if e.label == "What am I looking at?"]
         assert len(explain) == 1 and explain[0].proto.expanded, page
+
+
+def test_companion_is_the_methods_baseline_or_a_method_compared_with_it():
+    methods = {"/c/ce_digits.pt": "ce", "/c/ib_digits.pt": "ib", "/c/l2norm_digits.pt": "l2norm",
+               "/c/jointenergy_canvases.pt": "jointenergy", "/c/snojoe_canvases.pt": "snojoe", "/c/broken.pt": None}
+    options = sorted(methods)
+    pick = lambda current, prefer=(): checkpoint_store.companion(options, current, methods.get, prefer)  # noqa: E731
+    assert pick("/c/l2norm_digits.pt") == "/c/ce_digits.pt"  # Method.baseline
+    assert pick("/c/snojoe_canvases.pt") == "/c/jointenergy_canvases.pt"
+    assert pick("/c/jointenergy_canvases.pt") == "/c/snojoe_canvases.pt"  # a baseline: the method compared with it
+    assert pick("/c/ce_digits.pt") == "/c/ib_digits.pt"  # several: the first by name ...
+    assert pick("/c/ce_digits.pt", ("l2norm",)) == "/c/l2norm_digits.pt"  # ... unless the page prefers one
+    assert pick("/c/broken.pt") == "/c/ce_digits.pt"  # unreadable: the first other file
+    assert checkpoint_store.companion(["/c/a.pt"], "/c/a.pt", methods.get) == "/c/a.pt"  # alone: itself

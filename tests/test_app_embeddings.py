@@ -23,7 +23,7 @@ from ood_core.data import load_benchmark_from_spec
 from ood_core.scores import make_score
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGE = "app_pages/embeddings.py"
+PAGE = "ood_core/app/app_pages/embeddings.py"
 
 pytestmark = pytest.mark.usefixtures("clear_streamlit_caches")
 
@@ -241,9 +241,9 @@ def test_switching_checkpoint_drops_picks_the_new_one_lacks(app, ckpt_dir):
 def test_multilabel_checkpoint_groups_id_points_by_label_count(monkeypatch):
     from conftest import CHECKPOINTS
     from apptest_helpers import APP, TIMEOUT
-    from ood_core import app_support as sup
+    from ood_core import checkpoint_store
 
-    monkeypatch.setenv(sup.CHECKPOINT_ENV, str(CHECKPOINTS))
+    monkeypatch.setenv(checkpoint_store.CHECKPOINT_ENV, str(CHECKPOINTS))
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at = _open(at, CHECKPOINTS / "jointenergy_canvases.pt")
     _, _, bench = _model_bench(CHECKPOINTS / "jointenergy_canvases.pt")

@@ -3,7 +3,8 @@ keyed on the file's content (not its mtime), and the app writes only into its ch
 cache folders, whatever names the user types or uploads.
 
 Two ``AppTest`` instances in one process share Streamlit's process-wide caches
-(``st.cache_data`` / ``st.cache_resource``) and the module-level stores of ``app_support``,
+(``st.cache_data`` / ``st.cache_resource``) and the module-level stores of ``ood_core.app.cached``
+and ``ood_core.checkpoint_store``,
 exactly like two browser sessions of one server; each has its own ``session_state``.
 AppTest does not fire ``st.fragment(run_every=...)`` timers, so the tests wait for a job and
 rerun themselves. The browser version of the two-session test is ``test_e2e_sessions.py``.
@@ -22,8 +23,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import ood_core
-from apptest_helpers import APP, TIMEOUT
-from ood_core import app_support as sup
+from apptest_helpers import APP, TIMEOUT, evaluation_of
+from ood_core.app import cached, state
+from ood_core import checkpoint_store, uploads
 
 pytestmark = pytest.mark.usefixtures("clear_streamlit_caches")
 
@@ -72,7 +74,7 @@ def pair_dir(two_digits_models, tmp_path, monkeypatch) -> tuple[Path, Path]:
     shutil.copy(two_digits_models[1], b)
     same = os.stat(a).st_mtime_ns
     os.utime(b, ns=(same, same))
-    monkeypatch.setenv(sup.CHECKPOINT_ENV, str(folder))
+    monkeypatch.setenv(checkpoint_store.CHECKPOINT_ENV, str(folder))
     return a, b
 
 
@@ -93,7 +95,7 @@ def _start_toy2d(at, out_name: str, epochs: int, slow_motion: float):
 # --------------------------------------------------------------------------- 1. two sessions
 def test_two_sessions_with_different_checkpoints_each_see_their_own_model(pair_dir):
     a, b = pair_dir
-    want_a, want_b = sup.compute_evaluation(a)["table"], sup.compute_evaluation(b)["table"]
+    want_a, want_b = evaluation_of(a)["table"], evaluation_of(b)["table"]
     assert _aurocs(want_a) != _aurocs(want_b)  # otherwise a mix-up would go unnoticed
 
     at_a, at_b = _new_app(), _new_app()
@@ -108,8 +110,8 @@ def test_two_sessions_with_different_checkpoints_each_see_their_own_model(pair_d
         _assert_same_table(at_a.dataframe[0].value, want_a, f"session A, run {step}")
         _ok(at_b.run())
         _assert_same_table(at_b.dataframe[0].value, want_b, f"session B, run {step}")
-    _ok(at_b.switch_page("app_pages/roc.py").run())
-    _ok(at_a.switch_page("app_pages/roc.py").run())
+    _ok(at_b.switch_page("ood_core/app/app_pages/roc.py").run())
+    _ok(at_a.switch_page("ood_core/app/app_pages/roc.py").run())
     _ok(at_b.run())
     assert at_a.session_state["checkpoint"] == str(a) and at_b.session_state["checkpoint"] == str(b)
     # the ROC page's table is filtered to the chosen scores and sets: compare those rows
@@ -122,7 +124,7 @@ def test_two_sessions_with_different_checkpoints_each_see_their_own_model(pair_d
 def test_a_training_job_belongs_to_the_session_that_started_it(pair_dir, tmp_path):
     a, b = pair_dir
     folder = a.parent
-    want_b = sup.compute_evaluation(b)["table"]
+    want_b = evaluation_of(b)["table"]
     at_a, at_b = _new_app(), _new_app()
     _ok(at_a.run())
     _ok(at_b.run())
@@ -138,7 +140,7 @@ def test_a_training_job_belongs_to_the_session_that_started_it(pair_dir, tmp_pat
     assert not [s for s in at_b.subheader if s.value.startswith("Run:")]
     assert not [p for p in at_b.get("progress")]
     _assert_same_table(at_b.dataframe[0].value, want_b, "session B during A's run")
-    _ok(at_b.switch_page("app_pages/roc.py").run())
+    _ok(at_b.switch_page("ood_core/app/app_pages/roc.py").run())
     assert at_b.session_state["checkpoint"] == str(b)
     assert not job.finished, "the run ended too early for this test to mean anything"
     # A's run finishes and saves; A keeps its checkpoint, B keeps its own and still has no job
@@ -170,23 +172,23 @@ def _replace_in_place_keeping_mtime(target: Path, source: Path) -> None:
 
 def test_checkpoint_replaced_with_the_same_mtime_is_not_served_stale(pair_dir, tmp_path):
     a, b = pair_dir
-    want_a, want_b = sup.compute_evaluation(a)["table"], sup.compute_evaluation(b)["table"]
+    want_a, want_b = evaluation_of(a)["table"], evaluation_of(b)["table"]
     path = a.parent / "m.pt"
     shutil.copy(a, path)
     at = _new_app()
     at.session_state["checkpoint"] = str(path)
     _ok(at.run())
     _assert_same_table(at.dataframe[0].value, want_a, "before the replacement")
-    ev_before = sup.evaluation_cached(str(path), sup.checkpoint_version(str(path)))
+    ev_before = cached.evaluation_cached(str(path), cached.checkpoint_version(str(path)))
 
     _replace_in_place_keeping_mtime(path, b)
     _ok(at.run())
     _assert_same_table(at.dataframe[0].value, want_b, "after the replacement (same inode, same mtime)")
-    ev_after = sup.evaluation_cached(str(path), sup.checkpoint_version(str(path)))
+    ev_after = cached.evaluation_cached(str(path), cached.checkpoint_version(str(path)))
     _assert_same_table(ev_after["table"], want_b, "evaluation_cached after the replacement")
     assert _aurocs(ev_before["table"]) != _aurocs(ev_after["table"])
     # and the other pages' caches follow too (ROC page reads evaluation_cached, Features its own)
-    _ok(at.switch_page("app_pages/roc.py").run())
+    _ok(at.switch_page("ood_core/app/app_pages/roc.py").run())
     shown = _aurocs(at.dataframe[0].value)
     assert shown and all(shown[k] == pytest.approx(_aurocs(want_b)[k], abs=1e-9) for k in shown)
 
@@ -194,20 +196,20 @@ def test_checkpoint_replaced_with_the_same_mtime_is_not_served_stale(pair_dir, t
 def test_file_version_is_memoised_but_sees_every_rewrite(tmp_path, monkeypatch):
     p = tmp_path / "f.pt"
     p.write_bytes(b"x" * 1000)
-    monkeypatch.setattr(sup, "_RACY_WINDOW_NS", -10**18)  # memoise even a file changed a moment ago
-    monkeypatch.setattr(sup, "_DIGESTS", {})
-    v1 = sup.file_version(p)
-    assert sup._DIGESTS[str(p)][1] == v1
+    monkeypatch.setattr(checkpoint_store, "_RACY_WINDOW_NS", -10**18)  # memoise even a file changed a moment ago
+    monkeypatch.setattr(checkpoint_store, "_DIGESTS", {})
+    v1 = checkpoint_store.file_version(p)
+    assert checkpoint_store._DIGESTS[str(p)][1] == v1
     reads = []
     real_open = open
-    monkeypatch.setattr(sup, "open", lambda *a, **k: reads.append(a) or real_open(*a, **k), raising=False)
-    assert sup.file_version(p) == v1 and reads == []  # unchanged file: not read again
+    monkeypatch.setattr(checkpoint_store, "open", lambda *a, **k: reads.append(a) or real_open(*a, **k), raising=False)
+    assert checkpoint_store.file_version(p) == v1 and reads == []  # unchanged file: not read again
     time.sleep(0.05)  # past the coarse timestamp clock's tick, so the ctime moves
     before = os.stat(p)
     with open(p, "r+b") as f:
         f.write(b"y")  # same size, same inode
     os.utime(p, ns=(before.st_atime_ns, before.st_mtime_ns))  # same mtime
-    v2 = sup.file_version(p)
+    v2 = checkpoint_store.file_version(p)
     assert v2 != v1 and len(reads) == 1
 
 
@@ -216,12 +218,12 @@ def test_a_just_changed_file_is_hashed_every_time(tmp_path):
     field: a file changed in the last seconds is therefore never memoised."""
     p = tmp_path / "f.pt"
     p.write_bytes(b"a" * 100)
-    v1 = sup.file_version(p)
+    v1 = checkpoint_store.file_version(p)
     st = os.stat(p)
     with open(p, "r+b") as f:
         f.write(b"b")
     os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert sup.file_version(p) != v1
+    assert checkpoint_store.file_version(p) != v1
 
 
 def test_every_cached_function_is_keyed_on_the_checkpoint_content():
@@ -231,14 +233,14 @@ def test_every_cached_function_is_keyed_on_the_checkpoint_content():
 
     from streamlit.runtime.caching.cache_utils import CachedFunc
 
-    cached = {name: f for name, f in vars(sup).items() if isinstance(f, CachedFunc)}
-    assert len(cached) >= 15, sorted(cached)
-    for name, f in cached.items():
+    wrappers = {name: f for name, f in vars(cached).items() if isinstance(f, CachedFunc)}
+    assert len(wrappers) >= 15, sorted(wrappers)
+    for name, f in wrappers.items():
         params = list(inspect.signature(f._info.func).parameters)
         if "path" in params:
             assert params[:2] == ["path", "version"] or params[:2] == ["path", "digest"], name
-    assert sup.checkpoint_version(str(ROOT / "checkpoints" / "ce_toy2d.pt"))[0] == \
-        sup.file_version(ROOT / "checkpoints" / "ce_toy2d.pt")
+    assert cached.checkpoint_version(str(ROOT / "checkpoints" / "ce_toy2d.pt"))[0] == \
+        checkpoint_store.file_version(ROOT / "checkpoints" / "ce_toy2d.pt")
 
 
 # --------------------------------------------------------------------------- 3. where the app writes
@@ -306,7 +308,7 @@ def test_the_app_writes_only_into_its_checkpoint_and_cache_folders(ckpt_dir, tmp
     shutil.copy(ckpt_dir / "ce_toy2d.pt", ckpts / "ce_toy2d.pt")
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(cwd)
-    monkeypatch.setenv(sup.CHECKPOINT_ENV, str(ckpts))
+    monkeypatch.setenv(checkpoint_store.CHECKPOINT_ENV, str(ckpts))
     monkeypatch.setenv("OOD_CACHE_DIR", str(cache))
     shipped = ROOT / "checkpoints"
     before = {"home": _tree(home), "cwd": _tree(cwd), "shipped": _tree(shipped)}
@@ -325,18 +327,18 @@ def test_the_app_writes_only_into_its_checkpoint_and_cache_folders(ckpt_dir, tmp
         at.file_uploader(key="user_ood_array_0").set_value(("../../../../escape.npy", buf.getvalue(),
                                                             "application/octet-stream"))
         _ok(at.run())
-        upload = Path(at.session_state[sup.USER_OOD_KEY])
+        upload = Path(at.session_state[state.USER_OOD_KEY])
         assert _inside(str(upload), cache) and upload.name == "escape.npy"
         assert any("escape" in s.value for s in at.sidebar.success)
         # every page
-        for page in sorted((ROOT / "app_pages").glob("*.py")):
-            _ok(at.switch_page(f"app_pages/{page.name}").run())
+        for page in sorted((ROOT / "ood_core" / "app" / "app_pages").glob("*.py")):
+            _ok(at.switch_page(f"ood_core/app/app_pages/{page.name}").run())
         # a toy2d run from the Models page
-        _ok(at.switch_page("app_pages/models.py").run())
+        _ok(at.switch_page("ood_core/app/app_pages/models.py").run())
         job = _start_toy2d(at, "fs_run.pt", epochs=2, slow_motion=0.0)
         assert job.wait(JOB_WAIT_S) and job.status == "done", job.snapshot().message
         _ok(at.run())
-        fut = sup._background_work()[0].submit(lambda: None)  # let a background map fit finish
+        fut = cached._background_work()[0].submit(lambda: None)  # let a background map fit finish
         fut.result(timeout=120)
     finally:
         recorder.active = False
@@ -396,7 +398,7 @@ def test_uploaded_file_names_cannot_leave_the_cache_folder(own_dir, tmp_path):
     for i, name in enumerate(names):
         at.file_uploader(key="user_ood_array_0").set_value((name, npy(i), "application/octet-stream"))
         _ok(at.run())
-        stored = Path(at.session_state[sup.USER_OOD_KEY])
+        stored = Path(at.session_state[state.USER_OOD_KEY])
         assert _inside(str(stored), cache / "uploads"), (name, stored)
         assert "/" not in stored.name and ".." not in stored.parent.name
     assert not (tmp_path / "abs_evil.npy").exists()
@@ -405,7 +407,7 @@ def test_uploaded_file_names_cannot_leave_the_cache_folder(own_dir, tmp_path):
     at.file_uploader(key="user_ood_array_0").set_value(("bad\nname.npy", npy(9), "application/octet-stream"))
     _ok(at.run())
     assert any("control characters" in e.value for e in at.sidebar.error), [e.value for e in at.sidebar.error]
-    assert sup.USER_OOD_KEY not in at.session_state
+    assert state.USER_OOD_KEY not in at.session_state
     del rng
 
 
@@ -419,5 +421,5 @@ def test_save_upload_refuses_unusable_names_with_a_data_error(tmp_path, name):
             return b"\x93NUMPY"
 
     with pytest.raises(ood_core.errors.DataError):
-        sup.save_upload([Upload(name)], tmp_path / "uploads")
+        uploads.save_upload([Upload(name)], tmp_path / "uploads")
     assert not (tmp_path / "uploads").exists() or not any((tmp_path / "uploads").rglob("*.npy"))

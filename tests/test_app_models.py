@@ -14,7 +14,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from apptest_helpers import APP, TIMEOUT, array, charts
-from ood_core import app_support as sup
+from ood_core.app import cached
+from ood_core import checkpoint_store
 from ood_core import jobs
 from ood_core.checkpoint import read_checkpoint
 from ood_core.train import TrainConfig, recommended_config
@@ -136,7 +137,7 @@ def test_methods_follow_the_dataset_and_options_follow_the_method(app):
     at.selectbox(key="train_dataset").set_value("digit-canvases")
     _ok(at.run())
     multilabel = [o.split(":")[0] for o in at.selectbox(key="train_method").options]
-    assert set(multilabel) == set(jobs.methods_for(sup.benchmark_by_name_cached("digit-canvases")))
+    assert set(multilabel) == set(jobs.methods_for(cached.benchmark_by_name_cached("digit-canvases")))
     method = at.selectbox(key="train_method").value
     assert at.text_input(key="train_out_name").value == f"{method}_digit-canvases.pt"
     assert at.number_input(key="train_epochs").value == recommended_config(method).epochs
@@ -198,9 +199,9 @@ def test_training_toy2d_in_the_app_saves_the_file_and_draws_live_charts(own_dir)
 
 
 def test_first_model_can_be_trained_in_an_empty_folder(tmp_path, monkeypatch):
-    monkeypatch.setenv(sup.CHECKPOINT_ENV, str(tmp_path))
+    monkeypatch.setenv(checkpoint_store.CHECKPOINT_ENV, str(tmp_path))
     at = _ok(_new_app().run())
-    assert any(sup.TRAIN_COMMAND in i.value for i in at.info)  # the app says how; the tab can do it
+    assert any(checkpoint_store.TRAIN_COMMAND in i.value for i in at.info)  # the app says how; the tab can do it
     at = _finish(_start(at, "ce_toy2d.pt", epochs=1))
     assert (tmp_path / "ce_toy2d.pt").exists()
     assert at.selectbox(key="checkpoint").value == str(tmp_path / "ce_toy2d.pt")
@@ -258,10 +259,10 @@ def test_training_goes_on_while_another_page_is_open_and_the_form_is_kept(own_di
     at.number_input(key="train_seed").set_value(7)
     _start(at, "bg.pt", epochs=3, slow_motion=0.4)
     job = _job(at)
-    at.switch_page("app_pages/features.py")
+    at.switch_page("ood_core/app/app_pages/features.py")
     _ok(at.run())  # another page renders while the job trains
     assert not job.finished or job.status == "done"
-    at.switch_page("app_pages/models.py")
+    at.switch_page("ood_core/app/app_pages/models.py")
     _ok(at.run())
     # the options are as they were and the run is still this session's
     assert at.text_input(key="train_out_name").value == "bg.pt"

@@ -13,7 +13,8 @@ from streamlit.testing.v1 import AppTest
 
 from apptest_helpers import APP, TIMEOUT
 from fake_datasets import write_all
-from ood_core import app_support as sup
+from ood_core.app import state
+from ood_core import checkpoint_store
 from ood_core.cli import main
 from ood_core.real_data import DATA_ROOT_ENV, DOWNLOAD_ENV
 
@@ -39,7 +40,7 @@ def cifar_dir(tmp_path_factory, fake_root):
 
 @pytest.fixture
 def app(cifar_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv(sup.CHECKPOINT_ENV, str(cifar_dir))
+    monkeypatch.setenv(checkpoint_store.CHECKPOINT_ENV, str(cifar_dir))
     monkeypatch.setenv("OOD_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
     monkeypatch.delenv(DOWNLOAD_ENV, raising=False)
@@ -66,7 +67,7 @@ def test_data_root_chosen_in_the_sidebar(app, fake_root, cifar_dir, tmp_path):
     assert any("trained on `cifar10`" in w.value for w in at.warning)  # the sidebar says what is missing
     assert any("need a data root" in e.value and "Data root" in e.value for e in at.error)
 
-    at.text_input(key=sup.DATA_ROOT_KEY).input(str(fake_root)).run()
+    at.text_input(key=state.DATA_ROOT_KEY).input(str(fake_root)).run()
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
     status = " ".join(m.value for m in at.sidebar.markdown)
@@ -75,7 +76,7 @@ def test_data_root_chosen_in_the_sidebar(app, fake_root, cifar_dir, tmp_path):
     assert _auroc(at, "svhn", "msp") == pytest.approx(report["ood"]["svhn"]["msp"]["auroc"], abs=1e-9)
     assert at.metric[0].value == f"{report['id_accuracy']:.1%}"
 
-    at.text_input(key=sup.DATA_ROOT_KEY).input(str(tmp_path / "nowhere")).run()  # not served stale
+    at.text_input(key=state.DATA_ROOT_KEY).input(str(tmp_path / "nowhere")).run()  # not served stale
     assert not at.exception
     assert any("not a folder" in m.value for m in at.sidebar.markdown)
     assert any("cifar10 not found under" in e.value for e in at.error)
@@ -97,11 +98,11 @@ def test_app_reads_features_the_cli_cached(app, fake_root, cifar_dir, tmp_path, 
     at = app.run()
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
-    for page in ("app_pages/roc.py", "app_pages/features.py", "app_pages/energy.py", "app_pages/embeddings.py"):
+    for page in ("ood_core/app/app_pages/roc.py", "ood_core/app/app_pages/features.py", "ood_core/app/app_pages/energy.py", "ood_core/app/app_pages/embeddings.py"):
         at.switch_page(page).run()
         assert not at.exception, (page, [e.value for e in at.exception])
         assert not at.error, (page, [e.value for e in at.error])
-    at.switch_page("app_pages/models.py").run()
+    at.switch_page("ood_core/app/app_pages/models.py").run()
     for s in ("cifar100", "mnist", "svhn", "dtd", "places365"):
         assert _auroc(at, s, "energy") == pytest.approx(report["ood"][s]["energy"]["auroc"], abs=1e-9)
 
@@ -119,9 +120,9 @@ def test_another_data_root_with_other_images_gives_other_results(app, fake_root,
         pickle.dump(d, f)
 
     at = app.run()
-    at.text_input(key=sup.DATA_ROOT_KEY).input(str(fake_root)).run()
+    at.text_input(key=state.DATA_ROOT_KEY).input(str(fake_root)).run()
     first = _auroc(at, "svhn", "msp")
-    at.text_input(key=sup.DATA_ROOT_KEY).input(str(other)).run()
+    at.text_input(key=state.DATA_ROOT_KEY).input(str(other)).run()
     assert not at.exception and not at.error
     second = _auroc(at, "svhn", "msp")
     expected = _cli_report(cifar_dir / "ce_cifar10.pt", other, tmp_path, "other")["ood"]["svhn"]["msp"]["auroc"]
@@ -132,6 +133,6 @@ def test_models_page_trains_on_a_preset_from_the_data_root(app, fake_root):
     at = app.run()
     at.selectbox(key="train_dataset").set_value("cifar10").run()
     assert any("Data root" in e.value for e in at.error)  # no root yet: said, not crashed
-    at.text_input(key=sup.DATA_ROOT_KEY).input(str(fake_root)).run()
+    at.text_input(key=state.DATA_ROOT_KEY).input(str(fake_root)).run()
     assert not at.exception, [e.value for e in at.exception]
     assert any(o.startswith("ce:") for o in at.selectbox(key="train_method").options)

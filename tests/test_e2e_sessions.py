@@ -15,7 +15,8 @@ import time
 import pytest
 
 from test_e2e_browser import _assert_no_error, _settle, browser, fill_training_form, server  # noqa: F401  (fixtures)
-from ood_core import app_support as sup
+from ood_core.app import tables
+from apptest_helpers import evaluation_of
 
 A_CHECKPOINT = "l2norm_digits.pt"
 B_CHECKPOINT = "ib_digits.pt"
@@ -49,14 +50,14 @@ def _wait_for_text(page, text: str, timeout_s: float = 120) -> None:
 
 def test_two_sessions_one_training_do_not_see_each_other(server, browser):  # noqa: F811
     base, folder = server
-    expected = sup.compute_evaluation(folder / B_CHECKPOINT)
-    other = sup.compute_evaluation(folder / A_CHECKPOINT)
+    expected = evaluation_of(folder / B_CHECKPOINT)
+    other = evaluation_of(folder / A_CHECKPOINT)
     report = expected["report"]
-    scores = sup.score_names(expected["scores"])[:2]  # the ROC page's default choice
-    ood_set = sup.ood_set_names(report)[0]
+    scores = tables.score_names(expected["scores"])[:2]  # the ROC page's default choice
+    ood_set = tables.ood_set_names(report)[0]
     legend = [f"{s} vs {ood_set} (AUROC {report['ood'][ood_set][s]['auroc']:.3f})" for s in scores]
     wrong = [f"{s} vs {ood_set} (AUROC {other['report']['ood'][ood_set][s]['auroc']:.3f})"
-             for s in sup.score_names(other["scores"])[:2]]
+             for s in tables.score_names(other["scores"])[:2]]
     assert set(legend) != set(wrong)  # otherwise a mix-up would go unnoticed
 
     ctx_a = browser.new_context(viewport={"width": 1400, "height": 1200})

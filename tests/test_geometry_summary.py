@@ -125,24 +125,25 @@ def test_cli_project_writes_maps_and_uses_the_cache(tmp_path, capsys):
     assert main(["project", "--checkpoint", DIGITS, "--out", str(tmp_path / "m.txt")]) == 2
 
 
-def test_app_support_wrappers_share_outputs(tmp_path, monkeypatch):
+def test_app_cached_wrappers_share_outputs(tmp_path, monkeypatch):
     import streamlit as st
 
-    from ood_core import app_support as sup
+    from ood_core import checkpoint_store
+    from ood_core.app import cached
 
     monkeypatch.setenv("OOD_CACHE_DIR", str(tmp_path / "cache"))
     st.cache_data.clear()
     st.cache_resource.clear()
-    version = sup.checkpoint_version(DIGITS)
-    assert version == (sup.file_version(DIGITS), None)  # an embedded dataset: no data root in the key
-    outputs = sup.outputs_cached(DIGITS, version)
-    assert outputs is sup.outputs_cached(DIGITS, version)  # one shared extraction
-    geo = sup.geometry_cached(DIGITS, version, None)
+    version = cached.checkpoint_version(DIGITS)
+    assert version == (checkpoint_store.file_version(DIGITS), None)  # an embedded dataset: no data root in the key
+    outputs = cached.outputs_cached(DIGITS, version)
+    assert outputs is cached.outputs_cached(DIGITS, version)  # one shared extraction
+    geo = cached.geometry_cached(DIGITS, version, None)
     assert geo["nc"]["nc4"] < 0.05
-    proj = sup.projection_cached(DIGITS, version, "pca")
+    proj = cached.projection_cached(DIGITS, version, "pca")
     assert set(proj.coords) == {"id", *ood_core.load_benchmark("digits").ood}
     assert len(list((tmp_path / "cache").glob("projection-pca-*.npz"))) == 1
-    ev = sup.evaluation_cached(DIGITS, version)
+    ev = cached.evaluation_cached(DIGITS, version)
     assert set(outputs) == {"id", "train", *ood_core.load_benchmark("digits").ood}  # not mutated by callers
     assert ev["report"]["id_accuracy"] > 0.95
     st.cache_data.clear()

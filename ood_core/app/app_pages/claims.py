@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ood_core import app_support as sup
+from ood_core.app import cached, state, tables, widgets
 
 st.title("Claims")
-with st.expander("How is a claim judged?", expanded=sup.teaching_mode()):
+with st.expander("How is a claim judged?", expanded=state.teaching_mode()):
     st.markdown(
         "Each method is trained on several open-set splits (known/unknown classes) and seeds, and compared "
         "with its baseline **on the same (split, seed) pairs**. A part of a claim holds only when the 95 % "
@@ -16,7 +16,7 @@ with st.expander("How is a claim judged?", expanded=sup.teaching_mode()):
         "percentage points (AUROC, FPR95, accuracy) or in the quantity's own unit. *Balanced* figures "
         "average the group means (near, far-real, far-synthetic), so no group dominates by its number of sets.")
 
-results = sup.or_stop(sup.claims_results)
+results = widgets.or_stop(cached.claims_results)
 meta = results["meta"]
 st.caption(f"From `{meta.get('command', 'benchmarks/compare.py')}` — {meta.get('header', '')}; "
            f"{meta.get('seconds', '?')} s in all.")
@@ -24,19 +24,12 @@ if meta.get("quick") or not results["claims"]:
     st.warning("These results come from a quick run without verdicts; run `python benchmarks/compare.py`.")
     st.stop()
 
-st.dataframe(sup.claims_overview(results), hide_index=True, key="claims_overview")
+st.dataframe(tables.claims_overview(results), hide_index=True, key="claims_overview")
 by_key = {c["key"]: c for c in results["claims"]}
 key = st.selectbox("Claim", list(by_key), key="claim", format_func=lambda k: f"{k} — {by_key[k]['paper']}")
 claim = by_key[key]
 st.header(f"{claim['key']} — {claim['paper']}")
 st.markdown(claim["statement"])
-st.markdown(sup.verdict_markdown(claim["verdict"]))
-sup.show_table(sup.claim_table(claim), f"claim_{claim['key']}", f"claim_{claim['key']}")
-mech = sup.MECHANISMS.get(claim["figure"])
-figure = sup.or_stop(sup.claims_mechanisms)["figures"].get(claim["figure"]) if mech else None
-if figure is not None:
-    st.markdown(f"**Mechanism** (shipped checkpoints). {mech.what}")
-    left, right = st.columns(2)
-    for role, col in (("baseline", left), ("method", right)):
-        sup.show_figure(sup.mechanism_figure(figure, role, mech.x_label), f"mech_{role}", f"{claim['figure']}_{role}",
-                        col)
+st.markdown(widgets.verdict_markdown(claim["verdict"]))
+widgets.show_table(tables.claim_table(claim), f"claim_{claim['key']}", f"claim_{claim['key']}")
+widgets.show_mechanism(claim)

@@ -1,6 +1,6 @@
 """Models: look at a checkpoint, or train a new one in the app.
 
-Tab "Loaded checkpoint": the checkpoint chosen in the sidebar (``st.session_state["checkpoint"]``)
+Tab "Loaded checkpoint": the checkpoint chosen in the sidebar (``state.CHECKPOINT_KEY``)
 with its metadata, ID accuracy, the OOD metric table and one score histogram.
 
 Tab "Train a new model": dataset, method (only those that fit the dataset), epochs, learning
@@ -13,7 +13,7 @@ landscape after every epoch. When the run ends the fragment reruns the whole app
 sidebar lists the new file.
 
 Computation lives in :mod:`ood_core.jobs`, :mod:`ood_core.landscape` and the figure builders of
-:mod:`ood_core.app_support`; this page only lays out widgets and plots.
+:mod:`ood_core.app` (training form: :mod:`ood_core.app.training`); this page only lays out widgets and plots.
 """
 from __future__ import annotations
 
@@ -21,15 +21,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from ood_core import app_support as sup
-from ood_core import jobs
-from ood_core.data import DATASET_DESCRIPTIONS, DATASETS
-from ood_core.errors import OODCoreError
-from ood_core.landscape import DEFAULT_SCORE
-from ood_core.methods import METHODS, applicable_scores
-from ood_core.scores import SCORES
-from ood_core.runtime import select_device
-from ood_core.train import recommended_config
+from ood_core.app import cached, figures, state, tables, training, widgets
 
 JOB_KEY = "training_job"  # the TrainingJob of this session (not a widget: survives page switches)
 ANNOUNCED_KEY = "training_job_announced"  # id of the finished job the app was rerun for
@@ -40,12 +32,11 @@ FORM_KEY = "training_form"  # a copy of the options, restored after a visit to a
 FORM_WIDGETS = ("train_dataset", "train_method", "train_epochs", "train_lr", "train_seed",
                 "train_landscape_score", "train_slow_motion", "train_out_name")
 POLL_S = 1.0
-LANDSCAPE_RESOLUTION = 60
 DEFAULT_DATASET = "toy2d"
 DEFAULT_SLOW_MOTION_S = 0.3
 
 st.title("Models")
-with st.expander("What am I looking at?", expanded=sup.teaching_mode()):
+with st.expander("What am I looking at?", expanded=state.teaching_mode()):
     st.markdown(
         "**Loaded checkpoint** shows the model picked in the sidebar: what it was trained on, its accuracy on "
         "the known classes, and how well each OOD score separates the ID test split from every OOD set "
@@ -73,7 +64,7 @@ tab_loaded, tab_train = st.tabs(["Loaded checkpoint", "Train a new model"])
 # =============================================================================== training
 def select_checkpoint(path: str) -> None:
     """Button callback: make ``path`` the sidebar's chosen checkpoint (runs before the rerun)."""
-    st.session_state["checkpoint"] = path
+    state.choose_checkpoint(path)
 
 
 def fill_option_defaults(method: str, dataset: str) -> None:
@@ -81,9 +72,9 @@ def fill_option_defaults(method: str, dataset: str) -> None:
     whenever the method or dataset changes (or the widgets were cleared by a page switch)."""
     if st.session_state.get(DEFAULTS_FOR_KEY) == (method, dataset) and "train_epochs" in st.session_state:
         return
-    cfg = recommended_config(method)
-    st.session_state.update(train_epochs=int(cfg.epochs), train_lr=float(cfg.lr), train_seed=int(cfg.seed),
-                            train_out_name=jobs.default_file_name(method, dataset), train_overwrite=False)
+    defaults = training.option_defaults(method, dataset)
+    st.session_state.update(train_epochs=defaults["epochs"], train_lr=defaults["lr"], train_seed=defaults["seed"],
+                            train_out_name=defaults["out_name"], train_overwrite=False)
     st.session_state[DEFAULTS_FOR_KEY] = (method, dataset)
 
 
@@ -96,7 +87,7 @@ def job_panel() -> None:
     snap = job.snapshot()
     stem = Path(snap.out_path).stem
     st.subheader(f"Run: `{snap.method}` on `{snap.dataset}` → `{Path(snap.out_path).name}`")
-    st.progress(snap.fraction, text=sup.training_status_text(snap))
+    st.progress(snap.fraction, text=widgets.training_status_text(snap))
     last_val = next((v for h in reversed(snap.history) for k, v in h.items() if k.startswith("val_")), None)
     m1, m2, m3, m4 = st.columns(4)
     threads = "" if snap.threads is None else f" · {snap.threads} thread{'s' if snap.threads > 1 else ''}"
@@ -118,10 +109,10 @@ def job_panel() -> None:
         st.button("Show it under 'Loaded checkpoint'", key="train_show", on_click=select_checkpoint,
                   args=(snap.saved_path,), help="Selects it in the sidebar; then open the 'Loaded checkpoint' tab")
         if snap.metrics:
-            label, value = sup.id_quality(snap.metrics)
+            label, value = tables.reported_id_quality(snap.metrics)
             st.caption(f"{label} on the ID test split: " + ("n/a" if value is None else f"{value:.1%}")
                        + ". Mean OOD detection per group (full table under 'Loaded checkpoint'):")
-            sup.show_table(sup.group_mean_table(snap.metrics), "train_group_means", f"{stem}_group_means")
+            widgets.show_table(tables.group_mean_table(snap.metrics), "train_group_means", f"{stem}_group_means")
     elif snap.status == "cancelled":
         st.warning(snap.message)
     else:
@@ -132,18 +123,18 @@ def job_panel() -> None:
 
     if snap.losses:
         left, right = st.columns(2)
-        sup.show_figure(sup.loss_curve_figure(snap.loss_steps, snap.losses, snap.steps, snap.history),
+        widgets.show_figure(figures.loss_curve_figure(snap.loss_steps, snap.losses, snap.steps, snap.history),
                         "train_loss_curve", f"{stem}_loss", left)
-        val_fig = sup.epoch_metrics_figure(snap.history)
+        val_fig = figures.epoch_metrics_figure(snap.history)
         if val_fig is not None:
-            sup.show_figure(val_fig, "train_val_curve", f"{stem}_validation", right)
+            widgets.show_figure(val_fig, "train_val_curve", f"{stem}_validation", right)
     if snap.landscapes:
         land = snap.landscapes[-1]
         if snap.finished and len(snap.landscapes) > 1:
             epoch = st.slider("Show the landscape after epoch", 1, len(snap.landscapes), len(snap.landscapes),
                               key=f"train_landscape_epoch_{snap.job_id}", help="Replay how the regions formed")
             land = snap.landscapes[epoch - 1]
-        sup.show_figure(sup.landscape_figure(land, job.plane_points, job.bench.class_names), "train_landscape",
+        widgets.show_figure(figures.landscape_figure(land, job.plane_points, job.bench.class_names), "train_landscape",
                         f"{stem}_landscape_epoch{land.epoch}")
 
     if snap.finished and st.session_state.get(ANNOUNCED_KEY) != snap.job_id:
@@ -153,25 +144,21 @@ def job_panel() -> None:
 
 def training_part() -> None:
     """The "Train a new model" tab: options, Start, and the job panel."""
-    folder = sup.checkpoint_dir()
+    folder = widgets.checkpoint_dir()
     for key, value in st.session_state.get(FORM_KEY, {}).items():
         st.session_state.setdefault(key, value)  # back from another page: the options as they were
     st.session_state.setdefault("train_dataset", DEFAULT_DATASET)
     st.session_state.setdefault("train_slow_motion", DEFAULT_SLOW_MOTION_S)
     c1, c2 = st.columns(2)
-    dataset = c1.selectbox("Dataset", list(DATASETS), key="train_dataset",
-                           format_func=lambda n: f"{n}: {DATASET_DESCRIPTIONS.get(n, '')}")
-    try:
-        root = sup.data_root_setting() if sup.needs_data_root(dataset) else None
-        bench = sup.benchmark_by_name_cached(dataset, root)
-    except OODCoreError as e:
-        st.error(str(e))
+    dataset = c1.selectbox("Dataset", training.dataset_names(), key="train_dataset", format_func=training.dataset_label)
+    bench = widgets.or_error(cached.benchmark_by_name_cached, dataset, state.data_root_for(dataset))
+    if bench is None:
         return
-    methods = jobs.methods_for(bench)
+    methods = training.methods_for(bench)
     if st.session_state.get("train_method") not in methods:
         st.session_state.pop("train_method", None)  # e.g. a multi-label method after switching to toy2d
     method = c2.selectbox("Method", methods, key="train_method",
-                          format_func=lambda n: f"{n}: {METHODS[n].description}",
+                          format_func=training.method_label,
                           help="Only the methods for this dataset's task (and input kind) are listed")
     fill_option_defaults(method, dataset)
 
@@ -181,13 +168,12 @@ def training_part() -> None:
     seed = c5.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key="train_seed",
                            help="Same seed, same options, same device: the same weights")
     plane = tuple(bench.input_shape) == (2,)
-    slow_motion, landscape_score = 0.0, DEFAULT_SCORE
+    slow_motion, landscape_score = 0.0, None
     if plane:
         c6, c7 = st.columns(2)
-        scores = [n for n in applicable_scores(METHODS[method], bench) if not SCORES[n].requires_inputs]
-        scores = scores or [DEFAULT_SCORE]
+        scores = training.landscape_scores(method, bench)
         if st.session_state.get("train_landscape_score") not in scores:
-            st.session_state["train_landscape_score"] = DEFAULT_SCORE if DEFAULT_SCORE in scores else scores[0]
+            st.session_state["train_landscape_score"] = training.default_landscape_score(scores)
         landscape_score = c6.selectbox("Landscape score (high = ID)", scores, key="train_landscape_score",
                                        help="The method's scores; those fitted on training data (mahalanobis, "
                                             "knn, ...) are refitted after every epoch")
@@ -196,39 +182,31 @@ def training_part() -> None:
                                 help="toy2d trains an epoch in milliseconds; a pause after each epoch lets you "
                                      "watch the landscape form. The weights are the same either way.")
     name = st.text_input("Output file name", key="train_out_name",
-                         help=f"Saved into `{folder}`, the folder the sidebar lists (${sup.CHECKPOINT_ENV})")
+                         help=f"Saved into `{folder}`, the folder the sidebar lists (${widgets.CHECKPOINT_ENV})")
     st.session_state[FORM_KEY] = {k: st.session_state[k] for k in FORM_WIDGETS if k in st.session_state}
 
-    blocked = None
     overwrite = False
-    try:
-        out_path = jobs.checkpoint_path(folder, name)
-    except OODCoreError as e:
-        out_path, blocked = None, str(e)
+    out_path, blocked = training.output_path(folder, name)
+    if blocked:
         st.warning(blocked)
     if out_path is not None and out_path.exists():
         st.warning(f"`{out_path.name}` already exists in `{folder}`; training would replace it. Tick "
-                   f"**Overwrite** to replace it, or choose another name such as `{jobs.free_path(out_path).name}`.")
+                   f"**Overwrite** to replace it, or choose another name such as `{training.free_path(out_path).name}`.")
         overwrite = st.checkbox(f"Overwrite `{out_path.name}`", key="train_overwrite")
         if not overwrite:
             blocked = "the file exists"
 
     job = st.session_state.get(JOB_KEY)
     busy = job is not None and not job.finished
-    st.caption(f"Training device: **{select_device('auto')}** (cuda > mps > cpu, the first available). "
+    st.caption(f"Training device: **{training.device_name()}** (cuda > mps > cpu, the first available). "
                "Training runs in the background: other pages stay usable meanwhile.")
     clicked = st.button("Start training", type="primary", key="train_start", disabled=busy or blocked is not None,
                         help="Cancel the current run first" if busy else None)
     if clicked and not busy and blocked is None:
-        config = recommended_config(method, epochs=int(epochs), lr=float(lr), seed=int(seed))
-        try:
-            st.session_state[JOB_KEY] = jobs.start_training(
-                method, bench, config, out_path, overwrite=overwrite,
-                landscape_resolution=LANDSCAPE_RESOLUTION if plane else None, landscape_score=landscape_score,
-                min_epoch_seconds=slow_motion)
-        except OODCoreError as e:
-            st.error(str(e))
-        else:
+        job = widgets.or_error(training.start, method, bench, out_path, epochs=epochs, lr=lr, seed=seed,
+                               overwrite=overwrite, landscape_score=landscape_score, min_epoch_seconds=slow_motion)
+        if job is not None:
+            st.session_state[JOB_KEY] = job
             st.rerun()  # redraw the form with Start disabled while the job runs
 
     job = st.session_state.get(JOB_KEY)
@@ -240,23 +218,23 @@ def training_part() -> None:
 # =============================================================================== loaded checkpoint
 def loaded_part() -> None:
     """The "Loaded checkpoint" tab (stops the script when no checkpoint can be read)."""
-    path, version, model, meta = sup.require_checkpoint()
-    result = sup.or_stop(sup.evaluation_cached, path, version, sup.user_ood())
+    path, version, model, meta = widgets.require_checkpoint()
+    result = widgets.or_stop(cached.evaluation_cached, path, version, widgets.user_ood())
 
     report, scores, rows = result["report"], result["scores"], result["table"]
     st.caption(f"Checkpoint `{path}`")
 
-    label, value = sup.id_quality(report)
+    label, value = tables.reported_id_quality(report)
     c1, c2, c3, c4 = st.columns(4)
     c1.metric(label, "n/a" if value is None else f"{value:.1%}", help="On the ID test split (known classes only)")
     c2.metric("Method", str(meta.get("method")))
     c3.metric("Dataset", str((meta.get("dataset") or {}).get("name")))
-    c4.metric("Device (auto)", str(select_device("auto")), help="The device torch picks here: cuda > mps > cpu")
+    c4.metric("Device (auto)", training.device_name(), help="The device torch picks here: cuda > mps > cpu")
 
     left, right = st.columns(2)
     with left:
         st.subheader("Checkpoint")
-        st.json(sup.metadata_summary(meta), expanded=1)
+        st.json(tables.metadata_summary(meta), expanded=1)
     with right:
         st.subheader("Details")
         t_model, t_train, t_versions = st.tabs(["Model spec", "Train config", "Library versions"])
@@ -265,13 +243,13 @@ def loaded_part() -> None:
         t_versions.json(meta.get("versions") or {})
 
     st.subheader("OOD detection metrics")
-    table = sup.metric_table(rows)
-    sup.show_table(table, "metric_table", f"{Path(path).stem}_ood_metrics")
-    st.caption(sup.TABLE_CAPTION)
+    table = tables.metric_table(rows)
+    widgets.show_table(table, "metric_table", f"{Path(path).stem}_ood_metrics")
+    st.caption(tables.TABLE_CAPTION)
 
     st.subheader("Score distributions")
-    score_options = sup.score_names(scores)
-    ood_options = sup.ood_set_names(report)
+    score_options = tables.score_names(scores)
+    ood_options = tables.ood_set_names(report)
     for key, opts in (("score", score_options), ("ood_set", ood_options)):
         if st.session_state.get(key) not in opts:
             st.session_state.pop(key, None)  # e.g. another checkpoint with other OOD sets was chosen
@@ -279,8 +257,8 @@ def loaded_part() -> None:
     score = s1.selectbox("Score (high = ID)", score_options, key="score")
     ood_set = s2.selectbox("OOD set", ood_options, key="ood_set",
                            format_func=lambda n: f"{n} ({report['groups'].get(n, '?')})")
-    fig = sup.histogram_figure(scores[f"id/{score}"], scores[f"{ood_set}/{score}"], score, ood_set)
-    sup.show_figure(fig, "score_hist", f"{Path(path).stem}_{score}_{ood_set}")
+    fig = figures.histogram_figure(scores[f"id/{score}"], scores[f"{ood_set}/{score}"], score, ood_set)
+    widgets.show_figure(fig, "score_hist", f"{Path(path).stem}_{score}_{ood_set}")
     m = report["ood"][ood_set][score]
     st.caption(f"AUROC {m['auroc']:.3f} · FPR95 {m['fpr95']:.3f} · AUPR-In {m['aupr_in']:.3f} · "
                f"AUPR-Out {m['aupr_out']:.3f}")

@@ -2,18 +2,16 @@
 of class means vs classifier vectors, and how much of each sample's feature energy lies
 outside the principal subspace, ID vs OOD.
 
-Widgets and plots only; the numbers come from :mod:`ood_core.app_support` (cached).
+Widgets and plots only; the numbers come from :mod:`ood_core.app.cached`.
 """
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
 import streamlit as st
 
-from ood_core import app_support as sup
+from ood_core.app import cached, figures, state, tables, widgets
 
 st.title("Neural collapse & subspaces")
-with st.expander("What am I looking at?", expanded=sup.teaching_mode()):
+with st.expander("What am I looking at?", expanded=state.teaching_mode()):
     st.markdown("Neural collapse (Papyan, Han, Donoho 2020): late in training, features of a class "
                 "shrink onto their class mean (NC1), the centred means spread out like a simplex (NC2), "
                 "the classifier vectors line up with the means (NC3) and the classifier acts like "
@@ -24,8 +22,8 @@ with st.expander("What am I looking at?", expanded=sup.teaching_mode()):
                 "features into its orthogonal complement: look for OOD histograms of the outside share "
                 "to the right of the ID one.")
 
-path, version, model, meta = sup.require_checkpoint()
-geo = sup.or_stop(sup.geometry_cached, path, version, None)
+path, version, model, meta = widgets.require_checkpoint()
+geo = widgets.or_stop(cached.geometry_cached, path, version, None)
 
 if "nc" in geo:
     cols = st.columns(len(geo["nc"]))
@@ -34,15 +32,15 @@ if "nc" in geo:
 else:
     st.info("Neural-collapse metrics need single-label classes; this is a multi-label model. "
             "The subspace view below still applies.")
-history_fig = sup.history_figure(meta.get("history") or [])
+history_fig = figures.history_figure(meta.get("history") or [])
 if history_fig is not None:
-    sup.show_figure(history_fig, "geometry_history", "nc_history")
+    widgets.show_figure(history_fig, "geometry_history", "nc_history")
 else:
     st.caption("No per-epoch geometry was recorded for this checkpoint "
                "(train with `--track-geometry 1` to record NC1-NC4 and the JND).")
 
 if "cosine_means_vs_weights" in geo:
-    sup.show_figure(sup.cosine_heatmap_figure(geo["cosine_means_vs_weights"], meta["dataset"].get("class_names")
+    widgets.show_figure(figures.cosine_heatmap_figure(geo["cosine_means_vs_weights"], meta["dataset"].get("class_names")
                                               or range(len(geo["cosine_means_vs_weights"]))), "cosine_heatmap",
                     "cosine_means_vs_weights")
     g = geo["class_geometry"]
@@ -55,13 +53,11 @@ choices = {"classifier span{w_c}": "weights"}
 if "nc" in geo:
     choices["top class-mean directions"] = "means"
 label = st.radio("Principal subspace", list(choices), key="subspace", horizontal=True)
-shares = sup.or_stop(sup.energy_shares_cached, path, version, choices[label], sup.user_ood())
+shares = widgets.or_stop(cached.energy_shares_cached, path, version, choices[label], widgets.user_ood())
 ood_names = [n for n in shares if n != "id"]
 chosen = st.multiselect("OOD sets", ood_names, default=ood_names[:3], key="subspace_sets")
 values = {"ID (test)": shares["id"], **{f"OOD: {n}": shares[n] for n in chosen}}
-sup.show_figure(sup.distributions_figure(values, "share of ||z||^2 outside",
+widgets.show_figure(figures.distributions_figure(values, "share of ||z||^2 outside",
                                          f"Energy outside the {label} (1 = orthogonal to it)"), "energy_hist",
                 "energy_outside_subspace")
-table = pd.DataFrame({"set": ["ID (test)"] + ood_names,
-                      "mean share outside": [float(np.nanmean(shares[n])) for n in ["id"] + ood_names]})
-sup.show_table(table, "energy_table", "energy_shares")
+widgets.show_table(tables.energy_share_table(shares), "energy_table", "energy_shares")

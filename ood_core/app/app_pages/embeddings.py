@@ -2,20 +2,18 @@
 points coloured by class and the OOD points by a chosen score; a selected sample shows its
 input, its scores against the ID distribution and an Integrated Gradients map of the score.
 
-Widgets and plots only; the numbers come from :mod:`ood_core.app_support` (cached).
+Widgets and plots only; the numbers come from :mod:`ood_core.app.cached`.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import streamlit as st
 
-from ood_core import app_support as sup
-from ood_core.errors import OODCoreError
+from ood_core.app import cached, figures, state, tables, widgets
 
 st.title("Embeddings")
-with st.expander("What am I looking at?", expanded=sup.teaching_mode()):
+with st.expander("What am I looking at?", expanded=state.teaching_mode()):
     st.markdown("Each point is one sample's penultimate features z, mapped to 2-D. **PCA** projects on the "
                 "two directions of largest variance of the centred fit set (a linear map: far stays far):")
     st.latex(r"y = V_{2}^{\top}(z - \bar z),\qquad V_2 = \text{top-2 right singular vectors of } Z - \bar z")
@@ -32,11 +30,11 @@ with st.expander("What am I looking at?", expanded=sup.teaching_mode()):
                 "they look familiar. The percentile column says where the sample's score falls among the ID "
                 "test samples.")
 
-path, version, model, meta = sup.require_checkpoint()
-user_ood = sup.user_ood()
-result = sup.or_stop(sup.evaluation_cached, path, version, user_ood)
+path, version, model, meta = widgets.require_checkpoint()
+user_ood = widgets.user_ood()
+result = widgets.or_stop(cached.evaluation_cached, path, version, user_ood)
 scores = result["scores"]
-score_options, ood_options = sup.score_names(scores), sup.ood_set_names(result["report"])
+score_options, ood_options = tables.score_names(scores), tables.ood_set_names(result["report"])
 for key, opts in (("emb_sets", ood_options), ("emb_score", score_options), ("emb_pick_set", ["id", *ood_options])):
     value = st.session_state.get(key)
     if value is not None and any(v not in opts for v in (value if isinstance(value, list) else [value])):
@@ -54,35 +52,35 @@ normalize = s2.checkbox("L2-normalise features first", key="emb_normalize",
                         help="Map z/||z|| instead of z: the geometry a cosine or l2norm head sees")
 
 if method == "umap":
-    fit = sup.or_stop(sup.projection_in_background, path, version, "umap", fit_on, normalize, 0, user_ood)
+    fit = widgets.or_stop(cached.projection_in_background, path, version, "umap", fit_on, normalize, 0, user_ood)
     if not fit.done():
         st.info("Fitting UMAP in the background: the first fit in a new app process compiles numba code "
                 "(10-40 s); later fits take a few seconds and every map is cached on disk. Other pages "
                 "stay usable meanwhile; the map appears here when it is ready.")
-        sup.rerun_when_done(fit)
+        widgets.rerun_when_done(fit)
         st.stop()
     if fit.exception() is not None:
         st.error(f"UMAP failed: {fit.exception()}")
         st.stop()
-    proj = sup.or_stop(sup.projection_cached, path, version, "umap", fit_on, normalize, 0, user_ood)
+    proj = widgets.or_stop(cached.projection_cached, path, version, "umap", fit_on, normalize, 0, user_ood)
 else:
-    proj = sup.or_stop(sup.projection_cached, path, version, "pca", fit_on, normalize, 0, user_ood)
+    proj = widgets.or_stop(cached.projection_cached, path, version, "pca", fit_on, normalize, 0, user_ood)
 if proj.caveat:
     st.warning(proj.caveat)
 elif fit_on == "id":
     st.caption("Fitted on ID only: the OOD points are placed with the ID fit's map. For PCA this is still a "
                "linear projection (distances can shrink, never be invented).")
 
-labels = sup.test_labels_cached(path, version)
+labels = cached.test_labels_cached(path, version)
 class_names = meta["dataset"].get("class_names") or []
-fig = sup.embedding_figure(proj, scores, score, labels, class_names, sets)
-event = sup.show_figure(fig, "emb_map", f"{Path(path).stem}_{method}_map", on_select="rerun",
+fig = figures.embedding_figure(proj, scores, score, labels, class_names, sets)
+event = widgets.show_figure(fig, "emb_map", f"{Path(path).stem}_{method}_map", on_select="rerun",
                         selection_mode="points")
 origin = "read from the disk cache" if proj.from_cache else f"computed in {proj.seconds:.1f} s"
-st.caption(f"{sum(len(v) for v in proj.coords.values())} points, map {origin}. {sup.EMBEDDING_SELECTION_HELP}")
+st.caption(f"{sum(len(v) for v in proj.coords.values())} points, map {origin}. {widgets.EMBEDDING_SELECTION_HELP}")
 
 # A new click on the map fills the picker below; the picker stays free to change until the next click.
-picked = sup.selected_sample(event)
+picked = figures.selected_sample(event)
 if picked is not None and picked != st.session_state.get("emb_last_selection") and picked[0] in ["id", *ood_options]:
     st.session_state["emb_last_selection"] = picked
     st.session_state["emb_pick_set"] = picked[0]
@@ -99,21 +97,16 @@ index = int(p2.number_input(f"Sample # (0 to {n_samples - 1})", min_value=0, max
                             key=f"emb_pick_index_{set_name}"))  # no value=: a map click sets it through the state
 
 left, right = st.columns([1, 3])
-sample = sup.or_stop(sup.sample_cached, path, version, set_name, index, user_ood)
+sample = widgets.or_stop(cached.sample_cached, path, version, set_name, index, user_ood)
 where = "ID test" if set_name == "id" else f"OOD set {set_name}"
 if sample.ndim == 1:
     left.metric("Input point", "(" + ", ".join(f"{v:.3f}" for v in sample.tolist()) + ")")
 else:
-    image = sample.mean(axis=0)
-    zoom = max(1, 160 // image.shape[-1])  # nearest-neighbour zoom keeps the pixels crisp
-    left.image(np.clip(np.kron(image, np.ones((zoom, zoom))), 0.0, 1.0), caption=f"{where} #{index}", clamp=True)
+    left.image(figures.enlarged_image(sample), caption=f"{where} #{index}", clamp=True)
 if set_name == "id":
-    y = labels[index]
-    named = [class_names[k] if k < len(class_names) else str(k) for k in
-             ([int(y)] if np.ndim(y) == 0 else np.flatnonzero(y).tolist())]
-    left.caption(f"label: {', '.join(map(str, named))}")
+    left.caption(f"label: {', '.join(widgets.label_names(labels[index], class_names))}")
 with right:
-    sup.show_table(sup.score_percentile_table(scores, set_name, index), "emb_scores",
+    widgets.show_table(tables.score_percentile_table(scores, set_name, index), "emb_scores",
                    f"{Path(path).stem}_{set_name}_{index}_scores")
     st.caption("ID percentile: share of ID test samples scoring at most this value (high = ID-like). "
                "Called ID at TPR95: at the threshold that keeps 95% of ID.")
@@ -121,15 +114,13 @@ with right:
 a1, a2 = st.columns(2)
 baseline = a1.radio("IG baseline x0", ["zeros", "mean"], key="emb_baseline", horizontal=True,
                     format_func={"zeros": "zeros (black / origin)", "mean": "mean training input"}.get)
-n_steps = a2.select_slider("IG path points", sup.ATTRIBUTION_STEPS, value=128, key="emb_steps",
+n_steps = a2.select_slider("IG path points", widgets.ATTRIBUTION_STEPS, value=128, key="emb_steps",
                            help="More points: smaller completeness error (ReLU networks converge slowly)")
-try:
-    attr = sup.attribution_cached(path, version, set_name, index, score, n_steps, baseline, user_ood)
-except OODCoreError as e:
-    st.info(f"No attribution: {e}")
-else:
+attr = widgets.or_info(cached.attribution_cached, path, version, set_name, index, score, n_steps, baseline, user_ood,
+                       prefix="No attribution: ")
+if attr is not None:
     title = (f"{where} #{index}: {score} = {attr['score']:.4f}, baseline {attr['baseline_score']:.4f}")
-    sup.show_figure(sup.attribution_figure(attr["input"], attr["attributions"], score, title), "emb_attr",
+    widgets.show_figure(figures.attribution_figure(attr["input"], attr["attributions"], score, title), "emb_attr",
                     f"{Path(path).stem}_{set_name}_{index}_ig_{score}")
     gap = attr["score"] - attr["baseline_score"]
     st.caption(f"Completeness: sum of attributions = {gap + attr['delta']:.4f} vs s(x) - s(x0) = {gap:.4f} "

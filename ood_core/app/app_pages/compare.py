@@ -6,11 +6,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from ood_core import app_support as sup
-from ood_core.metrics import roc_curve_points
+from ood_core.app import cached, figures, state, tables, widgets
 
 st.title("Compare methods")
-with st.expander("What am I looking at?", expanded=sup.teaching_mode()):
+with st.expander("What am I looking at?", expanded=state.teaching_mode()):
     st.markdown("Each column is one checkpoint (one training method) scored on the **same** OOD set with "
                 "the **same** score, so differences come from the representation the method learned. "
                 "Every score is high for ID; the table reports, per model and score:")
@@ -20,23 +19,24 @@ with st.expander("What am I looking at?", expanded=sup.teaching_mode()):
                 "hugs the top-left corner), and check whether the ranking of methods holds for near, "
                 "far-real (photo crops) and far-synthetic (generated) OOD sets alike.")
 
-path, version, model, meta = sup.require_checkpoint()
-options = [str(p) for p in sup.list_checkpoints(Path(path).parent)]
+path, version, model, meta = widgets.require_checkpoint()
+options = widgets.sibling_checkpoints(path)
 if any(p not in options for p in st.session_state.get("compare_models", [])):
     st.session_state.pop("compare_models", None)  # a file vanished or another folder is listed
 chosen = st.multiselect("Checkpoints (2-4)", options, key="compare_models", max_selections=4,
-                        default=sup.same_dataset_checkpoints(options, path, sup.checkpoint_dataset),
+                        default=widgets.same_dataset_default(options, path),
                         format_func=lambda p: Path(p).name,
                         help="Default: the sidebar's checkpoint and others trained on the same dataset")
 if len(chosen) < 2:
     st.info("Pick at least two checkpoints to compare.")
     st.stop()
 
-user_ood = sup.user_ood()
-first = sup.or_stop(sup.evaluation_cached, chosen[0], sup.checkpoint_version(chosen[0]), user_ood)
-ood_options = sup.ood_set_names(first["report"])
-others = [sup.or_stop(sup.evaluation_cached, p, sup.checkpoint_version(p), user_ood)["scores"] for p in chosen[1:]]
-common_scores = [s for s in sup.score_names(first["scores"]) if all(f"id/{s}" in o for o in others)]
+user_ood = widgets.user_ood()
+first = widgets.or_stop(cached.evaluation_cached, chosen[0], cached.checkpoint_version(chosen[0]), user_ood)
+ood_options = tables.ood_set_names(first["report"])
+others = [widgets.or_stop(cached.evaluation_cached, p, cached.checkpoint_version(p), user_ood)["scores"]
+          for p in chosen[1:]]
+common_scores = [s for s in tables.score_names(first["scores"]) if all(f"id/{s}" in o for o in others)]
 for key, opts in (("compare_set", ood_options), ("compare_score", common_scores)):
     if st.session_state.get(key) not in opts:
         st.session_state.pop(key, None)
@@ -53,22 +53,22 @@ plot = c3.radio("Plot in every column", ["score histogram", "ROC curve"], key="c
 
 paths = {Path(p).name: p for p in chosen}
 results = {}
-for side, col, name, result in sup.side_by_side(chosen, sup.evaluation_cached, ood_set,
-                                                sets=lambda r: r["report"]["ood"], user_ood=user_ood):
-    method = sup.checkpoint_meta_cached(paths[name], sup.file_version(paths[name])).get("method")
+for side, col, name, result in widgets.side_by_side(chosen, cached.evaluation_cached, ood_set,
+                                                    sets=lambda r: r["report"]["ood"], user_ood=user_ood):
+    method = cached.checkpoint_method(paths[name])
     results[name] = {**result, "method": method}
     col.caption(f"method `{method}`")
     id_s, ood_s = result["scores"][f"id/{score}"], result["scores"][f"{ood_set}/{score}"]
     if plot == "score histogram":
-        fig = sup.histogram_figure(id_s, ood_s, score, ood_set)
+        fig = figures.histogram_figure(id_s, ood_s, score, ood_set)
     else:
-        fig = sup.roc_figure({f"AUROC {result['report']['ood'][ood_set][score]['auroc']:.3f}":
-                              roc_curve_points(id_s, ood_s)[:2]})
+        fig = figures.roc_figure(figures.roc_curves(
+            {f"AUROC {result['report']['ood'][ood_set][score]['auroc']:.3f}": (id_s, ood_s)}))
     fig.update_layout(title=name, legend=dict(orientation="h", yanchor="top", y=-0.2))  # narrow columns
-    sup.show_figure(fig, f"compare_fig_{side}", f"{Path(name).stem}_{score}_{ood_set}", col)
+    widgets.show_figure(fig, f"compare_fig_{side}", f"{Path(name).stem}_{score}_{ood_set}", col)
 
 st.subheader(f"Metrics on {ood_set}")
 all_scores = st.toggle("Every score of every model (not only the chosen one)", key="compare_all_scores")
-table = sup.comparison_table(results, ood_set, None if all_scores else [score])
-sup.show_table(table, "compare_table", f"compare_{ood_set}")
-st.caption(sup.TABLE_CAPTION)
+table = tables.comparison_table(results, ood_set, None if all_scores else [score])
+widgets.show_table(table, "compare_table", f"compare_{ood_set}")
+st.caption(tables.TABLE_CAPTION)

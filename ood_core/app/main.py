@@ -1,0 +1,113 @@
+"""OOD geometry lab: the Streamlit entrypoint (router + sidebar).
+
+Run with ``ood-lab app`` (installed) or ``streamlit run app.py`` (a checkout: the root
+``app.py`` calls :func:`run`). Pages live in ``app_pages/`` beside this file and are
+registered here with ``st.navigation`` (not ``pages/``: see :mod:`ood_core.app`).
+
+Checkpoint folder: the sidebar lists the ``*.pt`` files of ``checkpoints/`` in the repository
+(``ood-lab app``: in the working directory). Set the environment variable
+``OOD_CHECKPOINT_DIR`` (absolute, or relative to the working directory) to list another
+folder instead; the tests use it to point the app at checkpoints they train in a temporary
+folder::
+
+    OOD_CHECKPOINT_DIR=/path/to/my/checkpoints streamlit run app.py
+
+The chosen checkpoint's absolute path is stored in ``st.session_state[state.CHECKPOINT_KEY]``
+(the sidebar selectbox's key); pages read it from there. When the folder holds no
+checkpoint, the app says how to train one and the pages show nothing else.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+# absolute imports: Streamlit runs this file as a script (``__main__``), not as a package module
+from ood_core.app import cached, state, widgets
+from ood_core.checkpoint_store import CHECKPOINT_ENV, TRAIN_COMMAND, checkpoint_dir, list_checkpoints
+from ood_core.data import IMAGE_SUFFIXES
+from ood_core.errors import OODCoreError
+from ood_core.real_data import DATA_ROOT_ENV
+from ood_core.views import needs_data_root, preset_status_markdown
+
+PAGES = Path(__file__).resolve().parent / "app_pages"
+
+
+def run() -> None:
+    """One run of the router: page registry, sidebar, then the chosen page."""
+    st.set_page_config(page_title="OOD geometry lab", layout="wide")
+
+    pg = st.navigation([
+        st.Page(PAGES / "models.py", title="Models", default=True),  # default page: served at "/"
+        st.Page(PAGES / "jacobian.py", title="Jacobian norms", url_path="jacobian"),
+        st.Page(PAGES / "collapse.py", title="Neural collapse & subspaces", url_path="collapse"),
+        st.Page(PAGES / "features.py", title="Feature magnitudes", url_path="features"),
+        st.Page(PAGES / "energy.py", title="Energy scores", url_path="energy"),
+        st.Page(PAGES / "roc.py", title="ROC & metrics", url_path="roc"),
+        st.Page(PAGES / "embeddings.py", title="Embeddings", url_path="embeddings"),
+        st.Page(PAGES / "compare.py", title="Compare methods", url_path="compare"),
+        st.Page(PAGES / "claims.py", title="Claims", url_path="claims"),
+    ])
+
+    folder = checkpoint_dir()
+    options = [str(p) for p in list_checkpoints(folder)]
+    if state.chosen_checkpoint() not in options:
+        st.session_state.pop(state.CHECKPOINT_KEY, None)  # the file is gone (or the folder changed): the first
+
+    st.sidebar.title("OOD geometry lab")
+    st.sidebar.toggle("Teaching mode", key=state.TEACHING_KEY,
+                      help="Open every page's explanation (formula and what to look for) by default")
+    if options:
+        st.sidebar.selectbox("Checkpoint", options, key=state.CHECKPOINT_KEY, format_func=lambda p: Path(p).name,
+                             help=f"`*.pt` files in `{folder}` (set ${CHECKPOINT_ENV} to list another folder)")
+    else:
+        st.info(f"No checkpoint (`*.pt`) in `{folder}`. Train one from the repository root:\n\n"
+                f"```\n{TRAIN_COMMAND}\n```\n\nthen reload this page "
+                f"(or set `{CHECKPOINT_ENV}` to a folder that holds checkpoints).")
+
+    current = state.chosen_checkpoint()
+    chosen_dataset = cached.checkpoint_dataset(current) if current else None
+    with st.sidebar.expander("Real datasets",
+                             expanded=needs_data_root(chosen_dataset) and not state.data_root_setting()):
+        st.session_state.setdefault(state.DATA_ROOT_KEY, state.data_root_setting() or "")  # $OOD_DATA_ROOT at first
+        st.text_input("Data root", key=state.DATA_ROOT_KEY, placeholder="/path/to/datasets",
+                      help=f"Folder holding CIFAR, SVHN, MNIST, DTD, Places365, VOC... in torchvision's layout "
+                           f"(default: ${DATA_ROOT_ENV}). Only read; the app never downloads. Checkpoints trained "
+                           "on a real-data preset are evaluated on the files found here; `python -m ood_core list` "
+                           "prints the layouts.")
+        root = state.data_root_setting()
+        if root:
+            st.markdown(preset_status_markdown(root))
+        elif needs_data_root(chosen_dataset):
+            st.warning(f"`{Path(current).name}` was trained on `{chosen_dataset}`: "
+                       "set the data root to evaluate it.")
+
+    with st.sidebar.expander("Add your own OOD set", expanded=bool(st.session_state.get(state.USER_OOD_KEY))):
+        kind = st.radio("Upload", ["array file", "image folder"], key=state.USER_OOD_KIND_KEY, horizontal=True,
+                        help="An (N, H, W[, C]) or (N, C, H, W) .npy/.npz array (uint8, or floats in [0, 1] or "
+                             "[0, 255]; (N, 2) points for toy2d), or a folder of images. It is resized and "
+                             "converted to the model's input format.")
+        nonce = st.session_state.get(state.USER_OOD_NONCE_KEY, 0)  # a new key empties the uploader (forget_upload)
+        if kind == "array file":
+            st.file_uploader("Array file", type=["npy", "npz"], key=f"user_ood_array_{nonce}",
+                             on_change=widgets.store_upload, args=(f"user_ood_array_{nonce}",))
+        else:
+            st.file_uploader("Image folder", type=sorted(s.lstrip(".") for s in IMAGE_SUFFIXES),
+                             accept_multiple_files="directory", key=f"user_ood_images_{nonce}",
+                             on_change=widgets.store_upload, args=(f"user_ood_images_{nonce}",))
+        if st.session_state.get(state.USER_OOD_ERROR_KEY):
+            st.error(st.session_state[state.USER_OOD_ERROR_KEY])
+        upload, chosen = st.session_state.get(state.USER_OOD_KEY), state.chosen_checkpoint()
+        if upload and chosen:
+            try:
+                (name, x), = cached.user_ood_set(chosen, cached.checkpoint_version(chosen), upload).items()
+                st.success(f"OOD set `{name}`: {x.shape[0]} samples, shown on every page (group `user`).")
+            except OODCoreError as e:
+                st.error(f"Your OOD set does not fit `{Path(chosen).name}`: {e}")
+            st.button("Remove it", key="user_ood_remove", on_click=widgets.forget_upload)
+
+    pg.run()
+
+
+if __name__ == "__main__":  # `streamlit run ood_core/app/main.py`, as `ood-lab app` does
+    run()

@@ -1,0 +1,154 @@
+"""The app's tables: results shaped into DataFrames for ``st.dataframe`` (and their CSV
+download, :func:`ood_core.app.widgets.show_table`)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..claims import claim_rows
+from ..errors import OODCoreError
+from ..evaluate import FPR95_DEFINITION
+from ..metrics import threshold_at_tpr
+
+def score_names(scores: dict) -> list[str]:
+    """Score names present in a per-sample score dict, in registry order."""
+    return [k.split("/", 1)[1] for k in scores if k.startswith("id/")]
+
+
+def ood_set_names(report: dict) -> list[str]:
+    """OOD set names of a report, in evaluation order (near first, then far-real, then far-synthetic)."""
+    return list(report.get("ood", {}))
+
+
+def reported_id_quality(report: dict) -> tuple[str, float | None]:
+    """``(label, value)`` of the ID quality metric: accuracy (multiclass) or mAP (multilabel)."""
+    if "id_accuracy" in report:
+        return "ID accuracy", report["id_accuracy"]
+    if "id_map" in report:
+        return "ID mAP", report["id_map"]
+    return "ID accuracy", None
+
+
+def metadata_summary(meta: dict) -> dict:
+    """The checkpoint facts worth showing, as plain JSON-able values."""
+    ds = meta.get("dataset") or {}
+    return {
+        "method": meta.get("method"),
+        "dataset": ds.get("name"),
+        "task": ds.get("task"),
+        "known classes": ds.get("known"),
+        "class names": ds.get("class_names"),
+        "input shape": ds.get("input_shape"),
+        "split / OOD seed": [ds.get("split_seed"), ds.get("ood_seed")],
+        "created": meta.get("created"),
+    }
+
+
+TABLE_COLUMNS = ("ood_set", "group", "score", "auroc", "fpr95", "aupr_in", "aupr_out")
+TABLE_CAPTION = (
+    f"FPR95 = {FPR95_DEFINITION}; lower is better. AUROC, AUPR-In (ID positive) and AUPR-Out "
+    "(OOD positive): higher is better. Every score follows one convention: high score = in-distribution (ID). "
+    "Rows `mean (near)`, `mean (far-real)`, `mean (far-synthetic)` (`mean (far)` on real-data presets) "
+    "average the OOD sets of each group."
+)
+
+
+def metric_table(rows: list[dict], scores: list[str] | None = None, ood_sets: list[str] | None = None) -> pd.DataFrame:
+    """The table rows as a DataFrame: the standard columns first, any other metric after;
+    only the rows of ``scores`` and of ``ood_sets`` (and the group means) when given."""
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return pd.DataFrame(columns=list(TABLE_COLUMNS))
+    first = [c for c in TABLE_COLUMNS if c in df.columns]
+    df = df[first + [c for c in df.columns if c not in first]]
+    if scores is not None:
+        df = df[df["score"].isin(scores)]
+    if ood_sets is not None:
+        df = df[df["ood_set"].isin(ood_sets) | df["ood_set"].str.startswith("mean")]
+    return df
+
+
+def comparison_table(results: dict[str, dict], ood_set: str, scores: list[str] | None = None) -> pd.DataFrame:
+    """One row per (model, score) on ``ood_set``: the metrics of each model's evaluation
+    (``results``: file name -> :func:`evaluate_model` result) with its method, for the
+    ``scores`` given (default: every score of each model), best AUROC first within a score."""
+    rows = []
+    for name, result in results.items():
+        per_score = result["report"]["ood"].get(ood_set, {})
+        for score, m in per_score.items():
+            if scores is None or score in scores:
+                rows.append({"model": name, "method": result.get("method"), "score": score,
+                             **{k: m[k] for k in ("auroc", "fpr95", "aupr_in", "aupr_out")}})
+    df = pd.DataFrame(rows, columns=["model", "method", "score", "auroc", "fpr95", "aupr_in", "aupr_out"])
+    return df.sort_values(["score", "auroc"], ascending=[True, False], kind="stable").reset_index(drop=True)
+
+
+def group_mean_table(report: dict | None) -> pd.DataFrame:
+    """AUROC and FPR95 per OOD group (near, far-real, far-synthetic, ...) and score of a training run's OOD report."""
+    rows = [{"group": group, "score": score, "auroc": m.get("auroc"), "fpr95": m.get("fpr95")}
+            for group, per in ((report or {}).get("group_means") or {}).items() for score, m in per.items()]
+    return pd.DataFrame(rows, columns=["group", "score", "auroc", "fpr95"])
+
+
+def score_percentile_table(scores: dict, set_name: str, index: int) -> pd.DataFrame:
+    """Every score of one sample next to the ID test split's distribution of that score.
+
+    ``scores``: per-sample scores ``"SET/SCORE"`` (:func:`evaluation_cached`). Columns:
+    ``value``; ``ID percentile`` = 100 * fraction of ID test samples whose score is <= value
+    (scores are high = ID, so a low percentile means the sample looks less ID than most ID
+    data); ``ID median``; ``called ID at TPR95`` = value >= the threshold that keeps 95% of
+    the ID test split (the FPR95 operating point).
+    """
+    rows = []
+    for name in score_names(scores):
+        key = f"{set_name}/{name}"
+        if key not in scores:
+            continue
+        values = np.asarray(scores[key])
+        if not 0 <= index < values.size:
+            raise OODCoreError(f"sample #{index} is out of range: {set_name!r} has {values.size} samples")
+        id_scores = np.asarray(scores[f"id/{name}"], dtype=np.float64)
+        value = float(values[index])
+        rows.append({"score": name, "value": value,
+                     "ID percentile": 100.0 * float(np.mean(id_scores <= value)),
+                     "ID median": float(np.median(id_scores)),
+                     "called ID at TPR95": bool(value >= threshold_at_tpr(id_scores, 0.95))})
+    return pd.DataFrame(rows, columns=["score", "value", "ID percentile", "ID median", "called ID at TPR95"])
+
+
+def claims_overview(results: dict) -> pd.DataFrame:
+    """One row per claim: its method, baseline, verdict and how many parts hold."""
+    return pd.DataFrame([{"claim": c["key"], "paper": c["paper"], "verdict": c["verdict"],
+                          "parts holding": f"{sum(bool(p['holds']) for p in c['parts'])} of {len(c['parts'])}"}
+                         for c in results["claims"]])
+
+
+def claim_table(claim: dict) -> pd.DataFrame:
+    return pd.DataFrame(claim_rows(claim))
+
+
+def feature_norm_rows(model: str, norms: dict[str, np.ndarray], metrics: dict[str, dict]) -> list[dict]:
+    """Rows of the Feature magnitudes table for one model: mean ||z|| of ID and of each OOD set,
+    and the AUROC of ||z|` as a score (``metrics``: :func:`ood_core.app.cached.score_metrics_cached`)."""
+    return [{"model": model, "ood_set": s, "mean ||z|| ID": norms["id"].mean(), "mean ||z|| OOD": norms[s].mean(),
+             "AUROC of ||z||": metrics[s]["auroc"]} for s in norms if s != "id"]
+
+
+def energy_rows(model: str, score: str, metrics: dict[str, dict]) -> list[dict]:
+    """Rows of the Energy scores table for one model: the AUROC of its energy score per OOD set."""
+    return [{"model": model, "score": score, "ood_set": s, "AUROC": m["auroc"]} for s, m in metrics.items()]
+
+
+def jnd_table(norms: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Mean ||J||_F per set and the JND of each OOD set against the ID test split (``"id"``)."""
+    means = {name: float(np.mean(v)) for name, v in norms.items()}
+    ood = [n for n in norms if n != "id"]
+    return pd.DataFrame({"set": ["ID (test)"] + ood, "mean ||J||_F": [means["id"]] + [means[n] for n in ood],
+                         "JND vs ID": [0.0] + [means[n] - means["id"] for n in ood]})
+
+
+def energy_share_table(shares: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Mean share of ||z||^2 outside the principal subspace per set (NaN samples skipped)."""
+    ood = [n for n in shares if n != "id"]
+    return pd.DataFrame({"set": ["ID (test)"] + ood,
+                         "mean share outside": [float(np.nanmean(shares[n])) for n in ["id"] + ood]})

@@ -141,10 +141,12 @@ def energy_rows(model: str, score: str, metrics: dict[str, dict]) -> list[dict]:
 
 def jnd_table(norms: dict[str, np.ndarray]) -> pd.DataFrame:
     """Mean ||J||_F per set and the JND of each OOD set against the ID test split (``"id"``)."""
-    means = {name: float(np.mean(v)) for name, v in norms.items()}
+    from ..geometry import jnd
+
+    diff = jnd({name: np.asarray(v) for name, v in norms.items()})  # the one JND implementation
     ood = [n for n in norms if n != "id"]
-    return pd.DataFrame({"set": ["ID (test)"] + ood, "mean ||J||_F": [means["id"]] + [means[n] for n in ood],
-                         "JND vs ID": [0.0] + [means[n] - means["id"] for n in ood]})
+    return pd.DataFrame({"set": ["ID (test)"] + ood, "mean ||J||_F": [float(np.mean(norms[n])) for n in ["id"] + ood],
+                         "JND vs ID": [0.0] + [diff[n] for n in ood]})
 
 
 def energy_share_table(shares: dict[str, np.ndarray]) -> pd.DataFrame:

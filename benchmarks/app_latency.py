@@ -597,7 +597,6 @@ def machine_info() -> dict:
     import streamlit
     import torch
 
-    sys.path.insert(0, str(ROOT))
     from ood_core.runtime import select_device
 
     model = platform.processor() or ""
@@ -722,8 +721,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
 
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     if not args.verbose:  # AppTest's bare-mode warnings ("No runtime found", ...); errors still show
         from streamlit import config as st_config
         from streamlit.logger import set_log_level

@@ -36,15 +36,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import ood_core  # noqa: E402
-from ood_core.claims import COMPARE_RESULTS, format_effect, format_value  # noqa: E402
-from ood_core.data import open_set_splits  # noqa: E402
-from ood_core.evaluate import evaluate  # noqa: E402
-from ood_core.methods import applicable_scores, get_method, method_score_params  # noqa: E402
-from ood_core.stats import paired_difference_ci  # noqa: E402
-from ood_core.train import recommended_config, train  # noqa: E402
+import ood_core
+from ood_core.claims import COMPARE_RESULTS, format_effect, format_value
+from ood_core.data import open_set_splits
+from ood_core.evaluate import evaluate
+from ood_core.methods import applicable_scores, get_method, method_score_params
+from ood_core.stats import paired_difference_ci
+from ood_core.train import recommended_config, train
 
 DEFAULT_OUT = COMPARE_RESULTS
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import math
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -30,15 +29,14 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from ood_core.checkpoint import load_checkpoint  # noqa: E402
-from ood_core.data import load_benchmark_from_spec  # noqa: E402
-from ood_core.errors import OODCoreError  # noqa: E402
-from ood_core.evaluate import extract_outputs  # noqa: E402
-from ood_core.geometry import jacobian_norm, nc_metrics  # noqa: E402
-from ood_core.runtime import select_device  # noqa: E402
-from ood_core.scores import make_score, scores_for_task  # noqa: E402
+from ood_core.checkpoint import load_checkpoint
+from ood_core.data import load_benchmark_from_spec
+from ood_core.errors import OODCoreError
+from ood_core.evaluate import extract_outputs
+from ood_core.geometry import jacobian_norm, nc_metrics
+from ood_core.runtime import select_device
+from ood_core.scores import make_score, scores_for_task
 
 
 def _sync(device):

@@ -32,15 +32,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import ood_core  # noqa: E402
-from ood_core.data import open_set_splits  # noqa: E402
-from ood_core.evaluate import evaluate  # noqa: E402
-from ood_core.geometry import jacobian_norm  # noqa: E402
-from ood_core.methods import method_score_params  # noqa: E402
-from ood_core.stats import paired_difference_ci  # noqa: E402
-from ood_core.train import recommended_config, train  # noqa: E402
+import ood_core
+from ood_core.data import open_set_splits
+from ood_core.evaluate import evaluate
+from ood_core.geometry import jacobian_norm
+from ood_core.methods import method_score_params
+from ood_core.stats import paired_difference_ci
+from ood_core.train import recommended_config, train
 
 # setting -> (loss parameter overrides, TrainConfig overrides); "paper" = movr's defaults
 SETTINGS: dict[str, tuple[dict, dict]] = {

@@ -26,12 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import ood_core  # noqa: E402
-from ood_core.evaluate import evaluate  # noqa: E402
-from ood_core.stats import paired_difference_ci  # noqa: E402
-from ood_core.train import recommended_config, train  # noqa: E402
+import ood_core
+from ood_core.evaluate import evaluate
+from ood_core.stats import paired_difference_ci
+from ood_core.train import recommended_config, train
 
 
 def _floats(text):

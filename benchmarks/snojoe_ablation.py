@@ -36,19 +36,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import ood_core  # noqa: E402
-from ood_core.data import Split  # noqa: E402
-from ood_core.stats import paired_difference_ci  # noqa: E402
-from ood_core.train import recommended_config, train  # noqa: E402
+import ood_core
+from ood_core.data import Split
+from ood_core.stats import paired_difference_ci
+from ood_core.train import recommended_config, train
 
 VARIANTS = {
     "bn-mlpbn": {"norm": "batch", "head": "mlp-bn"},

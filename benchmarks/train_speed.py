@@ -19,19 +19,15 @@ from __future__ import annotations
 import argparse
 import math
 import platform
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import ood_core  # noqa: E402
-from ood_core.data import Benchmark, Split  # noqa: E402
-from ood_core.models import build_model, default_arch  # noqa: E402
-from ood_core.runtime import seed_everything, select_device  # noqa: E402
-from ood_core.train import AMP_DTYPES, TrainConfig, _worker_context, train  # noqa: E402
+import ood_core
+from ood_core.data import Benchmark, Split
+from ood_core.models import build_model, default_arch
+from ood_core.runtime import seed_everything, select_device
+from ood_core.train import AMP_DTYPES, TrainConfig, _worker_context, train
 
 SYNTHETIC = "synthetic-rgb32"
 

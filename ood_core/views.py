@@ -43,11 +43,9 @@ def evaluate_model(model, meta: dict, outputs: dict | None = None, bench=None,
 def set_inputs(bench, set_name: str, user_sets: dict | None = None) -> torch.Tensor:
     """The inputs of one scored set: ``"id"`` is the ID test split, any other name an OOD set
     of the benchmark or of ``user_sets`` (the user's upload). OODCoreError for an unknown name."""
-    if set_name == "id":
-        return bench.test.x
-    sources = {**bench.ood, **(user_sets or {})}
+    sources = bench.inputs(user_sets, training=False)  # the one set-name -> inputs mapping
     if set_name not in sources:
-        raise OODCoreError(f"no set named {set_name!r}; this benchmark has: id, {', '.join(sources)}")
+        raise OODCoreError(f"no set named {set_name!r}; this benchmark has: {', '.join(sources)}")
     return sources[set_name]
 
 

@@ -39,7 +39,7 @@ from ..data import load_benchmark_from_spec, load_user_ood
 from ..errors import DataNotFound, OODCoreError
 from ..evaluate import evaluate, extract_benchmark_outputs
 from ..feature_cache import default_feature_cache
-from ..geometry import (class_mean_subspace, classifier_vectors, geometry_summary, jacobian_norm,
+from ..geometry import (class_mean_subspace, classifier_vectors, geometry_summary, jacobian_norms,
                         jacobian_norm_map, jacobian_norm_path, plane_bounds, principal_subspace,
                         subspace_energy_share)
 from ..methods import method_score_params
@@ -226,7 +226,7 @@ def jacobian_norm_set_cached(path: str, version: tuple, set_name: str, method: s
     computes it (same seed per set, so the numbers are the same)."""
     model, _ = load_model_cached(path, version)
     x = set_inputs(benchmark_cached(path, version), set_name, user_ood_set(path, version, user_ood))
-    return jacobian_norm(model, x[:probe_size], method=method, n_proj=n_proj, seed=0)
+    return jacobian_norms(model, {set_name: x}, probe_size, method=method, n_proj=n_proj, seed=0)[set_name]
 
 
 def jacobian_norms_cached(path: str, version: tuple, method: str = "estimate", n_proj: int = 16,

@@ -72,7 +72,6 @@ class Benchmark:
         return {**splits, "id": self.test.x, **(self.ood if ood is None else ood), **(extra or {})}
 
 
-
 def check_known(known, n_classes: int = 10) -> tuple[int, ...]:
     """The sorted known classes of an open-set benchmark (default :data:`DEFAULT_KNOWN`): at
     least two, not all ``n_classes``, each in 0..n_classes-1."""

@@ -13,7 +13,6 @@ each one rests on, drawn from the shipped checkpoints for the method beside its 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .checkpoint_store import file_version  # the checkpoints' content hash, memoised
 from .errors import OODCoreError
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
@@ -162,14 +162,6 @@ MECHANISMS: dict[str, Mechanism] = {m.key: m for m in [
 ]}
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:32]
-
-
 def shipped_checkpoint(folder: str | Path, method: str, dataset: str) -> Path:
     """The checkpoint ``{method}_{short}.pt`` of the shipped folder (``make checkpoints`` names)."""
     short = {"digits": "digits", "digit-canvases": "canvases"}.get(dataset, dataset)
@@ -198,7 +190,7 @@ def compute_mechanisms(folder: str | Path, keys: list[str] | None = None) -> dic
             values = mech.values(model, bench, outputs)
             fig[role] = {"file": path.name, "method": method,
                          "values": {k: [round(float(v), 5) for v in np.asarray(a).ravel()] for k, a in values.items()}}
-            doc["checkpoints"][path.name] = _file_digest(path)
+            doc["checkpoints"][path.name] = file_version(path)
         doc["figures"][key] = fig
     return doc
 
@@ -227,6 +219,6 @@ def load_mechanisms(folder: str | Path, path: str | Path | None = None) -> dict 
         return None
     for name, digest in stored.items():
         p = Path(folder) / name
-        if not p.is_file() or _file_digest(p) != digest:
+        if not p.is_file() or file_version(p) != digest:
             return None
     return doc

@@ -736,9 +736,9 @@ def main(argv: list[str] | None = None) -> int:
         from ood_core.checkpoint_store import checkpoint_dir, list_checkpoints
 
         pages = select_pages(registered_pages(), args.pages)
-        ckpts = list_checkpoints(checkpoint_dir(ROOT))
+        ckpts = list_checkpoints(checkpoint_dir())
         if not ckpts:
-            raise SystemExit(f"no checkpoint (*.pt) in {checkpoint_dir(ROOT)}")
+            raise SystemExit(f"no checkpoint (*.pt) in {checkpoint_dir()}")
         checkpoint = None
         if args.checkpoint:
             match = [c for c in ckpts if c.name == args.checkpoint]
@@ -750,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"App latency, {info['date']} on {info['host']}: {info['cpus_usable']}/{info['cpu_count']} CPUs "
               f"({info['cpu_model']}), torch {info['torch']} ({info['torch_threads']} threads), "
               f"streamlit {info['streamlit']}, python {info['python']}, device the app picks: {info['device']}")
-        print(f"Checkpoint: {ckpt_name} from {checkpoint_dir(ROOT)}; pages: {', '.join(pg.name for pg in pages)}; "
+        print(f"Checkpoint: {ckpt_name} from {checkpoint_dir()}; pages: {', '.join(pg.name for pg in pages)}; "
               f"load average at start: {info['loadavg_start']}", flush=True)
 
         results = run(pages, args.repeats, args.timeout, checkpoint, fresh)

@@ -8,22 +8,23 @@ from pathlib import Path
 
 from .errors import CheckpointError
 from .methods import METHODS
+from .paths import SHIPPED_CHECKPOINTS
 
 CHECKPOINT_ENV = "OOD_CHECKPOINT_DIR"
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_COMMAND = "python -m ood_core train --method ce --dataset digits --out checkpoints/ce_digits.pt"
 
 
-def checkpoint_dir(app_dir: str | Path | None = None) -> Path:
+def checkpoint_dir() -> Path:
     """The folder the app lists checkpoints from.
 
-    ``$OOD_CHECKPOINT_DIR`` when set (absolute, or relative to the working directory),
-    else ``<app_dir>/checkpoints`` (``app_dir`` defaults to the repository root).
+    ``$OOD_CHECKPOINT_DIR`` when set (absolute, or relative to the working directory), else the
+    shipped checkpoints (:data:`ood_core.paths.SHIPPED_CHECKPOINTS`; the checkout's
+    ``checkpoints/`` links there, so files trained into ``checkpoints/`` are listed too).
     """
     env = os.environ.get(CHECKPOINT_ENV, "").strip()
     if env:
         return Path(env).expanduser().resolve()
-    return Path(app_dir or REPO_ROOT).resolve() / "checkpoints"
+    return SHIPPED_CHECKPOINTS
 
 
 def list_checkpoints(folder: str | Path) -> list[Path]:

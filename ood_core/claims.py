@@ -24,7 +24,8 @@ import torch
 from .checkpoint_store import file_version  # the checkpoints' content hash, memoised
 from .errors import OODCoreError
 
-RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
+from .paths import SHIPPED_RESULTS as RESULTS_DIR
+
 COMPARE_RESULTS = RESULTS_DIR / "compare.json"
 MECHANISMS_FILE = RESULTS_DIR / "mechanisms.json"
 MAX_PER_SET = 300  # samples per drawn distribution (seeded subsample)

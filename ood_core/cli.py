@@ -450,10 +450,23 @@ def cmd_manifest(args) -> int:
 
 
 # --------------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ood_core", description="Train, evaluate and list OOD detectors.")
+def prog_name(argv0: str | None = None) -> str:
+    """How the CLI was called, for its usage lines: the script's name (``ood-lab``), or
+    ``python -m ood_core`` when run as a module (``argv0`` defaults to ``sys.argv[0]``)."""
+    argv0 = sys.argv[0] if argv0 is None and sys.argv else argv0
+    name = Path(argv0 or "").name
+    return "python -m ood_core" if name in ("", "__main__.py", "-c", "-m") else name
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser; ``prog`` (default :func:`prog_name`) names it in every usage line."""
+    from .serve import APP_HELP
+
+    p = argparse.ArgumentParser(prog=prog or prog_name(), description="Train, evaluate and list OOD detectors.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True)
+    # listed here; main() runs it before parsing, since streamlit's options are not ours to parse
+    sub.add_parser("app", help=APP_HELP, add_help=False)
 
     t = sub.add_parser("train", help="train a model and save a checkpoint",
                        description="Train METHOD on DATASET and save weights + metadata + OOD report to --out.")
@@ -555,8 +568,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """The ``ood-lab`` / ``python -m ood_core`` command; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["app"]:
+        from .serve import serve_app
+
+        return serve_app(argv[1:])
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

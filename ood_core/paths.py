@@ -9,6 +9,9 @@ find a folder:
 * the data root of the real datasets (cifar10, voc2007, ...): an explicit ``root``
   argument, else ``$OOD_DATA_ROOT``;
 * whether torchvision may download missing real datasets: ``$OOD_DATA_DOWNLOAD``;
+* the shipped checkpoints of the embedded benchmark and the stored benchmark results, which the
+  package carries as data (``ood_core/shipped/``; the checkout's ``checkpoints/`` and
+  ``results/`` are links to them, so ``pip install .`` serves the same app as the checkout);
 * the caches of tools the library drives (numba for UMAP, matplotlib for captum):
   :func:`point_tool_cache` puts them under the cache folder unless the user chose one.
 """
@@ -22,6 +25,10 @@ from .errors import DataNotFound
 CACHE_DIR_ENV = "OOD_CACHE_DIR"
 DATA_ROOT_ENV = "OOD_DATA_ROOT"
 DOWNLOAD_ENV = "OOD_DATA_DOWNLOAD"
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
+SHIPPED_CHECKPOINTS = SHIPPED_DIR / "checkpoints"  # one per method, seed 0: `make checkpoints`
+SHIPPED_RESULTS = SHIPPED_DIR / "results"  # compare.json (`make bench`), mechanisms.json
 
 
 def default_cache_dir() -> Path:

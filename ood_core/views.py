@@ -12,7 +12,7 @@ from .data import load_benchmark_from_spec
 from .errors import OODCoreError
 from .evaluate import evaluate
 from .methods import default_score_names, method_score_params
-from .real_data import PRESETS, preset_status
+from .data.real import PRESETS, preset_status
 
 def evaluate_model(model, meta: dict, outputs: dict | None = None, bench=None,
                    extra_ood: dict[str, torch.Tensor] | None = None) -> dict:

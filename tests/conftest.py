@@ -4,7 +4,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CHECKPOINTS = ROOT / "checkpoints"
+CHECKPOINTS = ROOT / "ood_core" / "shipped" / "checkpoints"  # also reachable through the link checkpoints/
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -12,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 from apptest_helpers import APP, TIMEOUT, array, traces_of_type
 from ood_core.app import cached, widgets
 from ood_core import claims
+from ood_core.paths import SHIPPED_CHECKPOINTS
 
 pytestmark = pytest.mark.usefixtures("clear_streamlit_caches")
 
@@ -31,7 +32,7 @@ def _claims_page(monkeypatch) -> AppTest:
 def test_claims_page_shows_every_stored_verdict_and_its_mechanism(monkeypatch):
     doc = json.loads(claims.COMPARE_RESULTS.read_text())  # the repository ships its latest run
     assert doc["claims"] and not doc["meta"]["quick"], "results/compare.json holds no verdicts"
-    stored = claims.load_mechanisms(cached.SHIPPED_CHECKPOINTS)
+    stored = claims.load_mechanisms(SHIPPED_CHECKPOINTS)
     assert stored is not None, "results/mechanisms.json does not match the shipped checkpoints: make checkpoints"
     at = _claims_page(monkeypatch)
     overview = at.dataframe[0].value
@@ -72,4 +73,4 @@ def test_stale_mechanisms_are_not_served(tmp_path):
     doc = {"checkpoints": {"ce_digits.pt": "0" * 32}, "figures": {}}
     path = tmp_path / "mechanisms.json"
     path.write_text(json.dumps(doc))
-    assert claims.load_mechanisms(cached.SHIPPED_CHECKPOINTS, path) is None
+    assert claims.load_mechanisms(SHIPPED_CHECKPOINTS, path) is None

@@ -16,7 +16,7 @@ from fake_datasets import write_all
 from ood_core.app import state
 from ood_core import checkpoint_store
 from ood_core.cli import main
-from ood_core.real_data import DATA_ROOT_ENV, DOWNLOAD_ENV
+from ood_core.paths import DATA_ROOT_ENV, DOWNLOAD_ENV
 
 E = importlib.import_module("ood_core.evaluate")
 pytestmark = pytest.mark.usefixtures("clear_streamlit_caches")

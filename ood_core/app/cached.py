@@ -34,7 +34,7 @@ import streamlit as st
 import torch
 
 from ..checkpoint import load_checkpoint, read_checkpoint
-from ..checkpoint_store import REPO_ROOT, file_version, list_checkpoints
+from ..checkpoint_store import file_version, list_checkpoints
 from ..data import load_benchmark_from_spec, load_user_ood
 from ..errors import DataNotFound, OODCoreError
 from ..evaluate import evaluate, extract_benchmark_outputs
@@ -43,6 +43,7 @@ from ..geometry import (class_mean_subspace, classifier_vectors, geometry_summar
                         jacobian_norm_map, jacobian_norm_path, plane_bounds, principal_subspace,
                         subspace_energy_share)
 from ..methods import method_score_params
+from ..paths import SHIPPED_CHECKPOINTS
 from ..projection import Projection, default_cache_dir, project_benchmark
 from ..runtime import select_device
 from ..scores import make_score
@@ -412,9 +413,6 @@ def energies_cached(path: str, version: tuple,
         score[set_name] = score_fn(out)
         terms[set_name] = (torch.nn.functional.softplus(logits) if multilabel else logits).numpy()
     return name, score, terms
-
-
-SHIPPED_CHECKPOINTS = REPO_ROOT / "checkpoints"
 
 
 @st.cache_data(max_entries=4, show_spinner=False)

@@ -27,7 +27,7 @@ from ood_core.app import cached, state, widgets
 from ood_core.checkpoint_store import CHECKPOINT_ENV, TRAIN_COMMAND, checkpoint_dir, list_checkpoints
 from ood_core.data import IMAGE_SUFFIXES
 from ood_core.errors import OODCoreError
-from ood_core.real_data import DATA_ROOT_ENV
+from ood_core.paths import DATA_ROOT_ENV
 from ood_core.views import needs_data_root, preset_status_markdown
 
 PAGES = Path(__file__).resolve().parent / "app_pages"

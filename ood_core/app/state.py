@@ -8,7 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from ..real_data import DATA_ROOT_ENV
+from ..paths import DATA_ROOT_ENV
 from ..views import needs_data_root
 
 CHECKPOINT_KEY = "checkpoint"  # the sidebar's checkpoint selectbox: the chosen file's absolute path

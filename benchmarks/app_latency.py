@@ -314,11 +314,13 @@ def measure_page(page: PageInfo, repeats: int = 3, timeout: float = 300.0, check
     """
     from streamlit.testing.v1 import AppTest
 
+    from ood_core.app import state
+
     res = PageResult(page.name, page.file, page.title)
     try:
         at = AppTest.from_file(str(APP), default_timeout=timeout)
         if checkpoint:
-            at.session_state["checkpoint"] = checkpoint
+            at.session_state[state.CHECKPOINT_KEY] = checkpoint
         with tempfile.TemporaryDirectory(prefix="ood-latency-cache-") as tmp:
             with env_var("OOD_CACHE_DIR", str(Path(tmp) / "boot") if fresh_disk_cache else None):
                 timed_run(at, at, page.name, "the initial run of app.py (default page)", timeout)
@@ -680,7 +682,7 @@ def cold_start(timeout: float, checkpoint: str | None, fresh_disk_cache: bool) -
             env_var("OOD_CACHE_DIR", tmp if fresh_disk_cache else None):
         at = AppTest.from_file(str(APP), default_timeout=timeout)
         if checkpoint:
-            at.session_state["checkpoint"] = checkpoint
+            at.session_state[state.CHECKPOINT_KEY] = checkpoint
         out["first_run_s"] = timed_run(at, at, "app.py", "the first run of app.py (default page)", timeout)
     return out
 

@@ -89,7 +89,7 @@ def _start_toy2d(at, out_name: str, epochs: int, slow_motion: float):
     at.slider(key="train_slow_motion").set_value(slow_motion)
     _ok(at.run())
     _ok(at.button(key="train_start").click().run())
-    return at.session_state["training_job"]
+    return at.session_state[state.TRAINING_JOB_KEY]
 
 
 # --------------------------------------------------------------------------- 1. two sessions
@@ -103,7 +103,7 @@ def test_two_sessions_with_different_checkpoints_each_see_their_own_model(pair_d
     _ok(at_b.run())
     at_b.selectbox(key="checkpoint").set_value(str(b))
     _ok(at_b.run())
-    assert at_a.session_state["checkpoint"] == str(a) and at_b.session_state["checkpoint"] == str(b)
+    assert at_a.session_state[state.CHECKPOINT_KEY] == str(a) and at_b.session_state[state.CHECKPOINT_KEY] == str(b)
     # interleaved runs on the Models page, then on ROC & metrics: each shows its own model
     for step in range(2):
         _ok(at_a.run())
@@ -113,7 +113,7 @@ def test_two_sessions_with_different_checkpoints_each_see_their_own_model(pair_d
     _ok(at_b.switch_page("ood_core/app/app_pages/roc.py").run())
     _ok(at_a.switch_page("ood_core/app/app_pages/roc.py").run())
     _ok(at_b.run())
-    assert at_a.session_state["checkpoint"] == str(a) and at_b.session_state["checkpoint"] == str(b)
+    assert at_a.session_state[state.CHECKPOINT_KEY] == str(a) and at_b.session_state[state.CHECKPOINT_KEY] == str(b)
     # the ROC page's table is filtered to the chosen scores and sets: compare those rows
     for at, want, who in ((at_a, want_a, "A"), (at_b, want_b, "B")):
         shown = _aurocs(at.dataframe[0].value)
@@ -135,13 +135,13 @@ def test_a_training_job_belongs_to_the_session_that_started_it(pair_dir, tmp_pat
     assert not job.finished
     # while it runs, B works on its own model and never sees A's job
     _ok(at_b.run())
-    assert "training_job" not in at_b.session_state
+    assert state.TRAINING_JOB_KEY not in at_b.session_state
     assert not [x for x in at_b.button if x.key == "train_cancel"]  # no Cancel: B has no job panel
     assert not [s for s in at_b.subheader if s.value.startswith("Run:")]
     assert not [p for p in at_b.get("progress")]
     _assert_same_table(at_b.dataframe[0].value, want_b, "session B during A's run")
     _ok(at_b.switch_page("ood_core/app/app_pages/roc.py").run())
-    assert at_b.session_state["checkpoint"] == str(b)
+    assert at_b.session_state[state.CHECKPOINT_KEY] == str(b)
     assert not job.finished, "the run ended too early for this test to mean anything"
     # A's run finishes and saves; A keeps its checkpoint, B keeps its own and still has no job
     assert job.wait(JOB_WAIT_S)
@@ -151,9 +151,9 @@ def test_a_training_job_belongs_to_the_session_that_started_it(pair_dir, tmp_pat
             break
     assert job.status == "done" and (folder / "a_run.pt").is_file()
     assert any("Training finished" in s.value for s in at_a.success)
-    assert at_a.session_state["checkpoint"] == str(a)
+    assert at_a.session_state[state.CHECKPOINT_KEY] == str(a)
     _ok(at_b.run())
-    assert at_b.session_state["checkpoint"] == str(b) and "training_job" not in at_b.session_state
+    assert at_b.session_state[state.CHECKPOINT_KEY] == str(b) and state.TRAINING_JOB_KEY not in at_b.session_state
     assert "a_run.pt" in at_b.selectbox(key="checkpoint").options  # a shared folder, listed to both
 
 
@@ -176,7 +176,7 @@ def test_checkpoint_replaced_with_the_same_mtime_is_not_served_stale(pair_dir, t
     path = a.parent / "m.pt"
     shutil.copy(a, path)
     at = _new_app()
-    at.session_state["checkpoint"] = str(path)
+    at.session_state[state.CHECKPOINT_KEY] = str(path)
     _ok(at.run())
     _assert_same_table(at.dataframe[0].value, want_a, "before the replacement")
     ev_before = cached.evaluation_cached(str(path), cached.checkpoint_version(str(path)))
@@ -391,7 +391,7 @@ def test_uploaded_file_names_cannot_leave_the_cache_folder(own_dir, tmp_path):
         return buf.getvalue()
 
     at = _new_app()
-    at.session_state["checkpoint"] = str(own_dir / "ce_toy2d.pt")
+    at.session_state[state.CHECKPOINT_KEY] = str(own_dir / "ce_toy2d.pt")
     _ok(at.run())
     names = ["../../../../evil1.npy", str(tmp_path / "abs_evil.npy"), "..\\..\\win_evil.npy",
              "sub/dir/evil4.npy"]

@@ -14,7 +14,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from apptest_helpers import APP, TIMEOUT, array, charts
-from ood_core.app import cached
+from ood_core.app import cached, state
 from ood_core import checkpoint_store
 from ood_core import jobs
 from ood_core.checkpoint import read_checkpoint
@@ -35,7 +35,7 @@ def _ok(at: AppTest) -> AppTest:
 
 
 def _job(at: AppTest):
-    return at.session_state["training_job"]
+    return at.session_state[state.TRAINING_JOB_KEY]
 
 
 def _finish(at: AppTest) -> AppTest:
@@ -95,7 +95,7 @@ def test_default_run_shows_the_loaded_checkpoint_and_the_training_form(app, ckpt
     assert at.number_input(key="train_seed").value == cfg.seed
     assert at.text_input(key="train_out_name").value == "ce_toy2d.pt"
     assert any("Training device: **" in c.value for c in at.caption)
-    assert "training_job" not in at.session_state
+    assert state.TRAINING_JOB_KEY not in at.session_state
 
 
 def test_existing_file_is_protected(app, ckpt_dir):
@@ -194,7 +194,7 @@ def test_training_toy2d_in_the_app_saves_the_file_and_draws_live_charts(own_dir)
     # one click selects the new model in the sidebar; the loaded tab then shows it
     at.button(key="train_show").click()
     _ok(at.run())
-    assert at.session_state["checkpoint"] == str(own_dir / "mine.pt")
+    assert at.session_state[state.CHECKPOINT_KEY] == str(own_dir / "mine.pt")
     assert any(str(own_dir / "mine.pt") in c.value for c in at.caption)
 
 
@@ -247,7 +247,7 @@ def test_overwrite_replaces_the_file_only_when_ticked(own_dir):
 def test_a_failed_run_shows_its_error(own_dir):
     at = _ok(_new_app().run())
     job = jobs.start_training("ce", "toy2d", TrainConfig(epochs=2, lr=10.0, optimizer="sgd"), own_dir / "bad.pt")
-    at.session_state["training_job"] = job
+    at.session_state[state.TRAINING_JOB_KEY] = job
     at = _finish(at)
     assert job.status == "failed"
     assert any("loss became nan" in e.value and "Lower the learning rate" in e.value for e in at.error)

@@ -18,6 +18,7 @@ USER_OOD_KEY = "user_ood"  # the path of the uploaded OOD set (or absent)
 USER_OOD_ERROR_KEY = "user_ood_error"  # why the last upload was refused (shown by the sidebar)
 USER_OOD_NONCE_KEY = "user_ood_nonce"  # part of the uploaders' keys: a new value empties them
 USER_OOD_KIND_KEY = "user_ood_kind"  # the sidebar's "array file" / "image folder" radio
+TRAINING_JOB_KEY = "training_job"  # the Models page's TrainingJob (not a widget: survives page switches)
 
 
 def chosen_checkpoint() -> str | None:

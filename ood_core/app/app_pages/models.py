@@ -6,7 +6,7 @@ with its metadata, ID accuracy, the OOD metric table and one score histogram.
 Tab "Train a new model": dataset, method (only those that fit the dataset), epochs, learning
 rate, seed and output file; Start runs :func:`ood_core.jobs.start_training` in a background
 thread and returns at once, so this page and every other page stay usable while it trains.
-The job object lives in ``st.session_state["training_job"]`` (this browser session only). An
+The job object lives in ``st.session_state[state.TRAINING_JOB_KEY]`` (this browser session only). An
 ``st.fragment`` polls it every ``POLL_S`` seconds and redraws only itself: progress bar, loss
 curve, validation per epoch, a Cancel button and, for 2-D data (toy2d), the decision and score
 landscape after every epoch. When the run ends the fragment reruns the whole app once, so the
@@ -23,7 +23,6 @@ import streamlit as st
 
 from ood_core.app import cached, figures, state, tables, training, widgets
 
-JOB_KEY = "training_job"  # the TrainingJob of this session (not a widget: survives page switches)
 ANNOUNCED_KEY = "training_job_announced"  # id of the finished job the app was rerun for
 DEFAULTS_FOR_KEY = "training_defaults_for"  # (method, dataset) the option widgets were filled for
 FORM_KEY = "training_form"  # a copy of the options, restored after a visit to another page
@@ -81,7 +80,7 @@ def fill_option_defaults(method: str, dataset: str) -> None:
 def job_panel() -> None:
     """Progress, curves, landscape and the Cancel button of this session's job (a fragment:
     polled every POLL_S seconds while the job runs, redrawing only itself)."""
-    job = st.session_state.get(JOB_KEY)
+    job = st.session_state.get(state.TRAINING_JOB_KEY)
     if job is None:
         return
     snap = job.snapshot()
@@ -196,7 +195,7 @@ def training_part() -> None:
         if not overwrite:
             blocked = "the file exists"
 
-    job = st.session_state.get(JOB_KEY)
+    job = st.session_state.get(state.TRAINING_JOB_KEY)
     busy = job is not None and not job.finished
     st.caption(f"Training device: **{training.device_name()}** (cuda > mps > cpu, the first available). "
                "Training runs in the background: other pages stay usable meanwhile.")
@@ -206,10 +205,10 @@ def training_part() -> None:
         job = widgets.or_error(training.start, method, bench, out_path, epochs=epochs, lr=lr, seed=seed,
                                overwrite=overwrite, landscape_score=landscape_score, min_epoch_seconds=slow_motion)
         if job is not None:
-            st.session_state[JOB_KEY] = job
+            st.session_state[state.TRAINING_JOB_KEY] = job
             st.rerun()  # redraw the form with Start disabled while the job runs
 
-    job = st.session_state.get(JOB_KEY)
+    job = st.session_state.get(state.TRAINING_JOB_KEY)
     if job is not None:
         st.divider()
         st.fragment(run_every=None if job.finished else POLL_S)(job_panel)()

@@ -409,7 +409,7 @@ def cmd_features(args) -> int:
 def cmd_list(args) -> int:
     from .data import DATASET_DESCRIPTIONS, IMAGE_OOD_SETS, LAYOUTS, PRESETS, REAL_OOD_SETS, load_benchmark
     from .methods import METHODS
-    from .scores import SCORES
+    from .scores import COSTS, SCORES
 
     print("datasets:")
     for name, desc in DATASET_DESCRIPTIONS.items():
@@ -437,7 +437,10 @@ def cmd_list(args) -> int:
               + (f" [params: {params}]" if params else "") + (f" [training: {train_opts}]" if train_opts else ""))
     print("scores (high = ID):")
     for name, cls in SCORES.items():
-        print(f"  {name:16s} {cls.describe()}")
+        extra = [] if cls.cost == "outputs" else [f"needs {COSTS[cls.cost]}"]
+        if set(cls.tasks) != {"multiclass", "multilabel"}:
+            extra.append(f"{'/'.join(cls.tasks)} only")
+        print(f"  {name:16s} {cls.describe()}" + (f" [{'; '.join(extra)}]" if extra else ""))
     return 0
 
 

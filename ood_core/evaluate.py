@@ -166,8 +166,8 @@ def evaluate(model: torch.nn.Module, bench: Benchmark, ood_sets: dict[str, torch
     used_params = {n: dict((score_params or {}).get(n) or {}) for n in names}
     scorers = {n: make_score(n, **used_params[n]) for n in names}
     for n, s in scorers.items():
-        if bench.task not in s.tasks:
-            raise OODCoreError(f"score {n!r} does not apply to {bench.task} models")
+        if s.refusal(bench.task):
+            raise OODCoreError(s.refusal(bench.task))
 
     if device is not None:
         model.to(select_device(device))

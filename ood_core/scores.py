@@ -45,6 +45,23 @@ def check_finite_outputs(out: ModelOutput, score: str, what: str = "") -> None:
             "model outputs (values beyond the float32 range count as Inf)")
 
 
+# Working memory a score may use per call for its largest temporary (a distance block, a
+# perturbed batch, ...): chunk the rows so that block stays under it. Well under 1 GB on CPU.
+MEMORY_BUDGET_BYTES = 256 * 2**20
+
+
+def row_chunks(n_rows: int, bytes_per_row: int, budget: int | None = None):
+    """Slices over ``range(n_rows)`` such that ``len(slice) * bytes_per_row <= budget`` (at
+    least one row per slice). ``budget`` defaults to :data:`MEMORY_BUDGET_BYTES`; e.g. a KNN
+    block of ``rows x 50,000`` float32 cosines has ``bytes_per_row = 4 * 50,000``."""
+    budget = MEMORY_BUDGET_BYTES if budget is None else int(budget)
+    if budget <= 0:
+        raise OODCoreError(f"memory budget must be a positive number of bytes, got {budget}")
+    step = max(1, budget // max(1, int(bytes_per_row)))
+    for start in range(0, int(n_rows), step):
+        yield slice(start, min(start + step, int(n_rows)))
+
+
 def register_score(cls: type["Score"]) -> type["Score"]:
     """Class decorator adding a score to ``SCORES`` under ``cls.name``."""
     if cls.name in SCORES:
@@ -53,15 +70,35 @@ def register_score(cls: type["Score"]) -> type["Score"]:
     return cls
 
 
+# What a score costs beyond the one forward pass that caches features and logits (``Score.cost``;
+# printed by ``list`` and timed by benchmarks/geometry_speed.py).
+COSTS = {
+    "outputs": "cached features and logits only",
+    "head": "cached features passed through the classifier head again",
+    "inputs": "the inputs themselves: input gradients or extra forward passes",
+}
+
+
 class Score:
     """Base class. Subclasses set ``name``, ``tasks`` and implement :meth:`compute`."""
 
     name: str = ""
     tasks: tuple[str, ...] = ("multiclass", "multilabel")
+    # why a score is not defined for the tasks it leaves out (shown when it is asked for there)
+    task_note: str = ""
     requires_fit: bool = False
     # True for scores that need the inputs themselves (e.g. Jacobian norms): the evaluator
     # then calls score_inputs(model, x) instead of reading cached outputs.
     requires_inputs: bool = False
+    cost: str = "outputs"  # a key of COSTS
+
+    @classmethod
+    def refusal(cls, task: str) -> str | None:
+        """None when the score applies to ``task``, else the sentence that says why not."""
+        if task in cls.tasks:
+            return None
+        why = f": {cls.task_note}" if cls.task_note else ""
+        return f"score {cls.name!r} is defined for {', '.join(cls.tasks)} models, not {task}{why}"
 
     def __init_subclass__(cls, **kwargs):
         # every fit (also a recipe's) rejects non-finite training outputs before using them

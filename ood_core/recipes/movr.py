@@ -209,6 +209,7 @@ class JacobianNormScore(Score):
     name = "jacobian_norm"
     tasks = ("multiclass",)
     requires_inputs = True
+    cost = "inputs"
 
     def __init__(self, method: str = "estimate", n_proj: int = 16, normalize: bool = True,
                  chunk_size: int = 256, seed: int = 0):

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError
+from .adapters import ImportedModel, build_imported, is_imported_arch
+from .errors import CheckpointError, OODCoreError
 from .fileio import atomic_write
 from .models import OODModel, build_model
 
@@ -46,9 +47,15 @@ def save_checkpoint(path, model: OODModel, meta: dict) -> Path:
     path = Path(path)
     meta = _json_safe({**meta, "model": model.spec})
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta,
-               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+               "state_dict": {k: v.detach().cpu() for k, v in _weights_of(model).state_dict().items()}}
     atomic_write(path, lambda f: torch.save(payload, f))
     return path
+
+
+def _weights_of(model) -> torch.nn.Module:
+    """The module whose state dict a checkpoint stores: an imported model's network (its keys
+    are then those of the original state dict), else the model."""
+    return model.net if isinstance(model, ImportedModel) else model
 
 
 def read_checkpoint(source) -> dict:
@@ -87,11 +94,14 @@ def read_checkpoint(source) -> dict:
     return raw
 
 
-def load_checkpoint(source, device: str | torch.device = "cpu") -> tuple[OODModel, dict]:
+def load_checkpoint(source, device: str | torch.device = "cpu", allow_code: bool = False) -> tuple[OODModel, dict]:
     """Load ``(model, meta)`` from a checkpoint path (or its bytes); the model is in eval mode.
 
     ``features, logits = model(x)``. Raises :class:`CheckpointError` with one clear line for
-    a missing, truncated, foreign, code-carrying or mismatched file.
+    a missing, truncated, foreign, code-carrying or mismatched file. A checkpoint written by
+    ``import`` of a torchvision/timm model is rebuilt from its name; one of your own
+    ``pkg.module:factory`` model imports that module, so it needs ``allow_code=True`` (or
+    ``$OOD_ALLOW_CODE`` naming the module, see :mod:`ood_core.adapters`).
     """
     raw = read_checkpoint(source)
     meta = raw["meta"]
@@ -99,11 +109,17 @@ def load_checkpoint(source, device: str | torch.device = "cpu") -> tuple[OODMode
     if not isinstance(spec, dict):
         raise CheckpointError("checkpoint metadata has no model spec")
     try:
-        model = build_model(**spec)
+        model = build_imported(**spec, allow_code=allow_code) if is_imported_arch(spec.get("arch")) \
+            else build_model(**spec)
     except (TypeError, KeyError, ValueError) as e:
         raise CheckpointError(f"checkpoint model spec cannot be built: {e}") from None
+    except OODCoreError as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"checkpoint model spec cannot be built: {e}") from None
+    target = _weights_of(model)
     try:
-        model.load_state_dict(raw["state_dict"], strict=True)
+        target.load_state_dict(raw["state_dict"], strict=True)
     except RuntimeError as e:
         detail = " ".join(str(e).split())[:300]
         raise CheckpointError(f"checkpoint weights do not fit the {spec.get('arch')} model they claim: {detail}") from None

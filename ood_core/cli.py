@@ -141,6 +141,9 @@ def _checkpoint_command(sub, name: str, func, cache_what: str = "features", **pa
     data-root options every such command takes; the caller adds the command's own options."""
     parser = sub.add_parser(name, **parser_kw)
     parser.add_argument("--checkpoint", required=True, help="checkpoint file (.pt)")
+    parser.add_argument("--allow-code", action="store_true",
+                        help="load a checkpoint `import`ed from your own pkg.module:factory model, which imports and "
+                             "runs that module (also allowed when $OOD_ALLOW_CODE names the module)")
     _add_device_option(parser)
     _add_cache_options(parser, cache_what)
     _add_data_options(parser)
@@ -238,6 +241,44 @@ def cmd_train(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- import
+def _floats(text: str | None, option: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise OODCoreError(f"{option} takes comma-separated numbers, one per channel, e.g. 0.485,0.456,0.406") from None
+
+
+def cmd_import(args) -> int:
+    from .checkpoint import save_checkpoint
+    from .evaluate import format_table
+    from .importing import import_model
+
+    out = _suffixed(args.out, "--out", ".pt")
+    check_writable(out)
+    _at_least(args, "--batch-size", 1)
+    preprocess = {"resize": args.resize, "crop": args.crop, "mean": _floats(args.mean, "--mean"),
+                  "std": _floats(args.std, "--std")}
+    progress, _ = _feature_progress() if not args.quiet else (None, None)
+    model, meta = import_model(args.model, args.dataset, args.weights, feature_layer=args.feature_layer,
+                               preprocess=preprocess, download=bool(args.download), data_root=args.data_root,
+                               allow_code=True, device=args.device, evaluate_after=not args.no_eval,
+                               batch_size=args.batch_size, progress=progress)
+    with sigint_deferred():
+        save_checkpoint(out, model, meta)
+    args._written = [str(out)]
+    imp = meta["imported"]
+    print(f"saved {out}: {imp['arch']} ({imp['weights']}) on {meta['dataset']['name']}, features {imp['feature_dim']}-d "
+          f"from {imp['feature_layer'] or 'the input of ' + imp['head_layer']}")
+    if "metrics" in meta and not args.quiet:
+        quality = {k: v for k, v in meta["metrics"].items() if k.startswith("id_")}
+        print(", ".join(f"{k} {100 * v:.2f}%" for k, v in quality.items()) + " on the test split")
+        print(format_table(meta["metrics"]))
+    return 0
+
+
 # --------------------------------------------------------------------------- evaluate
 def _checkpoint_and_benchmark(args):
     """``(model, meta, bench)`` of ``--checkpoint`` on ``--device``."""
@@ -245,7 +286,7 @@ def _checkpoint_and_benchmark(args):
     from .data import load_benchmark_from_spec
     from .runtime import select_device
 
-    model, meta = load_checkpoint(args.checkpoint, device=select_device(args.device))
+    model, meta = load_checkpoint(args.checkpoint, device=select_device(args.device), allow_code=args.allow_code)
     return model, meta, load_benchmark_from_spec(meta.get("dataset"), data_root=args.data_root,
                                                  download=_download(args))
 
@@ -261,7 +302,9 @@ def cmd_evaluate(args) -> int:
 
     if args.scores:
         _suffixed(args.scores, "--scores", ".npz")
-    for option in ("json", "scores"):
+    if args.outputs:
+        _suffixed(args.outputs, "--outputs", ".npz")
+    for option in ("json", "scores", "outputs"):
         if getattr(args, option):
             check_writable(getattr(args, option))
     model, meta, bench = _checkpoint_and_benchmark(args)
@@ -285,6 +328,7 @@ def cmd_evaluate(args) -> int:
     for n in score_names or []:
         if n not in SCORES:
             raise unknown("score", n, SCORES)
+    by_name = bool(score_names)
     score_names = score_names or default_score_names(meta, bench)
 
     from .scores import make_score
@@ -294,13 +338,17 @@ def cmd_evaluate(args) -> int:
     outputs, _ = _outputs(args, model, bench, ["id", *(["train"] if needs_train else []), *used], extra_ood=extra)
     ev = evaluate(model, bench, ood_sets=ood_sets, score_names=score_names, extra_ood=extra,
                   batch_size=args.batch_size, device=args.device, outputs=outputs,
-                  score_params=method_score_params(meta))
+                  score_params=method_score_params(meta), skip_unfit=not by_name)
     report = {**ev.report, "checkpoint": str(args.checkpoint), "method": meta.get("method"),
               "dataset": ds.get("name"), "known": ds.get("known")}
     if args.json:
         _write(args, Path(args.json), lambda f: f.write(json.dumps(report, indent=2).encode()))
     if args.scores:
         _write(args, Path(args.scores), lambda f: np.savez(f, **ev.scores))
+    if args.outputs:
+        arrays = {f"{name}/{part}": getattr(ev.outputs[name], part).numpy()
+                  for name in ["id", *ev.report["ood"]] for part in ("features", "logits")}
+        _write(args, Path(args.outputs), lambda f: np.savez(f, **arrays))
     quality = {k: v for k, v in report.items() if k.startswith("id_")}
     print(f"{meta.get('method')} on {ds.get('name')} (known {ds.get('known')}): "
           + ", ".join(f"{k} {100 * v:.2f}%" for k, v in quality.items()))
@@ -513,6 +561,34 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     _add_data_options(t)
     t.set_defaults(func=cmd_train)
 
+    im = sub.add_parser("import", help="make a lab checkpoint of a model trained elsewhere (torchvision, timm, your code)",
+                        description="Wrap a torchvision/timm architecture or your own nn.Module with its weights, "
+                                    "check it on DATASET, score its OOD sets and save a lab checkpoint that every "
+                                    "command and app page reads like a trained one.")
+    im.add_argument("--model", required=True,
+                    help="tv:NAME (any torchvision classification model, e.g. tv:resnet50, tv:vit_b_16), timm:NAME "
+                         "(needs timm), or pkg.module:factory (your code: factory() returns the nn.Module)")
+    im.add_argument("--weights", default=None,
+                    help="a .pth/.pt state dict (read weights-only) or .safetensors file, or a torchvision weights "
+                         "name such as IMAGENET1K_V1 (downloaded only with --download); default: random init")
+    im.add_argument("--dataset", required=True,
+                    help="imagefolder:DIR (class subfolders; DIR/train + DIR/test when present) or a preset such as "
+                         "cifar10 (see `list`)")
+    im.add_argument("--feature-layer", default=None, metavar="NAME",
+                    help="take the features from this submodule's output; default: the input of the final nn.Linear")
+    im.add_argument("--resize", type=int, default=None, help="shorter image side before the centre crop; default: "
+                    "the weights' (256 for most torchvision models)")
+    im.add_argument("--crop", type=int, default=None, help="input size; default: the weights' (224 for most)")
+    im.add_argument("--mean", default=None, help="per-channel mean, comma-separated; default: the weights'")
+    im.add_argument("--std", default=None, help="per-channel std, comma-separated; default: the weights'")
+    im.add_argument("--out", required=True, help="checkpoint file to write (.pt); written atomically")
+    im.add_argument("--no-eval", action="store_true", help="save without scoring the OOD sets")
+    im.add_argument("--batch-size", type=int, default=128, help="default: 128")
+    im.add_argument("--quiet", action="store_true", help="no progress bars or table")
+    _add_device_option(im)
+    _add_data_options(im)
+    im.set_defaults(func=cmd_import)
+
     e = _checkpoint_command(sub, "evaluate", cmd_evaluate, help="score ID and OOD sets with a checkpoint",
                             description="Evaluate a checkpoint on its ID test split vs OOD sets with every score.")
     e.add_argument("--ood", default=None,
@@ -524,6 +600,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="scores, comma-separated (see `list`); default: the checkpoint's method's scores")
     e.add_argument("--json", metavar="REPORT.json", help="write the metrics report as JSON")
     e.add_argument("--scores", metavar="SCORES.npz", help="write per-sample scores keyed 'id/SCORE', 'SET/SCORE'")
+    e.add_argument("--outputs", metavar="OUTPUTS.npz",
+                   help="write the features and logits of the ID test split and every OOD set, keyed 'id/features', "
+                        "'id/logits', 'SET/features', 'SET/logits', to recompute any score outside the lab")
     e.add_argument("--batch-size", type=int, default=512, help="default: 512")
 
     g = _checkpoint_command(sub, "geometry", cmd_geometry,

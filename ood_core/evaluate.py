@@ -138,7 +138,7 @@ def evaluate(model: torch.nn.Module, bench: Benchmark, ood_sets: dict[str, torch
              batch_size: int = 512, device: str | torch.device | None = None,
              outputs: dict[str, ModelOutput] | None = None, cache: FeatureCache | None = None,
              progress: Callable[[str, int, int, bool], None] | None = None,
-             score_params: dict[str, dict] | None = None) -> Evaluation:
+             score_params: dict[str, dict] | None = None, skip_unfit: bool = False) -> Evaluation:
     """Score the ID test split and each OOD set with every requested score.
 
     ``ood_sets`` defaults to all of ``bench.ood``; ``extra_ood`` adds user sets (group
@@ -148,6 +148,10 @@ def evaluate(model: torch.nn.Module, bench: Benchmark, ood_sets: dict[str, torch
     checkpoint pass :func:`ood_core.methods.method_score_params` of its meta, so e.g. MSP on
     a ``movr`` model uses the training scale. ``report["score_params"]`` records the
     parameters each score was built with (``{}`` = its defaults).
+    ``skip_unfit``: a score whose fit is refused on this model and data (e.g. ViM when the
+    training features span fewer dimensions than its subspace) is left out and named with the
+    reason in ``report["skipped_scores"]`` instead of failing the whole evaluation; for
+    default score lists (an ``import``), never for scores asked for by name.
     ``outputs`` (from :func:`extract_benchmark_outputs` of the same model) are reused instead
     of running the model again on those sets; the result's ``outputs`` holds every set used.
     ``cache`` and ``progress``: as in :func:`extract_benchmark_outputs`.
@@ -158,7 +162,7 @@ def evaluate(model: torch.nn.Module, bench: Benchmark, ood_sets: dict[str, torch
         if name in sets or name == "id":
             raise DataError(f"user OOD set name {name!r} clashes with a built-in set; rename the file")
         sets[name], groups[name] = x, "user"
-    if not sets:
+    if not sets and not (ood_sets is None and bench.missing_ood):
         raise OODCoreError("no OOD set to evaluate; pass --ood NAME or --ood-file PATH")
     for name, x in sets.items():
         check_input_shape(x, bench.input_shape, name)
@@ -176,9 +180,19 @@ def evaluate(model: torch.nn.Module, bench: Benchmark, ood_sets: dict[str, torch
     needs_fit = any(s.requires_fit for s in scorers.values())
     extract_benchmark_outputs(model, bench, ["id", *(["train"] if needs_fit else []), *sets],
                               extra_ood=user, batch_size=batch_size, outputs=outputs, cache=cache, progress=progress)
+    skipped = {}
     if needs_fit:
-        for s in scorers.values():
-            s.fit(outputs["train"], bench.train.y, model)
+        for n, s in list(scorers.items()):
+            try:
+                s.fit(outputs["train"], bench.train.y, model)
+            except OODCoreError as e:
+                if not skip_unfit:
+                    raise
+                skipped[n] = str(e)
+                del scorers[n]
+        names = [n for n in names if n in scorers]
+        if not names:
+            raise OODCoreError("no score could be fitted: " + "; ".join(f"{n}: {why}" for n, why in skipped.items()))
 
     inputs = bench.inputs(ood=sets, training=False)
     per_sample = {f"{set_name}/{n}": (s.score_inputs(model, inputs[set_name]) if s.requires_inputs
@@ -189,9 +203,13 @@ def evaluate(model: torch.nn.Module, bench: Benchmark, ood_sets: dict[str, torch
         report["ood"][set_name] = {n: ood_metrics(per_sample[f"id/{n}"], per_sample[f"{set_name}/{n}"])
                                    for n in names}
     report["group_means"] = group_means(report["ood"], groups)
+    # the protocol's sets whose files were not found: reported by name, not silently dropped
+    report["missing_ood"] = {n: why for n, why in bench.missing_ood.items() if ood_sets is None}
     report["fpr95_definition"] = FPR95_DEFINITION
     report["score_convention"] = "higher score = more in-distribution"
-    report["score_params"] = used_params
+    report["score_params"] = {n: used_params[n] for n in names}
+    if skipped:
+        report["skipped_scores"] = skipped
     return Evaluation(report, per_sample, outputs)
 
 
@@ -211,6 +229,9 @@ def group_means(per_set: dict, groups: dict[str, str]) -> dict:
 
 def format_table(report: dict, metrics=("auroc", "fpr95")) -> str:
     """A markdown table in percent: one row per OOD set and group mean, a column per (score, metric)."""
+    if not report["ood"]:
+        missing = ", ".join(report.get("missing_ood") or {}) or "none given"
+        return f"(no OOD set to score: not found on disk: {missing})"
     score_names = list(next(iter(report["ood"].values())).keys())
     head = ["OOD set"] + [f"{s} {m}" for s in score_names for m in metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -224,4 +245,11 @@ def format_table(report: dict, metrics=("auroc", "fpr95")) -> str:
         lines.append("score parameters: " + "; ".join(
             f"{s} " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in p.items())
             for s, p in params.items()))
+    if report.get("skipped_scores"):
+        lines.append("")
+        lines.append("left out (cannot be fitted here): " + "; ".join(f"{n}: {why}" for n, why in
+                                                                   report["skipped_scores"].items()))
+    if report.get("missing_ood"):
+        lines.append("")
+        lines.append("not found on disk, so not scored: " + ", ".join(report["missing_ood"]))
     return "\n".join(lines)

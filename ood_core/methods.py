@@ -108,10 +108,16 @@ def applicable_scores(method: Method, bench=None) -> list[str]:
     return [s for s in method.scores if s in task_scores]
 
 
-def default_score_names(meta: dict, bench) -> list[str] | None:
-    """The scores to report for a checkpoint: its method's, or None (every score) if the method is unknown."""
+def default_score_names(meta: dict, bench) -> list[str]:
+    """The scores to report for a checkpoint: its method's; for any other model (an ``import``ed
+    one, an unknown method) every score of the data's task that runs on cached outputs (those
+    that need input gradients or extra passes, ``cost == "inputs"``, are asked for by name)."""
+    from .scores import SCORES, scores_for_task
+
     method = METHODS.get(str(meta.get("method")))
-    return applicable_scores(method, bench) if method is not None else None
+    if method is not None:
+        return applicable_scores(method, bench)
+    return [s for s in scores_for_task(bench.task) if SCORES[s].cost != "inputs"]
 
 
 def method_score_params(method: "Method | dict | str | None", loss_params: dict | None = None) -> dict[str, dict]:

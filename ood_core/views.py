@@ -26,7 +26,7 @@ def evaluate_model(model, meta: dict, outputs: dict | None = None, bench=None,
     """
     bench = bench if bench is not None else load_benchmark_from_spec(meta.get("dataset"))
     result = evaluate(model, bench, score_names=default_score_names(meta, bench), outputs=outputs,
-                      extra_ood=extra_ood, score_params=method_score_params(meta))
+                      extra_ood=extra_ood, score_params=method_score_params(meta), skip_unfit=True)
     return {"report": result.report,
             "scores": {k: np.asarray(v) for k, v in result.scores.items()},
             "table": result.table()}

@@ -6,6 +6,7 @@ Places365 / TinyImageNet JPEG folders and VOC XML annotations are written into t
 import json
 import os
 import pickle
+import re
 
 import pytest
 import torch
@@ -142,12 +143,22 @@ def test_missing_files_one_clear_error(tmp_path, monkeypatch, name):
     assert R.LAYOUTS[name] in msg and "--download" in msg and str(tmp_path) in msg
 
 
-def test_missing_required_ood_set(root):
+def test_missing_ood_sets_are_skipped_and_named(root):
     import shutil
 
     shutil.rmtree(root / "val_256")
-    with pytest.raises(DataError, match="places365 not found.*val_256.*--download"):
-        D.load_benchmark("svhn")
+    bench = D.load_benchmark("svhn")
+    assert set(bench.ood) == {"cifar10", "dtd"} and set(bench.missing_ood) == {"places365"}
+    assert re.search("places365 not found.*val_256.*--download", bench.missing_ood["places365"])
+
+
+def test_a_preset_with_only_its_id_dataset_builds(tmp_path, monkeypatch):
+    from fake_datasets import write_cifar
+
+    write_cifar(tmp_path)
+    monkeypatch.setenv(R.DATA_ROOT_ENV, str(tmp_path))
+    bench = D.load_benchmark("cifar10")
+    assert bench.ood == {} and set(bench.missing_ood) == {"cifar100", "mnist", "svhn", "dtd", "places365"}
 
 
 def test_embedded_datasets_need_no_root(monkeypatch):

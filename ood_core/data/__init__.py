@@ -20,7 +20,8 @@ from .embedded import (CANVAS_SIZES, CANVAS_SLOTS, IMAGE_OOD_SETS, N_GENERATED, 
                        SPLIT_FRACTIONS, TRAIN_OUTLIERS, RealOODSet, generate_ood, load_digit_canvases_benchmark,
                        load_digits_benchmark, load_toy2d_benchmark, real_crop_to_input, real_ood, training_outliers)
 from .real import LAYOUTS, PRESETS
-from .registry import DATASET_DESCRIPTIONS, DATASETS, load_benchmark, load_benchmark_from_spec, register_dataset
+from .registry import (DATASET_DESCRIPTIONS, DATASETS, IMAGE_FOLDER_PREFIX, load_benchmark, load_benchmark_from_spec,
+                       register_dataset)
 from .user import MAX_USER_BYTES, MAX_USER_BYTES_ENV, MAX_USER_SAMPLES, MAX_USER_SAMPLES_ENV, load_user_ood, user_limits
 
 __all__ = [
@@ -29,6 +30,6 @@ __all__ = [
     "N_GENERATED", "N_TRAIN_OUTLIERS", "REAL_OOD_SETS", "SPLIT_FRACTIONS", "TRAIN_OUTLIERS", "RealOODSet",
     "generate_ood", "load_digit_canvases_benchmark", "load_digits_benchmark", "load_toy2d_benchmark",
     "real_crop_to_input", "real_ood", "training_outliers", "LAYOUTS", "PRESETS", "DATASET_DESCRIPTIONS", "DATASETS",
-    "load_benchmark", "load_benchmark_from_spec", "register_dataset", "MAX_USER_BYTES", "MAX_USER_BYTES_ENV",
+    "IMAGE_FOLDER_PREFIX", "load_benchmark", "load_benchmark_from_spec", "register_dataset", "MAX_USER_BYTES", "MAX_USER_BYTES_ENV",
     "MAX_USER_SAMPLES", "MAX_USER_SAMPLES_ENV", "load_user_ood", "user_limits",
 ]

@@ -52,6 +52,10 @@ class Benchmark:
     ood_groups: dict[str, str]
     split_seed: int = 0
     ood_seed: int = 0
+    # how the images were loaded when that is not implied by the name (imagefolder: resize/crop)
+    preprocess: dict | None = None
+    # OOD sets of the benchmark's protocol whose files were not found: {name: why}
+    missing_ood: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -61,7 +65,8 @@ class Benchmark:
         """What identifies this benchmark, as stored in checkpoint metadata."""
         return {"name": self.name, "known": list(self.known), "task": self.task,
                 "input_shape": list(self.input_shape), "class_names": list(self.class_names),
-                "split_seed": self.split_seed, "ood_seed": self.ood_seed}
+                "split_seed": self.split_seed, "ood_seed": self.ood_seed,
+                **({"preprocess": dict(self.preprocess)} if self.preprocess else {})}
 
     def inputs(self, extra: dict[str, torch.Tensor] | None = None, *, ood: dict[str, torch.Tensor] | None = None,
                training: bool = True) -> dict[str, torch.Tensor]:

@@ -14,8 +14,10 @@ because torchvision checks the MD5 sum of those files on every load, which only 
 official archives pass. DTD, Places365 and TinyImageNet serve as OOD sets only, so their
 labels are not read: their images are listed and a seeded subset is decoded.
 
-Presets (:data:`PRESETS`) are pure data: the ID dataset and its near/far OOD sets. A name
-ending in ``?`` is optional: it is skipped with a logged note when its files are missing.
+Presets (:data:`PRESETS`) are pure data: the ID dataset and its near/far OOD sets. Only the ID
+dataset must be on disk: an OOD set whose files are missing is skipped with a logged note and
+named in ``Benchmark.missing_ood`` (with why), which ``evaluate`` reports; a name ending in
+``?`` is optional: skipped with the note only, as it is not part of the preset's protocol.
 Every OOD set is converted to the ID format (grey <-> RGB, bilinear resize) and capped at
 :data:`OOD_SET_SIZE` seeded samples (environment ``OOD_SET_SIZE`` overrides).
 
@@ -207,14 +209,29 @@ def load_mnist(name: str, train: bool, root=None, download=None):
     return ds.data[:, None].contiguous(), ds.targets.long(), list(ds.classes)
 
 
-def _read_images(files, size, channels: int) -> np.ndarray:
+def _resize_crop(im, size, resize: int | None):
+    """``im`` at ``size`` (H, W): a plain bilinear resize, or with ``resize`` the shorter side
+    scaled to ``resize`` and the centre ``size`` cut out (torchvision's eval transform)."""
+    from PIL import Image
+
+    if not resize:
+        return im.resize((size[1], size[0]), Image.BILINEAR)
+    w, h = im.size
+    scale = resize / min(w, h)
+    im = im.resize((max(size[1], round(w * scale)), max(size[0], round(h * scale))), Image.BILINEAR)
+    w, h = im.size
+    left, top = (w - size[1]) // 2, (h - size[0]) // 2
+    return im.crop((left, top, left + size[1], top + size[0]))
+
+
+def _read_images(files, size, channels: int, resize: int | None = None) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     out = np.empty((len(files), size[0], size[1], channels), dtype=np.uint8)
     for i, f in enumerate(files):
         try:
             with Image.open(f) as im:
-                im = im.convert("L" if channels == 1 else "RGB").resize((size[1], size[0]), Image.BILINEAR)
+                im = _resize_crop(im.convert("L" if channels == 1 else "RGB"), size, resize)
                 out[i] = np.asarray(im).reshape(size[0], size[1], channels)
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f"{f}: unreadable image ({type(e).__name__}: {e})") from None
@@ -247,17 +264,22 @@ def load_image_set(name: str, size, channels: int = 3, seed=0, root=None, downlo
     return torch.from_numpy(_read_images(files, size, channels))
 
 
-def load_image_folder(path, size, channels: int = 3):
-    """A labelled image folder (``<path>/<class>/*.jpg``, torchvision ImageFolder layout)."""
+def load_image_folder(path, size, channels: int = 3, resize: int | None = None):
+    """A labelled image folder (``<path>/<class>/*.jpg``, torchvision ImageFolder layout):
+    (x uint8 (N, C, H, W), y, class names). Refused before decoding when the decoded float32
+    tensor would exceed the user-data limit (:func:`ood_core.data.user.user_limits`)."""
     from torchvision.datasets import ImageFolder
+
+    from .user import check_decoded_size
 
     try:
         ds = ImageFolder(str(path))
     except (FileNotFoundError, OSError) as e:
         raise DataError(f"{path}: not an image folder <path>/<class>/<image> ({e})") from None
     files = [p for p, _ in ds.samples]
+    check_decoded_size(len(files), (channels, *size), str(path))
     y = torch.tensor([t for _, t in ds.samples], dtype=torch.int64)
-    return torch.from_numpy(_read_images(files, size, channels)), y, list(ds.classes)
+    return torch.from_numpy(_read_images(files, size, channels, resize)), y, list(ds.classes)
 
 
 def load_voc(year: str, image_set: str, root=None, size: int = VOC_SIZE, download=None):
@@ -342,54 +364,75 @@ def build_preset(preset: str, known=None, split_seed: int = 0, ood_seed: int = 0
     perm = torch.from_numpy(np.random.default_rng([split_seed, 11]).permutation(len(x_tr)))
     n_val = max(1, int(round(VAL_FRACTION * len(x_tr))))
     va, tr = perm[:n_val], perm[n_val:]
-    ood, groups = {}, {}
+    ood, groups, not_found = {}, {}, {}
     for group in ("near", "far"):
-        for i, entry in enumerate(p.get(group, [])):
-            optional = entry.endswith("?")
+        for entry in p.get(group, []):
             set_name = entry.rstrip("?")
             try:
                 ood[set_name] = load_ood_set(set_name, shape, [ood_seed, hash_name(set_name)], root=data_root,
                                              download=download)
-            except DataError as e:
-                if not optional:
-                    raise
-                log.warning("%s: optional OOD set %s skipped: %s", preset, set_name, e)
+            except DataError as e:  # the model can still be trained and scored on the sets that are there
+                if not entry.endswith("?"):
+                    not_found[set_name] = str(e)
+                log.warning("%s: OOD set %s skipped: %s", preset, set_name, e)
                 continue
             groups[set_name] = group
     return Benchmark(preset, "multilabel" if multilabel else "multiclass", shape, tuple(range(len(names))),
                      [str(n) for n in names], Split(_to_float(x_tr[tr]), y_tr[tr]), Split(_to_float(x_tr[va]), y_tr[va]),
-                     Split(_to_float(x_te), y_te), ood, groups, split_seed, ood_seed)
+                     Split(_to_float(x_te), y_te), ood, groups, split_seed, ood_seed, missing_ood=not_found)
 
 
-IMAGE_FOLDER_SIZE = 32  # imagefolder:PATH images are resized to 3 x 32 x 32
+IMAGE_FOLDER_SIZE = 32  # imagefolder:PATH images are resized to 3 x 32 x 32 unless a preprocess says otherwise
 
 
-def build_image_folder(name: str, known=None, split_seed: int = 0, ood_seed: int = 0) -> Benchmark:
-    """``imagefolder:PATH``: ID classes = the subfolders of PATH (resized to 32x32 RGB).
-
-    All images are split 60/20/20 (stratified, split seed); OOD = the generated far-OOD
-    families of :mod:`ood_core.data.embedded` (group ``far-synthetic``; the far-real crops are grey). PATH is
-    stored in the name, so checkpoints rebuild it.
-    """
+def _stratified(idx: np.ndarray, y: np.ndarray, train_size: float, seed: int, path) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
+    try:
+        return train_test_split(idx, train_size=train_size, stratify=y, random_state=seed)
+    except ValueError as e:
+        raise DataError(f"{path}: too few images per class for a stratified split ({e}); add images") from None
+
+
+def build_image_folder(name: str, known=None, split_seed: int = 0, ood_seed: int = 0,
+                       preprocess: dict | None = None) -> Benchmark:
+    """``imagefolder:PATH``: ID classes = the subfolders of PATH, in RGB.
+
+    Splits: with ``PATH/train`` and ``PATH/test`` (each ``<class>/<image>``, the same classes)
+    test is ``PATH/test`` and 10 % of ``PATH/train`` (stratified, split seed) is the validation
+    split; otherwise all images are split 60/20/20 (stratified, split seed).
+    Size: ``preprocess`` ``{"crop": C, "resize": R}`` (an imported model's, see
+    :func:`ood_core.adapters.preprocess_from_weights`) scales the shorter side to R and cuts
+    the centre C x C; without it images are resized to 32 x 32. OOD = the generated far-OOD
+    families of :mod:`ood_core.data.embedded` at that size (group ``far-synthetic``). PATH and
+    the preprocess are stored in the benchmark's spec, so checkpoints rebuild it.
+    """
     path = Path(name.split(":", 1)[1]).expanduser().resolve()
     name = f"imagefolder:{path}"  # absolute, so the checkpoint's spec finds it from any folder
-    size = (IMAGE_FOLDER_SIZE, IMAGE_FOLDER_SIZE)
-    x, y, classes = load_image_folder(path, size)
+    pre = {k: int(v) for k, v in (preprocess or {}).items() if k in ("resize", "crop") and v}
+    crop = pre.get("crop", IMAGE_FOLDER_SIZE)
+    size = (crop, crop)
+    if (path / "train").is_dir() and (path / "test").is_dir():
+        x_tr, y_tr, classes = load_image_folder(path / "train", size, resize=pre.get("resize"))
+        x_te, y_te, test_classes = load_image_folder(path / "test", size, resize=pre.get("resize"))
+        if test_classes != classes:
+            raise DataError(f"{path}: train/ and test/ hold different classes ({', '.join(classes)} vs "
+                            f"{', '.join(test_classes)})")
+        tr, va = _stratified(np.arange(len(y_tr)), y_tr.numpy(), 0.9, split_seed, path / "train")
+        xf = _to_float(x_tr)
+        parts = [Split(xf[torch.from_numpy(tr)], y_tr[torch.from_numpy(tr)]),
+                 Split(xf[torch.from_numpy(va)], y_tr[torch.from_numpy(va)]), Split(_to_float(x_te), y_te)]
+    else:
+        x, y, classes = load_image_folder(path, size, resize=pre.get("resize"))
+        tr, rest = _stratified(np.arange(len(y)), y.numpy(), 0.6, split_seed, path)
+        va, te = _stratified(rest, y.numpy()[rest], 0.5, split_seed, path)
+        xf = _to_float(x)
+        parts = [Split(xf[torch.from_numpy(i)], y[torch.from_numpy(i)]) for i in (tr, va, te)]
     require_all_known(name, known, len(classes))
-    idx = np.arange(len(y))
-    try:
-        tr, rest = train_test_split(idx, train_size=0.6, stratify=y.numpy(), random_state=split_seed)
-        va, te = train_test_split(rest, test_size=0.5, stratify=y.numpy()[rest], random_state=split_seed)
-    except ValueError as e:
-        raise DataError(f"{path}: too few images per class for a stratified 60/20/20 split ({e})") from None
-    xf = _to_float(x)
-    parts = [Split(xf[torch.from_numpy(i)], y[torch.from_numpy(i)]) for i in (tr, va, te)]
     ood, groups = {}, {}
     add_generated(ood, groups, (3, *size), ood_seed)
     return Benchmark(name, "multiclass", (3, *size), tuple(range(len(classes))), list(classes), *parts, ood, groups,
-                     split_seed, ood_seed)
+                     split_seed, ood_seed, preprocess=pre or None)
 
 
 def hash_name(name: str) -> int:

@@ -42,16 +42,18 @@ def register_dataset(name: str, builder: Callable[..., Benchmark], description: 
 
 
 def load_benchmark(name: str, known=None, split_seed: int = 0, ood_seed: int = 0, data_root=None,
-                   download: bool | None = None) -> Benchmark:
+                   download: bool | None = None, preprocess: dict | None = None) -> Benchmark:
     """Load a benchmark by name (see ``DATASETS``), or ``imagefolder:PATH`` (see :mod:`ood_core.data.real`).
 
     ``data_root``: the folder of the real datasets (``cifar10``, ``voc2007``, ...); None reads
     ``$OOD_DATA_ROOT``. ``download``: let torchvision fetch missing real datasets into it
     (needs internet); None reads ``$OOD_DATA_DOWNLOAD``. Embedded datasets and image folders
-    ignore both.
+    ignore both. ``preprocess`` (``{"resize": R, "crop": C}``) sizes the images of an
+    ``imagefolder:`` benchmark (an imported model's input size); other datasets ignore it.
     """
     if name.startswith(IMAGE_FOLDER_PREFIX):
-        return real.build_image_folder(name, known=known, split_seed=split_seed, ood_seed=ood_seed)
+        return real.build_image_folder(name, known=known, split_seed=split_seed, ood_seed=ood_seed,
+                                       preprocess=preprocess)
     if name not in DATASETS:
         raise unknown("dataset", name, DATASETS)
     root = {"data_root": data_root, "download": download} if name in _TAKES_DATA_ROOT else {}
@@ -64,7 +66,8 @@ def load_benchmark_from_spec(spec, data_root=None, download: bool | None = None)
     if not isinstance(spec, dict) or "name" not in spec:
         raise DataError("the checkpoint metadata does not say which dataset the model was trained on")
     return load_benchmark(spec["name"], known=spec.get("known"), split_seed=spec.get("split_seed", 0),
-                          ood_seed=spec.get("ood_seed", 0), data_root=data_root, download=download)
+                          ood_seed=spec.get("ood_seed", 0), data_root=data_root, download=download,
+                          preprocess=spec.get("preprocess"))
 
 
 register_dataset("digits", embedded.load_digits_benchmark,

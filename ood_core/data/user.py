@@ -87,6 +87,12 @@ def _check_user_size(n: int, sample_shape: tuple[int, ...], itemsize: int, sourc
     _check_sample_count(n, source)
 
 
+def check_decoded_size(n: int, sample_shape: tuple[int, ...], source: str) -> None:
+    """Refuse ``n`` images whose decoded float32 tensor would exceed the user-data limits,
+    before any is decoded (image folders: a dataset or an OOD set)."""
+    _check_user_size(n, sample_shape, 4, source)
+
+
 def _read_exact(f, buf: np.ndarray, source: str) -> None:
     """Fill the uint8 array ``buf`` from the stream ``f``; a short read is a truncated file."""
     view, got = memoryview(buf), 0

@@ -1,4 +1,5 @@
-"""Post-hoc scores (Mahalanobis, KNN, ViM) against brute-force NumPy computations, and their signs."""
+"""Post-hoc scores (Mahalanobis, KNN, ViM) against brute-force NumPy computations, their signs, and
+KNN's memory-bounded chunks."""
 from __future__ import annotations
 
 import types
@@ -9,8 +10,9 @@ import torch
 
 from ood_core.errors import OODCoreError
 from ood_core.models import LinearHead, ModelOutput
+from ood_core.recipes import posthoc
 from ood_core.recipes.posthoc import KNN, Mahalanobis, ViM, vim_dimension
-from ood_core.scores import SCORES, make_score, scores_for_task
+from ood_core.scores import MEMORY_BUDGET_BYTES, SCORES, make_score, row_chunks, scores_for_task
 
 
 def _out(z, logits=None, k=3):
@@ -85,12 +87,50 @@ def test_knn_matches_full_sort():
     z, _ = _train_set(5, n=50)
     test = np.random.default_rng(6).normal(size=(9, 5)).astype(np.float32) * 2
     for k in (1, 4, 10):
-        s = KNN(k=k, chunk_size=4).fit(_out(z), None)
+        s = KNN(k=k, memory_budget=4 * (4 * 50 + 20 * 5)).fit(_out(z), None)  # 4 rows per chunk
         zn = z / np.linalg.norm(z, axis=1, keepdims=True)
         tn = test / np.linalg.norm(test, axis=1, keepdims=True)
         dist = np.sqrt(((tn[:, None, :].astype(np.float64) - zn[None]) ** 2).sum(-1))
         expected = -np.sort(dist, axis=1)[:, k - 1]
         np.testing.assert_allclose(s(_out(test)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_knn_small_budget_equals_brute_force_and_respects_the_budget(monkeypatch):
+    rng = np.random.default_rng(15)
+    bank, test = rng.normal(size=(50, 5)), rng.normal(size=(37, 5)) * 2
+    calls = []
+
+    def spy(n_rows, bytes_per_row, budget=None):
+        slices = list(row_chunks(n_rows, bytes_per_row, budget))
+        calls.append((n_rows, bytes_per_row, budget, slices))
+        return iter(slices)
+
+    monkeypatch.setattr(posthoc, "row_chunks", spy)
+    budget = 4 * (4 * 50 + 20 * 5)  # 4 rows of (1 x 50) float32 similarities plus the row vectors
+    for k in (1, 3, 10):
+        calls.clear()
+        s = KNN(k=k, memory_budget=budget).fit(_out(bank))
+        got = s(_out(test))
+        tn = torch.nn.functional.normalize(torch.from_numpy(test.astype(np.float32).astype(np.float64)), dim=1)
+        bn = torch.nn.functional.normalize(torch.from_numpy(bank.astype(np.float32).astype(np.float64)), dim=1)
+        dist = torch.cdist(tn, bn, compute_mode="donot_use_mm_for_euclid_dist")
+        expected = -dist.sort(dim=1).values[:, k - 1].numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-14)
+        (n_rows, per_row, used, slices), = calls
+        assert (n_rows, used) == (37, budget) and per_row >= 4 * 50
+        assert [sl.stop - sl.start for sl in slices] == [4] * 9 + [1]
+        assert all((sl.stop - sl.start) * 4 * 50 <= budget for sl in slices)
+        one_chunk = KNN(k=k).fit(_out(bank))
+        assert np.array_equal(one_chunk(_out(test)), got)
+
+
+def test_knn_default_chunks_of_a_50000_bank_stay_under_the_budget():
+    s = KNN()
+    s.bank = torch.zeros(50_000, 512, dtype=torch.float64)  # no fit needed to plan the chunks
+    rows = [sl.stop - sl.start for sl in row_chunks(4096, s.bytes_per_row())]
+    block = max(rows) * 50_000 * 4
+    assert block <= MEMORY_BUDGET_BYTES < 4096 * 50_000 * 4  # before: one 4096-row block, 0.8 GB
+    assert sum(rows) == 4096 and max(rows) == MEMORY_BUDGET_BYTES // s.bytes_per_row()
 
 
 def _vim_numpy(z, logits, w, b, dim, test_z, test_logits):

@@ -11,7 +11,11 @@ the *training* split's outputs and labels (``requires_fit = True``). Convention:
 * ``vim``: Wang, Li, Feng, Zhang, "ViM: Out-Of-Distribution with Virtual-logit Matching",
   CVPR 2022 (arXiv 2203.10807).
 
-Statistics are computed in float64 and stored on the CPU.
+Statistics are computed in float64 and stored on the CPU. Every samples x bank or samples x
+classes temporary is built in row chunks (:func:`rowwise` over :func:`ood_core.scores.row_chunks`)
+so a call's working memory stays under :data:`ood_core.scores.MEMORY_BUDGET_BYTES`.
+The pieces :func:`class_scatter`, :func:`gaussian_precision`, :func:`squared_mahalanobis` and
+:class:`ResidualSpace` are shared with :mod:`ood_core.recipes.distance` (``rmds``, ``residual``).
 """
 from __future__ import annotations
 
@@ -21,11 +25,33 @@ from torch import nn
 
 from ..errors import OODCoreError
 from ..models import LinearHead, ModelOutput
-from ..scores import Score, register_score
+from ..scores import Score, register_score, row_chunks
 
 
 def _f64(t) -> torch.Tensor:
     return torch.as_tensor(t).detach().to("cpu", torch.float64)
+
+
+def check_memory_budget(budget, score: str) -> int | None:
+    """``budget`` (bytes for a score's largest temporary block) as an int, or None for the
+    default :data:`ood_core.scores.MEMORY_BUDGET_BYTES`; OODCoreError unless a positive integer."""
+    if budget is None:
+        return None
+    try:
+        b = int(budget)
+    except (TypeError, ValueError):
+        b = None
+    if b is None or b != budget or b < 1:
+        raise OODCoreError(f"{score} memory_budget must be a positive number of bytes (e.g. 2**28) or None "
+                           f"for the default, got {budget!r}")
+    return b
+
+
+def rowwise(fn, n_rows: int, bytes_per_row: int, *tensors, budget: int | None = None) -> torch.Tensor:
+    """``torch.cat([fn(*(t[rows] for t in tensors)) for rows in row_chunks(...)])``: apply a
+    per-sample computation chunk by chunk so its temporaries stay under the memory budget."""
+    parts = [fn(*(t[rows] for t in tensors)) for rows in row_chunks(n_rows, bytes_per_row, budget)]
+    return torch.cat(parts) if parts else fn(*(t[:0] for t in tensors))
 
 
 class _FittedScore(Score):
@@ -36,6 +62,57 @@ class _FittedScore(Score):
         if not self._fitted:
             raise OODCoreError(f"score {self.name!r} needs training statistics: call fit(train_outputs, labels, model) "
                                "first (the evaluator does this)")
+
+
+def class_scatter(z: torch.Tensor, labels, k: int, score: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class means (K, d) and the covariance pooled within the classes (d, d), float64.
+
+    ``labels``: (N,) class indices, or (N, K) multi-hot (a sample then counts once for each
+    label it has: the means are over the samples carrying label c and the covariance is
+    pooled over all (sample, present label) pairs). OODCoreError when a class has no sample.
+    """
+    labels = torch.as_tensor(labels)
+    if labels.dim() == 1:
+        onehot = torch.zeros(z.shape[0], k, dtype=torch.float64)
+        onehot[torch.arange(z.shape[0]), labels.long()] = 1.0
+    else:
+        onehot = (labels > 0.5).to(torch.float64)
+    counts = onehot.sum(0)
+    if (counts == 0).any():
+        missing = torch.nonzero(counts == 0).flatten().tolist()
+        raise OODCoreError(f"{score}: no training sample of class(es) {missing}; cannot estimate their means")
+    means = (onehot.T @ z) / counts[:, None]  # (K, d)
+    d = z.shape[1]
+    cov = torch.zeros(d, d, dtype=torch.float64)
+    for c in range(k):  # pooled over (sample, label) pairs; K is small
+        diff = z[onehot[:, c] > 0] - means[c]
+        cov += diff.T @ diff
+    return means, cov / counts.sum()
+
+
+def gaussian_precision(cov: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
+    """pinv(cov + ridge * (tr(cov)/d) * I), hermitian pseudo-inverse (ridge 0: pure pinv)."""
+    if ridge > 0:
+        d = cov.shape[0]
+        cov = cov + ridge * (torch.trace(cov) / d) * torch.eye(d, dtype=torch.float64)
+    return torch.linalg.pinv(cov, hermitian=True)
+
+
+def squared_mahalanobis(z: torch.Tensor, means: torch.Tensor, precision: torch.Tensor,
+                        budget: int | None = None) -> torch.Tensor:
+    """(N, M) squared distances (z - m)^T P (z - m) of every row of ``z`` to every row of
+    ``means``, float64, from the expanded form z^T P z - 2 z^T P m + m^T P m (clamped at 0).
+    Rows are processed in chunks so the temporaries (a float64 copy of the rows, z P and the
+    (rows, M) block) stay under the memory budget."""
+    mq = ((means @ precision) * means).sum(1)  # m^T P m, (M,)
+
+    def block(zb):
+        zb = _f64(zb)
+        zp = zb @ precision
+        return ((zp * zb).sum(1, keepdim=True) - 2 * zp @ means.T + mq[None]).clamp_min(0)
+
+    d, m = precision.shape[0], means.shape[0]
+    return rowwise(block, z.shape[0], 8 * (2 * d + 2 * m), z, budget=budget)
 
 
 @register_score
@@ -56,6 +133,7 @@ class Mahalanobis(_FittedScore):
 
     Multi-label (labels (N, K) multi-hot): mu_c is the mean over the samples where label c is
     present, and Sigma is pooled over all (sample, present label) pairs; the score is the same.
+    The (N, K) distances are computed in row chunks under the memory budget.
     """
 
     name = "mahalanobis"
@@ -64,43 +142,19 @@ class Mahalanobis(_FittedScore):
     def __init__(self, ridge: float = 0.0):
         ridge = float(ridge)
         if not ridge >= 0:
-            raise OODCoreError(f"mahalanobis ridge must be >= 0, got {ridge}")
+            raise OODCoreError(f"{self.name} ridge must be >= 0, got {ridge}")
         self.ridge = ridge
 
     def fit(self, train: ModelOutput, labels, model=None):
-        z = _f64(train.features)
-        labels = torch.as_tensor(labels)
-        k = train.logits.shape[1]
-        if labels.dim() == 1:
-            onehot = torch.zeros(z.shape[0], k, dtype=torch.float64)
-            onehot[torch.arange(z.shape[0]), labels.long()] = 1.0
-        else:
-            onehot = (labels > 0.5).to(torch.float64)
-        counts = onehot.sum(0)
-        if (counts == 0).any():
-            missing = torch.nonzero(counts == 0).flatten().tolist()
-            raise OODCoreError(f"mahalanobis: no training sample of class(es) {missing}; cannot estimate their means")
-        self.means = (onehot.T @ z) / counts[:, None]  # (K, d)
-        d = z.shape[1]
-        cov = torch.zeros(d, d, dtype=torch.float64)
-        for c in range(k):  # pooled over (sample, label) pairs; K is small
-            diff = z[onehot[:, c] > 0] - self.means[c]
-            cov += diff.T @ diff
-        cov /= counts.sum()
-        if self.ridge > 0:
-            cov = cov + self.ridge * (torch.trace(cov) / d) * torch.eye(d, dtype=torch.float64)
-        self.precision = torch.linalg.pinv(cov, hermitian=True)
+        self.means, cov = class_scatter(_f64(train.features), labels, train.logits.shape[1], self.name)
+        self.precision = gaussian_precision(cov, self.ridge)
         self._fitted = True
         return self
 
     def distances(self, z: torch.Tensor) -> torch.Tensor:
         """(N, K) squared Mahalanobis distances (z - mu_c)^T P (z - mu_c)."""
         self._check_fitted()
-        z = _f64(z)
-        zp = z @ self.precision
-        mp = self.means @ self.precision
-        d2 = (zp * z).sum(1, keepdim=True) - 2 * zp @ self.means.T + (mp * self.means).sum(1)[None]
-        return d2.clamp_min(0)
+        return squared_mahalanobis(z, self.means, self.precision)
 
     def compute(self, out):
         return -self.distances(out.features).min(dim=1).values
@@ -117,37 +171,52 @@ class KNN(_FittedScore):
     k: the paper uses k = 50 for CIFAR-10 (50,000 training images) and k = 1000 for ImageNet
     (about 0.1-1% of the training set); our embedded training sets have ~650 samples, so the
     default is k = 10 (about 1.5%). ``k`` larger than the training set is refused.
+
+    Memory: test rows are processed in chunks whose (rows x bank) float32 similarity block
+    stays under ``memory_budget`` bytes (default None: :data:`ood_core.scores.MEMORY_BUDGET_BYTES`,
+    256 MiB), e.g. 1,276 rows at a time for a 50,000 x 512 bank instead of a fixed 4,096
+    (0.8 GB).
     """
 
     name = "knn"
     tasks = ("multiclass", "multilabel")
 
-    def __init__(self, k: int = 10, chunk_size: int = 4096):
+    def __init__(self, k: int = 10, memory_budget: int | None = None):
         if int(k) != k or int(k) < 1:
             raise OODCoreError(f"knn k must be a positive integer, got {k}")
         self.k = int(k)
-        self.chunk_size = int(chunk_size)
+        self.memory_budget = check_memory_budget(memory_budget, "knn")
 
     def fit(self, train: ModelOutput, labels=None, model=None):
         z = _f64(train.features)
         if z.shape[0] < self.k:
             raise OODCoreError(f"knn: k={self.k} but only {z.shape[0]} training samples; lower k")
-        self.bank = nn.functional.normalize(z, dim=1).float()
+        self.bank = nn.functional.normalize(z, dim=1)  # float64: the reported distances
+        self._search_bank = self.bank.float()  # float32: the neighbour search
         self._fitted = True
         return self
 
+    def bytes_per_row(self) -> int:
+        """Working memory per test row: its (1 x bank) float32 similarities plus the row's
+        float64/float32 unit vector and its neighbour's float64 row."""
+        m, d = self.bank.shape
+        return 4 * m + 20 * d
+
     def compute(self, out):
-        # On the unit sphere ||a - b||^2 = 2 - 2 a.b, so the k-th nearest neighbour is the k-th
-        # largest cosine: one float32 matrix product + topk, about 3x faster than cdist in
-        # float64. Cosines carry float32 rounding (~1e-7), i.e. distance errors ~1e-7 / d,
-        # at most ~5e-4 for near-duplicates (d ~ 0); rankings of distinct points are unaffected.
+        # On the unit sphere ||a - b||^2 = 2 - 2 a.b, so the k-th nearest neighbour is the one
+        # with the k-th largest cosine: found with one float32 matrix product + topk (about 3x
+        # faster than cdist in float64); its distance is then computed directly in float64, so
+        # the score is exact for that neighbour (float32 cosines alone would give errors up to
+        # ~5e-4 for near-duplicates). Only the choice between neighbours whose cosines agree to
+        # float32 rounding (~1e-7) can differ from an exact float64 search.
         self._check_fitted()
-        z = nn.functional.normalize(_f64(out.features), dim=1).float()
-        res = []
-        for i in range(0, z.shape[0], self.chunk_size):
-            cos_k = (z[i:i + self.chunk_size] @ self.bank.T).topk(self.k, dim=1).values[:, -1]
-            res.append((2.0 - 2.0 * cos_k.double()).clamp_min(0).sqrt())
-        return -torch.cat(res)
+
+        def block(zb):
+            zn = nn.functional.normalize(_f64(zb), dim=1)
+            kth = (zn.float() @ self._search_bank.T).topk(self.k, dim=1).indices[:, -1]
+            return -(zn - self.bank[kth]).norm(dim=1)
+
+        return rowwise(block, out.features.shape[0], self.bytes_per_row(), out.features, budget=self.memory_budget)
 
 
 def vim_dimension(d: int, k: int) -> int:
@@ -165,8 +234,65 @@ def vim_dimension(d: int, k: int) -> int:
     raise OODCoreError(f"ViM needs a feature dimension larger than the number of classes; got d={d}, K={k}")
 
 
+class ResidualSpace(_FittedScore):
+    """The residual space of ViM (Wang et al., CVPR 2022), shared by ``vim`` and ``residual``.
+
+    ``fit`` sets u = -pinv(W) b (W, b: the linear head, or the least-squares affine fit of
+    the logits for other heads, ``self.source``) and the basis R (d, d - D) of the
+    eigenvectors of (1/N) sum_i (z_i - u)(z_i - u)^T beyond the top ``dim`` = D;
+    :meth:`residual_norm` gives ||R^T (z - u)||_2.
+    """
+
+    label = "ViM"  # how errors name the score
+
+    def __init__(self, dim: int | None = None):
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, (int, np.integer, float))
+                                or int(dim) != dim or int(dim) < 1):
+            raise OODCoreError(f"{self.name} dim (the principal-subspace dimension D) must be a positive integer, "
+                               f"or None for the default (vim_dimension: d/2 when d >= 2K); got {dim!r}")
+        self.dim = None if dim is None else int(dim)
+
+    @staticmethod
+    def _affine(train: ModelOutput, model) -> tuple[np.ndarray, np.ndarray, str]:
+        head = getattr(model, "head", None)
+        if type(head) in (LinearHead, nn.Linear) and head.bias is not None:
+            return (head.weight.detach().cpu().double().numpy(), head.bias.detach().cpu().double().numpy(), "head")
+        z = train.features.double().cpu().numpy()
+        a = np.hstack([z, np.ones((z.shape[0], 1))])
+        coef, *_ = np.linalg.lstsq(a, train.logits.double().cpu().numpy(), rcond=None)
+        return coef[:-1].T, coef[-1], "lstsq"
+
+    def fit_residual_space(self, train: ModelOutput, model) -> np.ndarray:
+        """Fit u and R; return the (N,) residual norms of the training features."""
+        z = train.features.double().cpu().numpy()
+        n, d = z.shape
+        k = train.logits.shape[1]
+        dim = vim_dimension(d, k) if self.dim is None else self.dim
+        if not 0 < dim < d:
+            raise OODCoreError(f"{self.label} principal dimension must be in 1..{d - 1} for d={d}; got {dim}")
+        w, b, self.source = self._affine(train, model)
+        self.u = -np.linalg.pinv(w) @ b
+        x = z - self.u
+        evals, evecs = np.linalg.eigh(x.T @ x / n)
+        order = np.argsort(evals)[::-1]
+        self.residual_basis = np.ascontiguousarray(evecs[:, order[dim:]])  # (d, d - D)
+        self.principal_dim = dim
+        r = np.linalg.norm(x @ self.residual_basis, axis=1)
+        if not r.mean() > 1e-12:
+            raise OODCoreError(f"{self.label}: the training features span at most {dim} dimensions, so the residual "
+                               "is 0; pass a smaller dim")
+        self._fitted = True
+        return r
+
+    def residual_norm(self, z: torch.Tensor) -> torch.Tensor:
+        """(N,) ||R^T (z - u)||_2, float64, in row chunks under the memory budget."""
+        self._check_fitted()
+        u, basis = torch.from_numpy(self.u), torch.from_numpy(self.residual_basis)
+        return rowwise(lambda zb: ((_f64(zb) - u) @ basis).norm(dim=1), z.shape[0], 8 * (2 * basis.shape[0]), z)
+
+
 @register_score
-class ViM(_FittedScore):
+class ViM(ResidualSpace):
     """Virtual-logit matching: energy minus the scaled residual norm (high = ID).
 
     Wang, Li, Feng, Zhang, CVPR 2022 (arXiv 2203.10807). With logits = W z + b:
@@ -189,47 +315,14 @@ class ViM(_FittedScore):
 
     name = "vim"
     tasks = ("multiclass",)
-
-    def __init__(self, dim: int | None = None):
-        self.dim = None if dim is None else int(dim)
-
-    @staticmethod
-    def _affine(train: ModelOutput, model) -> tuple[np.ndarray, np.ndarray, str]:
-        head = getattr(model, "head", None)
-        if type(head) in (LinearHead, nn.Linear) and head.bias is not None:
-            return (head.weight.detach().cpu().double().numpy(), head.bias.detach().cpu().double().numpy(), "head")
-        z = train.features.double().cpu().numpy()
-        a = np.hstack([z, np.ones((z.shape[0], 1))])
-        coef, *_ = np.linalg.lstsq(a, train.logits.double().cpu().numpy(), rcond=None)
-        return coef[:-1].T, coef[-1], "lstsq"
+    task_note = "its virtual logit is matched against the softmax energy logsumexp_k f_k, which assumes one class " \
+                "per sample; use residual (its residual part alone) for multi-label models"
 
     def fit(self, train: ModelOutput, labels=None, model=None):
-        z = train.features.double().cpu().numpy()
+        r = self.fit_residual_space(train, model)
         logits = train.logits.double().cpu().numpy()
-        n, d = z.shape
-        k = logits.shape[1]
-        dim = vim_dimension(d, k) if self.dim is None else self.dim
-        if not 0 < dim < d:
-            raise OODCoreError(f"ViM principal dimension must be in 1..{d - 1} for d={d}; got {dim}")
-        w, b, self.source = self._affine(train, model)
-        self.u = -np.linalg.pinv(w) @ b
-        x = z - self.u
-        evals, evecs = np.linalg.eigh(x.T @ x / n)
-        order = np.argsort(evals)[::-1]
-        self.residual_basis = np.ascontiguousarray(evecs[:, order[dim:]])  # (d, d - D)
-        self.principal_dim = dim
-        r = np.linalg.norm(x @ self.residual_basis, axis=1)
-        if not r.mean() > 1e-12:
-            raise OODCoreError(f"ViM: the training features span at most {dim} dimensions, so the residual is 0; "
-                               "pass a smaller dim")
         self.alpha = float(abs(logits.max(axis=1).mean()) / r.mean())
-        self._fitted = True
         return self
-
-    def residual_norm(self, z: torch.Tensor) -> torch.Tensor:
-        self._check_fitted()
-        x = _f64(z) - torch.from_numpy(self.u)
-        return (x @ torch.from_numpy(self.residual_basis)).norm(dim=1)
 
     def compute(self, out):
         return torch.logsumexp(_f64(out.logits), dim=1) - self.alpha * self.residual_norm(out.features)

@@ -68,9 +68,9 @@ def linear_head(model: nn.Module | None, score: str, train: ModelOutput | None =
     head = getattr(model, "head", None)
     if not isinstance(head, nn.Linear) or type(head).forward is not nn.Linear.forward:
         kind = type(head).__name__ if head is not None else "missing"
-        raise OODCoreError(f"score {score!r} needs a linear classifier head (logits = W z + b: the 'linear' or "
-                           f"'mlp-bn' head); this model's head is {kind}. Use a score that reads the logits "
-                           "(energy, msp, maxlogit, ...) for this model, or train it with head='linear'")
+        raise OODCoreError(f"score {score!r} needs a linear classifier head (logits = W z + b), but this model's "
+                           f"head is {kind}; use a score that reads the logits (energy, msp, maxlogit, ...) for "
+                           "this model, or train it with head='linear' or 'mlp-bn'")
     w = head.weight.detach().to("cpu", torch.float64).clone()
     b = (head.bias.detach().to("cpu", torch.float64).clone() if head.bias is not None
          else torch.zeros(w.shape[0], dtype=torch.float64))

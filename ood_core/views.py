@@ -15,17 +15,22 @@ from .methods import default_score_names, method_score_params
 from .data.real import PRESETS, preset_status
 
 def evaluate_model(model, meta: dict, outputs: dict | None = None, bench=None,
-                   extra_ood: dict[str, torch.Tensor] | None = None) -> dict:
+                   extra_ood: dict[str, torch.Tensor] | None = None, detectors: tuple[str, ...] = ()) -> dict:
     """Evaluate ``model`` on its benchmark; a pickleable dict ``{report, scores, table}``.
 
     ``scores`` maps ``"SET/SCORE"`` (``"id/SCORE"`` for the ID test split) to a 1-D numpy
     array; ``table`` is :meth:`Evaluation.table`'s list of row dicts. ``outputs``: model
     outputs already extracted (reused, see :func:`outputs_cached`); ``bench``: the benchmark
     already rebuilt from ``meta`` (default: rebuilt here); ``extra_ood``: the user's own OOD
-    sets ``{name: tensor}`` in the model's input format (group ``user``).
+    sets ``{name: tensor}`` in the model's input format (group ``user``); ``detectors``: more
+    registry scores to report beside the checkpoint's own (see :func:`detector_options`). A
+    score that cannot be fitted on this model is left out and named in
+    ``report["skipped_scores"]`` with the reason.
     """
     bench = bench if bench is not None else load_benchmark_from_spec(meta.get("dataset"))
-    result = evaluate(model, bench, score_names=default_score_names(meta, bench), outputs=outputs,
+    names = default_score_names(meta, bench)
+    names = names + [d for d in detectors if d not in names]
+    result = evaluate(model, bench, score_names=names, outputs=outputs,
                       extra_ood=extra_ood, score_params=method_score_params(meta), skip_unfit=True)
     return {"report": result.report,
             "scores": {k: np.asarray(v) for k, v in result.scores.items()},
@@ -95,3 +100,12 @@ def other_class_index(labels) -> int:
     labels = np.asarray(labels)
     differs = labels != labels[0] if labels.ndim == 1 else np.zeros(0, dtype=bool)
     return int(np.flatnonzero(differs)[0]) if differs.any() else min(1, len(labels) - 1)
+
+
+def detector_options(task: str, shown: list[str]) -> list[str]:
+    """Registry scores for ``task`` not among ``shown``, cheapest first (those that need the
+    inputs last): what a page offers to add beside a checkpoint's own scores."""
+    from .scores import SCORES, scores_for_task
+
+    rest = [s for s in scores_for_task(task) if s not in shown]
+    return sorted(rest, key=lambda s: SCORES[s].cost == "inputs")

@@ -10,6 +10,7 @@ import os
 import pickle
 
 import numpy as np
+import torch
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -310,3 +311,30 @@ def test_jacobian_norms_come_set_by_set_with_progress(ckpt_dir):
     assert [c[0] for c in calls] == list(range(1, len(expected) + 1)) and {c[1] for c in calls} == {len(expected)}
     for name in expected:
         np.testing.assert_allclose(norms[name], expected[name], rtol=1e-6)
+
+
+def test_roc_page_adds_any_registered_detector(app, ckpt_dir):
+    """A detector the checkpoint's method does not report (rmds) is offered, computed on the
+    cached outputs and drawn; its AUROC is sklearn's on scores computed outside the app."""
+    from sklearn.metrics import roc_auc_score
+
+    from ood_core import load_checkpoint
+    from ood_core.data import load_benchmark_from_spec
+    from ood_core.scores import make_score
+
+    at = app.run()
+    at.switch_page("ood_core/app/app_pages/roc.py").run()
+    picker = at.multiselect(key="roc_detectors")
+    assert "rmds" in picker.options and "msp" not in picker.options  # msp is already shown
+    picker.set_value(["rmds"]).run()
+    at.multiselect(key="roc_scores").set_value(["rmds"]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    roc = [c for c in _charts(at) if any(t.get("name") == "chance" for t in c["data"])]
+    (curve,) = [t for t in roc[0]["data"] if t["name"].startswith("rmds vs unknown")]
+    model, meta = load_checkpoint(ckpt_dir / "ce_digits.pt")
+    bench = load_benchmark_from_spec(meta["dataset"])
+    with torch.no_grad():
+        train, test, ood = (model(x) for x in (bench.train.x, bench.test.x, bench.ood["unknown"]))
+    s = make_score("rmds").fit(train, bench.train.y, model)
+    want = roc_auc_score(np.r_[np.ones(len(bench.test.x)), np.zeros(len(bench.ood["unknown"]))], np.r_[s(test), s(ood)])
+    assert f"(AUROC {want:.3f})" in curve["name"]

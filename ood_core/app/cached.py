@@ -153,12 +153,14 @@ def outputs_cached(path: str, version: tuple, user_ood: str | None = None, progr
 
 
 @st.cache_data(max_entries=16, show_spinner="Scoring the ID test split and the OOD sets…")
-def evaluation_cached(path: str, version: tuple, user_ood: str | None = None) -> dict:
+def evaluation_cached(path: str, version: tuple, user_ood: str | None = None, detectors: tuple[str, ...] = ()) -> dict:
     """:func:`evaluate_model` of the cached model: ``{report, scores, table}`` (pickleable);
-    with ``user_ood`` the user's set is scored too (group ``user``)."""
+    with ``user_ood`` the user's set is scored too (group ``user``); ``detectors``: more
+    registry scores beside the checkpoint's own."""
     model, meta = load_model_cached(path, version)
     return evaluate_model(model, meta, outputs=dict(outputs_cached(path, version, user_ood)),
-                          bench=benchmark_cached(path, version), extra_ood=user_ood_set(path, version, user_ood))
+                          bench=benchmark_cached(path, version), extra_ood=user_ood_set(path, version, user_ood),
+                          detectors=tuple(detectors))
 
 
 @st.cache_data(max_entries=16, show_spinner="Measuring the representation's geometry…")

@@ -14,14 +14,14 @@ from ..claims import MECHANISMS
 from ..errors import OODCoreError
 from ..metrics import confusion_at_threshold, threshold_at_tpr
 from ..uploads import save_upload
-from . import cached
+from . import cached, tables
 from .cached import checkpoint_version, load_model_cached, outputs_cached, user_ood_set
 from .figures import distributions_figure, figure_html, mechanism_figure
 from .state import USER_OOD_ERROR_KEY, USER_OOD_KEY, USER_OOD_NONCE_KEY, chosen_checkpoint
 
 # core names the pages use through here (pages import only ood_core.app)
 from ..checkpoint_store import CHECKPOINT_ENV, checkpoint_dir  # noqa: E402,F401
-from ..views import describe_sample, label_names, other_class_index  # noqa: E402,F401
+from ..views import describe_sample, detector_options, label_names, other_class_index  # noqa: E402,F401
 
 ATTRIBUTION_STEPS = (32, 64, 128, 256)  # IG path points offered by the Embeddings page
 EMBEDDING_SELECTION_HELP = "Click a point to show it below (or pick a sample by hand)."
@@ -149,6 +149,22 @@ def show_table(table: pd.DataFrame, key: str, file_stem: str, container=None) ->
     where.dataframe(table, hide_index=True, key=key)
     where.download_button("Download table (CSV)", data=table.to_csv(index=False).encode("utf-8"),
                           file_name=f"{file_stem}.csv", mime="text/csv", on_click="ignore", key=f"{key}_csv")
+
+
+def detector_picker(result: dict, meta: dict, key: str) -> tuple[str, ...]:
+    """A multiselect of the registry's other detectors for this model's task (beside the scores
+    the checkpoint reports); returns the chosen names, in registry order."""
+    from ..scores import COSTS, SCORES
+
+    task = (meta.get("dataset") or {}).get("task", "multiclass")
+    options = detector_options(task, tables.score_names(result["scores"]))
+    if any(v not in options for v in st.session_state.get(key, [])):
+        st.session_state.pop(key, None)  # another checkpoint: other task, other own scores
+    chosen = st.multiselect("More detectors", options, key=key, format_func=lambda n: n + (
+        " (needs input gradients)" if SCORES[n].cost == "inputs" else ""),
+        help="Every registered detector for this task, computed on the cached features and logits "
+             f"({COSTS['outputs']}) unless marked; `ood-lab list` gives each one's formula and paper.")
+    return tuple(n for n in options if n in chosen)
 
 
 def or_stop(fn, *args):

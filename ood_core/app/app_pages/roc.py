@@ -19,8 +19,12 @@ with st.expander("What am I looking at?", expanded=state.teaching_mode()):
                 "means a threshold exists that keeps ID and rejects OOD.")
 
 path, version, model, meta = widgets.require_checkpoint()
-result = widgets.or_stop(cached.evaluation_cached, path, version, widgets.user_ood())
+own = widgets.or_stop(cached.evaluation_cached, path, version, widgets.user_ood())
+extra = widgets.detector_picker(own, meta, key="roc_detectors")
+result = widgets.or_stop(cached.evaluation_cached, path, version, widgets.user_ood(), extra) if extra else own
 report, scores = result["report"], result["scores"]
+for name, why in (report.get("skipped_scores") or {}).items():
+    st.warning(f"`{name}` cannot be computed on this model: {why}")
 score_options, ood_options = tables.score_names(scores), tables.ood_set_names(report)
 for key, opts in (("roc_scores", score_options), ("roc_sets", ood_options)):
     if any(v not in opts for v in st.session_state.get(key, [])):

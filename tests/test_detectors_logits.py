@@ -131,14 +131,40 @@ def _autograd_gradnorm(w, b, z, temperature, ones_target=False):
     return np.array(norms)
 
 
+class _LinearModel(nn.Module):
+    def __init__(self, w, b):
+        super().__init__()
+        self.head = nn.Linear(np.shape(w)[1], np.shape(w)[0]).double()
+        with torch.no_grad():
+            self.head.weight.copy_(torch.as_tensor(w, dtype=torch.float64))
+            self.head.bias.copy_(torch.as_tensor(b, dtype=torch.float64))
+
+
+def _gradnorm(w, b, z, **params):
+    """GradNorm fitted (its head check) on a model whose head is the linear layer (w, b)."""
+    logits = np.asarray(z, dtype=np.float64) @ np.asarray(w, dtype=np.float64).T + np.asarray(b)
+    return make_score("gradnorm", **params).fit(_out(logits, z), None, _LinearModel(w, b)), _out(logits, z)
+
+
+def test_gradnorm_refuses_a_head_it_is_not_the_gradient_of():
+    from ood_core.models import CosineHead
+
+    model = nn.Module()
+    model.head = CosineHead(3, 2)
+    with pytest.raises(OODCoreError, match="needs a linear classifier head.*CosineHead"):
+        make_score("gradnorm").fit(_out([[0.0, 1.0]], [[1.0, 2.0, 3.0]]), None, model)
+    with pytest.raises(OODCoreError, match="call fit"):
+        make_score("gradnorm")(_out([[0.0, 1.0]], [[1.0, 2.0, 3.0]]))
+
+
 @pytest.mark.parametrize("temperature", [1.0, 2.5])
 def test_gradnorm_equals_autograd_on_a_linear_layer(temperature):
     rng = np.random.default_rng(2)
     k, d = 4, 6
     w, b = rng.normal(size=(k, d)), rng.normal(size=k)
     z = (rng.normal(size=(8, d)) * 2).astype(np.float32).astype(np.float64)
-    logits = z @ w.T + b
-    got = make_score("gradnorm", temperature=temperature)(_out(logits, z))
+    s, out = _gradnorm(w, b, z, temperature=temperature)
+    got = s(out)
     # the cached logits are float32: compare with autograd at that precision
     np.testing.assert_allclose(got, _autograd_gradnorm(w, b, z, temperature), rtol=1e-5)
     # the authors' all-ones target gives K times the KL version: the same ranking
@@ -148,9 +174,11 @@ def test_gradnorm_equals_autograd_on_a_linear_layer(temperature):
 
 def test_gradnorm_hand_example():
     # K = 2, logits [log 3, 0]: p = [3/4, 1/4], sum_k |p_k - 1/2| = 1/2; z = [1, -2, 3]: sum |z_j| = 6
-    assert make_score("gradnorm")(_out([[math.log(3.0), 0.0]], [[1.0, -2.0, 3.0]]))[0] == pytest.approx(3.0)
+    s, out = _gradnorm(np.zeros((2, 3)), [math.log(3.0), 0.0], [[1.0, -2.0, 3.0]])  # logits = the bias
+    assert s(out)[0] == pytest.approx(3.0)
     # a uniform posterior has zero gradient whatever the features
-    assert make_score("gradnorm")(_out([[2.0, 2.0]], [[5.0, 1.0, 1.0]]))[0] == 0.0
+    s, out = _gradnorm(np.zeros((2, 3)), [2.0, 2.0], [[5.0, 1.0, 1.0]])
+    assert s(out)[0] == 0.0
 
 
 # ----------------------------------------------------------------------------- registry and params
@@ -161,7 +189,8 @@ def test_registered_multiclass_only_on_cached_outputs():
         assert name in scores_for_task("multiclass") and name not in scores_for_task("multilabel")
         assert "sigmoid" in cls.refusal("multilabel")
         assert "high = ID" in cls.describe()
-    assert SCORES["klm"].requires_fit and not SCORES["gen"].requires_fit and not SCORES["gradnorm"].requires_fit
+    assert SCORES["klm"].requires_fit and not SCORES["gen"].requires_fit
+    assert SCORES["gradnorm"].requires_fit  # to check that the head is linear
 
 
 def test_defaults():
@@ -171,7 +200,9 @@ def test_defaults():
     logits = np.random.default_rng(3).normal(size=(5, 3))
     for name in NAMES:
         s = make_score(name)
-        if s.requires_fit:
+        if name == "gradnorm":
+            s, _ = _gradnorm(np.zeros((3, 2)), [0.0, 0.0, 0.0], np.ones((5, 2)))
+        elif s.requires_fit:
             s.fit(_out(logits), None)
         got = s(_out(logits, np.abs(logits)))
         assert got.shape == (5,) and np.isfinite(got).all()

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import OODCoreError
+from ..models import ModelOutput
 from ..scores import Score, register_score
 from .posthoc import _f64, _FittedScore
 
@@ -155,9 +156,9 @@ class GradNorm(Score):
     times this value: the same ranking for a given model. The gradient is taken with respect
     to the head's weight only (not its bias), as in the paper.
 
-    The closed form assumes logits = W features + b (the ``linear`` and ``mlp-bn`` heads). For a
-    cosine or l2norm head the value is still defined from the outputs but is not the gradient
-    of that head's weight.
+    The closed form assumes logits = W features + b (the ``linear`` and ``mlp-bn`` heads), so
+    :meth:`fit` checks the model's head and refuses a cosine, l2norm or centres head (for which
+    the formula would not be the gradient of that head's weight).
     """
 
     name = "gradnorm"
@@ -165,10 +166,23 @@ class GradNorm(Score):
     task_note = ("the gradient of the KL divergence between the uniform distribution and a softmax over "
                  "exclusive classes; a multi-label head is trained with independent per-label sigmoids")
 
+    requires_fit = True  # only to check that the head is linear: nothing is learned
+
     def __init__(self, temperature: float = 1.0):
         self.temperature = _positive(temperature, "gradnorm temperature")
+        self._fitted = False
+
+    def fit(self, train: ModelOutput, labels=None, model=None):
+        from .shaping import linear_head
+
+        linear_head(model, self.name, train)
+        self._fitted = True
+        return self
 
     def compute(self, out):
+        if not self._fitted:
+            raise OODCoreError("score 'gradnorm' checks the model's head first: call fit(train_outputs, labels, model) "
+                               "(the evaluator does)")
         t = self.temperature
         p = torch.softmax(_f64(out.logits) / t, dim=1)
         output_term = (p - 1.0 / p.shape[1]).abs().sum(dim=1)

@@ -129,6 +129,18 @@ class RunSettings:
     device: str = "cpu"
     arch: str | None = None
     data_root: str | None = None
+    detectors: tuple[str, ...] = ()  # registry scores evaluated for every method besides its own ("all": every cheap one)
+
+
+def detectors_for(settings: RunSettings, method: str, bench) -> list[str]:
+    """The method's own scores, then ``settings.detectors`` that apply to the data's task."""
+    from ood_core.scores import SCORES, scores_for_task
+
+    own = applicable_scores(get_method(method), bench)
+    task = scores_for_task(bench.task)
+    extra = ([s for s in task if SCORES[s].cost != "inputs"] if settings.detectors == ("all",)
+             else [s for s in settings.detectors if s in task])
+    return own + [s for s in extra if s not in own]
 
 
 def _init_for(method: str, pretrained: dict):
@@ -146,8 +158,10 @@ def run_one(method: str, bench, split: int, seed: int, settings: RunSettings, pr
     t0 = time.perf_counter()
     result = train(method, bench, cfg, evaluate_after=False, **kw)
     train_s = time.perf_counter() - t0
-    ev = evaluate(result.model, bench, score_names=applicable_scores(get_method(method), bench),
-                  score_params=method_score_params(result.meta))  # e.g. movr's softmax at its training T
+    # the method's parameters for its scores (e.g. movr's softmax at its training T); a detector
+    # that cannot be fitted on this head is left out and named in the report (skipped_scores)
+    ev = evaluate(result.model, bench, score_names=detectors_for(settings, method, bench),
+                  score_params=method_score_params(result.meta), skip_unfit=bool(settings.detectors))
     diags = {}
     for fn in DIAGNOSTICS.get(method, []):
         diags.update(fn(result.model, bench, ev.outputs))
@@ -272,9 +286,7 @@ def results_table(res: Results, entries: list[dict]) -> str:
         for m in methods:
             runs = list(res.of(m).values())
             evaluated = next(iter(runs[0]["report"]["ood"].values()))
-            for score in get_method(m).scores:
-                if score not in evaluated:
-                    continue
+            for score in evaluated:  # the method's own scores first, then --detectors
                 cells = [pm([value(r, score, g, k) for r in runs]) for g in groups for k in ("auroc", "fpr95")]
                 lines.append(f"| {m} | {score} | {pm([id_quality(r) for r in runs])} | " + " | ".join(cells)
                              + f" | {np.mean([r['train_seconds'] for r in runs]):.1f} |")
@@ -408,13 +420,22 @@ def main(argv=None) -> int:
     p.add_argument("--data-root", default=None, help="folder of the real datasets (default $OOD_DATA_ROOT)")
     p.add_argument("--workers", type=int, default=1,
                    help="processes that train (split, seed) units side by side, one thread each (default 1)")
+    p.add_argument("--detectors", default=None,
+                   help="more registry scores for every method besides its own, comma-separated, or 'all' (every "
+                        "one that runs on cached outputs; see `ood-lab list`); not used by the verdicts")
     p.add_argument("--ci", default="t", choices=("t", "bootstrap"), help="interval for the verdicts (default t)")
     p.add_argument("--out", default=str(DEFAULT_OUT), help=f"results file (default {DEFAULT_OUT.name} in results/)")
     args = p.parse_args(argv)
     seeds = (0,) if args.quick else tuple(int(s) for s in args.seeds.split(","))
     settings = RunSettings(seeds=seeds, splits=1 if args.quick else args.splits,
                            epochs=10 if args.quick and args.epochs is None else args.epochs,
-                           device=args.device, arch=args.arch, data_root=args.data_root)
+                           device=args.device, arch=args.arch, data_root=args.data_root,
+                           detectors=tuple(args.detectors.split(",")) if args.detectors else ())
+    from ood_core.scores import SCORES
+
+    for d in settings.detectors:
+        if d != "all" and d not in SCORES:
+            raise SystemExit(f"--detectors: unknown score {d!r}; `ood-lab list` names them")
     only = args.methods.split(",") if args.methods else None
     for m in only or []:
         get_method(m)  # an unknown name fails before any training

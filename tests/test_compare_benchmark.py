@@ -102,3 +102,21 @@ def test_claims_on_a_real_data_preset_end_to_end(compare, tmp_path, capsys):
     assert set(keys) == {"l2norm", "separation"}
     assert all(p["n_pairs"] == 2 for c in keys.values() for p in c["parts"])
     assert "**Claims**" in capsys.readouterr().out
+
+
+def test_detectors_join_every_method_and_a_head_they_do_not_fit_is_named(compare, tmp_path, capsys):
+    out = tmp_path / "res.json"
+    assert compare.main(["--methods", "ce,movr", "--splits", "1", "--seeds", "0", "--epochs", "1", "--detectors",
+                         "react,gen,rmds", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    ce = next(r for r in doc["runs"] if r["method"] == "ce")
+    movr = next(r for r in doc["runs"] if r["method"] == "movr")
+    first = lambda run: next(iter(run["report"]["ood"].values()))  # noqa: E731
+    assert {"msp", "react", "gen", "rmds"} <= set(first(ce))
+    # movr's cosine head: react re-applies a linear head, so it is left out with the reason
+    assert "react" not in first(movr) and "linear classifier head" in movr["report"]["skipped_scores"]["react"]
+    assert {"gen", "rmds"} <= set(first(movr))
+    printed = capsys.readouterr().out
+    assert "| ce | react |" in printed and "| movr | gen |" in printed
+    with pytest.raises(SystemExit, match="unknown score 'nope'"):
+        compare.main(["--methods", "ce", "--quick", "--detectors", "nope", "--out", str(out)])

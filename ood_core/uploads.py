@@ -1,4 +1,4 @@
-"""Storing the user's uploaded OOD set on disk, content-addressed (no Streamlit: the app's
+"""Storing the user's uploads on disk, content-addressed: OOD sets and model weights (no Streamlit: the app's
 uploader hands its files here; :func:`ood_core.data.load_user_ood` reads the result)."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 from .data import IMAGE_SUFFIXES
 from .errors import DataError
 from .fileio import file_name_problem
-from .projection import default_cache_dir
+from .paths import default_cache_dir
 
 ARRAY_SUFFIXES = (".npy", ".npz")
 
@@ -24,10 +24,6 @@ def save_upload(files, folder: str | Path | None = None) -> Path:
     file, or the image folder ``.../<digest>/<set name>`` (set name: ``uploaded_images``).
     Raises DataError for no files, an unsupported suffix, or arrays mixed with images.
     """
-    import hashlib
-    import shutil
-    import tempfile
-
     files = [f for f in (files or []) if f is not None]
     if not files:
         raise DataError("no file uploaded; upload one .npy/.npz array file or image files")
@@ -51,19 +47,49 @@ def save_upload(files, folder: str | Path | None = None) -> Path:
                         f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})")
     if len(set(names)) != len(names):
         raise DataError("two uploaded files share a name; rename one (images from sub-folders are stored side by side)")
+    root = Path(folder) if folder is not None else default_cache_dir() / "uploads"
+    return _store_by_content(names, files, root, names[0] if kinds[0] == "array" else "uploaded_images",
+                             single=kinds[0] == "array")
+
+
+WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors")
+
+
+def save_weights_upload(file, folder: str | Path | None = None) -> Path:
+    """Store an uploaded weights file (``.pth``/``.pt``/``.safetensors``; read later with the
+    weights-only loader, never unpickled as code) under ``folder`` (default
+    ``<default_cache_dir()>/uploads/weights``), named by its content; returns its path."""
+    if file is None:
+        raise DataError("no weights file uploaded")
+    name = Path(str(file.name).replace("\\", "/")).name
+    problem = file_name_problem(name)
+    if problem:
+        raise DataError(f"{name[:40]!r}: the file name {problem}; rename the file")
+    if Path(name).suffix.lower() not in WEIGHT_SUFFIXES:
+        raise DataError(f"{name}: upload a state dict ({', '.join(WEIGHT_SUFFIXES)})")
+    root = Path(folder) if folder is not None else default_cache_dir() / "uploads" / "weights"
+    return _store_by_content([name], [file], root, name, single=True)
+
+
+def _store_by_content(names: list[str], files: list, root: Path, leaf: str, single: bool) -> Path:
+    """Write ``files`` (one file as ``leaf``, or a folder ``leaf`` of them) into
+    ``root/<SHA-256 of names and contents>/``, whole or not at all; an identical upload is
+    found there and written once. Returns ``root/<digest>/<leaf>``."""
+    import hashlib
+    import shutil
+    import tempfile
+
     digest = hashlib.sha256()
     for name, f in sorted(zip(names, files), key=lambda t: t[0]):
         data = f.getvalue()
         digest.update(name.encode("utf-8") + b"\0" + len(data).to_bytes(8, "little") + data)
-    root = Path(folder) if folder is not None else default_cache_dir() / "uploads"
     target = root / digest.hexdigest()[:24]
-    leaf = names[0] if kinds[0] == "array" else "uploaded_images"
     if not (target / leaf).exists():
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".upload-", dir=root))  # written whole, then renamed into place
         try:
             (tmp / leaf).parent.mkdir(parents=True, exist_ok=True)
-            if kinds[0] == "array":
+            if single:
                 (tmp / leaf).write_bytes(files[0].getvalue())
             else:
                 (tmp / leaf).mkdir()

@@ -307,3 +307,29 @@ def test_the_app_loads_your_code_only_when_allowed(user_code, folder, tmp_path, 
     at.run()
     assert any(ALLOW_CODE_ENV in e.value for e in at.error), [e.value for e in at.error]  # refused, with the way out
     _render_every_page(out.parent, monkeypatch, env={ALLOW_CODE_ENV: "lab_user_model"})
+
+
+@pytest.mark.usefixtures("clear_streamlit_caches")
+def test_models_page_imports_a_torchvision_model_and_refuses_code(folder, tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from apptest_helpers import APP
+    from ood_core import checkpoint_store
+
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    monkeypatch.setenv(checkpoint_store.CHECKPOINT_ENV, str(ckpts))
+    monkeypatch.setenv("OOD_CACHE_DIR", str(tmp_path / "cache"))
+    at = AppTest.from_file(APP, default_timeout=300).run()
+    at.text_input(key="import_arch").set_value("lab_user_model:make").run()
+    assert any("command line" in i.value for i in at.info) and at.button(key="import_start").disabled
+    at.text_input(key="import_arch").set_value("tv:resnet18")
+    at.text_input(key="import_dataset").set_value(f"imagefolder:{folder}")
+    at.number_input(key="import_resize").set_value(36)
+    at.number_input(key="import_crop").set_value(32)
+    at.text_input(key="import_out_name").set_value("r18.pt").run()
+    at.button(key="import_start").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any("Saved `r18.pt`" in s.value for s in at.success)
+    model, meta = load_checkpoint(ckpts / "r18.pt")
+    assert meta["imported"]["weights"].startswith("random") and meta["model"]["preprocess"]["crop"] == 32

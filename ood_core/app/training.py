@@ -69,3 +69,38 @@ def start(method: str, bench, out_path: Path, *, epochs: int, lr: float, seed: i
     return start_training(method, bench, config, out_path, overwrite=overwrite,
                           landscape_resolution=LANDSCAPE_RESOLUTION if plane else None,
                           landscape_score=landscape_score or DEFAULT_SCORE, min_epoch_seconds=min_epoch_seconds)
+
+
+# --------------------------------------------------------------------------- import (the Import tab)
+IMPORT_EXAMPLES = "tv:resnet18, tv:resnet50, tv:vit_b_16, tv:convnext_tiny, timm:resnet50"
+
+
+def import_refusal(arch: str) -> str | None:
+    """Why the app will not import ``arch`` (None when it will): only torchvision and timm
+    architectures; the app never imports code named in a form or an upload."""
+    from ..adapters import TIMM_PREFIX, TV_PREFIX
+
+    if arch.startswith((TV_PREFIX, TIMM_PREFIX)) and len(arch.split(":", 1)[1]) > 0:
+        return None
+    return (f"the app imports torchvision (tv:NAME) or timm (timm:NAME) architectures, e.g. {IMPORT_EXAMPLES}; "
+            "a model of your own code is imported from the command line: "
+            "`ood-lab import --model pkg.module:factory --weights W --dataset D --out F`")
+
+
+def import_to_checkpoint(arch: str, dataset: str, out_path: Path, *, weights: str | None = None,
+                         resize: int | None = None, crop: int | None = None, data_root=None,
+                         overwrite: bool = False, progress=None) -> dict:
+    """Import ``arch`` with ``weights`` on ``dataset`` and save it to ``out_path`` (refused when
+    the file exists unless ``overwrite``); returns the checkpoint's meta."""
+    from ..checkpoint import save_checkpoint
+    from ..importing import import_model
+
+    why = import_refusal(arch)
+    if why:
+        raise OODCoreError(why)
+    if out_path.exists() and not overwrite:
+        raise OODCoreError(f"{out_path.name} already exists; tick Overwrite or choose another name")
+    model, meta = import_model(arch, dataset, weights, preprocess={"resize": resize or None, "crop": crop or None},
+                               data_root=data_root, progress=progress)
+    save_checkpoint(out_path, model, meta)
+    return meta

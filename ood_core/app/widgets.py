@@ -13,7 +13,7 @@ from ..checkpoint_store import companion, list_checkpoints, same_dataset_checkpo
 from ..claims import MECHANISMS
 from ..errors import OODCoreError
 from ..metrics import confusion_at_threshold, threshold_at_tpr
-from ..uploads import save_upload
+from ..uploads import save_upload, save_weights_upload  # noqa: F401 (save_weights_upload: the Models page)
 from . import cached, tables
 from .cached import checkpoint_version, load_model_cached, outputs_cached, user_ood_set
 from .figures import distributions_figure, figure_html, mechanism_figure

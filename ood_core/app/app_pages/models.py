@@ -57,7 +57,7 @@ with st.expander("What am I looking at?", expanded=state.teaching_mode()):
         "the geometry itself: `l2norm` and `movr` normalise the features, which makes the energy flat along "
         "rays; `ib` learns class centres.")
 
-tab_loaded, tab_train = st.tabs(["Loaded checkpoint", "Train a new model"])
+tab_loaded, tab_train, tab_import = st.tabs(["Loaded checkpoint", "Train a new model", "Import a model"])
 
 
 # =============================================================================== training
@@ -263,9 +263,62 @@ def loaded_part() -> None:
                f"AUPR-Out {m['aupr_out']:.3f}")
 
 
-# The training tab is drawn first: the checkpoint tab stops the script when there is no
-# readable checkpoint, and training the first model must work then too.
+def import_part() -> None:
+    """The "Import a model" tab: a torchvision/timm architecture, its weights, a dataset."""
+    folder = widgets.checkpoint_dir()
+    st.markdown("A model trained elsewhere becomes a lab checkpoint that every page reads: features are the "
+                "input of its final linear layer, its preprocessing is stored with it. (Your own `nn.Module`: "
+                "`ood-lab import --model pkg.module:factory` on the command line.)")
+    c1, c2 = st.columns(2)
+    arch = c1.text_input("Architecture", value="tv:resnet18", key="import_arch",
+                         help=f"tv:NAME (any torchvision classification model) or timm:NAME; e.g. "
+                              f"{training.IMPORT_EXAMPLES}")
+    dataset = c2.text_input("Dataset", value="", key="import_dataset", placeholder="imagefolder:/path/to/images",
+                            help="imagefolder:DIR (one sub-folder per class; DIR/train and DIR/test when present) "
+                                 "or a preset such as cifar10 (needs the data root)")
+    weights = st.file_uploader("Weights (state dict)", type=["pth", "pt", "safetensors"], key="import_weights",
+                               help="Read with the weights-only loader: a file that holds code is refused. "
+                                    "Without weights the model keeps its random initialisation.")
+    c3, c4 = st.columns(2)
+    resize = c3.number_input("Resize (shorter side; 0 = the weights' default)", 0, 2048, 0, key="import_resize")
+    crop = c4.number_input("Crop (input size; 0 = the weights' default)", 0, 2048, 0, key="import_crop")
+    name = st.text_input("Output file name", value="imported.pt", key="import_out_name",
+                         help=f"Saved into `{folder}`, the folder the sidebar lists")
+    out_path, blocked = training.output_path(folder, name)
+    why = training.import_refusal(arch.strip())
+    if why:
+        st.info(why)
+    if blocked:
+        st.warning(blocked)
+    overwrite = False
+    if out_path is not None and out_path.exists():
+        overwrite = st.checkbox(f"Overwrite `{out_path.name}`", key="import_overwrite")
+    if st.button("Import", key="import_start", type="primary",
+                 disabled=bool(why or blocked or not dataset.strip() or (out_path and out_path.exists()
+                                                                          and not overwrite))):
+        bar = st.progress(0.0, text="Extracting features…")
+        try:
+            path = widgets.save_weights_upload(weights) if weights is not None else None
+            meta = training.import_to_checkpoint(
+                arch.strip(), dataset.strip(), out_path, weights=str(path) if path else None, resize=int(resize),
+                crop=int(crop), data_root=state.data_root_setting(), overwrite=overwrite,
+                progress=lambda s, done, total, cached: bar.progress(min(1.0, done / max(total, 1)),
+                                                                    text=f"features of {s}: {done}/{total}"))
+        except widgets.OODCoreError as e:
+            bar.empty()
+            st.error(str(e))
+            return
+        bar.empty()
+        st.success(f"Saved `{out_path.name}`: {meta['imported']['arch']} ({meta['imported']['weights']}), "
+                   f"{meta['imported']['feature_dim']}-d features.")
+        st.button(f"Open {out_path.name}", key="import_open", on_click=select_checkpoint, args=(str(out_path),))
+
+
+# The training and import tabs are drawn first: the checkpoint tab stops the script when there
+# is no readable checkpoint, and training or importing the first model must work then too.
 with tab_train:
     training_part()
+with tab_import:
+    import_part()
 with tab_loaded:
     loaded_part()

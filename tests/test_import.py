@@ -244,16 +244,33 @@ def test_named_feature_layer(folder, resnet_weights):
         import_model("tv:resnet18", f"imagefolder:{folder}", feature_layer="layer9", evaluate_after=False)
 
 
-def test_timm_model_when_timm_is_installed(folder, tmp_path):
+@pytest.mark.usefixtures("clear_streamlit_caches")
+def test_timm_model_import_evaluate_and_every_page(folder, tmp_path, monkeypatch):
     timm = pytest.importorskip("timm")
-    net = timm.create_model("resnet18", pretrained=False, num_classes=3)
+    torch.manual_seed(2)
+    net = timm.create_model("resnet18", pretrained=False, num_classes=3).eval()
     weights = tmp_path / "timm_r18.pth"
     torch.save(net.state_dict(), weights)
-    model, meta = import_model("timm:resnet18", f"imagefolder:{folder}", str(weights),
-                               preprocess={"resize": 36, "crop": 32}, evaluate_after=False)
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    out = ckpts / "timm_r18.pt"
+    assert main(["import", "--model", "timm:resnet18", "--weights", str(weights), "--dataset", f"imagefolder:{folder}",
+                 *SIZE, "--out", str(out), "--quiet", "--device", "cpu"]) == 0
+    model, meta = load_checkpoint(out)
+    assert model.head is model.net.fc and meta["imported"]["feature_dim"] == 512
+    x = torch.rand(2, 3, 32, 32)
+    mean, std = model.mean, model.std
     with torch.no_grad():
-        out = model(torch.rand(2, 3, 32, 32))
-    assert out.logits.shape == (2, 3) and out.features.shape == (2, 512) and model.head is model.net.fc
+        got = model(x)
+        want_logits = net((x - mean) / std)
+        want_features = net.forward_head(net.forward_features((x - mean) / std), pre_logits=True)  # timm's own API
+    torch.testing.assert_close(got.logits, want_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.features, want_features, rtol=1e-5, atol=1e-5)
+    assert main(["evaluate", "--checkpoint", str(out), "--outputs", str(tmp_path / "o.npz"), "--no-cache",
+                 "--device", "cpu"]) == 0
+    assert np.load(tmp_path / "o.npz")["id/features"].shape == (4 * len(CLASSES), 512)
+    monkeypatch.setenv("OOD_CACHE_DIR", str(tmp_path / "cache"))
+    _render_every_page(ckpts, monkeypatch)
 
 
 # --------------------------------------------------------------------------- app pages
@@ -333,3 +350,19 @@ def test_models_page_imports_a_torchvision_model_and_refuses_code(folder, tmp_pa
     assert any("Saved `r18.pt`" in s.value for s in at.success)
     model, meta = load_checkpoint(ckpts / "r18.pt")
     assert meta["imported"]["weights"].startswith("random") and meta["model"]["preprocess"]["crop"] == 32
+
+
+def test_safetensors_weights(folder, tmp_path):
+    st = pytest.importorskip("safetensors.torch")
+    torch.manual_seed(3)
+    net = torchvision.models.resnet18(num_classes=3)
+    path = tmp_path / "r18.safetensors"
+    st.save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    model, meta = import_model("tv:resnet18", f"imagefolder:{folder}", str(path),
+                               preprocess={"resize": 36, "crop": 32}, evaluate_after=False)
+    assert meta["imported"]["weights"] == "file r18.safetensors"
+    torch.testing.assert_close(model.net.fc.weight, net.fc.weight)
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
+    with pytest.raises(OODCoreError, match="not a readable safetensors file"):
+        import_model("tv:resnet18", f"imagefolder:{folder}", str(broken), evaluate_after=False)

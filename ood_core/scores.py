@@ -149,15 +149,20 @@ class Score:
         return (cls.__doc__ or "").strip().splitlines()[0]
 
 
+def check_positive(value, what: str) -> float:
+    """``value`` as a float, or OODCoreError naming ``what`` unless it is a finite number > 0."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise OODCoreError(f"{what} must be a positive number, got {value!r}") from None
+    if not (v > 0 and np.isfinite(v)):
+        raise OODCoreError(f"{what} must be a positive number, got {value!r}")
+    return v
+
+
 def check_logit_scale(logit_scale) -> float:
     """``logit_scale`` as a float, or OODCoreError unless it is a finite number > 0."""
-    try:
-        s = float(logit_scale)
-    except (TypeError, ValueError):
-        raise OODCoreError(f"logit_scale must be a positive number, got {logit_scale!r}") from None
-    if not (s > 0 and np.isfinite(s)):
-        raise OODCoreError(f"logit_scale must be a positive number, got {logit_scale!r}")
-    return s
+    return check_positive(logit_scale, "logit_scale")
 
 
 @register_score
@@ -206,9 +211,7 @@ class Energy(Score):
     name = "energy"
 
     def __init__(self, temperature: float = 1.0, logit_scale: float = 1.0):
-        self.temperature = float(temperature)
-        if not (self.temperature > 0 and np.isfinite(self.temperature)):
-            raise OODCoreError(f"energy temperature must be a positive number, got {temperature!r}")
+        self.temperature = check_positive(temperature, "energy temperature")
         self.logit_scale = check_logit_scale(logit_scale)
 
     def compute(self, out):

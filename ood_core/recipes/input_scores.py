@@ -13,7 +13,7 @@ import torch
 
 from ..errors import DataError, OODCoreError
 from ..models import ModelOutput
-from ..scores import MEMORY_BUDGET_BYTES, Score, check_finite_outputs, register_score, row_chunks
+from ..scores import MEMORY_BUDGET_BYTES, Score, check_finite_outputs, check_positive, register_score, row_chunks
 
 
 def _logits(out) -> torch.Tensor:
@@ -113,9 +113,7 @@ class ODIN(Score):
     cost = "inputs"
 
     def __init__(self, temperature: float = 1000.0, eps: float = 0.0014, budget_bytes: int | None = None):
-        self.temperature = float(temperature)
-        if not (self.temperature > 0 and np.isfinite(self.temperature)):
-            raise OODCoreError(f"odin temperature must be a positive number, got {temperature!r}")
+        self.temperature = check_positive(temperature, "odin temperature")
         self.eps = float(eps)
         if not (self.eps >= 0 and np.isfinite(self.eps)):
             raise OODCoreError(f"odin eps must be a finite number >= 0, got {eps!r}")

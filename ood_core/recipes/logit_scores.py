@@ -19,18 +19,8 @@ import torch
 
 from ..errors import OODCoreError
 from ..models import ModelOutput
-from ..scores import Score, register_score
+from ..scores import Score, check_positive, register_score
 from .posthoc import _f64, _FittedScore
-
-
-def _positive(value, what: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise OODCoreError(f"{what} must be a positive number, got {value!r}") from None
-    if not (v > 0 and np.isfinite(v)):
-        raise OODCoreError(f"{what} must be a positive number, got {value!r}")
-    return v
 
 
 @register_score
@@ -61,7 +51,7 @@ class GEN(Score):
                  "multi-label head gives independent per-label sigmoids, which are not one distribution")
 
     def __init__(self, gamma: float = 0.1, M: int = 100):
-        self.gamma = _positive(gamma, "gen gamma")
+        self.gamma = check_positive(gamma, "gen gamma")
         try:
             m = int(M)
         except (TypeError, ValueError):
@@ -169,7 +159,7 @@ class GradNorm(Score):
     requires_fit = True  # only to check that the head is linear: nothing is learned
 
     def __init__(self, temperature: float = 1.0):
-        self.temperature = _positive(temperature, "gradnorm temperature")
+        self.temperature = check_positive(temperature, "gradnorm temperature")
         self._fitted = False
 
     def fit(self, train: ModelOutput, labels=None, model=None):

@@ -198,3 +198,13 @@ def test_cli_wd_and_rotation_overrides_reach_the_movr_checkpoint(tmp_path):
     _, meta = ood_core.load_checkpoint(out)
     assert meta["train_config"]["weight_decay"] == 5e-4 and meta["loss_params"]["rotation"] == 0
     assert ood_core.methods.method_score_params(meta)["msp"] == {"logit_scale": 16.0}
+
+
+def test_a_detector_not_defined_for_multilabel_data_is_refused_by_name_with_the_reason(capsys):
+    from conftest import CHECKPOINTS
+
+    rc = main(["evaluate", "--checkpoint", str(CHECKPOINTS / "jointenergy_canvases.pt"), "--score-names",
+               "joint_energy,react", "--no-cache", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "score 'react' is defined for multiclass models, not multilabel" in err
+    assert "sigmoid" in err  # the reason, not only the refusal

@@ -227,11 +227,13 @@ def group_means(per_set: dict, groups: dict[str, str]) -> dict:
     return out
 
 
+MISSING_NOTE = "not found on disk, so not scored: "
+
+
 def format_table(report: dict, metrics=("auroc", "fpr95")) -> str:
     """A markdown table in percent: one row per OOD set and group mean, a column per (score, metric)."""
     if not report["ood"]:
-        missing = ", ".join(report.get("missing_ood") or {}) or "none given"
-        return f"(no OOD set to score: not found on disk: {missing})"
+        return "(no OOD set scored) " + MISSING_NOTE + (", ".join(report.get("missing_ood") or {}) or "-")
     score_names = list(next(iter(report["ood"].values())).keys())
     head = ["OOD set"] + [f"{s} {m}" for s in score_names for m in metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -251,5 +253,5 @@ def format_table(report: dict, metrics=("auroc", "fpr95")) -> str:
                                                                    report["skipped_scores"].items()))
     if report.get("missing_ood"):
         lines.append("")
-        lines.append("not found on disk, so not scored: " + ", ".join(report["missing_ood"]))
+        lines.append(MISSING_NOTE + ", ".join(report["missing_ood"]))
     return "\n".join(lines)

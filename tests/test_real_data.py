@@ -234,3 +234,23 @@ def test_crafted_cifar_pickle_is_refused_without_running_code(root, tmp_path):
     with pytest.raises(DataError, match="refused"):
         R.load_cifar("cifar10", train=False, root=root)
     assert not marker.exists()
+
+
+def test_train_and_evaluate_a_preset_with_only_its_id_dataset(tmp_path, monkeypatch, capsys):
+    """`train --dataset cifar10` with only cifar-10-batches-py/ under the root trains, says which
+    OOD sets are missing; `evaluate` scores the sets it finds and names the missing ones."""
+    from fake_datasets import write_cifar, write_svhn
+
+    write_cifar(tmp_path)
+    out = tmp_path / "c10.pt"
+    assert main(["train", "--dataset", "cifar10", "--data-root", str(tmp_path), "--epochs", "1", "--arch", "smallcnn",
+                 "--out", str(out), "--quiet", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "not found on disk, so not scored: cifar100, mnist, svhn, dtd, places365" in printed
+    write_svhn(tmp_path)  # one OOD set arrives
+    report = tmp_path / "r.json"
+    assert main(["evaluate", "--checkpoint", str(out), "--data-root", str(tmp_path), "--json", str(report),
+                 "--no-cache", "--device", "cpu"]) == 0
+    rep = json.loads(report.read_text())
+    assert list(rep["ood"]) == ["svhn"] and set(rep["missing_ood"]) == {"cifar100", "mnist", "dtd", "places365"}
+    assert "not found on disk, so not scored: cifar100, mnist, dtd, places365" in capsys.readouterr().out

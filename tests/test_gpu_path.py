@@ -86,3 +86,30 @@ def test_mixed_precision_on_cuda(amp):
     run = _train(device="cuda", amp=amp, channels_last=True)
     assert run.meta["train_config"]["device_used"].startswith("cuda")
     assert all(torch.isfinite(p).all() for p in run.model.parameters())
+
+
+def test_gpu_check_script_is_valid_and_stops_without_a_gpu():
+    """benchmarks/gpu_check.sh parses, names only options its benchmarks have, and on a machine
+    without CUDA says so and stops instead of timing the CPU."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = root / "benchmarks" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    for bench in ("train_speed.py", "geometry_speed.py", "app_latency.py"):
+        line = next(ln for ln in text.splitlines() if f"benchmarks/{bench}" in ln)
+        block = text[text.index(line):].split("\nstep ")[0]
+        helptext = subprocess.run([sys.executable, str(root / "benchmarks" / bench), "--help"], capture_output=True,
+                                  text=True, timeout=120).stdout
+        for option in re.findall(r"(--[a-z][a-z-]+)", block):
+            assert option in helptext, (bench, option)
+    if torch.cuda.is_available():
+        return
+    res = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=300, cwd=root,
+                         env={**os.environ, "PY": sys.executable})
+    assert res.returncode == 1 and "no CUDA device visible to torch" in res.stdout, res.stdout + res.stderr

@@ -338,3 +338,19 @@ def test_roc_page_adds_any_registered_detector(app, ckpt_dir):
     s = make_score("rmds").fit(train, bench.train.y, model)
     want = roc_auc_score(np.r_[np.ones(len(bench.test.x)), np.zeros(len(bench.ood["unknown"]))], np.r_[s(test), s(ood)])
     assert f"(AUROC {want:.3f})" in curve["name"]
+
+
+def test_models_page_shows_a_readable_model_card(app, ckpt_dir):
+    """The start page reads as a card (method, data, architecture, training, headline metrics
+    per group), the raw metadata one click away; the numbers are the evaluation's own."""
+    at = app.run()
+    assert not at.exception
+    card = at.table[0].value["value"].to_dict()
+    assert card["Method"].startswith("ce: cross-entropy") and card["Known classes"] == "0, 1, 2, 3, 4, 5"
+    assert card["Architecture"].startswith("smallcnn backbone, linear head") and "3 epochs" in card["Training"]
+    headline = at.table[1].value
+    ev = evaluation_of(ckpt_dir / "ce_digits.pt")
+    want = 100 * ev["report"]["group_means"]["near"]["msp"]["auroc"]
+    assert headline.loc["msp", ("AUROC %", "near")] == pytest.approx(round(want, 1))
+    assert list(headline.columns.get_level_values(1))[:3] == ["near", "far-real", "far-synthetic"]
+    assert any(e.label == "Raw metadata" for e in at.expander)

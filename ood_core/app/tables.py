@@ -44,6 +44,61 @@ def metadata_summary(meta: dict) -> dict:
     }
 
 
+def model_card(meta: dict) -> pd.DataFrame:
+    """The checkpoint as a readable card: one row per fact (what it is, its data, its model,
+    how it was trained or imported), the raw metadata left to a JSON view."""
+    from ..methods import METHODS
+
+    ds, spec, cfg = meta.get("dataset") or {}, meta.get("model") or {}, meta.get("train_config") or {}
+    method = meta.get("method")
+    rows = [("Method", f"{method}: {METHODS[method].description}" if method in METHODS else str(method))]
+    names = ds.get("class_names") or []
+    known = ds.get("known") or []
+    rows += [("Dataset", f"{ds.get('name')} ({ds.get('task')}, input {tuple(ds.get('input_shape') or ())})"),
+             ("Known classes", ", ".join(str(names[k]) if isinstance(k, int) and k < len(names) else str(k)
+                                         for k in known) or "-")]
+    imported = meta.get("imported")
+    if imported:
+        pre = imported.get("preprocess") or {}
+        rows += [("Architecture", f"{imported.get('arch')}: features {imported.get('feature_dim')}-d from "
+                                  f"{imported.get('feature_layer') or 'the input of ' + str(imported.get('head_layer'))}"),
+                 ("Weights", str(imported.get("weights"))),
+                 ("Preprocessing", f"resize {pre.get('resize')}, crop {pre.get('crop')}, mean {pre.get('mean')}, "
+                                   f"std {pre.get('std')}")]
+    else:
+        extra = [f"{k} {spec[k]}" for k in ("feature_dim", "norm") if spec.get(k) is not None]
+        rows.append(("Architecture", f"{spec.get('arch')} backbone, {spec.get('head')} head"
+                     + (f" ({', '.join(extra)})" if extra else "")
+                     + (", spectral norm" if spec.get("spectral_norm") else "")))
+    if cfg:
+        rows.append(("Training", f"{cfg.get('epochs')} epochs, {cfg.get('optimizer')} lr {cfg.get('lr'):g}, "
+                                 f"weight decay {cfg.get('weight_decay'):g}, batch {cfg.get('batch_size')}, "
+                                 f"seed {cfg.get('seed')}, on {cfg.get('device_used')}"
+                     if isinstance(cfg.get("lr"), (int, float)) and isinstance(cfg.get("weight_decay"), (int, float))
+                     else str(cfg)))
+    if meta.get("init"):
+        rows.append(("Started from", str(meta["init"].get("source"))))
+    if meta.get("loss_params"):
+        rows.append(("Loss parameters", ", ".join(f"{k}={v}" for k, v in meta["loss_params"].items())))
+    if meta.get("partial"):
+        rows.append(("Partial", f"saved after epoch {meta['partial'].get('epochs_done')} of "
+                                f"{meta['partial'].get('epochs')} (no OOD report)"))
+    rows.append(("Created", str(meta.get("created"))))
+    return pd.DataFrame(rows, columns=["", "value"])
+
+
+def headline_metrics(report: dict) -> pd.DataFrame:
+    """Mean AUROC and FPR95 (in %) of each score per OOD group: the card's one table of results."""
+    rows = [{"score": score, "group": group, "AUROC %": 100 * m["auroc"], "FPR95 %": 100 * m["fpr95"]}
+            for group, per_score in (report.get("group_means") or {}).items() for score, m in per_score.items()]
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    groups, scores = list(dict.fromkeys(df["group"])), list(dict.fromkeys(df["score"]))  # the report's order
+    wide = df.pivot(index="score", columns="group", values=["AUROC %", "FPR95 %"]).round(1)
+    return wide.reindex(index=scores, columns=[(m, g) for m in ("AUROC %", "FPR95 %") for g in groups])
+
+
 TABLE_COLUMNS = ("ood_set", "group", "score", "auroc", "fpr95", "aupr_in", "aupr_out")
 TABLE_CAPTION = (
     f"FPR95 = {FPR95_DEFINITION}; lower is better. AUROC, AUPR-In (ID positive) and AUPR-Out "

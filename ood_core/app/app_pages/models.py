@@ -232,11 +232,14 @@ def loaded_part() -> None:
 
     left, right = st.columns(2)
     with left:
-        st.subheader("Checkpoint")
-        st.json(tables.metadata_summary(meta), expanded=1)
+        st.subheader("Model card")
+        st.table(tables.model_card(meta).set_index(""))
     with right:
-        st.subheader("Details")
-        t_model, t_train, t_versions = st.tabs(["Model spec", "Train config", "Library versions"])
+        st.subheader("Headline results (mean per OOD group)")
+        st.table(tables.headline_metrics(report))
+    with st.expander("Raw metadata"):
+        t_sum, t_model, t_train, t_versions = st.tabs(["Summary", "Model spec", "Train config", "Library versions"])
+        t_sum.json(tables.metadata_summary(meta), expanded=1)
         t_model.json(meta.get("model") or {})
         t_train.json(meta.get("train_config") or {})
         t_versions.json(meta.get("versions") or {})

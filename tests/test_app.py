@@ -354,3 +354,34 @@ def test_models_page_shows_a_readable_model_card(app, ckpt_dir):
     assert headline.loc["msp", ("AUROC %", "near")] == pytest.approx(round(want, 1))
     assert list(headline.columns.get_level_values(1))[:3] == ["near", "far-real", "far-synthetic"]
     assert any(e.label == "Raw metadata" for e in at.expander)
+
+
+def test_a_shared_link_reproduces_the_view_and_a_stale_one_falls_back(app, ckpt_dir):
+    """The checkpoint, score and OOD set live in the URL; opening it sets them; a value that is
+    not available falls back to the default with a notice, never an exception."""
+    at = app.run()
+    at.selectbox(key="score").set_value("energy").run()
+    at.selectbox(key="ood_set").set_value("textures").run()
+    shared = {k: at.query_params[k] for k in at.query_params}
+    assert shared["checkpoint"] == ["ce_digits.pt"] or shared["checkpoint"] == "ce_digits.pt"
+    link = [c.value for c in at.sidebar.code]
+    assert link and "score=energy" in link[0] and "ood=textures" in link[0]
+
+    from streamlit.testing.v1 import AppTest
+
+    from apptest_helpers import APP, TIMEOUT
+
+    fresh = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    fresh.query_params.update({"checkpoint": "ce_toy2d.pt", "score": "energy", "ood": "uniform-box"})
+    fresh.run()
+    assert not fresh.exception
+    assert fresh.selectbox(key="checkpoint").value == str(ckpt_dir / "ce_toy2d.pt")
+    assert (fresh.selectbox(key="score").value, fresh.selectbox(key="ood_set").value) == ("energy", "uniform-box")
+
+    stale = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    stale.query_params.update({"checkpoint": "gone.pt", "ood": "nowhere"})
+    stale.run()
+    assert not stale.exception
+    assert stale.selectbox(key="checkpoint").value == str(ckpt_dir / "ce_digits.pt")  # the default
+    notes = " ".join(i.value for i in stale.info)
+    assert "`checkpoint=gone.pt` is not available here" in notes and "`ood=nowhere`" in notes

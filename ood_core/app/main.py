@@ -58,8 +58,11 @@ def run() -> None:
     st.sidebar.toggle("Teaching mode", key=state.TEACHING_KEY,
                       help="Open every page's explanation (formula and what to look for) by default")
     if options:
+        by_name = {Path(p).name: p for p in options}
+        state.from_url(state.CHECKPOINT_KEY, "checkpoint", options, to_option=lambda n: by_name.get(n, n))
         st.sidebar.selectbox("Checkpoint", options, key=state.CHECKPOINT_KEY, format_func=lambda p: Path(p).name,
                              help=f"`*.pt` files in `{folder}` (set ${CHECKPOINT_ENV} to list another folder)")
+        state.to_url("checkpoint", state.chosen_checkpoint(), to_text=lambda p: Path(p).name)
     else:
         st.info(f"No checkpoint (`*.pt`) in `{folder}`. Train one from the repository root:\n\n"
                 f"```\n{TRAIN_COMMAND}\n```\n\nthen reload this page "
@@ -106,7 +109,13 @@ def run() -> None:
                 st.error(f"Your OOD set does not fit `{Path(chosen).name}`: {e}")
             st.button("Remove it", key="user_ood_remove", on_click=widgets.forget_upload)
 
-    pg.run()
+    link = st.sidebar.empty()  # filled after the page: it has then read and written its controls in the URL
+    try:
+        pg.run()
+    finally:
+        with link.container():
+            widgets.show_url_notices()
+            widgets.link_to_view()
 
 
 if __name__ == "__main__":  # `streamlit run ood_core/app/main.py`, as `ood-lab app` does

@@ -47,3 +47,43 @@ def data_root_for(dataset: str | None) -> str | None:
     """The data root to read ``dataset`` from: :func:`data_root_setting` for a real-data
     preset, None for an embedded dataset (which never reads one)."""
     return data_root_setting() if needs_data_root(dataset) else None
+
+
+# --------------------------------------------------------------------------- URL state
+# A view is shareable: the main controls of each page mirror their value into the URL's query
+# string (st.query_params), and opening such a URL sets them again. A value from a URL that is
+# not an option here (another folder, a renamed set) falls back to the default with a notice.
+URL_NOTICES_KEY = "url_notices"  # notices of this run about stale URL values
+_URL_APPLIED_KEY = "url_applied"  # widget keys already set from the URL in this session
+
+
+def from_url(key: str, param: str, options: list, to_option=lambda v: v, multi: bool = False) -> None:
+    """Before the widget ``key`` is drawn: on the first run of a session that has ``param`` in
+    the URL, set the widget to it (a list for ``multi``: comma-separated in the URL) when every
+    value is one of ``options`` (``to_option`` maps a URL string to an option), else note the
+    stale value and leave the default."""
+    applied = st.session_state.setdefault(_URL_APPLIED_KEY, set())
+    if key in applied:  # only the URL a session opened with; later the widgets write the URL
+        return
+    applied.add(key)
+    if param not in st.query_params:
+        return
+    raw = st.query_params[param]
+    values = [to_option(v) for v in raw.split(",") if v] if multi else [to_option(raw)]
+    if values and all(v in options for v in values):
+        st.session_state[key] = values if multi else values[0]
+    else:
+        st.session_state.setdefault(URL_NOTICES_KEY, []).append(
+            f"The link's `{param}={raw}` is not available here; showing the default instead.")
+
+
+def to_url(param: str, value, to_text=str) -> None:
+    """After the widget: write its value (a list: comma-separated) into the URL's query string."""
+    text = ",".join(to_text(v) for v in value) if isinstance(value, (list, tuple)) else to_text(value)
+    if st.query_params.get(param) != text:
+        st.query_params[param] = text
+
+
+def url_notices() -> list[str]:
+    """The stale-URL notices collected so far (shown once, then cleared)."""
+    return st.session_state.pop(URL_NOTICES_KEY, [])

@@ -167,6 +167,56 @@ def detector_picker(result: dict, meta: dict, key: str) -> tuple[str, ...]:
     return tuple(n for n in options if n in chosen)
 
 
+def url_selectbox(label: str, options: list, key: str, param: str, container=None, **kwargs):
+    """``st.selectbox`` whose value is shared through the URL (``?param=value``; see
+    :func:`ood_core.app.state.from_url`); returns the chosen option."""
+    from .state import from_url, to_url
+
+    container = container or st
+    from_url(key, param, options)
+    if key in st.session_state:
+        kwargs.pop("index", None)  # the session (or the URL) holds the value: no second default
+    value = container.selectbox(label, options, key=key, **kwargs)
+    if value is not None:
+        to_url(param, value)
+    return value
+
+
+def url_multiselect(label: str, options: list, key: str, param: str, container=None, **kwargs) -> list:
+    """``st.multiselect`` whose values are shared through the URL (``?param=a,b``)."""
+    from .state import from_url, to_url
+
+    container = container or st
+    from_url(key, param, options, multi=True)
+    if key in st.session_state:
+        kwargs.pop("default", None)  # the session (or the URL) holds the value: no second default
+    value = container.multiselect(label, options, key=key, **kwargs)
+    to_url(param, value)
+    return value
+
+
+def show_url_notices() -> None:
+    """Show (once) why values of the opened link were not used (the router calls this inside
+    its sidebar slot)."""
+    from .state import url_notices
+
+    for note in url_notices():
+        st.info(note)
+
+
+def link_to_view() -> None:
+    """A box with the link to this view (the page and its controls), to copy (the router draws it
+    in its sidebar slot)."""
+    from urllib.parse import urlencode, urlsplit
+
+    base = urlsplit(str(st.context.url or ""))
+    query = urlencode({k: st.query_params[k] for k in st.query_params})
+    url = f"{base.scheme}://{base.netloc}{base.path}" if base.netloc else base.path or "/"
+    with st.expander("Link to this view"):
+        st.code(f"{url}?{query}" if query else url, language=None)
+        st.caption("Opens this page with the same checkpoint and controls.")
+
+
 def or_stop(fn, *args):
     """``fn(*args)``, or the error shown and the page stopped when it raises OODCoreError."""
     try:

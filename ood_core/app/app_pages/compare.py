@@ -45,10 +45,10 @@ if not common_scores:
     st.stop()
 
 c1, c2, c3 = st.columns([2, 2, 3])
-ood_set = c1.selectbox("OOD set", ood_options, key="compare_set",
-                       format_func=lambda n: f"{n} ({first['report']['groups'].get(n, '?')})")
-score = c2.selectbox("Score (high = ID)", common_scores, key="compare_score",
-                     index=common_scores.index("energy") if "energy" in common_scores else 0)
+ood_set = widgets.url_selectbox("OOD set", ood_options, key="compare_set", param="ood", container=c1,
+                                format_func=lambda n: f"{n} ({first['report']['groups'].get(n, '?')})")
+score = widgets.url_selectbox("Score (high = ID)", common_scores, key="compare_score", param="score", container=c2,
+                              index=common_scores.index("energy") if "energy" in common_scores else 0)
 plot = c3.radio("Plot in every column", ["score histogram", "ROC curve"], key="compare_plot", horizontal=True)
 
 paths = {Path(p).name: p for p in chosen}

@@ -256,9 +256,9 @@ def loaded_part() -> None:
         if st.session_state.get(key) not in opts:
             st.session_state.pop(key, None)  # e.g. another checkpoint with other OOD sets was chosen
     s1, s2 = st.columns(2)
-    score = s1.selectbox("Score (high = ID)", score_options, key="score")
-    ood_set = s2.selectbox("OOD set", ood_options, key="ood_set",
-                           format_func=lambda n: f"{n} ({report['groups'].get(n, '?')})")
+    score = widgets.url_selectbox("Score (high = ID)", score_options, key="score", param="score", container=s1)
+    ood_set = widgets.url_selectbox("OOD set", ood_options, key="ood_set", param="ood", container=s2,
+                                    format_func=lambda n: f"{n} ({report['groups'].get(n, '?')})")
     fig = figures.histogram_figure(scores[f"id/{score}"], scores[f"{ood_set}/{score}"], score, ood_set)
     widgets.show_figure(fig, "score_hist", f"{Path(path).stem}_{score}_{ood_set}")
     m = report["ood"][ood_set][score]

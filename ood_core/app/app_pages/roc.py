@@ -31,8 +31,10 @@ for key, opts in (("roc_scores", score_options), ("roc_sets", ood_options)):
         st.session_state.pop(key, None)  # another checkpoint with other scores or sets was chosen
 
 c1, c2 = st.columns(2)
-chosen_scores = c1.multiselect("Scores", score_options, default=score_options[:2], key="roc_scores")
-chosen_sets = c2.multiselect("OOD sets", ood_options, default=ood_options[:1], key="roc_sets")
+chosen_scores = widgets.url_multiselect("Scores", score_options, key="roc_scores", param="scores", container=c1,
+                                        default=score_options[:2])
+chosen_sets = widgets.url_multiselect("OOD sets", ood_options, key="roc_sets", param="ood", container=c2,
+                                      default=ood_options[:1])
 if not chosen_scores or not chosen_sets:
     st.info("Pick at least one score and one OOD set.")
     st.stop()

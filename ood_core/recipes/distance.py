@@ -36,7 +36,7 @@ from torch import nn
 
 from ..errors import OODCoreError
 from ..models import LinearHead, ModelOutput
-from ..scores import register_score
+from ..scores import register_score, row_chunks
 from .posthoc import (Mahalanobis, ResidualSpace, _f64, _FittedScore, check_memory_budget, gaussian_precision,
                       rowwise, squared_mahalanobis)
 
@@ -175,12 +175,16 @@ class NNGuide(_FittedScore):
         self.memory_budget = check_memory_budget(memory_budget, self.name)
 
     def fit(self, train: ModelOutput, labels=None, model=None):
-        z = _f64(train.features)
+        z = train.features.detach().to("cpu")
         if z.shape[0] < self.k:
             raise OODCoreError(f"nnguide: k={self.k} but the bank holds only {z.shape[0]} training samples; "
                                f"pass k <= {z.shape[0]}")
-        energy = torch.logsumexp(_f64(train.logits), dim=1)
-        self.bank = nn.functional.normalize(z, dim=1) * energy[:, None]  # (M, d)
+        # the bank in float32 (half the memory of float64; the similarities are then float32 products
+        # summed in float64 below), built in row chunks: no float64 copy of the whole bank is kept
+        self.bank = torch.empty(z.shape, dtype=torch.float32)
+        for sl in row_chunks(z.shape[0], 24 * z.shape[1], self.memory_budget):
+            energy = torch.logsumexp(_f64(train.logits[sl]), dim=1)
+            self.bank[sl] = (nn.functional.normalize(_f64(z[sl]), dim=1) * energy[:, None]).float()  # (M, d)
         self._fitted = True
         return self
 
@@ -189,10 +193,10 @@ class NNGuide(_FittedScore):
         m, d = self.bank.shape
 
         def block(zb, lb):
-            sims = nn.functional.normalize(_f64(zb), dim=1) @ self.bank.T  # (rows, M)
-            return torch.logsumexp(_f64(lb), dim=1) * sims.topk(self.k, dim=1).values.mean(1)
+            sims = nn.functional.normalize(_f64(zb), dim=1).float() @ self.bank.T  # (rows, M)
+            return torch.logsumexp(_f64(lb), dim=1) * sims.topk(self.k, dim=1).values.double().mean(1)
 
-        return rowwise(block, out.features.shape[0], 8 * (m + 2 * d + out.logits.shape[1]), out.features, out.logits,
+        return rowwise(block, out.features.shape[0], 4 * m + 8 * (2 * d + out.logits.shape[1]), out.features, out.logits,
                        budget=self.memory_budget)
 
 

@@ -188,11 +188,16 @@ class KNN(_FittedScore):
         self.memory_budget = check_memory_budget(memory_budget, "knn")
 
     def fit(self, train: ModelOutput, labels=None, model=None):
-        z = _f64(train.features)
+        z = train.features.detach().to("cpu")
         if z.shape[0] < self.k:
             raise OODCoreError(f"knn: k={self.k} but only {z.shape[0]} training samples; lower k")
-        self.bank = nn.functional.normalize(z, dim=1)  # float64: the reported distances
-        self._search_bank = self.bank.float()  # float32: the neighbour search
+        # State: the training features as given (float32: no copy) for the exact float64 distance
+        # to the neighbour found, and their float32 unit vectors for the search; normalised in
+        # float64 row chunks, so no float64 copy of the whole bank is ever made.
+        self._raw = z.float()
+        self.bank = torch.empty(z.shape, dtype=torch.float32)
+        for sl in row_chunks(z.shape[0], 16 * z.shape[1], self.memory_budget):
+            self.bank[sl] = nn.functional.normalize(_f64(z[sl]), dim=1).float()
         self._fitted = True
         return self
 
@@ -200,7 +205,7 @@ class KNN(_FittedScore):
         """Working memory per test row: its (1 x bank) float32 similarities plus the row's
         float64/float32 unit vector and its neighbour's float64 row."""
         m, d = self.bank.shape
-        return 4 * m + 20 * d
+        return 4 * m + 28 * d
 
     def compute(self, out):
         # On the unit sphere ||a - b||^2 = 2 - 2 a.b, so the k-th nearest neighbour is the one
@@ -213,8 +218,8 @@ class KNN(_FittedScore):
 
         def block(zb):
             zn = nn.functional.normalize(_f64(zb), dim=1)
-            kth = (zn.float() @ self._search_bank.T).topk(self.k, dim=1).indices[:, -1]
-            return -(zn - self.bank[kth]).norm(dim=1)
+            kth = (zn.float() @ self.bank.T).topk(self.k, dim=1).indices[:, -1]
+            return -(zn - nn.functional.normalize(_f64(self._raw[kth]), dim=1)).norm(dim=1)
 
         return rowwise(block, out.features.shape[0], self.bytes_per_row(), out.features, budget=self.memory_budget)
 

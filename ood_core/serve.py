@@ -19,9 +19,21 @@ APP_HELP = "serve the Streamlit app (options after `app` go to `streamlit run`, 
 
 
 def serve_app(options: list[str]) -> int:
-    """``streamlit run <the packaged app> OPTIONS``; returns its exit status."""
+    """``streamlit run <the packaged app> OPTIONS``; returns its exit status. SIGTERM and SIGHUP
+    sent to this process are passed on to the server, so stopping ``ood-lab app`` stops it too
+    (Ctrl-C reaches both through the terminal)."""
+    import signal
+    import threading
+
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(APP_MAIN), *APP_DEFAULTS, *options])
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            previous[sig] = signal.signal(sig, lambda signum, _frame: proc.send_signal(signum))
     try:
         return proc.wait()
     except KeyboardInterrupt:  # Ctrl-C reaches streamlit too; wait for it to shut down
         return proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -385,3 +385,4 @@ def test_a_shared_link_reproduces_the_view_and_a_stale_one_falls_back(app, ckpt_
     assert stale.selectbox(key="checkpoint").value == str(ckpt_dir / "ce_digits.pt")  # the default
     notes = " ".join(i.value for i in stale.info)
     assert "`checkpoint=gone.pt` is not available here" in notes and "`ood=nowhere`" in notes
+

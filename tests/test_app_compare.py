@@ -239,3 +239,13 @@ def test_companion_is_the_methods_baseline_or_a_method_compared_with_it():
     assert pick("/c/ce_digits.pt", ("l2norm",)) == "/c/l2norm_digits.pt"  # ... unless the page prefers one
     assert pick("/c/broken.pt") == "/c/ce_digits.pt"  # unreadable: the first other file
     assert checkpoint_store.companion(["/c/a.pt"], "/c/a.pt", methods.get) == "/c/a.pt"  # alone: itself
+
+
+def test_a_page_writing_the_url_does_not_set_another_pages_controls(compare_app):
+    """The Models page writes score=msp into the URL; the Compare page, opened next in the same
+    session, keeps its own default (energy): only the URL a session opened with sets widgets."""
+    at = compare_app.run()
+    assert at.query_params["score"] in ("msp", ["msp"])
+    at.switch_page("ood_core/app/app_pages/compare.py").run()
+    assert not at.exception
+    assert at.selectbox(key="compare_score").value == "energy"

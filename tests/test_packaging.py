@@ -175,6 +175,21 @@ def test_the_installed_wheel_trains_and_serves_the_app_with_the_shipped_checkpoi
             except OSError:
                 time.sleep(0.5)
         assert health == "ok"
-    finally:
-        server.terminate()
+        server.terminate()  # `ood-lab app` passes SIGTERM on to the streamlit server it started
         server.wait(timeout=60)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _streamlit_serving(port):
+            time.sleep(0.5)
+        assert not _streamlit_serving(port), "the streamlit server outlived `ood-lab app`"
+    finally:
+        server.kill()
+
+
+def _streamlit_serving(port: int) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2):
+            return True
+    except OSError:
+        return False

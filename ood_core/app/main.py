@@ -49,6 +49,7 @@ def run() -> None:
         st.Page(PAGES / "claims.py", title="Claims", url_path="claims"),
     ])
 
+    state.note_page(pg.url_path)
     folder = checkpoint_dir()
     options = [str(p) for p in list_checkpoints(folder)]
     if state.chosen_checkpoint() not in options:
@@ -59,7 +60,8 @@ def run() -> None:
                       help="Open every page's explanation (formula and what to look for) by default")
     if options:
         by_name = {Path(p).name: p for p in options}
-        state.from_url(state.CHECKPOINT_KEY, "checkpoint", options, to_option=lambda n: by_name.get(n, n))
+        state.from_url(state.CHECKPOINT_KEY, "checkpoint", options, to_option=lambda n: by_name.get(n, n),
+                       every_page=True)
         st.sidebar.selectbox("Checkpoint", options, key=state.CHECKPOINT_KEY, format_func=lambda p: Path(p).name,
                              help=f"`*.pt` files in `{folder}` (set ${CHECKPOINT_ENV} to list another folder)")
         state.to_url("checkpoint", state.chosen_checkpoint(), to_text=lambda p: Path(p).name)

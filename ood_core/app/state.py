@@ -55,20 +55,33 @@ def data_root_for(dataset: str | None) -> str | None:
 # not an option here (another folder, a renamed set) falls back to the default with a notice.
 URL_NOTICES_KEY = "url_notices"  # notices of this run about stale URL values
 _URL_APPLIED_KEY = "url_applied"  # widget keys already set from the URL in this session
+_URL_OPENED_KEY = "url_opened"  # {"page": url path, "params": {...}}: the URL the session opened with
+_PAGE_KEY = "url_page"  # the url path of the page this run draws
 
 
-def from_url(key: str, param: str, options: list, to_option=lambda v: v, multi: bool = False) -> None:
-    """Before the widget ``key`` is drawn: on the first run of a session that has ``param`` in
-    the URL, set the widget to it (a list for ``multi``: comma-separated in the URL) when every
-    value is one of ``options`` (``to_option`` maps a URL string to an option), else note the
-    stale value and leave the default."""
+def note_page(url_path: str) -> None:
+    """The router, every run, before the page: which page is drawn; on a session's first run
+    also the URL it was opened with (only that URL sets widgets, and only on its own page)."""
+    st.session_state[_PAGE_KEY] = url_path
+    st.session_state.setdefault(_URL_OPENED_KEY, {"page": url_path, "params": {k: st.query_params[k]
+                                                                              for k in st.query_params}})
+
+
+def from_url(key: str, param: str, options: list, to_option=lambda v: v, multi: bool = False,
+             every_page: bool = False) -> None:
+    """Before the widget ``key`` is drawn: when the session was opened with ``param`` in its URL
+    (on this page, or on any page with ``every_page``), set the widget to it once (a list for
+    ``multi``: comma-separated in the URL) if every value is one of ``options`` (``to_option``
+    maps a URL string to an option), else note the stale value and leave the default. Values
+    a page writes into the URL later never set another page's widgets."""
     applied = st.session_state.setdefault(_URL_APPLIED_KEY, set())
     if key in applied:  # only the URL a session opened with; later the widgets write the URL
         return
     applied.add(key)
-    if param not in st.query_params:
+    opened = st.session_state.get(_URL_OPENED_KEY) or {"page": None, "params": {}}
+    if param not in opened["params"] or not (every_page or opened["page"] == st.session_state.get(_PAGE_KEY)):
         return
-    raw = st.query_params[param]
+    raw = opened["params"][param]
     values = [to_option(v) for v in raw.split(",") if v] if multi else [to_option(raw)]
     if values and all(v in options for v in values):
         st.session_state[key] = values if multi else values[0]

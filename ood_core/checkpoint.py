@@ -15,13 +15,14 @@ import io
 import json
 import pickle
 import zipfile
+import zlib
 from pathlib import Path
 
 import torch
 
 from .adapters import ImportedModel, build_imported, is_imported_arch
 from .errors import CheckpointError, OODCoreError
-from .fileio import atomic_write
+from .fileio import atomic_write, zip_damage
 from .models import OODModel, build_model
 
 FORMAT = "ood_core.checkpoint"
@@ -59,22 +60,47 @@ def _weights_of(model) -> torch.nn.Module:
 
 
 def read_checkpoint(source) -> dict:
-    """Read and validate a checkpoint archive from a path or bytes; return the raw dict."""
-    name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
-    if not isinstance(source, (bytes, bytearray)):
+    """Read and validate a checkpoint archive from a path or bytes; return the raw dict.
+
+    Before anything is unpickled, the CRC-32 of every member of the zip archive is checked
+    (``torch.load`` does not): a file with damaged bytes, even inside a tensor, is refused with
+    one line naming the file and the damaged member, never loaded with wrong weights. The file
+    is opened once and read in pieces for that check, then by ``torch.load``.
+    """
+    if isinstance(source, (bytes, bytearray)):
+        name, f = "<bytes>", io.BytesIO(source)
+    else:
         p = Path(source)
+        name = str(p)
         if not p.exists():
             raise CheckpointError(f"{p}: no such checkpoint file")
         if p.is_dir():
             raise CheckpointError(f"{p}: is a folder; pass a checkpoint file (.pt)")
         try:
-            source = p.read_bytes()
+            f = open(p, "rb")  # one handle for the check and the load: a file renamed over it meanwhile is not mixed in
         except OSError as e:
             raise CheckpointError(f"{p}: cannot read the checkpoint ({e.strerror or e})") from None
-    if not zipfile.is_zipfile(io.BytesIO(source)):
+    with f:
+        try:
+            return _read_archive(f, name)
+        except OSError as e:
+            raise CheckpointError(f"{name}: cannot read the checkpoint ({e.strerror or e})") from None
+
+
+def _read_archive(f, name: str) -> dict:
+    if not zipfile.is_zipfile(f):
         raise CheckpointError(f"{name}: not a PyTorch checkpoint archive (wrong file type, or a truncated file)")
+    f.seek(0)
+    damage = zip_damage(f)
+    if damage is not None:
+        member, why = damage
+        tensors = _tensors_in_record(f, member)
+        what = f" (holding {', '.join(tensors[:3])})" if tensors else ""
+        raise CheckpointError(f"{name}: damaged: archive member {member}{what}: {why}; the file changed after it "
+                              "was written (a bad copy or disk); restore or re-train it")
+    f.seek(0)
     try:
-        raw = torch.load(io.BytesIO(source), map_location="cpu", weights_only=True)
+        raw = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # torch's message is long; keep the line naming the refused object
         lines = [ln.strip() for ln in str(e).splitlines() if "Unsupported" in ln or "global" in ln.lower()]
@@ -94,11 +120,42 @@ def read_checkpoint(source) -> dict:
     return raw
 
 
+def _tensors_in_record(f, member: str) -> list[str]:
+    """The state-dict names of the tensors whose storage is the damaged tensor record ``member``
+    (``.../data/N``), for the error message; [] when that cannot be told (best effort).
+
+    ``torch.load`` reads a damaged record without complaint; its bytes then match the CRC of no
+    record of the archive, while every intact storage matches its own record's."""
+    if "/data/" not in member:
+        return []
+    try:
+        f.seek(0)
+        with zipfile.ZipFile(f) as archive:
+            infos = archive.infolist()
+            size = archive.getinfo(member).file_size
+        crcs = {i.CRC for i in infos}
+        f.seek(0)
+        raw = torch.load(f, map_location="cpu", weights_only=True)
+        names = []
+        for key, t in (raw.get("state_dict") or {}).items():
+            if not isinstance(t, torch.Tensor):
+                continue
+            storage = t.untyped_storage()
+            if storage.nbytes() != size:
+                continue
+            data = torch.empty(0, dtype=torch.uint8).set_(storage).numpy()
+            if zlib.crc32(data) not in crcs:
+                names.append(key)
+        return names
+    except Exception:  # noqa: BLE001 - only decorates the message of a file refused anyway
+        return []
+
+
 def load_checkpoint(source, device: str | torch.device = "cpu", allow_code: bool = False) -> tuple[OODModel, dict]:
     """Load ``(model, meta)`` from a checkpoint path (or its bytes); the model is in eval mode.
 
     ``features, logits = model(x)``. Raises :class:`CheckpointError` with one clear line for
-    a missing, truncated, foreign, code-carrying or mismatched file. A checkpoint written by
+    a missing, truncated, damaged, foreign, code-carrying or mismatched file. A checkpoint written by
     ``import`` of a torchvision/timm model is rebuilt from its name; one of your own
     ``pkg.module:factory`` model imports that module, so it needs ``allow_code=True`` (or
     ``$OOD_ALLOW_CODE`` naming the module, see :mod:`ood_core.adapters`).

@@ -178,3 +178,171 @@ def test_the_app_shows_a_damaged_checkpoint_as_one_error(damaged, monkeypatch, c
     assert not at.exception, [e.value for e in at.exception]
     assert len(at.error) == 1 and "damaged" in at.error[0].value and "damaged.pt" in at.error[0].value
     assert not at.dataframe and not at.get("plotly_chart")
+
+
+# --------------------------------------------------------------------------- 2. feature-cache entries
+@pytest.fixture(scope="module")
+def digits():
+    model, _ = ood_core.load_checkpoint(DIGITS)
+    bench = ood_core.load_benchmark("digits")
+    bench = dataclasses.replace(bench, ood={"blobs": bench.ood["blobs"]}, ood_groups={"blobs": "far-synthetic"})
+    return model, bench
+
+
+SCORES = ["msp", "mahalanobis"]  # mahalanobis is fitted on the training features
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def _write_zip(path: Path, members: dict[str, bytes], compress: bool = False) -> None:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+
+
+def _corrupt(path: Path, kind: str) -> None:
+    with np.load(path) as f:
+        feats, logits = f["features"], f["logits"]
+    n, d = feats.shape
+    if kind == "logits width":  # one column too many, always the largest: accuracy would be ~0
+        np.savez(path, features=feats, logits=np.concatenate([logits, logits.max(1, keepdims=True) + 10], 1))
+    elif kind == "fewer logits":
+        np.savez(path, features=feats, logits=logits[:, :-1])
+    elif kind == "feature width":
+        np.savez(path, features=feats[:, : d // 2], logits=logits)
+    elif kind == "1-D logits":
+        np.savez(path, features=feats, logits=logits.reshape(-1))
+    elif kind == "float64":
+        np.savez(path, features=feats.astype(np.float64), logits=logits.astype(np.float64))
+    elif kind == "float16":
+        np.savez(path, features=feats.astype(np.float16), logits=logits.astype(np.float16))
+    elif kind == "int32":
+        np.savez(path, features=feats.astype(np.int32), logits=logits.astype(np.int32))
+    elif kind == "big-endian":
+        np.savez(path, features=feats.astype(">f4"), logits=logits.astype(">f4"))
+    elif kind == "fortran order":
+        np.savez(path, features=np.asfortranarray(feats), logits=np.asfortranarray(logits))
+    elif kind == "truncated file":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif kind == "truncated member":  # a whole zip, but features.npy stops halfway through its data
+        data = _npy(feats)
+        _write_zip(path, {"features.npy": data[: len(data) // 2], "logits.npy": _npy(logits)})
+    elif kind == "changed byte":  # shapes and dtypes right, one value's bytes changed: the CRC tells
+        with zipfile.ZipFile(path) as z:
+            info = z.getinfo("features.npy")
+        _overwrite(path, _data_offset(path, info) + info.file_size - 7, 1)
+    elif kind == "declared size far above":  # a small file that unpacks to 16x the entry's size
+        _write_zip(path, {"features.npy": _npy(np.zeros((n, 16 * d), np.float32)), "logits.npy": _npy(logits)},
+                   compress=True)
+    elif kind == "compressed":
+        _write_zip(path, {"features.npy": _npy(feats), "logits.npy": _npy(logits)}, compress=True)
+    elif kind == "extra member":
+        np.savez(path, features=feats, logits=logits, more=np.zeros(3, np.float32))
+    else:
+        raise AssertionError(kind)
+
+
+KINDS = ["logits width", "fewer logits", "feature width", "1-D logits", "float64", "float16", "int32", "big-endian",
+         "fortran order", "truncated file", "truncated member", "changed byte", "declared size far above",
+         "compressed", "extra member"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_bad_cache_entry_is_never_served_and_is_rewritten(tmp_path, digits, kind, caplog):
+    model, bench = digits
+    reference = E.evaluate(model, bench, score_names=SCORES)  # no cache
+    cache = FeatureCache(tmp_path / "features")
+    E.evaluate(model, bench, score_names=SCORES, cache=cache)  # fills id, train and blobs
+    inputs = {"id": bench.test.x, "train": bench.train.x, "blobs": bench.ood["blobs"]}
+    key = model_fingerprint(model)
+    paths = {s: cache.path(key, s, data_fingerprint(x)) for s, x in inputs.items()}
+    assert all(p.is_file() for p in paths.values())
+    corrupted = {}
+    for s, p in paths.items():
+        _corrupt(p, kind)
+        corrupted[s] = p.read_bytes()
+
+    with caplog.at_level(logging.WARNING, logger="ood_core.feature_cache"):
+        again = E.evaluate(model, bench, score_names=SCORES, cache=cache)
+    assert again.report == reference.report  # the numbers of a run without the cache
+    for s in inputs:
+        assert torch.equal(again.outputs[s].logits, reference.outputs[s].logits)
+    assert caplog.text.count("ignoring") == 3, caplog.text
+    for s in inputs:  # each bad entry was replaced by a good one
+        assert paths[s].read_bytes() != corrupted[s]
+        with np.load(paths[s]) as f:
+            assert np.array_equal(f["features"], reference.outputs[s].features.numpy())
+            assert np.array_equal(f["logits"], reference.outputs[s].logits.numpy())
+
+
+def test_good_entries_are_served_and_widths_come_from_the_head(tmp_path, digits):
+    model, bench = digits
+    cache = FeatureCache(tmp_path)
+    E.extract_benchmark_outputs(model, bench, sets=["id"], cache=cache)
+    calls = []
+    handle = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        out = E.extract_benchmark_outputs(model, bench, sets=["id"], cache=cache)
+    finally:
+        handle.remove()
+    assert calls == []  # a lab model's widths are read from its head: a hit runs no forward pass
+    assert out["id"].features.shape == (bench.test.x.shape[0], 128) and out["id"].logits.shape[1] == 6
+    assert E.output_widths(model, bench.test.x) == (128, 6)
+    key, data_key, n = model_fingerprint(model), data_fingerprint(bench.test.x), bench.test.x.shape[0]
+    assert cache.load(key, "id", data_key, n, widths=(128, 6)) is not None
+    assert cache.load(key, "id", data_key, n, widths=(128, 7)) is None  # another model's width: not served
+
+    class Wrapped(torch.nn.Module):  # not a lab model: the widths come from one forward pass
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x):
+            out = self.inner(x)
+            return type(out)(out.features[:, :100], out.logits)
+
+    assert E.output_widths(Wrapped(), bench.test.x) == (100, 6)
+
+
+def test_a_zip_bomb_cache_entry_is_refused_without_unpacking_it(tmp_path):
+    result = _run_measured(f"""
+        import io, logging, zipfile
+        import numpy as np
+        import ood_core
+        from ood_core.evaluate import extract_benchmark_outputs
+        from ood_core.feature_cache import FeatureCache, data_fingerprint, model_fingerprint
+
+        model, _ = ood_core.load_checkpoint({str(DIGITS)!r})
+        bench = ood_core.load_benchmark("digits")
+        x = bench.test.x
+        n = x.shape[0]
+        cache = FeatureCache({str(tmp_path / "features")!r})
+        path = cache.path(model_fingerprint(model), "id", data_fingerprint(x))
+        path.parent.mkdir(parents=True)
+        cols = int(2.4e9 / 4 / n)  # 2.4 GB of float32 zeros, written (and deflated) 16 MB at a time
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {{"descr": "<f4", "fortran_order": False, "shape": (n, cols)}})
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+            with z.open("features.npy", "w", force_zip64=True) as f:
+                f.write(header.getvalue())
+                zeros, left = bytes(16 << 20), n * cols * 4
+                while left > 0:
+                    f.write(zeros[:left])
+                    left -= len(zeros)
+            buf = io.BytesIO()
+            np.save(buf, np.zeros((n, 6), np.float32))
+            z.writestr("logits.npy", buf.getvalue())
+        size = path.stat().st_size
+        logging.basicConfig(level=logging.WARNING)
+        out = extract_benchmark_outputs(model, bench, sets=["id"], cache=cache)
+        RESULT = {{"file_mb": size / 1e6, "features": list(out["id"].features.shape),
+                   "rewritten_mb": path.stat().st_size / 1e6}}
+    """, tmp_path)
+    assert result["file_mb"] < 20  # a small file ...
+    assert result["features"] == [217, 128]  # ... not served: recomputed
+    assert result["rewritten_mb"] < 1  # and replaced by the real entry
+    assert result["peak_kb"] < MEMORY_LIMIT_KB, result  # never unpacked (it would take 2.4 GB)

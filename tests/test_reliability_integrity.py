@@ -346,3 +346,121 @@ def test_a_zip_bomb_cache_entry_is_refused_without_unpacking_it(tmp_path):
     assert result["features"] == [217, 128]  # ... not served: recomputed
     assert result["rewritten_mb"] < 1  # and replaced by the real entry
     assert result["peak_kb"] < MEMORY_LIMIT_KB, result  # never unpacked (it would take 2.4 GB)
+
+
+# --------------------------------------------------------------------------- 3. metadata that does not fit
+def _with_meta(tmp_path: Path, name: str, change, source: Path = DIGITS) -> Path:
+    raw = torch.load(source, weights_only=True)
+    change(raw["meta"])
+    path = tmp_path / name
+    torch.save(raw, path)
+    return path
+
+
+SPEC_CASES = {
+    "num_classes": ({"num_classes": 7}, "num_classes=7"),
+    "feature_dim": ({"feature_dim": 1_000_000}, "feature_dim=1000000"),
+    "input channels": ({"input_shape": [3, 8, 8]}, "input_shape[0]=3"),
+    "input dims": ({"input_shape": [64]}, "does not suit the smallcnn"),
+    "string size": ({"num_classes": "6"}, "positive integer"),
+    "negative size": ({"num_classes": -6}, "positive integer"),
+    "zero feature_dim": ({"feature_dim": 0}, "positive integer"),
+    "empty input": ({"input_shape": []}, "input_shape"),
+    "other head": ({"head": "centers"}, "head.centers"),
+    "mlp head": ({"head": "mlp-bn"}, "neck.0.weight"),
+}
+
+
+@pytest.mark.parametrize("case", list(SPEC_CASES))
+def test_a_spec_that_does_not_fit_the_weights_is_refused_before_building(tmp_path, case, monkeypatch, capsys):
+    change, message = SPEC_CASES[case]
+    path = _with_meta(tmp_path, "spec.pt", lambda meta: meta["model"].update(change))
+
+    def never(*_a, **_k):
+        raise AssertionError("the model was built from a spec that does not fit the weights")
+
+    monkeypatch.setattr(C, "build_model", never)
+    with pytest.raises(CheckpointError, match="do not fit|positive integer|input_shape") as info:
+        C.load_checkpoint(path)
+    assert message in str(info.value) and str(path) in str(info.value) and "\n" not in str(info.value)
+    monkeypatch.undo()
+    assert main(["evaluate", "--checkpoint", str(path), "--no-cache", "--device", "cpu"]) == 2
+    assert message in _one_error_line(capsys)
+
+
+def test_an_mlp_bn_spec_with_another_hidden_width_is_refused(tmp_path, monkeypatch):
+    path = _with_meta(tmp_path, "hidden.pt", lambda meta: meta["model"].update(head_hidden=100_000),
+                      source=CHECKPOINTS / "snojoe_canvases.pt")  # spectral norm + mlp-bn head
+    monkeypatch.setattr(C, "build_model", lambda *a, **k: pytest.fail("built"))
+    with pytest.raises(CheckpointError, match="head_hidden=100000"):
+        C.load_checkpoint(path)
+
+
+def test_an_imported_model_spec_is_checked_against_its_head_and_still_loads(tmp_path, monkeypatch):
+    from ood_core.adapters import build_imported
+
+    model = build_imported("tv:resnet18", 3, (3, 32, 32))
+    good = C.save_checkpoint(tmp_path / "tv.pt", model, {"method": "import", "dataset": {"name": "x"}})
+    loaded, meta = C.load_checkpoint(good)  # the torchvision network's own state-dict keys
+    assert meta["model"]["arch"] == "tv:resnet18"
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, model.eval()(x).logits)
+    bad = _with_meta(tmp_path, "tv-bad.pt", lambda m: m["model"].update(num_classes=1000), source=good)
+    monkeypatch.setattr(C, "build_imported", lambda *a, **k: pytest.fail("built"))
+    with pytest.raises(CheckpointError, match=r"num_classes=1000, but fc.weight is \(3, 512\)"):
+        C.load_checkpoint(bad)
+
+
+@pytest.mark.parametrize("arch", ["smallcnn", "tv:resnet18"])
+def test_absurd_sizes_in_the_metadata_are_refused_without_allocating(tmp_path, arch):
+    result = _run_measured(f"""
+        import torch
+        from ood_core import checkpoint as C
+        from ood_core.adapters import build_imported
+        from ood_core.errors import CheckpointError
+
+        if {arch!r} == "smallcnn":
+            raw = torch.load({str(DIGITS)!r}, weights_only=True)
+            raw["meta"]["model"]["feature_dim"] = 10**6  # a 2.3 GB last conv, 24 MB head
+        else:
+            C.save_checkpoint("tv.pt", build_imported("tv:resnet18", 3, (3, 32, 32)), {{"method": "import"}})
+            raw = torch.load("tv.pt", weights_only=True)
+            raw["meta"]["model"]["num_classes"] = 10**6  # a 2 GB head
+        torch.save(raw, "absurd.pt")
+        del raw
+        try:
+            C.load_checkpoint("absurd.pt")
+            RESULT = {{"error": None}}
+        except CheckpointError as e:
+            RESULT = {{"error": str(e)}}
+    """, tmp_path)
+    assert result["error"] and "do not fit" in result["error"] and "1000000" in result["error"], result
+    assert result["peak_kb"] < MEMORY_LIMIT_KB, result
+
+
+DATASET_CASES = {
+    "fewer classes": ({"known": [0, 1, 2, 3, 4]}, "has 5 classes, but the model outputs 6"),
+    "other input shape": ({"name": "toy2d", "known": None}, "inputs of shape (2,), but the model takes (1, 8, 8)"),
+    "other task": ({"task": "multilabel"}, "is multiclass, but the model was trained for a multilabel task"),
+}
+
+
+@pytest.mark.parametrize("case", list(DATASET_CASES))
+def test_a_dataset_that_does_not_fit_the_model_is_refused(tmp_path, case, capsys, clear_streamlit_caches):
+    change, message = DATASET_CASES[case]
+    path = _with_meta(tmp_path, "dataset.pt", lambda meta: meta["dataset"].update(change))
+    for argv in (["evaluate", "--checkpoint", str(path), "--no-cache", "--device", "cpu"],
+                 ["geometry", "--checkpoint", str(path), "--no-cache", "--device", "cpu"]):
+        assert main(argv) == 2
+        err = _one_error_line(capsys)
+        assert message in err and str(path) in err and "does not fit its weights" in err, err
+    model, meta = C.load_checkpoint(path)  # the weights themselves are fine
+    from ood_core import views
+    from ood_core.app import cached
+
+    with pytest.raises(CheckpointError, match="does not fit its weights"):
+        views.evaluate_model(model, meta)
+    with pytest.raises(CheckpointError) as info:  # the app's benchmark (every page reads it)
+        cached.benchmark_cached(str(path), ("test", None))
+    assert message in str(info.value) and "dataset.pt" in str(info.value)

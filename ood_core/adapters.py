@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import importlib
 import os
+import zipfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .errors import CheckpointError, OODCoreError
+from .fileio import zip_damage
 from .models import ModelOutput
 
 TV_PREFIX, TIMM_PREFIX = "tv:", "timm:"
@@ -249,7 +251,17 @@ def _read_state_dict(path: Path) -> dict:
     if path.suffix not in (".pth", ".pt", ".bin"):
         raise OODCoreError(f"--weights {path}: expected a .pth/.pt state dict or a .safetensors file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)  # never runs code from the file
+        with open(path, "rb") as f:
+            if zipfile.is_zipfile(f):  # torch.load does not check the archive's CRCs
+                f.seek(0)
+                damage = zip_damage(f)
+                if damage is not None:
+                    raise OODCoreError(f"--weights {path}: damaged: archive member {damage[0]}: {damage[1]}; "
+                                       "the file changed after it was written (a bad download or copy)")
+            f.seek(0)
+            obj = torch.load(f, map_location="cpu", weights_only=True)  # never runs code from the file
+    except OODCoreError:
+        raise
     except Exception as e:
         detail = " ".join(str(e).split())[:200]
         raise OODCoreError(f"--weights {path}: not a weights-only loadable state dict ({detail}); save it with "

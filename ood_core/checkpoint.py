@@ -15,13 +15,14 @@ import io
 import json
 import pickle
 import zipfile
+import zlib
 from pathlib import Path
 
 import torch
 
 from .adapters import ImportedModel, build_imported, is_imported_arch
 from .errors import CheckpointError, OODCoreError
-from .fileio import atomic_write
+from .fileio import atomic_write, zip_damage
 from .models import OODModel, build_model
 
 FORMAT = "ood_core.checkpoint"
@@ -59,22 +60,47 @@ def _weights_of(model) -> torch.nn.Module:
 
 
 def read_checkpoint(source) -> dict:
-    """Read and validate a checkpoint archive from a path or bytes; return the raw dict."""
-    name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
-    if not isinstance(source, (bytes, bytearray)):
+    """Read and validate a checkpoint archive from a path or bytes; return the raw dict.
+
+    Before anything is unpickled, the CRC-32 of every member of the zip archive is checked
+    (``torch.load`` does not): a file with damaged bytes, even inside a tensor, is refused with
+    one line naming the file and the damaged member, never loaded with wrong weights. The file
+    is opened once and read in pieces for that check, then by ``torch.load``.
+    """
+    if isinstance(source, (bytes, bytearray)):
+        name, f = "<bytes>", io.BytesIO(source)
+    else:
         p = Path(source)
+        name = str(p)
         if not p.exists():
             raise CheckpointError(f"{p}: no such checkpoint file")
         if p.is_dir():
             raise CheckpointError(f"{p}: is a folder; pass a checkpoint file (.pt)")
         try:
-            source = p.read_bytes()
+            f = open(p, "rb")  # one handle for the check and the load: a file renamed over it meanwhile is not mixed in
         except OSError as e:
             raise CheckpointError(f"{p}: cannot read the checkpoint ({e.strerror or e})") from None
-    if not zipfile.is_zipfile(io.BytesIO(source)):
+    with f:
+        try:
+            return _read_archive(f, name)
+        except OSError as e:
+            raise CheckpointError(f"{name}: cannot read the checkpoint ({e.strerror or e})") from None
+
+
+def _read_archive(f, name: str) -> dict:
+    if not zipfile.is_zipfile(f):
         raise CheckpointError(f"{name}: not a PyTorch checkpoint archive (wrong file type, or a truncated file)")
+    f.seek(0)
+    damage = zip_damage(f)
+    if damage is not None:
+        member, why = damage
+        tensors = _tensors_in_record(f, member)
+        what = f" (holding {', '.join(tensors[:3])})" if tensors else ""
+        raise CheckpointError(f"{name}: damaged: archive member {member}{what}: {why}; the file changed after it "
+                              "was written (a bad copy or disk); restore or re-train it")
+    f.seek(0)
     try:
-        raw = torch.load(io.BytesIO(source), map_location="cpu", weights_only=True)
+        raw = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # torch's message is long; keep the line naming the refused object
         lines = [ln.strip() for ln in str(e).splitlines() if "Unsupported" in ln or "global" in ln.lower()]
@@ -94,20 +120,139 @@ def read_checkpoint(source) -> dict:
     return raw
 
 
+def _tensors_in_record(f, member: str) -> list[str]:
+    """The state-dict names of the tensors whose storage is the damaged tensor record ``member``
+    (``.../data/N``), for the error message; [] when that cannot be told (best effort).
+
+    ``torch.load`` reads a damaged record without complaint; its bytes then match the CRC of no
+    record of the archive, while every intact storage matches its own record's."""
+    if "/data/" not in member:
+        return []
+    try:
+        f.seek(0)
+        with zipfile.ZipFile(f) as archive:
+            infos = archive.infolist()
+            size = archive.getinfo(member).file_size
+        crcs = {i.CRC for i in infos}
+        f.seek(0)
+        raw = torch.load(f, map_location="cpu", weights_only=True)
+        names = []
+        for key, t in (raw.get("state_dict") or {}).items():
+            if not isinstance(t, torch.Tensor):
+                continue
+            storage = t.untyped_storage()
+            if storage.nbytes() != size:
+                continue
+            data = torch.empty(0, dtype=torch.uint8).set_(storage).numpy()
+            if zlib.crc32(data) not in crcs:
+                names.append(key)
+        return names
+    except Exception:  # noqa: BLE001 - only decorates the message of a file refused anyway
+        return []
+
+
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _layer_weight(state: dict, module: str):
+    """``(key, tensor)`` of ``module``'s weight in a state dict (also under spectral norm's
+    ``parametrizations.weight.original``), or ``(module.weight, None)`` when it is not there."""
+    for key in (f"{module}.weight", f"{module}.parametrizations.weight.original"):
+        t = state.get(key)
+        if isinstance(t, torch.Tensor):
+            return key, t
+    return f"{module}.weight", None
+
+
+# the first layer of each lab backbone (its weight's dim 1 = input channels / features) and the
+# layer whose weight's rows are the feature dimension (resnet18's is fixed at 512)
+_FIRST_LAYER = {"smallcnn": "backbone.net.0.0", "mlp": "backbone.net.0", "resnet18": "backbone.net.conv1"}
+_FEATURE_LAYER = {"smallcnn": "backbone.net.6.0", "mlp": "backbone.net.4"}
+_DEFAULT_FEATURE_DIM = {"smallcnn": 128, "mlp": 32, "resnet18": 512}
+_INPUT_DIMS = {"smallcnn": 3, "mlp": 1, "resnet18": 3}  # (C, H, W) images, (D,) vectors
+
+
+def spec_problem(spec: dict, state: dict) -> str | None:
+    """Why the model ``spec`` of a checkpoint does not fit the tensors of its ``state`` dict, or None.
+
+    Checked before the model is built, so that metadata claiming e.g. ``feature_dim = 10**6``
+    is refused without allocating the gigabytes such a model would take. Lab models: every size
+    in the spec (classes, feature dimension, hidden width, input channels) must be the size of
+    the weight that carries it (``head.weight`` gives K and d, the first layer the input
+    channels, ...). Imported models (``tv:NAME``, ...): the spec's ``num_classes`` must be the
+    rows of its head layer's weight; the other sizes are the architecture's own.
+    """
+    arch, k, shape = spec.get("arch"), spec.get("num_classes"), spec.get("input_shape")
+    if not _positive_int(k):
+        return f"num_classes must be a positive integer, got {k!r}"
+    if not (isinstance(shape, (list, tuple)) and 1 <= len(shape) <= 3 and all(_positive_int(s) for s in shape)):
+        return f"input_shape must be 1 to 3 positive integers, got {shape!r}"
+    for key in ("feature_dim", "head_hidden"):
+        if spec.get(key) is not None and not _positive_int(spec[key]):
+            return f"{key} must be a positive integer, got {spec[key]!r}"
+
+    def differs(module, want: dict[int, tuple[str, int]]):
+        key, w = _layer_weight(state, module)
+        if w is None:
+            return f"the weights have no {key}"
+        for dim, (what, value) in want.items():
+            if w.dim() <= dim or w.shape[dim] != value:
+                return f"the spec says {what}={value}, but {key} is {tuple(w.shape)} in the weights"
+        return None
+
+    if is_imported_arch(arch):
+        head = spec.get("head_layer")
+        return differs(head, {0: ("num_classes", k)}) if isinstance(head, str) and head else None
+    if arch not in _FIRST_LAYER:
+        return None  # build_model names the unknown architecture
+    if len(shape) != _INPUT_DIMS[arch]:
+        return f"input_shape {list(shape)} does not suit the {arch} backbone ({_INPUT_DIMS[arch]} numbers)"
+    d = 512 if arch == "resnet18" else (spec.get("feature_dim") or _DEFAULT_FEATURE_DIM[arch])
+    head = spec.get("head", "linear")
+    checks = [(_FIRST_LAYER[arch], {1: ("input_shape[0]", shape[0])})]
+    if arch in _FEATURE_LAYER:
+        checks.append((_FEATURE_LAYER[arch], {0: ("feature_dim", d)}))
+    if head == "mlp-bn":
+        hidden = spec.get("head_hidden") or 256
+        checks += [("neck.0", {0: ("head_hidden", hidden), 1: ("feature_dim", d)}),
+                   ("head", {0: ("num_classes", k), 1: ("head_hidden", hidden)})]
+    elif head == "centers":
+        key, w = "head.centers", state.get("head.centers")
+        if not isinstance(w, torch.Tensor):
+            return "the weights have no head.centers"
+        if tuple(w.shape) != (k, d):
+            return f"the spec says num_classes={k}, feature_dim={d}, but {key} is {tuple(w.shape)} in the weights"
+    else:
+        checks.append(("head", {0: ("num_classes", k), 1: ("feature_dim", d)}))
+    for module, want in checks:
+        problem = differs(module, want)
+        if problem:
+            return problem
+    return None
+
+
 def load_checkpoint(source, device: str | torch.device = "cpu", allow_code: bool = False) -> tuple[OODModel, dict]:
     """Load ``(model, meta)`` from a checkpoint path (or its bytes); the model is in eval mode.
 
     ``features, logits = model(x)``. Raises :class:`CheckpointError` with one clear line for
-    a missing, truncated, foreign, code-carrying or mismatched file. A checkpoint written by
-    ``import`` of a torchvision/timm model is rebuilt from its name; one of your own
-    ``pkg.module:factory`` model imports that module, so it needs ``allow_code=True`` (or
-    ``$OOD_ALLOW_CODE`` naming the module, see :mod:`ood_core.adapters`).
+    a missing, truncated, damaged, foreign, code-carrying or mismatched file (a model spec
+    whose sizes are not those of the stored weights is refused before the model is built, see
+    :func:`spec_problem`). A checkpoint written by ``import`` of a torchvision/timm model is
+    rebuilt from its name; one of your own ``pkg.module:factory`` model imports that module,
+    so it needs ``allow_code=True`` (or ``$OOD_ALLOW_CODE`` naming the module, see
+    :mod:`ood_core.adapters`).
     """
     raw = read_checkpoint(source)
+    name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
     meta = raw["meta"]
     spec = meta.get("model")
     if not isinstance(spec, dict):
-        raise CheckpointError("checkpoint metadata has no model spec")
+        raise CheckpointError(f"{name}: checkpoint metadata has no model spec")
+    problem = spec_problem(spec, raw["state_dict"])
+    if problem:
+        raise CheckpointError(f"{name}: checkpoint weights do not fit the {spec.get('arch')} model they claim: "
+                              f"{problem}")
     try:
         model = build_imported(**spec, allow_code=allow_code) if is_imported_arch(spec.get("arch")) \
             else build_model(**spec)
@@ -125,6 +270,38 @@ def load_checkpoint(source, device: str | torch.device = "cpu", allow_code: bool
         raise CheckpointError(f"checkpoint weights do not fit the {spec.get('arch')} model they claim: {detail}") from None
     model.to(device).eval()
     return model, meta
+
+
+def benchmark_problem(meta: dict, bench) -> str | None:
+    """Why ``bench`` (rebuilt from ``meta["dataset"]``) does not fit the checkpoint's model, or None:
+    its number of classes must be the model's outputs, its input shape the model's, and its
+    task the one recorded at training time."""
+    spec = meta.get("model") or {}
+    ds = meta.get("dataset") or {}
+    k, shape = spec.get("num_classes"), spec.get("input_shape")
+    label = f"dataset {bench.name!r}" + (f" (known classes {list(bench.known)})" if bench.known else "")
+    if shape is not None and tuple(bench.input_shape) != tuple(shape):
+        return f"the {label} has inputs of shape {tuple(bench.input_shape)}, but the model takes {tuple(shape)}"
+    if k is not None and bench.num_classes != k:
+        return f"the {label} has {bench.num_classes} classes, but the model outputs {k}"
+    if ds.get("task") and ds["task"] != bench.task:
+        return f"the {label} is {bench.task}, but the model was trained for a {ds['task']} task"
+    return None
+
+
+def checkpoint_benchmark(meta: dict, data_root=None, download: bool | None = None, name: str | None = None):
+    """The benchmark a checkpoint was trained on, rebuilt from its metadata
+    (:func:`ood_core.data.load_benchmark_from_spec`) and checked against its model
+    (:func:`benchmark_problem`): CheckpointError, one line, when the metadata names a dataset
+    that does not fit the weights (another class count or input shape), never silent numbers."""
+    from .data import load_benchmark_from_spec
+
+    bench = load_benchmark_from_spec(meta.get("dataset"), data_root=data_root, download=download)
+    problem = benchmark_problem(meta, bench)
+    if problem:
+        raise CheckpointError(f"{name + ': ' if name else ''}the checkpoint's metadata does not fit its weights: "
+                              f"{problem}")
+    return bench
 
 
 def manifest_entry(path) -> dict:

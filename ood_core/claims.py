@@ -175,8 +175,7 @@ def shipped_checkpoint(folder: str | Path, method: str, dataset: str) -> Path:
 def compute_mechanisms(folder: str | Path, keys: list[str] | None = None) -> dict:
     """Per-sample values of every mechanism on the shipped checkpoints of ``folder``:
     ``{"checkpoints": {file: digest}, "figures": {key: {"baseline"|"method": {"file", "values"}}}}``."""
-    from .checkpoint import load_checkpoint
-    from .data import load_benchmark_from_spec
+    from .checkpoint import checkpoint_benchmark, load_checkpoint
     from .evaluate import extract_benchmark_outputs
 
     doc: dict = {"checkpoints": {}, "figures": {}}
@@ -186,7 +185,7 @@ def compute_mechanisms(folder: str | Path, keys: list[str] | None = None) -> dic
         for role, method in (("baseline", mech.baseline), ("method", mech.method)):
             path = shipped_checkpoint(folder, method, mech.dataset)
             model, meta = load_checkpoint(path)
-            bench = load_benchmark_from_spec(meta["dataset"])
+            bench = checkpoint_benchmark(meta, name=path.name)
             outputs = extract_benchmark_outputs(model, bench)
             values = mech.values(model, bench, outputs)
             fig[role] = {"file": path.name, "method": method,

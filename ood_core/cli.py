@@ -286,13 +286,12 @@ def cmd_import(args) -> int:
 # --------------------------------------------------------------------------- evaluate
 def _checkpoint_and_benchmark(args):
     """``(model, meta, bench)`` of ``--checkpoint`` on ``--device``."""
-    from .checkpoint import load_checkpoint
-    from .data import load_benchmark_from_spec
+    from .checkpoint import checkpoint_benchmark, load_checkpoint
     from .runtime import select_device
 
     model, meta = load_checkpoint(args.checkpoint, device=select_device(args.device), allow_code=args.allow_code)
-    return model, meta, load_benchmark_from_spec(meta.get("dataset"), data_root=args.data_root,
-                                                 download=_download(args))
+    return model, meta, checkpoint_benchmark(meta, data_root=args.data_root, download=_download(args),
+                                             name=str(args.checkpoint))
 
 
 def cmd_evaluate(args) -> int:

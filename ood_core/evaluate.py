@@ -18,7 +18,7 @@ from .data import Benchmark
 from .errors import DataError, OODCoreError
 from .feature_cache import FeatureCache, data_fingerprint, model_fingerprint
 from .metrics import accuracy, mean_average_precision, ood_metrics
-from .models import ModelOutput
+from .models import ModelOutput, OODModel
 from .runtime import select_device
 from .scores import make_score, scores_for_task
 
@@ -52,6 +52,29 @@ def extract_outputs(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 5
     return ModelOutput(torch.cat(feats), torch.cat(logits))
 
 
+@torch.no_grad()
+def output_widths(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, int]:
+    """``(feature dim, number of logits)`` of ``model``'s outputs on inputs like ``x``.
+
+    A lab model's features are its head's input, so both are its head weight's shape
+    (``(K, d)``; ``centers`` for the centres head); any other model (an imported one, whose
+    features may come from another layer) runs one sample of ``x`` to see. What a cached
+    entry must hold (see :meth:`FeatureCache.load`)."""
+    if isinstance(model, OODModel):
+        w = getattr(model.head, "weight", None)
+        w = w if isinstance(w, torch.Tensor) else getattr(model.head, "centers", None)
+        if isinstance(w, torch.Tensor) and w.dim() == 2:
+            return int(w.shape[1]), int(w.shape[0])
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(x[:1].to(device))
+    finally:
+        model.train(was_training)
+    return int(out.features.reshape(1, -1).shape[1]), int(out.logits.reshape(1, -1).shape[1])
+
+
 def check_input_shape(x: torch.Tensor, input_shape, name: str) -> None:
     if tuple(x.shape[1:]) != tuple(input_shape):
         raise DataError(f"OOD set {name!r} has samples of shape {tuple(x.shape[1:])}; "
@@ -74,7 +97,9 @@ def extract_benchmark_outputs(model: torch.nn.Module, bench: Benchmark, sets: li
     and geometry function reads these, so one forward pass per set serves them all.
 
     ``cache`` (a :class:`~ood_core.feature_cache.FeatureCache`): missing sets are read from it
-    when this model's outputs on the same data are there, else extracted and stored.
+    when this model's outputs on the same data are there, with exactly this model's feature
+    dimension and number of logits (:func:`output_widths`), else extracted and stored (a bad
+    entry is replaced).
     ``progress(set_name, done, total, from_cache)`` is called after every batch of an
     extraction, and once (``done == total``, ``from_cache=True``) for a set read from the cache.
     """
@@ -86,10 +111,16 @@ def extract_benchmark_outputs(model: torch.nn.Module, bench: Benchmark, sets: li
     outputs = {} if outputs is None else outputs
     todo = [k for k in wanted if k not in outputs]
     model_key = model_fingerprint(model) if cache is not None and todo else None
+    widths: dict[tuple, tuple[int, int]] = {}  # per input shape: what a cache entry must hold
     for key in todo:
         x = sources[key]
         data_key = data_fingerprint(x) if cache is not None else None
-        out = cache.load(model_key, key, data_key, x.shape[0]) if cache is not None else None
+        out = None
+        if cache is not None:
+            shape = tuple(x.shape[1:])
+            if shape not in widths and x.shape[0]:
+                widths[shape] = output_widths(model, x)
+            out = cache.load(model_key, key, data_key, x.shape[0], widths=widths.get(shape))
         if out is not None:
             if progress is not None:
                 progress(key, x.shape[0], x.shape[0], True)

@@ -9,8 +9,9 @@ Keys are content hashes, never names: the model part hashes its spec and every t
 state dict, the data part hashes the set's tensor (dtype, shape and bytes). Retraining a
 checkpoint under the same file name, or changing a set (another data root, seed or upload),
 gives other keys, so a cached entry can never be served for another model or other data.
-A file that cannot be read back as two finite float arrays of the right length is ignored
-and replaced.
+A file that cannot be read back as two finite float32 arrays of exactly the shapes this model
+gives on this set (rows, feature dimension, number of logits), with intact CRCs, is ignored and
+replaced; sizes are checked from the headers before any data is read.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import io
 import json
 import logging
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -75,24 +77,30 @@ class FeatureCache:
         readable = re.sub(r"[^A-Za-z0-9_.-]", "_", set_name)[:40] or "set"
         return self.folder / model_key / f"{readable}-{data_key}.npz"
 
-    def load(self, model_key: str, set_name: str, data_key: str, n: int) -> ModelOutput | None:
-        """The cached outputs, or None when absent or unusable (``n`` = the set's sample count)."""
+    def load(self, model_key: str, set_name: str, data_key: str, n: int,
+             widths: tuple[int, int] | None = None) -> ModelOutput | None:
+        """The cached outputs, or None when absent or unusable (``n`` = the set's sample count,
+        ``widths`` = ``(feature dim, number of logits)`` of the model, see
+        :func:`ood_core.evaluate.output_widths`; None checks the rows only).
+
+        An entry is served only when it holds exactly ``features.npy`` of shape ``(n, d)`` and
+        ``logits.npy`` of shape ``(n, K)``, little-endian float32, finite, whose bytes match the
+        zip archive's CRC-32. The shapes and sizes are read from the members' headers before any
+        data, so an entry declaring more than it should hold (a zip bomb) is refused without
+        being decompressed. An unusable entry is logged and ignored (the caller recomputes and
+        rewrites it), never served."""
         path = self.path(model_key, set_name, data_key)
         if not path.is_file():
             return None
         try:
-            with np.load(path, allow_pickle=False) as f:
-                feats, logits = f["features"], f["logits"]
-            ok = (feats.ndim == 2 and logits.ndim == 2 and feats.shape[0] == logits.shape[0] == n
-                  and feats.dtype == logits.dtype == np.float32
-                  and np.isfinite(feats).all() and np.isfinite(logits).all())
-        except Exception as e:  # any unreadable file (truncated, not a zip, wrong keys): recompute it
+            arrays = _read_entry(path, n, widths)
+        except _BadEntry as e:
+            log.warning("ignoring feature cache %s: %s", path, e)
+            return None
+        except Exception as e:  # any unreadable file (truncated, not a zip, bad CRC): recompute it
             log.warning("ignoring unreadable feature cache %s (%s: %s)", path, type(e).__name__, e)
             return None
-        if not ok:
-            log.warning("ignoring feature cache %s: not %d finite float32 rows", path, n)
-            return None
-        return ModelOutput(torch.from_numpy(feats), torch.from_numpy(logits))
+        return ModelOutput(torch.from_numpy(arrays["features"]), torch.from_numpy(arrays["logits"]))
 
     def store(self, model_key: str, set_name: str, data_key: str, out: ModelOutput) -> Path:
         buf = io.BytesIO()
@@ -100,6 +108,67 @@ class FeatureCache:
         # a lost cache entry is recomputed, so no fsync: the rename alone keeps readers from partial files
         return atomic_write(self.path(model_key, set_name, data_key), lambda f: f.write(buf.getvalue()),
                             fsync=False)
+
+
+class _BadEntry(Exception):
+    """A cache entry that is readable but not what this model's outputs on this set must be."""
+
+
+MEMBERS = ("features", "logits")
+DTYPE = np.dtype("<f4")  # what extraction stores: float32, little-endian
+READ_CHUNK = 16 << 20  # bytes copied at a time from an entry into its array
+
+
+def _read_entry(path: Path, n: int, widths: tuple[int, int] | None) -> dict[str, np.ndarray]:
+    """``{"features", "logits"}`` arrays of the entry at ``path``, checked before and after
+    reading (see :meth:`FeatureCache.load`); _BadEntry or a read error otherwise."""
+    out = {}
+    with zipfile.ZipFile(path) as archive:
+        names = sorted(archive.namelist())
+        if names != sorted(f"{m}.npy" for m in MEMBERS):
+            raise _BadEntry(f"holds {', '.join(names) or 'nothing'}, not features.npy and logits.npy")
+        for member, width in zip(MEMBERS, widths or (None, None)):
+            info = archive.getinfo(f"{member}.npy")
+            row_bytes = (width or 1) * DTYPE.itemsize
+            if width is not None and info.file_size > _MAX_HEADER + n * row_bytes:
+                raise _BadEntry(f"{member} declares {info.file_size} bytes; {n} x {width} float32 take "
+                                f"{n * row_bytes}")
+            if info.compress_type != zipfile.ZIP_STORED:  # so no member can unpack to more than the file's size
+                raise _BadEntry(f"{member} is compressed; the cache stores its arrays uncompressed")
+            with archive.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise _BadEntry(f"{member}: .npy format {version} is not what the cache writes")
+                want = (n, width) if width is not None else (n, shape[1] if len(shape) == 2 else -1)
+                if tuple(shape) != want or dtype != DTYPE or fortran:
+                    raise _BadEntry(f"{member} is {dtype} {tuple(shape)}{' (Fortran order)' if fortran else ''}; "
+                                    f"expected float32 {want}")
+                nbytes = int(np.prod(shape)) * DTYPE.itemsize
+                if info.file_size != f.tell() + nbytes:
+                    raise _BadEntry(f"{member} declares {info.file_size} bytes; its header says "
+                                    f"{f.tell() + nbytes}")
+                arr = np.empty(shape, DTYPE)
+                view = memoryview(arr.reshape(-1).view(np.uint8))
+                done = 0
+                while done < nbytes:
+                    chunk = f.read(min(READ_CHUNK, nbytes - done))
+                    if not chunk:
+                        raise _BadEntry(f"{member} is truncated ({done} of {nbytes} bytes)")
+                    view[done:done + len(chunk)] = chunk
+                    done += len(chunk)
+                if f.read(1):  # also the last read, at which zipfile compares the CRC-32
+                    raise _BadEntry(f"{member} holds more bytes than its header says")
+            if not np.isfinite(arr).all():
+                raise _BadEntry(f"{member} holds NaN or Inf")
+            out[member] = arr
+    return out
+
+
+_MAX_HEADER = 65536 + 16  # an .npy header is at most this long (numpy's reader refuses longer ones)
 
 
 def default_feature_cache() -> FeatureCache:

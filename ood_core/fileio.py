@@ -6,6 +6,8 @@ import os
 import signal
 import tempfile
 import threading
+import zipfile
+import zlib
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -102,6 +104,37 @@ def atomic_write(path, write: Callable[[BinaryIO], object], fsync: bool = True) 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+ZIP_CHUNK = 1 << 20  # bytes read at a time when checking a zip archive's CRCs
+
+
+def zip_damage(f: BinaryIO) -> tuple[str, str] | None:
+    """``(member, why)`` for the first member of the zip archive ``f`` whose contents do not
+    match the CRC-32 recorded for it (or cannot be read at all), None when every member is intact.
+
+    ``torch.load`` and ``np.load`` never check these CRCs, so a checkpoint or cache entry with
+    overwritten bytes would otherwise load. Every member is read in :data:`ZIP_CHUNK` pieces
+    (the CRC is compared at each member's end, by :mod:`zipfile`), so the memory used does
+    not grow with the file. ``f`` is a seekable binary file; its position is left anywhere.
+    """
+    try:
+        archive = zipfile.ZipFile(f)
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        return "(zip directory)", " ".join(str(e).split())[:200] or type(e).__name__
+    with archive:
+        for info in archive.infolist():
+            try:
+                with archive.open(info) as member:
+                    while member.read(ZIP_CHUNK):
+                        pass
+            except zipfile.BadZipFile as e:
+                why = ("its contents do not match their CRC-32" if "CRC" in str(e)
+                       else " ".join(str(e).split())[:200])
+                return info.filename, why
+            except (zlib.error, EOFError, OSError, ValueError, NotImplementedError, RuntimeError) as e:
+                return info.filename, f"unreadable ({' '.join(str(e).split())[:200] or type(e).__name__})"
+    return None
 
 
 @contextlib.contextmanager

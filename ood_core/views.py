@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import load_benchmark_from_spec
+from .checkpoint import checkpoint_benchmark
 from .errors import OODCoreError
 from .evaluate import evaluate
 from .methods import default_score_names, method_score_params
@@ -27,7 +27,7 @@ def evaluate_model(model, meta: dict, outputs: dict | None = None, bench=None,
     score that cannot be fitted on this model is left out and named in
     ``report["skipped_scores"]`` with the reason.
     """
-    bench = bench if bench is not None else load_benchmark_from_spec(meta.get("dataset"))
+    bench = bench if bench is not None else checkpoint_benchmark(meta)
     names = default_score_names(meta, bench)
     names = names + [d for d in detectors if d not in names]
     result = evaluate(model, bench, score_names=names, outputs=outputs,

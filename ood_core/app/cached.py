@@ -33,9 +33,9 @@ import numpy as np
 import streamlit as st
 import torch
 
-from ..checkpoint import load_checkpoint, read_checkpoint
+from ..checkpoint import checkpoint_benchmark, load_checkpoint, read_checkpoint
 from ..checkpoint_store import file_version, list_checkpoints
-from ..data import load_benchmark_from_spec, load_user_ood
+from ..data import load_user_ood
 from ..errors import DataNotFound, OODCoreError
 from ..evaluate import evaluate, extract_benchmark_outputs
 from ..feature_cache import default_feature_cache
@@ -75,7 +75,7 @@ def benchmark_cached(path: str, version: tuple):
     """The benchmark the checkpoint was trained on, rebuilt once from its metadata and the data
     root in ``version``; shared, read-only."""
     _, meta = load_model_cached(path, version)
-    return _benchmark_for_app(lambda root: load_benchmark_from_spec(meta.get("dataset"), data_root=root),
+    return _benchmark_for_app(lambda root: checkpoint_benchmark(meta, data_root=root, name=Path(path).name),
                               version[1] if len(version) > 1 else None)
 
 

@@ -325,6 +325,7 @@ def cmd_evaluate(args) -> int:
     extra = {}
     for f in args.ood_file or []:
         name, x = load_user_ood(f, bench.input_shape)
+        bench.check_user_names([name])
         if name in extra:
             raise OODCoreError(f"two --ood-file inputs share the name {name!r}; rename one")
         extra[name] = x

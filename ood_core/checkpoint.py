@@ -21,7 +21,7 @@ import torch
 
 from .adapters import ImportedModel, build_imported, is_imported_arch
 from .errors import CheckpointError, OODCoreError
-from .fileio import atomic_write
+from .fileio import atomic_write, check_outputs
 from .models import OODModel, build_model
 
 FORMAT = "ood_core.checkpoint"
@@ -154,6 +154,9 @@ def write_manifest(folder) -> Path:
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: " + ("is a file; pass the folder holding the checkpoints"
                                                if folder.exists() else "no such folder"))
-    entries = [manifest_entry(p) for p in sorted(folder.glob("*.pt"))]
+    checkpoints = sorted(folder.glob("*.pt"))
+    out = folder / "manifest.json"
+    check_outputs({"the manifest": out}, {"checkpoint": checkpoints})  # a manifest.json linked to a .pt
+    entries = [manifest_entry(p) for p in checkpoints]
     text = json.dumps({"checkpoints": entries}, indent=2) + "\n"
-    return atomic_write(folder / "manifest.json", lambda f: f.write(text.encode()))
+    return atomic_write(out, lambda f: f.write(text.encode()))

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .errors import OODCoreError, TrainingDiverged
-from .fileio import atomic_write, check_outputs, sigint_deferred
+from .fileio import OutputError, atomic_write, check_outputs, sigint_deferred
 
 
 class Interrupted(KeyboardInterrupt):
@@ -260,6 +260,8 @@ def cmd_train(args) -> int:
             save_checkpoint(out, result.model, result.meta)
     except KeyboardInterrupt:  # the write is atomic: `out` holds what it held before
         raise Interrupted(f"interrupted while saving; {on_disk()}") from None
+    except OutputError as e:  # a full disk, say: the atomic write left `out` as it was
+        raise OutputError(f"{e}; {on_disk()}") from None
     args._written = [str(out)]
     report = result.meta["metrics"]
     quality = {k: v for k, v in report.items() if k.startswith("id_")}
@@ -429,7 +431,10 @@ def cmd_project(args) -> int:
 
     from .projection import project_benchmark, separation_in_map
 
+    from .checks import seed
+
     out = _suffixed(args.out, "--out", ".npz")
+    seed(args.seed, "--seed")
     model, meta, bench = _checkpoint_and_benchmark(args)
     outputs, _ = _outputs(args, model, bench, ["id", *bench.ood])
     if args.method == "umap":

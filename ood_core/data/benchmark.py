@@ -98,7 +98,9 @@ class Benchmark:
 
 def check_known(known, n_classes: int = 10) -> tuple[int, ...]:
     """The sorted known classes of an open-set benchmark (default :data:`DEFAULT_KNOWN`): at
-    least two, not all ``n_classes``, each in 0..n_classes-1."""
+    least two, not all ``n_classes``, each in 0..n_classes-1. Order and repeats do not matter
+    here (``[5, 1, 3, 1]`` is ``(1, 3, 5)``); the CLI's ``--known`` refuses repeats
+    (:func:`parse_known`)."""
     known = DEFAULT_KNOWN if known is None else tuple(sorted({int(k) for k in known}))
     if len(known) < 2:
         raise DataError(f"need at least 2 known classes, got {list(known)}")
@@ -135,10 +137,16 @@ def require_all_known(name: str, known, n_classes: int) -> None:
 
 
 def parse_known(text: str | None) -> tuple[int, ...] | None:
-    """Parse ``"0,1,2"`` into a tuple of ints (CLI helper); None keeps the default."""
+    """Parse ``"0,1,2"`` into a tuple of ints (CLI helper); None keeps the default. A class
+    listed twice is refused (DataError)."""
     if text is None or text == "":
         return None
     try:
-        return tuple(int(t) for t in text.split(","))
+        known = tuple(int(t) for t in text.split(","))
     except ValueError:
         raise DataError(f"--known takes comma-separated class indices like 0,1,2,3,4,5; got {text!r}") from None
+    twice = sorted({k for k in known if known.count(k) > 1})
+    if twice:  # a repeat is likely a typo (1,1,2 for 1,2,3?), so it is refused rather than merged
+        raise DataError(f"--known lists class{'es' if len(twice) > 1 else ''} {', '.join(map(str, twice))} more than "
+                        f"once ({text}); list each known class once")
+    return known

@@ -112,6 +112,9 @@ def test_dotdot_paths_create_no_stray_folder(tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(TOY), "--ood", "nope", "--json", str(out)]) == 2
     assert os.listdir(tmp_path) == []
     capsys.readouterr()
+    assert main(["train", "--method", "nope", "--out", str(tmp_path / "a" / ".." / "a" / "sub" / ".." / "x.pt")]) == 2
+    assert os.listdir(tmp_path) == []
+    capsys.readouterr()
     # written: a/r.json only, no empty a/sub
     assert main(["evaluate", "--checkpoint", str(TOY), "--json", str(out)]) == 0
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["a", "a/r.json"]

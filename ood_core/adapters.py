@@ -37,9 +37,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .checks import MAX_CLASSES, whole
 from .errors import CheckpointError, OODCoreError
 from .fileio import zip_damage
-from .models import ModelOutput
+from .models import ModelOutput, check_input_shape
 
 TV_PREFIX, TIMM_PREFIX = "tv:", "timm:"
 ALLOW_CODE_ENV = "OOD_ALLOW_CODE"
@@ -203,6 +204,8 @@ def build_imported(arch: str, num_classes: int, input_shape, head_layer: str | N
 
     ``head_layer`` defaults to the network's last ``nn.Linear``. ``allow_code`` must be True to
     build a ``pkg.module:factory`` model (it imports and runs that module)."""
+    num_classes = whole(num_classes, "num_classes", 1, MAX_CLASSES)
+    input_shape = check_input_shape(input_shape)
     kind = arch_kind(arch)
     if kind == "torchvision":
         net = _torchvision_net(arch[len(TV_PREFIX):], int(num_classes))

@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 
 from .adapters import ImportedModel, build_imported, is_imported_arch
+from .checks import MAX_CLASSES, finite, seed as check_seed, whole
 from .errors import CheckpointError, OODCoreError
-from .fileio import atomic_write, zip_damage
+from .fileio import atomic_write, check_outputs, zip_damage
 from .models import OODModel, build_model
 
 FORMAT = "ood_core.checkpoint"
@@ -249,10 +250,11 @@ def load_checkpoint(source, device: str | torch.device = "cpu", allow_code: bool
     spec = meta.get("model")
     if not isinstance(spec, dict):
         raise CheckpointError(f"{name}: checkpoint metadata has no model spec")
-    problem = spec_problem(spec, raw["state_dict"])
+    problem = spec_problem(spec, raw["state_dict"])  # the spec against the weights present, before anything is built
     if problem:
         raise CheckpointError(f"{name}: checkpoint weights do not fit the {spec.get('arch')} model they claim: "
                               f"{problem}")
+    check_meta(meta)  # then the rest of the metadata
     try:
         model = build_imported(**spec, allow_code=allow_code) if is_imported_arch(spec.get("arch")) \
             else build_model(**spec)
@@ -304,6 +306,60 @@ def checkpoint_benchmark(meta: dict, data_root=None, download: bool | None = Non
     return bench
 
 
+def check_meta(meta: dict) -> None:
+    """Refuse (CheckpointError, one line) checkpoint metadata that nothing should be built from:
+    a method that is not a name, loss parameters that are not finite numbers (or true/false,
+    names), a dataset spec with a non-text name, non-whole or out-of-range seeds or known
+    classes, and a model spec that disagrees with its dataset (input shape, number of
+    classes). The numbers of the model spec itself (``num_classes`` 10^8, a NaN scale, ...)
+    are checked by the model builders before any layer is allocated."""
+    from .methods import METHODS
+
+    def bad(what: str, value, want: str):
+        text = repr(value)
+        raise CheckpointError(f"checkpoint metadata: {what} must be {want}, got "
+                              f"{text[:80] + '...' if len(text) > 80 else text}")
+
+    method = meta.get("method")
+    if method is not None and not isinstance(method, str):
+        bad("'method'", method, "a method name")
+    params = meta.get("loss_params")
+    if params is not None:
+        if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
+            bad("'loss_params'", params, "a mapping of parameter names to values")
+        defaults = METHODS[method].loss_params if method in METHODS else {}
+        for key, value in params.items():
+            numeric = isinstance(defaults.get(key), (int, float)) and not isinstance(defaults.get(key), bool)
+            if numeric or isinstance(value, float):
+                finite(value, f"checkpoint metadata: loss parameter {key!r}", error=CheckpointError)
+            elif value is not None and not isinstance(value, (bool, int, str)):
+                bad(f"loss parameter {key!r}", value, "a number, true/false or a name")
+    ds = meta.get("dataset")
+    if ds is None:
+        return
+    if not isinstance(ds, dict):
+        bad("'dataset'", ds, "a dataset spec (name, known, seeds)")
+    if not isinstance(ds.get("name"), str):
+        bad("the dataset name", ds.get("name"), "text")
+    for key in ("split_seed", "ood_seed"):
+        if key in ds:
+            check_seed(ds[key], f"checkpoint metadata: dataset {key}", error=CheckpointError)
+    known = ds.get("known")
+    if known is not None:
+        if not isinstance(known, list):
+            bad("the dataset's known classes", known, "a list of class indices")
+        for k in known:
+            whole(k, "checkpoint metadata: each known class", 0, MAX_CLASSES, error=CheckpointError)
+    spec = meta["model"]
+    if "input_shape" in ds and "input_shape" in spec and list(ds["input_shape"]) != list(spec["input_shape"]):
+        raise CheckpointError(f"checkpoint metadata: the model takes inputs of shape {spec['input_shape']} but its "
+                              f"dataset {ds['name']} has inputs of shape {ds['input_shape']}")
+    names = ds.get("class_names")
+    if isinstance(names, list) and "num_classes" in spec and spec["num_classes"] != len(names):
+        raise CheckpointError(f"checkpoint metadata: the model has {str(spec['num_classes'])[:20]} classes but its "
+                              f"dataset {ds['name']} names {len(names)}")
+
+
 def manifest_entry(path) -> dict:
     """Summary of one checkpoint for ``manifest.json``: what it is and how well it did."""
     meta = read_checkpoint(path)["meta"]
@@ -331,6 +387,9 @@ def write_manifest(folder) -> Path:
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: " + ("is a file; pass the folder holding the checkpoints"
                                                if folder.exists() else "no such folder"))
-    entries = [manifest_entry(p) for p in sorted(folder.glob("*.pt"))]
+    checkpoints = sorted(folder.glob("*.pt"))
+    out = folder / "manifest.json"
+    check_outputs({"the manifest": out}, {"checkpoint": checkpoints})  # a manifest.json linked to a .pt
+    entries = [manifest_entry(p) for p in checkpoints]
     text = json.dumps({"checkpoints": entries}, indent=2) + "\n"
-    return atomic_write(folder / "manifest.json", lambda f: f.write(text.encode()))
+    return atomic_write(out, lambda f: f.write(text.encode()))

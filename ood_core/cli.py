@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .errors import OODCoreError, TrainingDiverged
-from .fileio import atomic_write, check_writable, sigint_deferred
+from .fileio import OutputError, atomic_write, check_outputs, sigint_deferred
 
 
 class Interrupted(KeyboardInterrupt):
@@ -26,6 +26,32 @@ def _write(args, path, write) -> Path:
     atomic_write(path, write)
     args._written = [*getattr(args, "_written", []), str(path)]
     return Path(path)
+
+
+# The files each command writes and reads (argparse dests). Before a command runs, its outputs
+# are checked against its inputs and each other (fileio.check_outputs): an output that would
+# replace an input (the checkpoint, an --ood-file, --init, --weights) or another output, a
+# device or stream such as /dev/stdout, a folder or an unwritable path is refused with one line.
+COMMAND_FILES = {
+    "train": (("out",), ("init",)),
+    "import": (("out",), ("weights",)),
+    "evaluate": (("json", "scores", "outputs"), ("checkpoint", "ood_file")),
+    "geometry": (("json",), ("checkpoint",)),
+    "project": (("out",), ("checkpoint",)),
+    "features": ((), ("checkpoint",)),
+}
+
+
+def _check_files(args) -> None:
+    """:func:`ood_core.fileio.check_outputs` of the command's :data:`COMMAND_FILES` (``manifest``
+    checks its own, in :func:`ood_core.checkpoint.write_manifest`)."""
+    outputs, inputs = COMMAND_FILES.get(args.command, ((), ()))
+
+    def option(dest):
+        return "--" + dest.replace("_", "-")
+
+    check_outputs({option(d): getattr(args, d, None) for d in outputs},
+                  {option(d): getattr(args, d, None) for d in inputs})
 
 
 def _at_least(args, option: str, minimum: int, what: str = "") -> None:
@@ -76,7 +102,10 @@ def _cache_dir(args):
 
     if args.no_cache:
         return None
-    return Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    folder = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    if folder.exists() and not folder.is_dir():
+        raise OODCoreError(f"--cache-dir {folder} is a file, not a folder; pass a folder (or --no-cache)")
+    return folder
 
 
 def _feature_progress():
@@ -163,7 +192,6 @@ def cmd_train(args) -> int:
     out = _suffixed(args.out, "--out", ".pt")
     _at_least(args, "--checkpoint-every", 0, " (0 = off)")
     _at_least(args, "--feature-dim", 1)
-    check_writable(out)  # before training, not after it
     cfg = recommended_config(args.method, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              lr_min=args.lr_min, schedule=args.schedule,
                              weight_decay=args.weight_decay, optimizer=args.optimizer, seed=args.seed,
@@ -232,6 +260,8 @@ def cmd_train(args) -> int:
             save_checkpoint(out, result.model, result.meta)
     except KeyboardInterrupt:  # the write is atomic: `out` holds what it held before
         raise Interrupted(f"interrupted while saving; {on_disk()}") from None
+    except OutputError as e:  # a full disk, say: the atomic write left `out` as it was
+        raise OutputError(f"{e}; {on_disk()}") from None
     args._written = [str(out)]
     report = result.meta["metrics"]
     quality = {k: v for k, v in report.items() if k.startswith("id_")}
@@ -261,7 +291,6 @@ def cmd_import(args) -> int:
     from .importing import import_model
 
     out = _suffixed(args.out, "--out", ".pt")
-    check_writable(out)
     _at_least(args, "--batch-size", 1)
     preprocess = {"resize": args.resize, "crop": args.crop, "mean": _floats(args.mean, "--mean"),
                   "std": _floats(args.std, "--std")}
@@ -307,9 +336,6 @@ def cmd_evaluate(args) -> int:
         _suffixed(args.scores, "--scores", ".npz")
     if args.outputs:
         _suffixed(args.outputs, "--outputs", ".npz")
-    for option in ("json", "scores", "outputs"):
-        if getattr(args, option):
-            check_writable(getattr(args, option))
     model, meta, bench = _checkpoint_and_benchmark(args)
     ds = meta["dataset"]
     ood_names = _csv(args.ood)
@@ -324,6 +350,7 @@ def cmd_evaluate(args) -> int:
     extra = {}
     for f in args.ood_file or []:
         name, x = load_user_ood(f, bench.input_shape)
+        bench.check_user_names([name])
         if name in extra:
             raise OODCoreError(f"two --ood-file inputs share the name {name!r}; rename one")
         extra[name] = x
@@ -366,8 +393,6 @@ def cmd_geometry(args) -> int:
 
     _at_least(args, "--probe-size", 1)
     _at_least(args, "--n-proj", 1)
-    if args.json:
-        check_writable(args.json)
     model, meta, bench = _checkpoint_and_benchmark(args)
     jac = None if args.jacobian == "none" else args.jacobian
     outputs, _ = _outputs(args, model, bench)
@@ -405,8 +430,10 @@ def cmd_project(args) -> int:
 
     from .projection import project_benchmark, separation_in_map
 
+    from .checks import seed
+
     out = _suffixed(args.out, "--out", ".npz")
-    check_writable(out)
+    seed(args.seed, "--seed")
     model, meta, bench = _checkpoint_and_benchmark(args)
     outputs, _ = _outputs(args, model, bench, ["id", *bench.ood])
     if args.method == "umap":
@@ -663,6 +690,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:
+        _check_files(args)  # before any work
         return args.func(args)
     except KeyboardInterrupt as e:
         if args.debug:

@@ -189,9 +189,8 @@ def evaluate(model: torch.nn.Module, bench: Benchmark, ood_sets: dict[str, torch
     """
     sets = dict(bench.ood if ood_sets is None else ood_sets)
     groups = {n: bench.ood_groups.get(n, "user") for n in sets}
+    bench.check_user_names(extra_ood or {})  # a user set never stands in for a split or a built-in set
     for name, x in (extra_ood or {}).items():
-        if name in sets or name == "id":
-            raise DataError(f"user OOD set name {name!r} clashes with a built-in set; rename the file")
         sets[name], groups[name] = x, "user"
     if not sets and not (ood_sets is None and bench.missing_ood):
         raise OODCoreError("no OOD set to evaluate; pass --ood NAME or --ood-file PATH")

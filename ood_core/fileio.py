@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
+import stat
 import tempfile
 import threading
 import zipfile
@@ -35,24 +37,119 @@ def _output_error(path: Path, e: OSError) -> OutputError:
     return err
 
 
+STREAM_FOLDERS = ("/dev", "/proc")  # output paths there are devices or streams, never regular files
+
+
+def _target(path: Path) -> Path:
+    """The file a write to ``path`` lands in: ``path`` with ``..`` and symbolic links resolved
+    (:func:`os.path.realpath`), so a link is written through to its target and kept, and
+    ``a/sub/../x`` never creates ``a/sub``. OutputError if ``path`` exists and is not a regular
+    file or folder (``/dev/stdout``, a terminal, pipe, device or socket)."""
+    where = os.path.abspath(path)
+    for _ in range(40):  # the path and each link it leads through (out.json -> /dev/stdout)
+        if any(where == d or where.startswith(d + os.sep) for d in STREAM_FOLDERS):
+            raise OutputError(f"cannot write {path}: a device or stream (such as /dev/stdout) is not a regular "
+                              "file; pass the path of a file")
+        if not os.path.islink(where):
+            break
+        where = os.path.join(os.path.dirname(where), os.readlink(where))
+    try:
+        st = os.stat(path)  # follows links, also /proc's magic ones (/dev/stdout -> pipe:[N])
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise _output_error(path, e) from None
+    if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise OutputError(f"cannot write {path}: it is not a regular file (a terminal, pipe, device or socket); "
+                          "pass the path of a file")
+    return Path(os.path.realpath(path))
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """``folder.mkdir(parents=True, exist_ok=True)``, returning the folders it created (outermost first)."""
+    missing = []
+    for f in [folder, *folder.parents]:
+        if f.exists() or f.is_symlink():
+            break
+        missing.append(f)
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing[::-1]
+
+
+def _remove_folders(created: list[Path]) -> None:
+    """Remove the folders :func:`_make_folders` created, innermost first, when they are still empty."""
+    for f in reversed(created):
+        try:
+            f.rmdir()
+        except OSError:
+            break
+
+
 def check_writable(path) -> Path:
     """Fail now, with one clear line, if ``atomic_write(path, ...)`` could not create its file.
 
-    Creates ``path``'s folder if needed and creates and removes an empty temporary file in
-    it; ``path`` itself is not touched. Lets a command refuse a bad output path before it
-    spends minutes computing what it would write there.
+    Creates ``path``'s missing folders, creates and removes an empty temporary file in the
+    last one, then removes the folders it created; ``path`` itself is not touched and nothing
+    is left behind. Lets a command refuse a bad output path before it spends minutes
+    computing what it would write there.
     """
     path = Path(path)
-    if path.is_dir():
+    target = _target(path)
+    if target.is_dir():
         raise OutputError(f"cannot write {path}: it is a folder; pass a file name")
+    created = []
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        created = _make_folders(target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:
         raise _output_error(path, e) from None
+    finally:
+        _remove_folders(created)
     return path
+
+
+def _same_file(a, b) -> bool:
+    """Whether paths ``a`` and ``b`` name one file: the same resolved path, or the same inode
+    (a hard link, a bind mount)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def check_outputs(outputs: dict, inputs: dict | None = None) -> None:
+    """Refuse, with one line, output paths that would destroy an input or each other, before
+    any work: ``outputs`` and ``inputs`` map an option name (``"--json"``) to a path, a list of
+    paths or None (unused).
+
+    Each output is checked by :func:`check_writable` (and so refused when it is a folder, a
+    terminal, pipe or device, or cannot be created); an output naming the same file as an
+    input (same resolved path or same inode, through links and ``..`` too) is refused, as are
+    two outputs naming one file. A symbolic link as output is written through to its target.
+    """
+    def paths(value):
+        return [] if value is None else [value] if isinstance(value, (str, os.PathLike)) else list(value)
+
+    written: dict[str, tuple[str, object]] = {}
+    for option, value in outputs.items():
+        for path in paths(value):
+            check_writable(path)
+            for in_option, in_value in (inputs or {}).items():
+                for src in paths(in_value):
+                    if _same_file(path, src):
+                        instead = f"pass another {option} file" if option.startswith("-") else f"remove or rename {path}"
+                        raise OutputError(f"{option} {path} is the same file as the {in_option} input {src}; writing "
+                                          f"it would replace that input; {instead}")
+            key = os.path.realpath(path)
+            for other, (other_option, other_path) in written.items():
+                if key == other or _same_file(path, other_path):
+                    raise OutputError(f"{other_option} {other_path} and {option} {path} are the same file; "
+                                      "pass a different file to each")
+            written[key] = (option, path)
 
 
 MAX_NAME_BYTES = 200  # file names the app writes (most file systems allow 255; a save adds a temporary name)
@@ -81,27 +178,39 @@ def atomic_write(path, write: Callable[[BinaryIO], object], fsync: bool = True) 
     no permission, disk full) is raised as :class:`OutputError`, one line naming ``path``.
     """
     path = Path(path)
+    target = _target(path)
+    if target.is_dir():
+        raise OutputError(f"cannot write {path}: it is a folder; pass a file name")
+    created = []
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        created = _make_folders(target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as e:
+        _remove_folders(created)
         raise _output_error(path, e) from None
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
+        with os.fdopen(fd, "wb") as raw:
+            f = _WriteRecorder(raw)
+            try:
+                write(f)
+            except Exception as e:
+                real = f.error(e)
+                if real is e:
+                    raise
+                raise real from e
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; checkpoints and reports are meant to be shared
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except OutputError:
-        Path(tmp).unlink(missing_ok=True)
+        _discard(tmp, created)
         raise
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
+        _discard(tmp, created)
         raise _output_error(path, e) from e
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _discard(tmp, created)
         raise
     return path
 
@@ -135,6 +244,50 @@ def zip_damage(f: BinaryIO) -> tuple[str, str] | None:
             except (zlib.error, EOFError, OSError, ValueError, NotImplementedError, RuntimeError) as e:
                 return info.filename, f"unreadable ({' '.join(str(e).split())[:200] or type(e).__name__})"
     return None
+
+
+def _discard(tmp: str, created: list[Path]) -> None:
+    Path(tmp).unlink(missing_ok=True)
+    _remove_folders(created)
+
+
+class _WriteRecorder:
+    """A binary file that remembers the first OSError of its writes.
+
+    Writers that catch it (``torch.save`` turns a failed write, such as a full disk, into a
+    RuntimeError "... unexpected pos ...") then still give the real reason: :meth:`error`.
+    """
+
+    def __init__(self, f: BinaryIO):
+        self._f, self._error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            self._error = self._error or e
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._f.flush()
+        except OSError as e:
+            self._error = self._error or e
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def error(self, e: Exception) -> Exception:
+        """What to raise for ``e``, raised by the writer: the recorded OSError when there is one;
+        for torch's "unexpected pos" (its writer lost bytes) an OSError(ENOSPC); else ``e``."""
+        if isinstance(e, OSError):
+            return e
+        if self._error is not None:
+            return self._error
+        if isinstance(e, RuntimeError) and "unexpected pos" in str(e):
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return e
 
 
 @contextlib.contextmanager

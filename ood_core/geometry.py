@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import MAX_PROJECTIONS, whole
 from .errors import DataError, OODCoreError, unknown
 from .models import CentersHead, CosineHead, L2NormHead
 
@@ -122,8 +123,7 @@ def jacobian_norm(model: nn.Module, x: torch.Tensor, method: str = "exact", n_pr
     """
     if method not in JACOBIAN_METHODS:
         raise OODCoreError(f"unknown Jacobian method {method!r}; choose one of: {', '.join(JACOBIAN_METHODS)}")
-    if int(n_proj) < 1:
-        raise OODCoreError(f"n_proj must be >= 1, got {n_proj}")
+    n_proj = whole(n_proj, "n_proj (random projections)", 1, MAX_PROJECTIONS)
     if int(chunk_size) < 1:
         raise OODCoreError(f"chunk_size must be >= 1, got {chunk_size}")
     x = torch.as_tensor(x)

@@ -11,12 +11,14 @@ is plain data (weights-only loadable) with ``meta["method"] == "import"``; ``eva
 from __future__ import annotations
 
 import datetime as _dt
+import math
 
 import torch
 
 from .adapters import (build_imported, check_outputs, is_imported_arch, load_weights,
                        preprocess_from_weights)
 from .data import IMAGE_FOLDER_PREFIX, load_benchmark
+from .checks import MAX_IMAGE_SIDE
 from .errors import OODCoreError
 from .runtime import library_versions, select_device
 
@@ -83,12 +85,13 @@ def import_model(model: str, dataset: str, weights: str | None = None, *, featur
 def _check_preprocess(pre: dict) -> None:
     for key in ("resize", "crop"):
         v = pre.get(key)
-        if v is not None and (not isinstance(v, int) or v < 1):
-            raise OODCoreError(f"preprocess {key} must be a positive whole number of pixels, got {v!r}")
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_IMAGE_SIDE):
+            raise OODCoreError(f"preprocess {key} must be a whole number of pixels in 1..{MAX_IMAGE_SIDE}, got {v!r}")
     for key in ("mean", "std"):
         v = pre.get(key)
-        if v is not None and (not isinstance(v, (list, tuple)) or not all(isinstance(x, (int, float)) for x in v)):
-            raise OODCoreError(f"preprocess {key} must be a list of numbers (one per channel), got {v!r}")
+        if v is not None and (not isinstance(v, (list, tuple)) or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)):
+            raise OODCoreError(f"preprocess {key} must be a list of finite numbers (one per channel), got {v!r}")
     if pre.get("std") and any(float(s) <= 0 for s in pre["std"]):
         raise OODCoreError(f"preprocess std must be > 0 per channel, got {pre['std']}")
     if pre.get("mean") and pre.get("std") and len(pre["mean"]) != len(pre["std"]):

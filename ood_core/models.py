@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import MAX_CLASSES, MAX_WIDTH, finite, whole
 from .errors import OODCoreError, unknown
 
 
@@ -193,6 +194,14 @@ def apply_spectral_norm(module: nn.Module, linear: bool = False) -> nn.Module:
     return module
 
 
+def check_input_shape(input_shape) -> tuple[int, ...]:
+    """A model's input shape as a tuple: (D,) vectors or (C, H, W) images, each a whole number
+    in 1..MAX_WIDTH (OODCoreError otherwise)."""
+    if isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__len__") or len(input_shape) not in (1, 3):
+        raise OODCoreError(f"input_shape must be (D,) or (C, H, W), got {input_shape!r}")
+    return tuple(whole(s, "each input_shape entry", 1, MAX_WIDTH) for s in input_shape)
+
+
 def build_model(arch: str, num_classes: int, input_shape, head: str = "linear", feature_dim: int | None = None,
                 spectral_norm: bool = False, spectral_norm_linear: bool = False, cosine_scale: float = 16.0,
                 norm: str | None = None, head_hidden: int = 256) -> OODModel:
@@ -204,15 +213,27 @@ def build_model(arch: str, num_classes: int, input_shape, head: str = "linear", 
     :class:`SmallCNN`). ``head_hidden`` is the hidden width of the ``mlp-bn`` head (ignored
     by the other heads).
     """
-    input_shape = tuple(int(s) for s in input_shape)
+    if arch not in BACKBONES:
+        raise unknown("architecture", arch, BACKBONES)
+    input_shape = check_input_shape(input_shape)
+    takes = "vectors (D,)" if arch == "mlp" else "images (C, H, W)"
+    if len(input_shape) != (1 if arch == "mlp" else 3):
+        fits = "smallcnn or resnet18" if len(input_shape) == 3 else "mlp"
+        raise OODCoreError(f"the {arch} backbone takes {takes}, but this data has inputs of shape "
+                           f"{tuple(input_shape)}; use the {fits} backbone (--arch)")
+    num_classes = whole(num_classes, "num_classes", 1, MAX_CLASSES)
+    if feature_dim is not None:
+        feature_dim = whole(feature_dim, "feature_dim", 1, MAX_WIDTH)
+    cosine_scale = finite(cosine_scale, "cosine_scale", positive=True)
+    if not isinstance(spectral_norm, bool) or not isinstance(spectral_norm_linear, bool):
+        raise OODCoreError(f"spectral_norm and spectral_norm_linear must be true or false, got "
+                           f"{spectral_norm!r}, {spectral_norm_linear!r}")
     if arch in _NATIVE_NORM:
         norm = _NATIVE_NORM[arch] if norm is None else norm
         if norm != _NATIVE_NORM[arch] and arch != "smallcnn":
             raise OODCoreError(f"norm={norm!r} is not available for the {arch} backbone "
                                f"(only smallcnn has both 'batch' and 'none'; {arch} has {_NATIVE_NORM[arch]!r})")
-    head_hidden = int(head_hidden)
-    if head == "mlp-bn" and head_hidden < 1:
-        raise OODCoreError(f"head_hidden must be >= 1 for the mlp-bn head, got {head_hidden}")
+    head_hidden = whole(head_hidden, "head_hidden (of the mlp-bn head)", 1, MAX_WIDTH)
     if arch == "smallcnn":
         backbone = SmallCNN(input_shape[0], feature_dim or 128, norm)
     elif arch == "mlp":

@@ -46,6 +46,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .checks import MAX_SEED
 from .errors import DataError, OODCoreError, unknown
 from .fileio import atomic_write
 from .paths import default_cache_dir, point_tool_cache  # default_cache_dir also re-exported for older callers
@@ -165,11 +166,13 @@ def _check_features(features: Mapping[str, Any], id_key: str) -> dict[str, np.nd
     return out
 
 
-def _as_int(name: str, value: Any, minimum: int) -> int:
+def _as_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise OODCoreError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
         raise OODCoreError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise OODCoreError(f"{name} must be <= {maximum}, got {value}")
     return int(value)
 
 
@@ -383,7 +386,7 @@ def project(features: Mapping[str, Any], method: str = "pca", fit_on: str = "uni
         min_dist = float(min_dist)
         if not (np.isfinite(min_dist) and 0.0 <= min_dist <= 1.0):  # UMAP needs 0 <= min_dist <= spread (1)
             raise OODCoreError(f"min_dist must be between 0 and 1, got {min_dist}")
-        params.update(seed=_as_int("seed", seed, 0), n_neighbors=_as_int("n_neighbors", n_neighbors, 2),
+        params.update(seed=_as_int("seed", seed, 0, MAX_SEED), n_neighbors=_as_int("n_neighbors", n_neighbors, 2),
                       min_dist=min_dist, n_epochs=_as_int("n_epochs", n_epochs, 1),
                       pca_dims=_as_int("pca_dims", pca_dims, 2), init="spectral")
 

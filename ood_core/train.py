@@ -27,11 +27,13 @@ from .evaluate import evaluate, extract_outputs, id_metrics
 from .geometry import model_geometry_snapshot
 from .methods import LossContext, applicable_scores, get_method, method_score_params
 from .models import OODModel, build_model, default_arch
+from .checks import finite, seed as check_seed, whole
 from .runtime import library_versions, seed_everything, select_device
 
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SCHEDULES = ("cosine-epoch", "cosine-step")
+MAX_WORKERS = 64  # DataLoader worker processes: more is a typo that would fork the machine to a halt
 
 
 def cosine_lr(t: int, total: int, lr: float, lr_min: float = 0.0) -> float:
@@ -79,29 +81,23 @@ class TrainConfig:
     workers: int = 0
 
     def validate(self) -> None:
-        if self.epochs < 1:
-            raise OODCoreError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise OODCoreError(f"batch size must be >= 1, got {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise OODCoreError(f"learning rate must be a positive number, got {self.lr}")
-        if self.weight_decay < 0:
-            raise OODCoreError(f"weight decay must be >= 0, got {self.weight_decay}")
+        """Refuse (OODCoreError) any option that is not a number of the right kind and range:
+        NaN/Inf, booleans, text, fractions where a count is meant, seeds outside 0..2**32-1."""
+        self.epochs = whole(self.epochs, "epochs", 1)
+        self.batch_size = whole(self.batch_size, "batch size", 1)
+        self.lr = finite(self.lr, "learning rate", positive=True)
+        self.weight_decay = finite(self.weight_decay, "weight decay", 0)
         if self.schedule not in SCHEDULES:
             raise OODCoreError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if not (0 <= self.lr_min <= self.lr and math.isfinite(self.lr_min)):
-            raise OODCoreError(f"lr_min must be a number in [0, lr = {self.lr:g}], got {self.lr_min}")
+        self.lr_min = finite(self.lr_min, f"lr_min (the final learning rate, at most lr = {self.lr:g})", 0, self.lr)
         if self.optimizer not in ("adam", "sgd"):
             raise OODCoreError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        if self.geometry_every < 0:
-            raise OODCoreError(f"geometry_every must be >= 0 (0 = off), got {self.geometry_every}")
-        if self.probe_size < 2:
-            raise OODCoreError(f"probe_size must be >= 2, got {self.probe_size}")
+        self.seed = check_seed(self.seed)
+        self.geometry_every = whole(self.geometry_every, "geometry_every (0 = off)", 0)
+        self.probe_size = whole(self.probe_size, "probe_size", 2)
         if self.amp not in AMP_DTYPES:
             raise OODCoreError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {self.amp!r}")
-        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 0:
-            raise OODCoreError(f"workers must be a whole number >= 0 (0 = load batches in the main process), "
-                               f"got {self.workers!r}")
+        self.workers = whole(self.workers, "workers (0 = load batches in the main process)", 0, MAX_WORKERS)
 
 
 def recommended_config(method: str, **overrides) -> TrainConfig:

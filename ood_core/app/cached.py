@@ -99,7 +99,9 @@ def user_ood_set(path: str, version: tuple, user_ood: str | None) -> dict[str, t
     """``{name: tensor}`` of the user's OOD set for this checkpoint's input format ({} if none)."""
     if not user_ood:
         return {}
-    name, x = user_ood_cached(user_ood, tuple(benchmark_cached(path, version).input_shape))
+    bench = benchmark_cached(path, version)
+    name, x = user_ood_cached(user_ood, tuple(bench.input_shape))
+    bench.check_user_names([name])  # an upload named train.npy must not replace the training split
     return {name: x}
 
 

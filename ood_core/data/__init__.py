@@ -13,8 +13,8 @@ Modules, bottom to top (each imports only those before it):
 
 The names below are the public API; ``from ood_core.data import X`` is the way to use them.
 """
-from .benchmark import (DEFAULT_KNOWN, FAR_REAL, FAR_SYNTHETIC, NEAR, Benchmark, Split, check_known, open_set_splits,
-                        parse_known)
+from .benchmark import (DEFAULT_KNOWN, FAR_REAL, FAR_SYNTHETIC, NEAR, SPLIT_NAMES, Benchmark, Split, check_known,
+                        open_set_splits, parse_known)
 from .convert import IMAGE_SUFFIXES, convert_to_id_format
 from .embedded import (CANVAS_SIZES, CANVAS_SLOTS, IMAGE_OOD_SETS, N_GENERATED, N_TRAIN_OUTLIERS, REAL_OOD_SETS,
                        SPLIT_FRACTIONS, TRAIN_OUTLIERS, RealOODSet, generate_ood, load_digit_canvases_benchmark,
@@ -25,8 +25,8 @@ from .registry import (DATASET_DESCRIPTIONS, DATASETS, IMAGE_FOLDER_PREFIX, load
 from .user import MAX_USER_BYTES, MAX_USER_BYTES_ENV, MAX_USER_SAMPLES, MAX_USER_SAMPLES_ENV, load_user_ood, user_limits
 
 __all__ = [
-    "DEFAULT_KNOWN", "FAR_REAL", "FAR_SYNTHETIC", "NEAR", "Benchmark", "Split", "check_known", "open_set_splits",
-    "parse_known", "IMAGE_SUFFIXES", "convert_to_id_format", "CANVAS_SIZES", "CANVAS_SLOTS", "IMAGE_OOD_SETS",
+    "DEFAULT_KNOWN", "FAR_REAL", "FAR_SYNTHETIC", "NEAR", "SPLIT_NAMES", "Benchmark", "Split", "check_known",
+    "open_set_splits", "parse_known", "IMAGE_SUFFIXES", "convert_to_id_format", "CANVAS_SIZES", "CANVAS_SLOTS", "IMAGE_OOD_SETS",
     "N_GENERATED", "N_TRAIN_OUTLIERS", "REAL_OOD_SETS", "SPLIT_FRACTIONS", "TRAIN_OUTLIERS", "RealOODSet",
     "generate_ood", "load_digit_canvases_benchmark", "load_digits_benchmark", "load_toy2d_benchmark",
     "real_crop_to_input", "real_ood", "training_outliers", "LAYOUTS", "PRESETS", "DATASET_DESCRIPTIONS", "DATASETS",

@@ -16,6 +16,9 @@ import torch
 from ..errors import DataError
 
 DEFAULT_KNOWN = (0, 1, 2, 3, 4, 5)
+# The names :meth:`Benchmark.inputs` (and so every extractor, score fit, geometry function and
+# the feature cache) gives the ID splits; a user's OOD set may never take one of them.
+SPLIT_NAMES = {"train": "training", "val": "validation", "id": "ID test"}
 # OOD groups of the embedded benchmarks (real-data presets use "near" / "far")
 NEAR, FAR_REAL, FAR_SYNTHETIC = "near", "far-real", "far-synthetic"
 
@@ -68,18 +71,36 @@ class Benchmark:
                 "split_seed": self.split_seed, "ood_seed": self.ood_seed,
                 **({"preprocess": dict(self.preprocess)} if self.preprocess else {})}
 
+    def check_user_names(self, names) -> None:
+        """Refuse user OOD set names that would stand in for a set of this benchmark: the ID
+        splits' names (:data:`SPLIT_NAMES`: ``train``, ``val``, ``id``), which the scores are
+        fitted on and compared with, and the benchmark's own OOD set names (present or missing).
+        DataError saying to rename the file."""
+        for name in names:
+            if name in SPLIT_NAMES:
+                raise DataError(f"your OOD set is named {name!r}, the name of the benchmark's {SPLIT_NAMES[name]} "
+                                f"split, which the scores use; rename the file (e.g. to my_{name}.npy)")
+            if name in self.ood or name in self.missing_ood:
+                raise DataError(f"your OOD set is named {name!r}, like the built-in OOD set of {self.name}; "
+                                f"rename the file (e.g. to my_{name}.npy)")
+
     def inputs(self, extra: dict[str, torch.Tensor] | None = None, *, ood: dict[str, torch.Tensor] | None = None,
                training: bool = True) -> dict[str, torch.Tensor]:
         """Set name -> inputs, the names every extractor, score and geometry function uses:
         ``"train"`` and ``"val"`` (left out when ``training`` is False), ``"id"`` (the ID test
-        split), the OOD sets ``ood`` (default: all of :attr:`ood`), then ``extra`` (e.g. a user's sets)."""
+        split), the OOD sets ``ood`` (default: all of :attr:`ood`), then ``extra`` (e.g. a user's
+        sets), whose names are checked by :meth:`check_user_names`: a user set never replaces a
+        split or a built-in set."""
+        self.check_user_names(extra or {})
         splits = {"train": self.train.x, "val": self.val.x} if training else {}
         return {**splits, "id": self.test.x, **(self.ood if ood is None else ood), **(extra or {})}
 
 
 def check_known(known, n_classes: int = 10) -> tuple[int, ...]:
     """The sorted known classes of an open-set benchmark (default :data:`DEFAULT_KNOWN`): at
-    least two, not all ``n_classes``, each in 0..n_classes-1."""
+    least two, not all ``n_classes``, each in 0..n_classes-1. Order and repeats do not matter
+    here (``[5, 1, 3, 1]`` is ``(1, 3, 5)``); the CLI's ``--known`` refuses repeats
+    (:func:`parse_known`)."""
     known = DEFAULT_KNOWN if known is None else tuple(sorted({int(k) for k in known}))
     if len(known) < 2:
         raise DataError(f"need at least 2 known classes, got {list(known)}")
@@ -116,10 +137,16 @@ def require_all_known(name: str, known, n_classes: int) -> None:
 
 
 def parse_known(text: str | None) -> tuple[int, ...] | None:
-    """Parse ``"0,1,2"`` into a tuple of ints (CLI helper); None keeps the default."""
+    """Parse ``"0,1,2"`` into a tuple of ints (CLI helper); None keeps the default. A class
+    listed twice is refused (DataError)."""
     if text is None or text == "":
         return None
     try:
-        return tuple(int(t) for t in text.split(","))
+        known = tuple(int(t) for t in text.split(","))
     except ValueError:
         raise DataError(f"--known takes comma-separated class indices like 0,1,2,3,4,5; got {text!r}") from None
+    twice = sorted({k for k in known if known.count(k) > 1})
+    if twice:  # a repeat is likely a typo (1,1,2 for 1,2,3?), so it is refused rather than merged
+        raise DataError(f"--known lists class{'es' if len(twice) > 1 else ''} {', '.join(map(str, twice))} more than "
+                        f"once ({text}); list each known class once")
+    return known

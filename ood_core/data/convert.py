@@ -51,6 +51,8 @@ def as_nchw(arr: np.ndarray, channels: int, source: str) -> np.ndarray:
 def check_declared(shape: tuple[int, ...], dtype: np.dtype, input_shape: tuple[int, ...], source: str) -> None:
     """Validate the shape and dtype an array declares (a file header), before reading data."""
     shape = tuple(int(d) for d in shape)
+    if any(d < 0 for d in shape):
+        raise DataError(f"{source}: the header declares a negative dimension (shape {shape}); the file is damaged")
     if len(shape) >= 1 and math.prod(shape) == 0:
         raise DataError(f"{source}: no samples (shape {shape})")
     if len(input_shape) == 1:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ..checks import seed as check_seed, whole
 from ..errors import DataError, unknown
 from . import embedded, real
 from .benchmark import Benchmark
@@ -51,6 +52,14 @@ def load_benchmark(name: str, known=None, split_seed: int = 0, ood_seed: int = 0
     ignore both. ``preprocess`` (``{"resize": R, "crop": C}``) sizes the images of an
     ``imagefolder:`` benchmark (an imported model's input size); other datasets ignore it.
     """
+    if not isinstance(name, str):
+        raise DataError(f"a dataset name must be text, got {name!r}")
+    split_seed = check_seed(split_seed, "split_seed", error=DataError)
+    ood_seed = check_seed(ood_seed, "ood_seed", error=DataError)
+    if known is not None:
+        if isinstance(known, (str, bytes)) or not hasattr(known, "__iter__"):
+            raise DataError(f"known classes must be a list of class indices, got {known!r}")
+        known = tuple(whole(k, "each known class", error=DataError) for k in known)
     if name.startswith(IMAGE_FOLDER_PREFIX):
         return real.build_image_folder(name, known=known, split_seed=split_seed, ood_seed=ood_seed,
                                        preprocess=preprocess)

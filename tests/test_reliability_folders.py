@@ -262,3 +262,20 @@ def test_the_published_ood_image_sets_are_read_without_rotation(tmp_path, monkey
     _oriented_jpeg(folder / "photo.jpg", 6)
     x = real.load_image_set("dtd", (20, 40), channels=1, root=tmp_path / "root")
     assert x.shape == (1, 1, 20, 40) and float(x[0, 0, :, :6].float().mean()) > 200  # still wide, strip left
+
+
+# --------------------------------------------------------------------------- train always saves
+def test_a_tiny_folder_trains_saves_and_names_the_scores_left_out(tmp_path, capsys):
+    root = _folder(tmp_path / "tiny", (10, 10), size=(8, 8))
+    out = tmp_path / "tiny.pt"
+    rc = main(["train", "--method", "ce", "--dataset", f"imagefolder:{root}", "--epochs", "1", "--arch", "smallcnn",
+               "--out", str(out), "--quiet"])
+    stdout = capsys.readouterr().out
+    assert rc == 0 and out.exists()
+    from ood_core.checkpoint import load_checkpoint
+
+    _, meta = load_checkpoint(out)
+    skipped = meta["metrics"]["skipped_scores"]
+    assert "vim" in skipped and "vim" not in meta["metrics"]["ood"]["blobs"]
+    assert "msp" in meta["metrics"]["ood"]["blobs"]
+    assert f"left out (cannot be fitted here): {', '.join(skipped)}" in stdout

@@ -220,7 +220,8 @@ def test_an_array_sample_at_the_pixel_limit_converts_in_bounded_memory(tmp_path)
     for rec in report["results"]:
         assert rec["ok"], rec
     growth = report["results"][-1]["peak"] - report["base"]
-    print(f"\n1 x {h} x {w} x 3 uint8 ({h * w * 3 / MiB:.0f} MiB): peak {report['results'][-1]['peak'] / MiB:.0f} MiB")
+    print(f"\n1 x {h} x {w} x 3 uint8 ({h * w * 3 / MiB:.0f} MiB): base {report['base'] / MiB:.0f} MiB, "
+          f"peak {report['results'][-1]['peak'] / MiB:.0f} MiB")
     # the raw sample (3 B/px) and one float32 channel (4 B/px); converting all channels at once
     # as float32, then copying them, took about 30 bytes per pixel
     assert growth < 9 * h * w, f"converting grew the peak RSS by {growth / MiB:.0f} MiB"

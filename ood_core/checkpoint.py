@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import zipfile
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
 from .adapters import ImportedModel, build_imported, is_imported_arch
 from .checks import MAX_CLASSES, finite, seed as check_seed, whole
 from .errors import CheckpointError, OODCoreError
-from .fileio import atomic_write, check_outputs, zip_damage
+from .fileio import atomic_write, check_outputs, open_regular, zip_damage
 from .models import OODModel, build_model
 
 FORMAT = "ood_core.checkpoint"
@@ -60,36 +62,55 @@ def _weights_of(model) -> torch.nn.Module:
     return model.net if isinstance(model, ImportedModel) else model
 
 
+MAX_CHECKPOINT_BYTES = 4 << 30  # a checkpoint file read for loading or hashing (4 GiB; the lab's own are < 10 MB)
+MAX_CHECKPOINT_BYTES_ENV = "OOD_MAX_CHECKPOINT_BYTES"
+
+
+def checkpoint_byte_limit() -> int:
+    """Bytes a checkpoint file may hold: :data:`MAX_CHECKPOINT_BYTES` or ``$OOD_MAX_CHECKPOINT_BYTES``."""
+    from .data.limits import env_limit
+
+    return env_limit(MAX_CHECKPOINT_BYTES_ENV, MAX_CHECKPOINT_BYTES)
+
+
+def open_checkpoint_file(path) -> BinaryIO:
+    """``path`` opened for reading, after checking that it is a regular file (not a folder,
+    FIFO, device or socket, also behind a link: a FIFO blocks, ``/dev/zero`` never ends) of at
+    most :func:`checkpoint_byte_limit` bytes; CheckpointError with one line otherwise."""
+    p = Path(path)
+    if not os.path.lexists(p):
+        raise CheckpointError(f"{p}: no such checkpoint file")
+    if p.is_dir():
+        raise CheckpointError(f"{p}: is a folder; pass a checkpoint file (.pt)")
+    limit = checkpoint_byte_limit()
+    return open_regular(p, CheckpointError, max_bytes=limit,
+                        limit_hint=f"not a checkpoint of this lab? raise the limit with the environment variable "
+                                   f"{MAX_CHECKPOINT_BYTES_ENV}")
+
+
 def read_checkpoint(source) -> dict:
     """Read and validate a checkpoint archive from a path or bytes; return the raw dict.
 
     Before anything is unpickled, the CRC-32 of every member of the zip archive is checked
     (``torch.load`` does not): a file with damaged bytes, even inside a tensor, is refused with
-    one line naming the file and the damaged member, never loaded with wrong weights. The file
-    is opened once and read in pieces for that check, then by ``torch.load``.
-    """
+    one line naming the file and the damaged member, never loaded with wrong weights.
+    A path is checked before anything is read (:func:`open_checkpoint_file`) and read as a
+    stream, not copied into memory first."""
+    name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
     if isinstance(source, (bytes, bytearray)):
-        name, f = "<bytes>", io.BytesIO(source)
-    else:
-        p = Path(source)
-        name = str(p)
-        if not p.exists():
-            raise CheckpointError(f"{p}: no such checkpoint file")
-        if p.is_dir():
-            raise CheckpointError(f"{p}: is a folder; pass a checkpoint file (.pt)")
-        try:
-            f = open(p, "rb")  # one handle for the check and the load: a file renamed over it meanwhile is not mixed in
-        except OSError as e:
-            raise CheckpointError(f"{p}: cannot read the checkpoint ({e.strerror or e})") from None
+        return _read_archive(io.BytesIO(source), name)
+    f = open_checkpoint_file(source)
     with f:
-        try:
-            return _read_archive(f, name)
-        except OSError as e:
-            raise CheckpointError(f"{name}: cannot read the checkpoint ({e.strerror or e})") from None
+        return _read_archive(f, name)
 
 
 def _read_archive(f, name: str) -> dict:
-    if not zipfile.is_zipfile(f):
+    try:
+        is_zip = zipfile.is_zipfile(f)
+        f.seek(0)
+    except OSError as e:
+        raise CheckpointError(f"{name}: cannot read the checkpoint ({e.strerror or e})") from None
+    if not is_zip:
         raise CheckpointError(f"{name}: not a PyTorch checkpoint archive (wrong file type, or a truncated file)")
     f.seek(0)
     damage = zip_damage(f)

@@ -3,10 +3,12 @@ which file to show beside which (no Streamlit: usable from the tests or a notebo
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from pathlib import Path
 
 from .errors import CheckpointError
+from .fileio import regular_file_problem
 from .methods import METHODS
 from .paths import SHIPPED_CHECKPOINTS
 
@@ -41,11 +43,14 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
 
 def _stat(path: str | Path) -> os.stat_result:
     try:
-        return os.stat(path)
+        s = os.stat(path)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint file (was it moved or deleted?)") from None
     except (OSError, ValueError) as e:  # ValueError: a NUL in the name
         raise CheckpointError(f"{path}: cannot read the checkpoint file ({getattr(e, 'strerror', None) or e})") from None
+    if not stat.S_ISREG(s.st_mode):  # a FIFO would block the read, a link to /dev/zero never end
+        raise CheckpointError(f"{path}: {regular_file_problem(path) or 'not a regular file'}")
+    return s
 
 
 # Content digests of checkpoint files, memoised per path on everything stat() tells about the
@@ -69,7 +74,8 @@ def file_version(path: str | Path) -> str:
     file is replaced by another with the same mtime (``cp -p``, ``os.utime``, a coarse-mtime
     file system). Memoised on (device, inode, size, mtime_ns, ctime_ns), so an unchanged file
     is read once (checkpoints are well under a few MB; hashing one costs about a millisecond
-    per MB). CheckpointError if the file is gone or unreadable."""
+    per MB). CheckpointError if the file is gone or unreadable, not a regular file (a FIFO, a
+    device, a link to one) or larger than :func:`ood_core.checkpoint.checkpoint_byte_limit`."""
     import hashlib
     import time
 
@@ -79,13 +85,14 @@ def file_version(path: str | Path) -> str:
         memo = _DIGESTS.get(key)
     if memo is not None and memo[0] == _stat_key(before):
         return memo[1]
+    from .checkpoint import open_checkpoint_file
+
     h = hashlib.sha256()
+    f = open_checkpoint_file(path)  # a regular file under the size cap, or one line
     try:
-        with open(path, "rb") as f:
+        with f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such checkpoint file (was it moved or deleted?)") from None
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read the checkpoint file ({e.strerror or e})") from None
     digest = h.hexdigest()[:32]

@@ -268,10 +268,13 @@ def cmd_train(args) -> int:
     print(f"saved {out}  ({', '.join(f'{k} {100 * v:.2f}%' for k, v in quality.items())} on the test split)")
     if not args.quiet:
         print(format_table(report))
-    elif report.get("missing_ood"):  # the table says so too; quiet, this line is all that does
+    else:  # the table says so too; quiet, these lines are all that does
         from .evaluate import MISSING_NOTE
 
-        print(MISSING_NOTE + ", ".join(report["missing_ood"]))
+        if report.get("skipped_scores"):
+            print("left out (cannot be fitted here): " + ", ".join(report["skipped_scores"]))
+        if report.get("missing_ood"):
+            print(MISSING_NOTE + ", ".join(report["missing_ood"]))
     return 0
 
 

@@ -310,3 +310,60 @@ def sigint_deferred():
         signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
     if received:
         raise KeyboardInterrupt
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a plain file"
+
+
+def regular_file_problem(path) -> str | None:
+    """Why ``path`` cannot be read as a plain file, or None when it can: missing, or a folder,
+    FIFO, device or socket (also through a symbolic link: a link to ``/dev/zero`` never ends,
+    and opening a FIFO blocks until a writer comes). Only ``stat`` is called: nothing is opened."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "no such file" + (" (a broken symbolic link)" if os.path.islink(path) else "")
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the name
+        return f"cannot be read ({getattr(e, 'strerror', None) or e})"
+    if stat.S_ISREG(st.st_mode):
+        return None
+    link = "a symbolic link to " if os.path.islink(path) else ""
+    return f"not a regular file ({link}{_file_kind(st.st_mode)})"
+
+
+def open_regular(path, error: type[Exception] = OODCoreError, max_bytes: int | None = None,
+                 limit_hint: str = "") -> BinaryIO:
+    """Open ``path`` for reading in binary mode, only if it is a regular file of at most ``max_bytes``.
+
+    Checked before anything is read (see :func:`regular_file_problem`), and again on the open
+    file (opened non-blocking, so a file swapped for a FIFO in between cannot hang the call).
+    Raises ``error`` with one line naming the file; ``limit_hint`` ends the size message (how
+    to raise the limit).
+    """
+    problem = regular_file_problem(path)
+    if problem:
+        raise error(f"{path}: {problem}")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+                     | getattr(os, "O_BINARY", 0))
+    except (OSError, ValueError) as e:
+        raise error(f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{path}: not a regular file ({_file_kind(st.st_mode)})")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise error(f"{path}: too large: {st.st_size:,} bytes, more than the limit of {max_bytes:,}"
+                        + (f"; {limit_hint}" if limit_hint else ""))
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise

@@ -252,7 +252,8 @@ def train(method: str = "ce", dataset: str | Benchmark = "digits", config: Train
     ``model_params`` override the model spec (``arch``, ``feature_dim``, ...) and
     ``loss_params`` the method's loss defaults (e.g. ``{"T": 32, "m": 0.5}``). With
     ``evaluate_after`` the OOD report of every score that applies is stored in
-    ``meta["metrics"]``.
+    ``meta["metrics"]``; a score that cannot be fitted here (e.g. ViM or KNN on too few
+    training images) is left out and named in ``meta["metrics"]["skipped_scores"]``.
 
     ``epoch_end(epoch, model)`` is called after every epoch (after the learning-rate step),
     e.g. to record a snapshot of the model's decisions. It must leave the model as it found
@@ -566,6 +567,8 @@ def _train(m, bench: Benchmark, cfg: TrainConfig, device: torch.device, dctx: dd
     model.eval()
     meta = _checkpoint_meta(m, bench, model, cfg, device, dctx, used_loss_params, history, init_info)
     if evaluate_after and dctx.is_main:
+        # a score that cannot be fitted on this model and data (ViM, KNN on a tiny image folder)
+        # is named in report["skipped_scores"]; it must not cost the trained weights
         meta["metrics"] = evaluate(model, bench, score_names=applicable_scores(m, bench),
-                                   score_params=method_score_params(m, used_loss_params)).report
+                                   score_params=method_score_params(m, used_loss_params), skip_unfit=True).report
     return TrainResult(model, meta, history, dctx.rank)

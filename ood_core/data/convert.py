@@ -14,7 +14,7 @@ import torch
 from ..errors import DataError
 
 # image files read from a folder (user OOD folders, uploads, the real OOD image sets)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 CHUNK_BYTES = 16 << 20  # float32 work space per batch of samples
 
 
@@ -30,6 +30,19 @@ def _image_layout(shape: tuple[int, ...], source: str) -> str:
         return "nchw"
     raise DataError(f"{source}: shape {shape} is not an image batch; "
                     "expected (N, H, W), (N, H, W, C) or (N, C, H, W)")
+
+
+image_layout = _image_layout
+
+
+def _as_nchw_view(arr: np.ndarray, source: str) -> np.ndarray:
+    """(N,H,W), (N,H,W,C) or (N,C,H,W) as an (N, C, H, W) view (no copy; alpha kept)."""
+    layout = _image_layout(arr.shape, source)
+    if layout == "nhw":
+        return arr[:, None]
+    if layout == "nhwc":
+        return arr.transpose(0, 3, 1, 2)
+    return arr
 
 
 def as_nchw(arr: np.ndarray, channels: int, source: str) -> np.ndarray:
@@ -105,20 +118,33 @@ def convert_batches(batches, n: int, dtype: np.dtype, input_shape: tuple[int, ..
     start, bad, lo, hi = 0, 0, np.inf, -np.inf
     for batch in batches:
         m = len(batch)
-        with np.errstate(over="ignore"):  # beyond the float32 range -> inf, refused below
-            x = np.asarray(batch).astype(np.float32)  # a copy: modified in place below
-        if fixed is None:
-            nonfinite = x.size - int(np.count_nonzero(np.isfinite(x)))
-            bad += nonfinite
-            if not nonfinite:
-                lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
-            if bad or lo < 0 or hi > 255:  # refused below; only keep counting
-                start += m
+        x = _as_nchw_view(np.asarray(batch), source)
+        kept = 3 if x.shape[1] >= 3 else 1  # alpha dropped
+        bands = []
+        # one channel at a time in float32: the work space is a third of the batch's (a large
+        # sample costs 4 bytes per pixel); every step is linear per pixel, so resizing before
+        # the channel conversion (luminance, repetition) equals converting first
+        for ch in range(x.shape[1]):
+            with np.errstate(over="ignore"):  # beyond the float32 range -> inf, refused below
+                xc = x[:, ch].astype(np.float32)  # a copy: modified in place below
+            if fixed is None:
+                nonfinite = xc.size - int(np.count_nonzero(np.isfinite(xc)))
+                bad += nonfinite
+                if not nonfinite:
+                    lo, hi = min(lo, float(xc.min())), max(hi, float(xc.max()))
+            if ch >= kept or bad or lo < 0 or hi > 255:  # refused below; only keep counting
                 continue
-        elif fixed != 1.0:
-            x /= fixed
-        t = torch.from_numpy(np.ascontiguousarray(as_nchw(x, c, source)))
-        out[start:start + m] = resize_images(t, h, w)
+            if fixed is not None and fixed != 1.0:
+                xc /= fixed
+            bands.append(resize_images(torch.from_numpy(xc)[:, None], h, w)[:, 0])
+            del xc
+        if len(bands) == kept:
+            if kept == 3 and c == 1:
+                out[start:start + m, 0] = 0.299 * bands[0] + 0.587 * bands[1] + 0.114 * bands[2]
+            elif kept == 1:
+                out[start:start + m] = bands[0][:, None]  # broadcast: grey -> RGB by repetition
+            else:
+                out[start:start + m] = torch.stack(bands, 1)
         start += m
     if start != n:  # pragma: no cover - the readers yield exactly n samples
         raise AssertionError(f"{source}: converted {start} of {n} samples")

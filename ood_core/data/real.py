@@ -28,6 +28,7 @@ All classes are ID (no open-set protocol), so ``known`` must be None or all clas
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pickle
 from pathlib import Path
@@ -40,6 +41,8 @@ from ..paths import DATA_ROOT_ENV, DOWNLOAD_ENV, data_root, download_enabled  # 
 from .benchmark import Benchmark, Split, require_all_known
 from .convert import IMAGE_SUFFIXES, convert_to_id_format
 from .embedded import add_generated
+from .images import decode_uint8, list_class_images
+from .limits import check_decoded_size
 
 log = logging.getLogger(__name__)
 
@@ -209,32 +212,12 @@ def load_mnist(name: str, train: bool, root=None, download=None):
     return ds.data[:, None].contiguous(), ds.targets.long(), list(ds.classes)
 
 
-def _resize_crop(im, size, resize: int | None):
-    """``im`` at ``size`` (H, W): a plain bilinear resize, or with ``resize`` the shorter side
-    scaled to ``resize`` and the centre ``size`` cut out (torchvision's eval transform)."""
-    from PIL import Image
-
-    if not resize:
-        return im.resize((size[1], size[0]), Image.BILINEAR)
-    w, h = im.size
-    scale = resize / min(w, h)
-    im = im.resize((max(size[1], round(w * scale)), max(size[0], round(h * scale))), Image.BILINEAR)
-    w, h = im.size
-    left, top = (w - size[1]) // 2, (h - size[0]) // 2
-    return im.crop((left, top, left + size[1], top + size[0]))
-
-
-def _read_images(files, size, channels: int, resize: int | None = None) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
+def _read_images(files, size, channels: int, resize: int | None = None, exif: bool = True) -> np.ndarray:
+    """Decode ``files`` one at a time into uint8 (N, channels, H, W) with the checked decoder of
+    :mod:`.images` (regular files, pixel limit, EXIF orientation when ``exif``, one-line errors)."""
     out = np.empty((len(files), size[0], size[1], channels), dtype=np.uint8)
     for i, f in enumerate(files):
-        try:
-            with Image.open(f) as im:
-                im = _resize_crop(im.convert("L" if channels == 1 else "RGB"), size, resize)
-                out[i] = np.asarray(im).reshape(size[0], size[1], channels)
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"{f}: unreadable image ({type(e).__name__}: {e})") from None
+        out[i] = decode_uint8(f, channels, size, resize, exif=exif)
     return out.transpose(0, 3, 1, 2)
 
 
@@ -261,25 +244,31 @@ def load_image_set(name: str, size, channels: int = 3, seed=0, root=None, downlo
     if not files:
         raise missing(name, root, f"no images in {folder}")
     files = [files[i] for i in _subset(len(files), seed)]
-    return torch.from_numpy(_read_images(files, size, channels))
+    # read as their benchmarks read them: no EXIF rotation, so the numbers stay comparable
+    return torch.from_numpy(_read_images(files, size, channels, exif=False))
+
+
+def list_image_folder(path, seen: dict | None = None) -> tuple[list[str], list[str], np.ndarray]:
+    """``(class names, image files, labels)`` of a labelled image folder ``<path>/<class>/...``,
+    listed with the bounds and checks of :func:`ood_core.data.images.list_class_images` (no
+    image is decoded)."""
+    classes, samples = list_class_images(path, seen)
+    return classes, [f for f, _ in samples], np.array([k for _, k in samples], dtype=np.int64)
+
+
+def _decode_folder(path, files, y, size, channels: int, resize: int | None):
+    check_decoded_size(len(files), (channels, *size), str(path))
+    return torch.from_numpy(_read_images(files, size, channels, resize)), torch.from_numpy(y)
 
 
 def load_image_folder(path, size, channels: int = 3, resize: int | None = None):
     """A labelled image folder (``<path>/<class>/*.jpg``, torchvision ImageFolder layout):
-    (x uint8 (N, C, H, W), y, class names). Refused before decoding when the decoded float32
-    tensor would exceed the user-data limit (:func:`ood_core.data.user.user_limits`)."""
-    from torchvision.datasets import ImageFolder
-
-    from .user import check_decoded_size
-
-    try:
-        ds = ImageFolder(str(path))
-    except (FileNotFoundError, OSError) as e:
-        raise DataError(f"{path}: not an image folder <path>/<class>/<image> ({e})") from None
-    files = [p for p, _ in ds.samples]
-    check_decoded_size(len(files), (channels, *size), str(path))
-    y = torch.tensor([t for _, t in ds.samples], dtype=torch.int64)
-    return torch.from_numpy(_read_images(files, size, channels, resize)), y, list(ds.classes)
+    (x uint8 (N, C, H, W), y, class names). Listed with a bounded walk (:func:`list_image_folder`)
+    and refused before decoding when the decoded float32 tensor would exceed the user-data
+    limit (:func:`ood_core.data.user.user_limits`)."""
+    classes, files, y = list_image_folder(path)
+    x, y = _decode_folder(path, files, y, size, channels, resize)
+    return x, y, classes
 
 
 def load_voc(year: str, image_set: str, root=None, size: int = VOC_SIZE, download=None):
@@ -385,6 +374,10 @@ def build_preset(preset: str, known=None, split_seed: int = 0, ood_seed: int = 0
 IMAGE_FOLDER_SIZE = 32  # imagefolder:PATH images are resized to 3 x 32 x 32 unless a preprocess says otherwise
 
 
+MIN_PER_CLASS = 5  # images per class of a single image folder: 60/20/20 stratified always works from 5
+MIN_TRAIN_PER_CLASS = 2  # images per class in PATH/train (and in all, 10 % of them at least one per class)
+
+
 def _stratified(idx: np.ndarray, y: np.ndarray, train_size: float, seed: int, path) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
@@ -392,6 +385,31 @@ def _stratified(idx: np.ndarray, y: np.ndarray, train_size: float, seed: int, pa
         return train_test_split(idx, train_size=train_size, stratify=y, random_state=seed)
     except ValueError as e:
         raise DataError(f"{path}: too few images per class for a stratified split ({e}); add images") from None
+
+
+def _check_counts(path, classes: list[str], y: np.ndarray, least: int, why: str) -> None:
+    counts = np.bincount(y, minlength=len(classes))
+    few = [(classes[k], int(c)) for k, c in enumerate(counts) if c < least]
+    if few:
+        listed = ", ".join(f"{name} ({c})" for name, c in few[:5]) + (", ..." if len(few) > 5 else "")
+        raise DataError(f"{path}: too few images per class: {listed}; {why} needs at least {least} images per "
+                        "class; add images")
+
+
+def _validate_folder(path, classes: list[str], y: np.ndarray, train_split: bool) -> None:
+    """Refuse, before any image is decoded, a folder whose splits cannot be made."""
+    if len(classes) < 2:
+        raise DataError(f"{path}: {len(classes)} class folder ({', '.join(classes)}); a dataset needs at least 2 "
+                        "classes, one sub-folder of images each (<path>/<class>/<image>)")
+    if not train_split:
+        _check_counts(path, classes, y, MIN_PER_CLASS, "the stratified 60/20/20 train/val/test split")
+        return
+    _check_counts(path, classes, y, MIN_TRAIN_PER_CLASS, "the stratified 90/10 train/val split")
+    n_val = len(y) - math.floor(0.9 * len(y))  # as train_test_split(train_size=0.9) counts
+    if n_val < len(classes):
+        need = 10 * (len(classes) - 1) + 1
+        raise DataError(f"{path}: {len(y)} images for {len(classes)} classes; the stratified 10 % validation split "
+                        f"needs at least as many images as classes, so at least {need} images in all; add images")
 
 
 def build_image_folder(name: str, known=None, split_seed: int = 0, ood_seed: int = 0,
@@ -406,6 +424,12 @@ def build_image_folder(name: str, known=None, split_seed: int = 0, ood_seed: int
     the centre C x C; without it images are resized to 32 x 32. OOD = the generated far-OOD
     families of :mod:`ood_core.data.embedded` at that size (group ``far-synthetic``). PATH and
     the preprocess are stored in the benchmark's spec, so checkpoints rebuild it.
+
+    The folder is checked before any image is decoded (so before training or importing): at
+    least 2 classes, enough images per class for the splits (:data:`MIN_PER_CLASS`; with
+    ``train/``, 2 per class and 10 % of them at least the number of classes), the known classes, and the
+    walk's rules (:mod:`ood_core.data.images`: regular files only, no link to a folder below
+    the class folders, no file twice, also not in both train/ and test/).
     """
     path = Path(name.split(":", 1)[1]).expanduser().resolve()
     name = f"imagefolder:{path}"  # absolute, so the checkpoint's spec finds it from any folder
@@ -413,22 +437,30 @@ def build_image_folder(name: str, known=None, split_seed: int = 0, ood_seed: int
     crop = pre.get("crop", IMAGE_FOLDER_SIZE)
     size = (crop, crop)
     if (path / "train").is_dir() and (path / "test").is_dir():
-        x_tr, y_tr, classes = load_image_folder(path / "train", size, resize=pre.get("resize"))
-        x_te, y_te, test_classes = load_image_folder(path / "test", size, resize=pre.get("resize"))
+        seen: dict = {}  # one walk's files, so that an image in both train/ and test/ is refused
+        classes, f_tr, y_tr = list_image_folder(path / "train", seen)
+        test_classes, f_te, y_te = list_image_folder(path / "test", seen)
         if test_classes != classes:
             raise DataError(f"{path}: train/ and test/ hold different classes ({', '.join(classes)} vs "
                             f"{', '.join(test_classes)})")
-        tr, va = _stratified(np.arange(len(y_tr)), y_tr.numpy(), 0.9, split_seed, path / "train")
+        _validate_folder(path / "train", classes, y_tr, train_split=True)
+        require_all_known(name, known, len(classes))
+        tr, va = _stratified(np.arange(len(y_tr)), y_tr, 0.9, split_seed, path / "train")
+        check_decoded_size(len(f_tr) + len(f_te), (3, *size), str(path))
+        x_tr, y_tr = _decode_folder(path / "train", f_tr, y_tr, size, 3, pre.get("resize"))
+        x_te, y_te = _decode_folder(path / "test", f_te, y_te, size, 3, pre.get("resize"))
         xf = _to_float(x_tr)
         parts = [Split(xf[torch.from_numpy(tr)], y_tr[torch.from_numpy(tr)]),
                  Split(xf[torch.from_numpy(va)], y_tr[torch.from_numpy(va)]), Split(_to_float(x_te), y_te)]
     else:
-        x, y, classes = load_image_folder(path, size, resize=pre.get("resize"))
-        tr, rest = _stratified(np.arange(len(y)), y.numpy(), 0.6, split_seed, path)
-        va, te = _stratified(rest, y.numpy()[rest], 0.5, split_seed, path)
+        classes, files, y = list_image_folder(path)
+        _validate_folder(path, classes, y, train_split=False)
+        require_all_known(name, known, len(classes))
+        tr, rest = _stratified(np.arange(len(y)), y, 0.6, split_seed, path)
+        va, te = _stratified(rest, y[rest], 0.5, split_seed, path)
+        x, y = _decode_folder(path, files, y, size, 3, pre.get("resize"))
         xf = _to_float(x)
         parts = [Split(xf[torch.from_numpy(i)], y[torch.from_numpy(i)]) for i in (tr, va, te)]
-    require_all_known(name, known, len(classes))
     ood, groups = {}, {}
     add_generated(ood, groups, (3, *size), ood_seed)
     return Benchmark(name, "multiclass", (3, *size), tuple(range(len(classes))), list(classes), *parts, ood, groups,

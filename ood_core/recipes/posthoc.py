@@ -64,29 +64,43 @@ class _FittedScore(Score):
                                "first (the evaluator does this)")
 
 
-def class_scatter(z: torch.Tensor, labels, k: int, score: str) -> tuple[torch.Tensor, torch.Tensor]:
+def class_scatter(z: torch.Tensor, labels, k: int, score: str,
+                  budget: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Class means (K, d) and the covariance pooled within the classes (d, d), float64.
 
     ``labels``: (N,) class indices, or (N, K) multi-hot (a sample then counts once for each
     label it has: the means are over the samples carrying label c and the covariance is
     pooled over all (sample, present label) pairs). OODCoreError when a class has no sample.
+    ``z`` may be float32: it is read in row chunks under the memory budget (two passes: the
+    class sums, then the scatter about the class means), never copied whole to float64.
     """
     labels = torch.as_tensor(labels)
-    if labels.dim() == 1:
-        onehot = torch.zeros(z.shape[0], k, dtype=torch.float64)
-        onehot[torch.arange(z.shape[0]), labels.long()] = 1.0
-    else:
-        onehot = (labels > 0.5).to(torch.float64)
-    counts = onehot.sum(0)
+    n, d = z.shape
+
+    def onehot(rows) -> torch.Tensor:
+        lab = labels[rows]
+        if lab.dim() == 1:
+            oh = torch.zeros(lab.shape[0], k, dtype=torch.float64)
+            oh[torch.arange(lab.shape[0]), lab.long()] = 1.0
+            return oh
+        return (lab > 0.5).to(torch.float64)
+
+    per_row = 8 * (3 * d + k)
+    sums, counts = torch.zeros(k, d, dtype=torch.float64), torch.zeros(k, dtype=torch.float64)
+    for rows in row_chunks(n, per_row, budget):
+        oh = onehot(rows)
+        sums += oh.T @ _f64(z[rows])
+        counts += oh.sum(0)
     if (counts == 0).any():
         missing = torch.nonzero(counts == 0).flatten().tolist()
         raise OODCoreError(f"{score}: no training sample of class(es) {missing}; cannot estimate their means")
-    means = (onehot.T @ z) / counts[:, None]  # (K, d)
-    d = z.shape[1]
+    means = sums / counts[:, None]  # (K, d)
     cov = torch.zeros(d, d, dtype=torch.float64)
-    for c in range(k):  # pooled over (sample, label) pairs; K is small
-        diff = z[onehot[:, c] > 0] - means[c]
-        cov += diff.T @ diff
+    for rows in row_chunks(n, per_row, budget):
+        oh, zb = onehot(rows), _f64(z[rows])
+        for c in torch.nonzero(oh.sum(0)).flatten().tolist():  # pooled over (sample, label) pairs
+            diff = zb[oh[:, c] > 0] - means[c]
+            cov += diff.T @ diff
     return means, cov / counts.sum()
 
 
@@ -146,7 +160,7 @@ class Mahalanobis(_FittedScore):
         self.ridge = ridge
 
     def fit(self, train: ModelOutput, labels, model=None):
-        self.means, cov = class_scatter(_f64(train.features), labels, train.logits.shape[1], self.name)
+        self.means, cov = class_scatter(train.features.detach().cpu(), labels, train.logits.shape[1], self.name)
         self.precision = gaussian_precision(cov, self.ridge)
         self._fitted = True
         return self
@@ -269,7 +283,7 @@ class ResidualSpace(_FittedScore):
 
     def fit_residual_space(self, train: ModelOutput, model) -> np.ndarray:
         """Fit u and R; return the (N,) residual norms of the training features."""
-        z = train.features.double().cpu().numpy()
+        z = train.features.detach().cpu()  # read in row chunks: no float64 copy of the whole bank
         n, d = z.shape
         k = train.logits.shape[1]
         dim = vim_dimension(d, k) if self.dim is None else self.dim
@@ -277,13 +291,19 @@ class ResidualSpace(_FittedScore):
             raise OODCoreError(f"{self.label} principal dimension must be in 1..{d - 1} for d={d}; got {dim}")
         w, b, self.source = self._affine(train, model)
         self.u = -np.linalg.pinv(w) @ b
-        x = z - self.u
-        evals, evecs = np.linalg.eigh(x.T @ x / n)
+        u = torch.from_numpy(self.u)
+        second = torch.zeros(d, d, dtype=torch.float64)  # sum_i (z_i - u)(z_i - u)^T
+        for rows in row_chunks(n, 8 * 2 * d):
+            x = _f64(z[rows]) - u
+            second += x.T @ x
+        evals, evecs = np.linalg.eigh((second / n).numpy())
         order = np.argsort(evals)[::-1]
         self.residual_basis = np.ascontiguousarray(evecs[:, order[dim:]])  # (d, d - D)
         self.principal_dim = dim
-        r = np.linalg.norm(x @ self.residual_basis, axis=1)
+        self._fitted = True  # residual_norm below checks it
+        r = self.residual_norm(z).numpy()
         if not r.mean() > 1e-12:
+            self._fitted = False
             raise OODCoreError(f"{self.label}: the training features span at most {dim} dimensions, so the residual "
                                "is 0; pass a smaller dim")
         self._fitted = True
@@ -325,8 +345,8 @@ class ViM(ResidualSpace):
 
     def fit(self, train: ModelOutput, labels=None, model=None):
         r = self.fit_residual_space(train, model)
-        logits = train.logits.double().cpu().numpy()
-        self.alpha = float(abs(logits.max(axis=1).mean()) / r.mean())
+        max_logit = train.logits.detach().cpu().max(dim=1).values.double()  # (N,): no float64 copy of all logits
+        self.alpha = float(abs(max_logit.mean()) / r.mean())
         return self
 
     def compute(self, out):

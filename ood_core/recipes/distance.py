@@ -37,8 +37,8 @@ from torch import nn
 from ..errors import OODCoreError
 from ..models import LinearHead, ModelOutput
 from ..scores import register_score, row_chunks
-from .posthoc import (Mahalanobis, ResidualSpace, _f64, _FittedScore, check_memory_budget, gaussian_precision,
-                      rowwise, squared_mahalanobis)
+from .posthoc import (Mahalanobis, ResidualSpace, _f64, _FittedScore, check_memory_budget, class_scatter,
+                      gaussian_precision, rowwise, squared_mahalanobis)
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -127,12 +127,12 @@ class SHE(_FittedScore):
                 "correctly classified samples of each class; a multi-label sample has several classes"
 
     def fit(self, train: ModelOutput, labels, model=None):
-        z = _f64(train.features)
+        z = train.features.detach().cpu()  # float32 as given; each class's rows averaged in float64
         k = train.logits.shape[1]
         labels = _class_labels(labels, z.shape[0], k, self.name)
         pred = train.logits.detach().cpu().argmax(dim=1)
         members, self.fallback_classes = correct_members(labels, pred, k, 1, self.name)
-        self.patterns = torch.stack([z[idx].mean(0) for idx in members])  # (K, d)
+        self.patterns = torch.stack([_f64(z[idx]).mean(0) for idx in members])  # (K, d)
         self._fitted = True
         return self
 
@@ -246,8 +246,12 @@ class FDBD(_FittedScore):
                                "between them")
         norms[~off] = 1.0  # the predicted class itself contributes |f_c - f_c| / 1 = 0
         self.weight, self.bias, self.pair_norms = w, b, norms
-        z = _f64(train.features)
-        self.train_mean = z.mean(0) if self.center == "train_mean" else torch.zeros(d, dtype=torch.float64)
+        z = train.features.detach().cpu()
+        self.train_mean = torch.zeros(d, dtype=torch.float64)
+        if self.center == "train_mean":  # summed in float64 row chunks: no float64 copy of the bank
+            for rows in row_chunks(z.shape[0], 8 * d):
+                self.train_mean += _f64(z[rows]).sum(0)
+            self.train_mean /= z.shape[0]
         self._fitted = True
         return self
 
@@ -289,10 +293,11 @@ class RMDS(Mahalanobis):
 
     def fit(self, train: ModelOutput, labels, model=None):
         super().fit(train, labels, model)
-        z = _f64(train.features)
-        self.background_mean = z.mean(0)
-        x = z - self.background_mean
-        self.background_precision = gaussian_precision(x.T @ x / z.shape[0], self.ridge)
+        z = train.features.detach().cpu()
+        # one Gaussian over all features: the class scatter of a single class, in row chunks
+        mean, cov = class_scatter(z, torch.zeros(z.shape[0], dtype=torch.long), 1, self.name)
+        self.background_mean = mean[0]
+        self.background_precision = gaussian_precision(cov, self.ridge)
         return self
 
     def compute(self, out):

@@ -201,8 +201,10 @@ def test_file_version_is_memoised_but_sees_every_rewrite(tmp_path, monkeypatch):
     v1 = checkpoint_store.file_version(p)
     assert checkpoint_store._DIGESTS[str(p)][1] == v1
     reads = []
-    real_open = open
-    monkeypatch.setattr(checkpoint_store, "open", lambda *a, **k: reads.append(a) or real_open(*a, **k), raising=False)
+    from ood_core import checkpoint as checkpoint_module
+
+    real_open = checkpoint_module.open_checkpoint_file  # file_version opens through it (regular files only)
+    monkeypatch.setattr(checkpoint_module, "open_checkpoint_file", lambda *a, **k: reads.append(a) or real_open(*a, **k))
     assert checkpoint_store.file_version(p) == v1 and reads == []  # unchanged file: not read again
     time.sleep(0.05)  # past the coarse timestamp clock's tick, so the ctime moves
     before = os.stat(p)

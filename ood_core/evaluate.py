@@ -86,7 +86,8 @@ def check_input_shape(x: torch.Tensor, input_shape, name: str) -> None:
 def extract_benchmark_outputs(model: torch.nn.Module, bench: Benchmark, sets: list[str] | None = None,
                               extra_ood: dict[str, torch.Tensor] | None = None, batch_size: int = 512,
                               outputs: dict[str, ModelOutput] | None = None, cache: FeatureCache | None = None,
-                              progress: Callable[[str, int, int, bool], None] | None = None
+                              progress: Callable[[str, int, int, bool], None] | None = None,
+                              replace_ood: bool = False
                               ) -> dict[str, ModelOutput]:
     """Model outputs of a benchmark's splits and OOD sets, each extracted once.
 
@@ -102,8 +103,10 @@ def extract_benchmark_outputs(model: torch.nn.Module, bench: Benchmark, sets: li
     entry is replaced).
     ``progress(set_name, done, total, from_cache)`` is called after every batch of an
     extraction, and once (``done == total``, ``from_cache=True``) for a set read from the cache.
+    ``replace_ood``: ``extra_ood`` may reuse a built-in OOD set's name (never a split's), for
+    :func:`evaluate`'s ``ood_sets``; user sets are refused such names otherwise.
     """
-    sources = bench.inputs(extra_ood)
+    sources = bench.inputs(extra_ood, replace_ood=replace_ood)
     wanted = sets if sets is not None else ["id", "train", *bench.ood, *(extra_ood or {})]
     missing = [k for k in wanted if k not in sources and k not in (outputs or {})]
     if missing:
@@ -207,9 +210,13 @@ def evaluate(model: torch.nn.Module, bench: Benchmark, ood_sets: dict[str, torch
         model.to(select_device(device))
     outputs = dict(outputs or {})
     user = {n: x for n, x in sets.items() if bench.ood.get(n) is not x}  # anything not the built-in tensor
+    for n in user:  # outputs handed in under a replaced built-in name are the built-in set's: never reuse them
+        if n in bench.ood:
+            outputs.pop(n, None)
     needs_fit = any(s.requires_fit for s in scorers.values())
     extract_benchmark_outputs(model, bench, ["id", *(["train"] if needs_fit else []), *sets],
-                              extra_ood=user, batch_size=batch_size, outputs=outputs, cache=cache, progress=progress)
+                              extra_ood=user, batch_size=batch_size, outputs=outputs, cache=cache, progress=progress,
+                              replace_ood=True)  # extra_ood's names were checked above; ood_sets may replace on purpose
     skipped = {}
     if needs_fit:
         for n, s in list(scorers.items()):

@@ -410,6 +410,8 @@ class TrainingJob:
         the target folder, then hard-linked to the target name, which fails instead of
         replacing a file that appeared meanwhile; the next free ``name-k.pt`` is used then."""
         if self.overwrite:
+            if self.out_path.is_symlink():  # the app writes into its folder only: the link is replaced, not its target
+                self.out_path.unlink()
             return save_checkpoint(self.out_path, result.model, result.meta), None
         pending = self.out_path.with_name(f".{self.out_path.stem}.{self.job_id}.pending{CHECKPOINT_SUFFIX}")
         save_checkpoint(pending, result.model, result.meta)

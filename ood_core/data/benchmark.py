@@ -71,27 +71,29 @@ class Benchmark:
                 "split_seed": self.split_seed, "ood_seed": self.ood_seed,
                 **({"preprocess": dict(self.preprocess)} if self.preprocess else {})}
 
-    def check_user_names(self, names) -> None:
+    def check_user_names(self, names, replace_ood: bool = False) -> None:
         """Refuse user OOD set names that would stand in for a set of this benchmark: the ID
         splits' names (:data:`SPLIT_NAMES`: ``train``, ``val``, ``id``), which the scores are
-        fitted on and compared with, and the benchmark's own OOD set names (present or missing).
-        DataError saying to rename the file."""
+        fitted on and compared with, and the benchmark's own OOD set names (present or missing),
+        unless ``replace_ood`` (a library caller's ``evaluate(ood_sets=...)`` replacing a built-in
+        set on purpose; its outputs are then extracted from the given tensor). DataError saying
+        to rename the file."""
         for name in names:
             if name in SPLIT_NAMES:
                 raise DataError(f"your OOD set is named {name!r}, the name of the benchmark's {SPLIT_NAMES[name]} "
                                 f"split, which the scores use; rename the file (e.g. to my_{name}.npy)")
-            if name in self.ood or name in self.missing_ood:
+            if not replace_ood and (name in self.ood or name in self.missing_ood):
                 raise DataError(f"your OOD set is named {name!r}, like the built-in OOD set of {self.name}; "
                                 f"rename the file (e.g. to my_{name}.npy)")
 
     def inputs(self, extra: dict[str, torch.Tensor] | None = None, *, ood: dict[str, torch.Tensor] | None = None,
-               training: bool = True) -> dict[str, torch.Tensor]:
+               training: bool = True, replace_ood: bool = False) -> dict[str, torch.Tensor]:
         """Set name -> inputs, the names every extractor, score and geometry function uses:
         ``"train"`` and ``"val"`` (left out when ``training`` is False), ``"id"`` (the ID test
         split), the OOD sets ``ood`` (default: all of :attr:`ood`), then ``extra`` (e.g. a user's
         sets), whose names are checked by :meth:`check_user_names`: a user set never replaces a
         split or a built-in set."""
-        self.check_user_names(extra or {})
+        self.check_user_names(extra or {}, replace_ood=replace_ood)
         splits = {"train": self.train.x, "val": self.val.x} if training else {}
         return {**splits, "id": self.test.x, **(self.ood if ood is None else ood), **(extra or {})}
 

@@ -100,7 +100,9 @@ def _run_measured(code: str, tmp_path: Path) -> dict:
     """)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "OOD_CACHE_DIR": str(tmp_path / "cache")}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600,
+    from test_reliability_memory import fresh_python  # a forked python: its own ru_maxrss, not pytest's peak
+
+    proc = subprocess.run(fresh_python("-c", script), capture_output=True, text=True, env=env, timeout=600,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -238,7 +238,9 @@ class FDBD(_FittedScore):
             raise OODCoreError("fdbd needs at least 2 classes (decision boundaries between them)")
         if train.features.shape[1] != d:
             raise OODCoreError(f"fdbd: features have {train.features.shape[1]} dimensions but the head weight has {d}")
-        norms = torch.stack([(w - w[c]).norm(dim=1) for c in range(k)])  # (K, K), one row at a time
+        norms = torch.empty(k, k, dtype=torch.float64)  # ||w_c - w_k||, rows in chunks under the memory budget
+        for rows in row_chunks(k, 8 * k * d):
+            norms[rows] = (w[rows, None, :] - w[None, :, :]).norm(dim=2)
         off = ~torch.eye(k, dtype=torch.bool)
         if bool((norms[off] == 0).any()):
             i, j = (int(t) for t in torch.nonzero((norms == 0) & off)[0])

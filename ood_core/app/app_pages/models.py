@@ -285,7 +285,7 @@ def import_part() -> None:
     c3, c4 = st.columns(2)
     resize = c3.number_input("Resize (shorter side; 0 = the weights' default)", 0, 2048, 0, key="import_resize")
     crop = c4.number_input("Crop (input size; 0 = the weights' default)", 0, 2048, 0, key="import_crop")
-    name = st.text_input("Output file name", value="imported.pt", key="import_out_name",
+    name = st.text_input("Save as", value="imported.pt", key="import_out_name",
                          help=f"Saved into `{folder}`, the folder the sidebar lists")
     out_path, blocked = training.output_path(folder, name)
     why = training.import_refusal(arch.strip())

@@ -64,7 +64,8 @@ def run() -> None:
                        every_page=True)
         st.sidebar.selectbox("Checkpoint", options, key=state.CHECKPOINT_KEY, format_func=lambda p: Path(p).name,
                              help=f"`*.pt` files in `{folder}` (set ${CHECKPOINT_ENV} to list another folder)")
-        state.to_url("checkpoint", state.chosen_checkpoint(), to_text=lambda p: Path(p).name)
+        if state.chosen_checkpoint():
+            state.to_url("checkpoint", state.chosen_checkpoint(), to_text=lambda p: Path(p).name)
     else:
         st.info(f"No checkpoint (`*.pt`) in `{folder}`. Train one from the repository root:\n\n"
                 f"```\n{TRAIN_COMMAND}\n```\n\nthen reload this page "

@@ -364,10 +364,8 @@ def cmd_evaluate(args) -> int:
     by_name = bool(score_names)
     score_names = score_names or default_score_names(meta, bench)
 
-    from .scores import make_score
-
     used = list(bench.ood) if ood_sets is None else list(ood_sets)
-    needs_train = any(make_score(n).requires_fit for n in score_names)
+    needs_train = any(SCORES[n].requires_fit for n in score_names)  # a class attribute: nothing to build
     outputs, _ = _outputs(args, model, bench, ["id", *(["train"] if needs_train else []), *used], extra_ood=extra)
     ev = evaluate(model, bench, ood_sets=ood_sets, score_names=score_names, extra_ood=extra,
                   batch_size=args.batch_size, device=args.device, outputs=outputs,

@@ -167,32 +167,30 @@ def detector_picker(result: dict, meta: dict, key: str) -> tuple[str, ...]:
     return tuple(n for n in options if n in chosen)
 
 
-def url_selectbox(label: str, options: list, key: str, param: str, container=None, **kwargs):
-    """``st.selectbox`` whose value is shared through the URL (``?param=value``; see
-    :func:`ood_core.app.state.from_url`); returns the chosen option."""
+def _url_widget(widget, multi: bool, default_kw: str, label: str, options: list, key: str, param: str,
+                container, kwargs: dict):
+    """One widget of ``container`` whose value is shared through the URL (see
+    :func:`ood_core.app.state.from_url`); a value set from the session or the URL replaces the
+    widget's own default (``default_kw``), so Streamlit is never given both."""
     from .state import from_url, to_url
 
-    container = container or st
-    from_url(key, param, options)
+    from_url(key, param, options, multi=multi)
     if key in st.session_state:
-        kwargs.pop("index", None)  # the session (or the URL) holds the value: no second default
-    value = container.selectbox(label, options, key=key, **kwargs)
+        kwargs.pop(default_kw, None)
+    value = getattr(container or st, widget)(label, options, key=key, **kwargs)
     if value is not None:
         to_url(param, value)
     return value
 
 
+def url_selectbox(label: str, options: list, key: str, param: str, container=None, **kwargs):
+    """``st.selectbox`` whose value is shared through the URL (``?param=value``); returns the chosen option."""
+    return _url_widget("selectbox", False, "index", label, options, key, param, container, kwargs)
+
+
 def url_multiselect(label: str, options: list, key: str, param: str, container=None, **kwargs) -> list:
     """``st.multiselect`` whose values are shared through the URL (``?param=a,b``)."""
-    from .state import from_url, to_url
-
-    container = container or st
-    from_url(key, param, options, multi=True)
-    if key in st.session_state:
-        kwargs.pop("default", None)  # the session (or the URL) holds the value: no second default
-    value = container.multiselect(label, options, key=key, **kwargs)
-    to_url(param, value)
-    return value
+    return _url_widget("multiselect", True, "default", label, options, key, param, container, kwargs)
 
 
 def show_url_notices() -> None:

@@ -320,3 +320,25 @@ def test_valid_edge_percentiles():
     assert make_score("react", percentile=100).percentile == 100
     assert make_score("ash_s", percentile=0).percentile == 0
     assert make_score("dice", percentile=0).percentile == 0
+
+
+# ----------------------------------------------------------------------------- bounded percentile
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_percentile_of_entries_is_numpys_in_any_chunking(dtype):
+    """ReAct's threshold without a float64 copy: the radix select against numpy.percentile on
+    continuous values, ties (many zeros, both signs of zero), all-negative and huge values,
+    one row or one column, and budgets from one row per chunk upwards."""
+    from ood_core.recipes.posthoc import percentile_of_entries
+
+    rng = np.random.default_rng(7)
+    for trial in range(120):
+        n, d = int(rng.integers(1, 30)), int(rng.integers(1, 20))
+        x = rng.normal(size=(n, d))
+        x = [x, np.maximum(x, 0), np.round(x * 2) / 2, -np.abs(x) * 1e30, np.full((n, d), 3.0)][trial % 5]
+        x = x.astype(dtype)
+        for q in (0.0, 0.5, 50.0, 90.0, 100.0, float(rng.uniform(0, 100))):
+            ref = np.percentile(x.astype(np.float64).ravel(), q)
+            got = percentile_of_entries(torch.from_numpy(x), q, budget=int(rng.integers(1, 4000)))
+            assert got == pytest.approx(ref, rel=1e-12, abs=0.0), (trial, q)
+    with pytest.raises(OODCoreError, match="finite"):
+        percentile_of_entries(torch.tensor([[1.0, float("nan")]]), 50)

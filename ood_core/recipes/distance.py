@@ -38,7 +38,7 @@ from ..errors import OODCoreError
 from ..models import LinearHead, ModelOutput
 from ..scores import register_score, row_chunks
 from .posthoc import (Mahalanobis, ResidualSpace, _f64, _FittedScore, check_memory_budget, class_scatter,
-                      gaussian_precision, rowwise, squared_mahalanobis)
+                      gaussian_precision, mean_rows, rowwise, squared_mahalanobis)
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -132,7 +132,7 @@ class SHE(_FittedScore):
         labels = _class_labels(labels, z.shape[0], k, self.name)
         pred = train.logits.detach().cpu().argmax(dim=1)
         members, self.fallback_classes = correct_members(labels, pred, k, 1, self.name)
-        self.patterns = torch.stack([_f64(z[idx]).mean(0) for idx in members])  # (K, d)
+        self.patterns = torch.stack([mean_rows(z, idx) for idx in members])  # (K, d)
         self._fitted = True
         return self
 
@@ -249,11 +249,7 @@ class FDBD(_FittedScore):
         norms[~off] = 1.0  # the predicted class itself contributes |f_c - f_c| / 1 = 0
         self.weight, self.bias, self.pair_norms = w, b, norms
         z = train.features.detach().cpu()
-        self.train_mean = torch.zeros(d, dtype=torch.float64)
-        if self.center == "train_mean":  # summed in float64 row chunks: no float64 copy of the bank
-            for rows in row_chunks(z.shape[0], 8 * d):
-                self.train_mean += _f64(z[rows]).sum(0)
-            self.train_mean /= z.shape[0]
+        self.train_mean = mean_rows(z) if self.center == "train_mean" else torch.zeros(d, dtype=torch.float64)
         self._fitted = True
         return self
 
@@ -443,28 +439,31 @@ class OpenMax(_FittedScore):
             raise OODCoreError(f"openmax eucos_weight must be a positive number (default 1/200), got {eucos_weight!r}")
         self.eucos_weight = w
 
-    def _distances(self, v: torch.Tensor) -> torch.Tensor:
-        """(rows, K) distances of each row of v (float64) to every MAV."""
-        eucl = (v[:, None, :] - self.mavs[None]).norm(dim=2)
+    def _distances(self, v: torch.Tensor, mavs: torch.Tensor | None = None) -> torch.Tensor:
+        """(rows, C) distances of each row of v (float64) to every MAV (or to the C rows of ``mavs``)."""
+        mavs = self.mavs if mavs is None else mavs
+        eucl = (v[:, None, :] - mavs[None]).norm(dim=2)
         if self.distance == "euclidean":
             return eucl
         tiny = torch.finfo(torch.float64).tiny
-        cos = (v @ self.mavs.T) / (v.norm(dim=1, keepdim=True) * self.mavs.norm(dim=1)[None]).clamp_min(tiny)
+        cos = (v @ mavs.T) / (v.norm(dim=1, keepdim=True) * mavs.norm(dim=1)[None]).clamp_min(tiny)
         return self.eucos_weight * eucl + (1.0 - cos)
 
     def fit(self, train: ModelOutput, labels, model=None):
-        v = _f64(train.logits)
+        v = torch.as_tensor(train.logits).detach().cpu()  # as given; class rows read in float64 chunks
         n, k = v.shape
         alpha = min(3, k) if self.alpha is None else self.alpha
         if alpha > k:
             raise OODCoreError(f"openmax alpha={alpha} but the model has only {k} classes; pass alpha <= {k} (or None)")
         labels = _class_labels(labels, n, k, self.name)
         members, self.fallback_classes = correct_members(labels, v.argmax(dim=1), k, 2, self.name)
-        self.mavs = torch.stack([v[idx].mean(0) for idx in members])  # (K, K)
+        self.mavs = torch.stack([mean_rows(v, idx) for idx in members])  # (K, K)
         params = []
         for c, idx in enumerate(members):
+            dist = torch.cat([self._distances(_f64(v[idx[sl]]), self.mavs[c:c + 1])[:, 0]
+                              for sl in row_chunks(idx.numel(), 8 * 3 * k)])
             try:
-                params.append(fit_high(self._distances(v[idx])[:, c].numpy(), self.tailsize))
+                params.append(fit_high(dist.numpy(), self.tailsize))
             except OODCoreError as e:
                 raise OODCoreError(f"openmax: cannot fit the Weibull model of class {c}: {e}") from None
         self.shape, self.scale, self.shift = (torch.tensor(p, dtype=torch.float64) for p in zip(*params))

@@ -26,6 +26,7 @@ from ..geometry import (  # noqa: F401  (re-exported: the class geometry the IB 
 from ..methods import LossContext, Method, register_method
 from ..models import CentersHead, ModelOutput
 from ..scores import Score, register_score
+from .posthoc import class_mean_rows, rowwise
 
 
 class IBLoss(nn.Module):
@@ -159,18 +160,24 @@ class MinDistance(Score):
         else:
             if labels is None:
                 raise OODCoreError("min_distance needs training labels for a model without a centers head")
-            self.centers = torch.from_numpy(class_means(train.features, labels, train.logits.shape[1]))
+            self.centers = class_mean_rows(train.features, labels, train.logits.shape[1])
             self.source = "class_means"
         return self
 
     def compute(self, out):
         if self.centers is None:
             raise OODCoreError("score 'min_distance' must be fitted first: fit(train_outputs, labels, model)")
-        z = out.features.double()
-        # nearest centre from the expanded form (one matrix product), then its distance
-        # computed directly, so the score is exact and never negative
-        nearest = ((self.centers ** 2).sum(1) - 2 * z @ self.centers.T).argmin(dim=1)
-        return -(z - self.centers[nearest]).pow(2).sum(1)
+        c = self.centers
+        sq = (c ** 2).sum(1)
+
+        def block(zb):
+            z = zb.double()
+            # nearest centre from the expanded form (one matrix product), then its distance
+            # computed directly, so the score is exact and never negative
+            nearest = (sq - 2 * z @ c.T).argmin(dim=1)
+            return -(z - c[nearest]).pow(2).sum(1)
+
+        return rowwise(block, out.features.shape[0], 8 * (3 * c.shape[1] + 2 * c.shape[0]), out.features)
 
 
 register_method(Method(

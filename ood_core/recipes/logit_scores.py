@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from ..errors import OODCoreError
 from ..models import ModelOutput
-from ..scores import Score, check_positive, register_score
+from ..scores import Score, check_positive, register_score, row_chunks
 from .posthoc import _f64, _FittedScore
 
 
@@ -101,13 +100,21 @@ class KLMatching(_FittedScore):
                  "predicted class; a multi-label sample has several labels and independent sigmoids")
 
     def fit(self, train, labels=None, model=None):
-        p = torch.softmax(_f64(train.logits), dim=1)
-        pred = p.argmax(dim=1)
-        self.classes = torch.unique(pred)
-        templates = torch.stack([p[pred == c].mean(dim=0) for c in self.classes.tolist()])
+        logits = torch.as_tensor(train.logits).detach().cpu()
+        n, k = logits.shape
+        sums = torch.zeros(k, k, dtype=torch.float64)  # row c: the summed posteriors of the samples predicted c
+        counts = torch.zeros(k, dtype=torch.int64)
+        # in float64 row chunks (per row: the copy, the softmax and its temporaries), never all logits
+        for rows in row_chunks(n, 8 * 4 * k):
+            p = torch.softmax(_f64(logits[rows]), dim=1)
+            pred = p.argmax(dim=1)
+            sums.index_add_(0, pred, p)
+            counts += torch.bincount(pred, minlength=k)
+        self.classes = torch.nonzero(counts).ravel()
+        templates = sums[self.classes] / counts[self.classes, None]
         self.templates = templates
         self.log_templates = templates.clamp_min(torch.finfo(torch.float64).tiny).log()
-        self.num_classes = p.shape[1]
+        self.num_classes = k
         self._fitted = True
         return self
 

@@ -31,8 +31,8 @@ from torch import nn
 
 from ..errors import OODCoreError
 from ..models import ModelOutput
-from ..scores import register_score, row_chunks
-from .posthoc import _f64, _FittedScore
+from ..scores import register_score
+from .posthoc import _f64, _FittedScore, mean_rows, percentile_of_entries, rowwise
 
 _SOFTMAX_NOTE = ("its score is the energy logsumexp_k of a softmax classifier over mutually exclusive classes; "
                  "a multi-label head scores every label with its own sigmoid, so there is no such energy to reshape")
@@ -98,12 +98,13 @@ class _HeadEnergyScore(_FittedScore):
 
     def fit(self, train: ModelOutput, labels=None, model=None):
         self.weight, self.bias = linear_head(model, self.name, train)
-        self._fit_features(_f64(train.features))
+        self._fit_features(torch.as_tensor(train.features).detach().cpu())
         self._fitted = True
         return self
 
     def _fit_features(self, z: torch.Tensor) -> None:
-        """Training statistics (z: the training features, float64); default: none."""
+        """Training statistics from z, the training features as given (float32, not copied to
+        float64: a fit reads them in row chunks under the memory budget); default: none."""
 
     def shape(self, z: torch.Tensor) -> torch.Tensor:
         """The edited features (float64, same shape as ``z``)."""
@@ -119,11 +120,9 @@ class _HeadEnergyScore(_FittedScore):
             raise OODCoreError(f"score {self.name!r}: the features have {d} dimensions but the head fitted on takes "
                                f"{self.weight.shape[1]}")
         w, k = self.head_weight(), self.weight.shape[0]
-        parts = []
-        for rows in row_chunks(n, 8 * (4 * d + 2 * k)):  # a few float64 copies of the rows and their logits
-            logits = self.shape(_f64(out.features[rows])) @ w.T + self.bias
-            parts.append(torch.logsumexp(logits, dim=1))
-        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+        # a few float64 copies of the rows and their logits per row
+        return rowwise(lambda zb: torch.logsumexp(self.shape(_f64(zb)) @ w.T + self.bias, dim=1), n,
+                       8 * (4 * d + 2 * k), out.features)
 
 
 @register_score
@@ -150,7 +149,7 @@ class ReAct(_HeadEnergyScore):
         self.percentile = _check_percentile(percentile, "react", allow_zero=False, allow_hundred=True)
 
     def _fit_features(self, z):
-        self.threshold = float(np.percentile(z.numpy().ravel(), self.percentile))
+        self.threshold = percentile_of_entries(z, self.percentile)
 
     def shape(self, z):
         return z.clamp(max=self.threshold)
@@ -314,7 +313,7 @@ class DICE(_HeadEnergyScore):
         self.percentile = _check_percentile(percentile, "dice", allow_zero=True, allow_hundred=False)
 
     def _fit_features(self, z):
-        self.mean_features = z.mean(dim=0)
+        self.mean_features = mean_rows(z)
         contribution = self.weight * self.mean_features[None, :]
         self.threshold = float(np.percentile(contribution.numpy(), self.percentile))
         self.mask = contribution > self.threshold

@@ -39,7 +39,7 @@ from torch import nn
 
 from .checks import MAX_CLASSES, whole
 from .errors import CheckpointError, OODCoreError
-from .fileio import zip_damage
+from .fileio import open_regular, zip_damage
 from .models import ModelOutput, check_input_shape
 
 TV_PREFIX, TIMM_PREFIX = "tv:", "timm:"
@@ -238,9 +238,23 @@ def check_outputs(model: ImportedModel, num_classes: int) -> int:
 
 
 # --------------------------------------------------------------------------- weights
+def _open_weights(path: Path):
+    """``path`` opened after checking it is a regular file (not a FIFO, device or folder, also
+    behind a link) within the checkpoint size limit; OODCoreError naming ``--weights`` otherwise."""
+    from .data.limits import MAX_CHECKPOINT_BYTES_ENV, checkpoint_byte_limit
+
+    class _WeightsError(OODCoreError):
+        pass
+
+    try:
+        return open_regular(path, _WeightsError, max_bytes=checkpoint_byte_limit(),
+                            limit_hint=f"raise the limit with the environment variable {MAX_CHECKPOINT_BYTES_ENV}")
+    except _WeightsError as e:
+        raise OODCoreError(f"--weights {e}") from None
+
+
 def _read_state_dict(path: Path) -> dict:
-    if not path.is_file():
-        raise OODCoreError(f"--weights {path}: no such file")
+    _open_weights(path).close()  # a FIFO or /dev/zero is refused before any reader touches it
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
@@ -254,7 +268,7 @@ def _read_state_dict(path: Path) -> dict:
     if path.suffix not in (".pth", ".pt", ".bin"):
         raise OODCoreError(f"--weights {path}: expected a .pth/.pt state dict or a .safetensors file")
     try:
-        with open(path, "rb") as f:
+        with _open_weights(path) as f:
             if zipfile.is_zipfile(f):  # torch.load does not check the archive's CRCs
                 f.seek(0)
                 damage = zip_damage(f)

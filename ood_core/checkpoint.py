@@ -24,6 +24,7 @@ import torch
 
 from .adapters import ImportedModel, build_imported, is_imported_arch
 from .checks import MAX_CLASSES, finite, seed as check_seed, whole
+from .data.limits import MAX_CHECKPOINT_BYTES, MAX_CHECKPOINT_BYTES_ENV, checkpoint_byte_limit  # noqa: F401
 from .errors import CheckpointError, OODCoreError
 from .fileio import atomic_write, check_outputs, open_regular, zip_damage
 from .models import OODModel, build_model
@@ -49,6 +50,10 @@ def save_checkpoint(path, model: OODModel, meta: dict) -> Path:
     entry marks the weights of an unfinished run (see ``train(checkpoint=...)``).
     """
     path = Path(path)
+    problem = unknown_method(meta.get("method")) if isinstance(meta.get("method"), str) else None
+    if problem:  # a file that no later load would accept
+        raise OODCoreError(f"cannot save {path.name}: {problem}; register a method of your own with "
+                           "ood_core.methods.register_method")
     meta = _json_safe({**meta, "model": model.spec})
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta,
                "state_dict": {k: v.detach().cpu() for k, v in _weights_of(model).state_dict().items()}}
@@ -56,21 +61,22 @@ def save_checkpoint(path, model: OODModel, meta: dict) -> Path:
     return path
 
 
+def unknown_method(method) -> str | None:
+    """Why ``method`` (a checkpoint's ``meta["method"]``) names no method of this lab, or None:
+    None (no method), a registered method and ``import`` (an imported model) are fine."""
+    from .importing import IMPORT_METHOD
+    from .methods import METHODS
+
+    if method is None or method in METHODS or method == IMPORT_METHOD:
+        return None
+    return (f"method {str(method)[:40]!r} is not a method of this lab ({', '.join(sorted(METHODS))}, "
+            f"or {IMPORT_METHOD!r} for an imported model)")
+
+
 def _weights_of(model) -> torch.nn.Module:
     """The module whose state dict a checkpoint stores: an imported model's network (its keys
     are then those of the original state dict), else the model."""
     return model.net if isinstance(model, ImportedModel) else model
-
-
-MAX_CHECKPOINT_BYTES = 4 << 30  # a checkpoint file read for loading or hashing (4 GiB; the lab's own are < 10 MB)
-MAX_CHECKPOINT_BYTES_ENV = "OOD_MAX_CHECKPOINT_BYTES"
-
-
-def checkpoint_byte_limit() -> int:
-    """Bytes a checkpoint file may hold: :data:`MAX_CHECKPOINT_BYTES` or ``$OOD_MAX_CHECKPOINT_BYTES``."""
-    from .data.limits import env_limit
-
-    return env_limit(MAX_CHECKPOINT_BYTES_ENV, MAX_CHECKPOINT_BYTES)
 
 
 def open_checkpoint_file(path) -> BinaryIO:
@@ -329,7 +335,7 @@ def checkpoint_benchmark(meta: dict, data_root=None, download: bool | None = Non
 
 def check_meta(meta: dict) -> None:
     """Refuse (CheckpointError, one line) checkpoint metadata that nothing should be built from:
-    a method that is not a name, loss parameters that are not finite numbers (or true/false,
+    a method that is not a name or not one of this lab's (nor ``import``), loss parameters that are not finite numbers (or true/false,
     names), a dataset spec with a non-text name, non-whole or out-of-range seeds or known
     classes, and a model spec that disagrees with its dataset (input shape, number of
     classes). The numbers of the model spec itself (``num_classes`` 10^8, a NaN scale, ...)
@@ -344,6 +350,11 @@ def check_meta(meta: dict) -> None:
     method = meta.get("method")
     if method is not None and not isinstance(method, str):
         bad("'method'", method, "a method name")
+    problem = unknown_method(method)
+    if problem:
+        raise CheckpointError(f"checkpoint metadata: {problem}; the file was written by another version of the lab, "
+                              "edited, or saved with a method registered in another process (register it with "
+                              "ood_core.methods.register_method before loading)")
     params = meta.get("loss_params")
     if params is not None:
         if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
@@ -371,6 +382,10 @@ def check_meta(meta: dict) -> None:
             bad("the dataset's known classes", known, "a list of class indices")
         for k in known:
             whole(k, "checkpoint metadata: each known class", 0, MAX_CLASSES, error=CheckpointError)
+        repeated = sorted({k for k in known if known.count(k) > 1})
+        if repeated:
+            raise CheckpointError(f"checkpoint metadata: known class {repeated[0]} is listed more than once in "
+                                  f"{known[:20]}; a model's known classes are distinct")
     spec = meta["model"]
     if "input_shape" in ds and "input_shape" in spec and list(ds["input_shape"]) != list(spec["input_shape"]):
         raise CheckpointError(f"checkpoint metadata: the model takes inputs of shape {spec['input_shape']} but its "

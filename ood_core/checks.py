@@ -17,6 +17,7 @@ MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's random_state range (torch acc
 MAX_WIDTH = 1 << 16  # features, hidden units, image side: larger is a typo (or a tampered file)
 MAX_CLASSES = 100_000
 MAX_IMAGE_SIDE = 4096  # pixels of a resized or cropped image (an imported model's input)
+MAX_EPOCHS = 100_000  # more is a typo: 10**20 epochs would never end and never save
 MAX_PROJECTIONS = 4096  # random projections of a Jacobian-norm estimate
 
 

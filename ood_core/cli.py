@@ -1,4 +1,6 @@
-"""Command line: ``python -m ood_core {train,evaluate,geometry,project,list,manifest} ...`` (``--help`` on each).
+"""Command line: ``ood-lab {train,import,evaluate,geometry,project,features,list,manifest,app} ...``
+(also ``python -m ood_core``; ``--help`` on each). The options the commands share are in
+:mod:`ood_core.cli_options`, the ``import`` command in :mod:`ood_core.cli_import`.
 
 Errors caused by input print one line on stderr and exit with status 2; an unexpected error
 (a bug) prints one line and exits with 1; Ctrl-C prints one line saying what is on disk and
@@ -13,171 +15,12 @@ import json
 import sys
 from pathlib import Path
 
+from .cli_import import add_import_command
+from .cli_options import (Interrupted, add_data_options, add_device_option, at_least, cached_outputs,
+                          check_command_files, checkpoint_command, chosen_cache_dir, csv_list, download_flag,
+                          key_values, suffixed, write_output)
 from .errors import OODCoreError, TrainingDiverged
-from .fileio import OutputError, atomic_write, check_outputs, sigint_deferred
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C, with the line telling the user what is on disk now."""
-
-
-def _write(args, path, write) -> Path:
-    """``atomic_write`` that remembers what this command has written (for the Ctrl-C message)."""
-    atomic_write(path, write)
-    args._written = [*getattr(args, "_written", []), str(path)]
-    return Path(path)
-
-
-# The files each command writes and reads (argparse dests). Before a command runs, its outputs
-# are checked against its inputs and each other (fileio.check_outputs): an output that would
-# replace an input (the checkpoint, an --ood-file, --init, --weights) or another output, a
-# device or stream such as /dev/stdout, a folder or an unwritable path is refused with one line.
-COMMAND_FILES = {
-    "train": (("out",), ("init",)),
-    "import": (("out",), ("weights",)),
-    "evaluate": (("json", "scores", "outputs"), ("checkpoint", "ood_file")),
-    "geometry": (("json",), ("checkpoint",)),
-    "project": (("out",), ("checkpoint",)),
-    "features": ((), ("checkpoint",)),
-}
-
-
-def _check_files(args) -> None:
-    """:func:`ood_core.fileio.check_outputs` of the command's :data:`COMMAND_FILES` (``manifest``
-    checks its own, in :func:`ood_core.checkpoint.write_manifest`)."""
-    outputs, inputs = COMMAND_FILES.get(args.command, ((), ()))
-
-    def option(dest):
-        return "--" + dest.replace("_", "-")
-
-    check_outputs({option(d): getattr(args, d, None) for d in outputs},
-                  {option(d): getattr(args, d, None) for d in inputs})
-
-
-def _at_least(args, option: str, minimum: int, what: str = "") -> None:
-    value = getattr(args, option.lstrip("-").replace("-", "_"))
-    if value is not None and value < minimum:
-        raise OODCoreError(f"{option} must be >= {minimum}{what}, got {value}")
-
-
-def _csv(text: str | None) -> list[str] | None:
-    return [t.strip() for t in text.split(",") if t.strip()] if text else None
-
-
-def _key_values(items: list[str] | None) -> dict:
-    """Parse ``["T=32", "rotation=true"]`` into ``{"T": 32.0, "rotation": True}``."""
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise OODCoreError(f"--param takes KEY=VALUE, got {item!r}")
-        low = value.strip().lower()
-        if low in ("true", "false"):
-            out[key.strip()] = low == "true"
-        else:
-            try:
-                out[key.strip()] = int(value) if low.lstrip("-").isdigit() else float(value)
-            except ValueError:
-                raise OODCoreError(f"--param {key}: {value!r} is not a number or true/false") from None
-    return out
-
-
-def _suffixed(path, option: str, suffix: str) -> Path:
-    """``path`` as a Path, refused unless it ends in ``suffix`` (checked before any long computation)."""
-    path = Path(path)
-    if path.suffix != suffix:
-        raise OODCoreError(f"{option} must name a {suffix} file, got {path}")
-    return path
-
-
-def _add_cache_options(parser, what: str = "features") -> None:
-    parser.add_argument("--cache-dir", default=None,
-                        help=f"disk cache of {what} (shared with the app); default: $OOD_CACHE_DIR or ~/.cache/ood-lab")
-    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the disk cache")
-
-
-def _cache_dir(args):
-    """The cache folder chosen by ``--cache-dir`` / ``--no-cache`` (None = no disk cache)."""
-    from .paths import default_cache_dir
-
-    if args.no_cache:
-        return None
-    folder = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
-    if folder.exists() and not folder.is_dir():
-        raise OODCoreError(f"--cache-dir {folder} is a file, not a folder; pass a folder (or --no-cache)")
-    return folder
-
-
-def _feature_progress():
-    """A ``progress(set, done, total, from_cache)`` callback drawing one tqdm bar per extracted set on
-    stderr (only for sets that take over half a second), and the list of ``(set, from_cache)`` seen."""
-    from tqdm import tqdm
-
-    bars, seen = {}, []
-
-    def progress(name, done, total, from_cache):
-        if from_cache:
-            seen.append((name, True))
-            return
-        if name not in bars:
-            bars[name] = tqdm(total=total, desc=f"features {name}", unit="img", file=sys.stderr, delay=0.5)
-            seen.append((name, False))
-        bar = bars[name]
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-
-    return progress, seen
-
-
-def _outputs(args, model, bench, sets=None, extra_ood=None):
-    """Model outputs of ``bench``'s sets (default: id, train and every OOD set), read from or
-    written to the feature cache unless ``--no-cache``, with progress bars on stderr."""
-    from .evaluate import extract_benchmark_outputs
-    from .feature_cache import SUBDIR, FeatureCache
-
-    batch_size = getattr(args, "batch_size", 512)
-    if batch_size < 1:
-        raise OODCoreError(f"--batch-size must be >= 1, got {batch_size}")
-    folder = _cache_dir(args)
-    progress, seen = _feature_progress()
-    outs = extract_benchmark_outputs(model, bench, sets, extra_ood=extra_ood, batch_size=batch_size,
-                                     cache=FeatureCache(folder / SUBDIR) if folder is not None else None,
-                                     progress=progress)
-    return outs, seen
-
-
-def _download(args) -> bool | None:
-    """``--download`` as the loaders' ``download`` argument: True when given, else None, so that
-    ``$OOD_DATA_DOWNLOAD`` still applies."""
-    return True if args.download else None
-
-
-def _add_data_options(parser) -> None:
-    parser.add_argument("--data-root", default=None, metavar="DIR",
-                        help="folder holding the real datasets (cifar10, voc2007, ...; see `list`); "
-                             "default: $OOD_DATA_ROOT. Embedded datasets need none")
-    parser.add_argument("--download", action="store_true",
-                        help="let torchvision download missing real datasets into the data root (needs internet)")
-
-
-def _add_device_option(parser) -> None:
-    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
-
-
-def _checkpoint_command(sub, name: str, func, cache_what: str = "features", **parser_kw):
-    """The parser of a command that reads ``--checkpoint`` on ``--device``, with the cache and
-    data-root options every such command takes; the caller adds the command's own options."""
-    parser = sub.add_parser(name, **parser_kw)
-    parser.add_argument("--checkpoint", required=True, help="checkpoint file (.pt)")
-    parser.add_argument("--allow-code", action="store_true",
-                        help="load a checkpoint `import`ed from your own pkg.module:factory model, which imports and "
-                             "runs that module (also allowed when $OOD_ALLOW_CODE names the module)")
-    _add_device_option(parser)
-    _add_cache_options(parser, cache_what)
-    _add_data_options(parser)
-    parser.set_defaults(func=func)
-    return parser
+from .fileio import OutputError, sigint_deferred
 
 
 # --------------------------------------------------------------------------- train
@@ -189,16 +32,16 @@ def cmd_train(args) -> int:
     from .evaluate import format_table
     from .train import recommended_config, train
 
-    out = _suffixed(args.out, "--out", ".pt")
-    _at_least(args, "--checkpoint-every", 0, " (0 = off)")
-    _at_least(args, "--feature-dim", 1)
+    out = suffixed(args.out, "--out", ".pt")
+    at_least(args, "--checkpoint-every", 0, " (0 = off)")
+    at_least(args, "--feature-dim", 1)
     cfg = recommended_config(args.method, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              lr_min=args.lr_min, schedule=args.schedule,
                              weight_decay=args.weight_decay, optimizer=args.optimizer, seed=args.seed,
                              device=args.device, geometry_every=args.track_geometry, amp=args.amp,
                              channels_last=args.channels_last or None, workers=args.workers)
     model_params = {k: v for k, v in (("arch", args.arch), ("feature_dim", args.feature_dim)) if v is not None}
-    loss_params = _key_values(args.param)
+    loss_params = key_values(args.param)
     bar = None
 
     stage = None
@@ -243,7 +86,7 @@ def cmd_train(args) -> int:
         result = train(args.method, args.dataset, cfg, known=parse_known(args.known), progress=progress,
                        model_params=model_params, loss_params=loss_params, init=args.init,
                        checkpoint_every=args.checkpoint_every, checkpoint=save_partial if args.checkpoint_every else None,
-                       data_root=args.data_root, download=_download(args))
+                       data_root=args.data_root, download=download_flag(args))
     except TrainingDiverged as e:
         head = str(e).split(";")[0]
         raise TrainingDiverged(f"{head}; {on_disk()}. Lower the learning rate (now {cfg.lr:g}) "
@@ -278,43 +121,6 @@ def cmd_train(args) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- import
-def _floats(text: str | None, option: str) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise OODCoreError(f"{option} takes comma-separated numbers, one per channel, e.g. 0.485,0.456,0.406") from None
-
-
-def cmd_import(args) -> int:
-    from .checkpoint import save_checkpoint
-    from .evaluate import format_table
-    from .importing import import_model
-
-    out = _suffixed(args.out, "--out", ".pt")
-    _at_least(args, "--batch-size", 1)
-    preprocess = {"resize": args.resize, "crop": args.crop, "mean": _floats(args.mean, "--mean"),
-                  "std": _floats(args.std, "--std")}
-    progress, _ = _feature_progress() if not args.quiet else (None, None)
-    model, meta = import_model(args.model, args.dataset, args.weights, feature_layer=args.feature_layer,
-                               preprocess=preprocess, download=bool(args.download), data_root=args.data_root,
-                               allow_code=True, device=args.device, evaluate_after=not args.no_eval,
-                               batch_size=args.batch_size, progress=progress)
-    with sigint_deferred():
-        save_checkpoint(out, model, meta)
-    args._written = [str(out)]
-    imp = meta["imported"]
-    print(f"saved {out}: {imp['arch']} ({imp['weights']}) on {meta['dataset']['name']}, features {imp['feature_dim']}-d "
-          f"from {imp['feature_layer'] or 'the input of ' + imp['head_layer']}")
-    if "metrics" in meta and not args.quiet:
-        quality = {k: v for k, v in meta["metrics"].items() if k.startswith("id_")}
-        print(", ".join(f"{k} {100 * v:.2f}%" for k, v in quality.items()) + " on the test split")
-        print(format_table(meta["metrics"]))
-    return 0
-
-
 # --------------------------------------------------------------------------- evaluate
 def _checkpoint_and_benchmark(args):
     """``(model, meta, bench)`` of ``--checkpoint`` on ``--device``."""
@@ -322,7 +128,7 @@ def _checkpoint_and_benchmark(args):
     from .runtime import select_device
 
     model, meta = load_checkpoint(args.checkpoint, device=select_device(args.device), allow_code=args.allow_code)
-    return model, meta, checkpoint_benchmark(meta, data_root=args.data_root, download=_download(args),
+    return model, meta, checkpoint_benchmark(meta, data_root=args.data_root, download=download_flag(args),
                                              name=str(args.checkpoint))
 
 
@@ -336,12 +142,12 @@ def cmd_evaluate(args) -> int:
     from .scores import SCORES
 
     if args.scores:
-        _suffixed(args.scores, "--scores", ".npz")
+        suffixed(args.scores, "--scores", ".npz")
     if args.outputs:
-        _suffixed(args.outputs, "--outputs", ".npz")
+        suffixed(args.outputs, "--outputs", ".npz")
     model, meta, bench = _checkpoint_and_benchmark(args)
     ds = meta["dataset"]
-    ood_names = _csv(args.ood)
+    ood_names = csv_list(args.ood)
     ood_sets = None  # None = every built-in set of the dataset
     if ood_names == ["none"]:
         ood_sets = {}
@@ -357,7 +163,7 @@ def cmd_evaluate(args) -> int:
         if name in extra:
             raise OODCoreError(f"two --ood-file inputs share the name {name!r}; rename one")
         extra[name] = x
-    score_names = _csv(args.score_names)
+    score_names = csv_list(args.score_names)
     for n in score_names or []:
         if n not in SCORES:
             raise unknown("score", n, SCORES)
@@ -366,20 +172,20 @@ def cmd_evaluate(args) -> int:
 
     used = list(bench.ood) if ood_sets is None else list(ood_sets)
     needs_train = any(SCORES[n].requires_fit for n in score_names)  # a class attribute: nothing to build
-    outputs, _ = _outputs(args, model, bench, ["id", *(["train"] if needs_train else []), *used], extra_ood=extra)
+    outputs, _ = cached_outputs(args, model, bench, ["id", *(["train"] if needs_train else []), *used], extra_ood=extra)
     ev = evaluate(model, bench, ood_sets=ood_sets, score_names=score_names, extra_ood=extra,
                   batch_size=args.batch_size, device=args.device, outputs=outputs,
                   score_params=method_score_params(meta), skip_unfit=not by_name)
     report = {**ev.report, "checkpoint": str(args.checkpoint), "method": meta.get("method"),
               "dataset": ds.get("name"), "known": ds.get("known")}
     if args.json:
-        _write(args, Path(args.json), lambda f: f.write(json.dumps(report, indent=2).encode()))
+        write_output(args, Path(args.json), lambda f: f.write(json.dumps(report, indent=2).encode()))
     if args.scores:
-        _write(args, Path(args.scores), lambda f: np.savez(f, **ev.scores))
+        write_output(args, Path(args.scores), lambda f: np.savez(f, **ev.scores))
     if args.outputs:
         arrays = {f"{name}/{part}": getattr(ev.outputs[name], part).numpy()
                   for name in ["id", *ev.report["ood"]] for part in ("features", "logits")}
-        _write(args, Path(args.outputs), lambda f: np.savez(f, **arrays))
+        write_output(args, Path(args.outputs), lambda f: np.savez(f, **arrays))
     quality = {k: v for k, v in report.items() if k.startswith("id_")}
     print(f"{meta.get('method')} on {ds.get('name')} (known {ds.get('known')}): "
           + ", ".join(f"{k} {100 * v:.2f}%" for k, v in quality.items()))
@@ -392,16 +198,16 @@ def cmd_evaluate(args) -> int:
 def cmd_geometry(args) -> int:
     from .geometry import geometry_summary
 
-    _at_least(args, "--probe-size", 1)
-    _at_least(args, "--n-proj", 1)
+    at_least(args, "--probe-size", 1)
+    at_least(args, "--n-proj", 1)
     model, meta, bench = _checkpoint_and_benchmark(args)
     jac = None if args.jacobian == "none" else args.jacobian
-    outputs, _ = _outputs(args, model, bench)
+    outputs, _ = cached_outputs(args, model, bench)
     summary = geometry_summary(model, bench, outputs=outputs, jacobian=jac, n_proj=args.n_proj,
                                probe_size=args.probe_size)
     summary = {"checkpoint": str(args.checkpoint), "method": meta.get("method"), **summary}
     if args.json:
-        _write(args, Path(args.json), lambda f: f.write(json.dumps(summary, indent=2).encode()))
+        write_output(args, Path(args.json), lambda f: f.write(json.dumps(summary, indent=2).encode()))
     print(f"{meta.get('method')} on {bench.name}: geometry of the representation")
     if "nc" in summary:
         print("neural collapse (training split; 0 = collapsed): "
@@ -433,15 +239,15 @@ def cmd_project(args) -> int:
 
     from .checks import seed
 
-    out = _suffixed(args.out, "--out", ".npz")
+    out = suffixed(args.out, "--out", ".npz")
     seed(args.seed, "--seed")
     model, meta, bench = _checkpoint_and_benchmark(args)
-    outputs, _ = _outputs(args, model, bench, ["id", *bench.ood])
+    outputs, _ = cached_outputs(args, model, bench, ["id", *bench.ood])
     if args.method == "umap":
         print("fitting UMAP (the first fit in a process spends ~10-30 s compiling with numba)...", file=sys.stderr)
     proj = project_benchmark(model, bench, method=args.method, fit_on=args.fit_on, normalize=args.normalize,
-                             outputs=outputs, cache_dir=_cache_dir(args), seed=args.seed)
-    _write(args, out, lambda f: np.savez(f, **proj.coords))
+                             outputs=outputs, cache_dir=chosen_cache_dir(args), seed=args.seed)
+    write_output(args, out, lambda f: np.savez(f, **proj.coords))
     where = "from the cache" if proj.from_cache else f"in {proj.seconds:.1f} s"
     print(f"{args.method} map of {meta.get('method')} features (fit on {args.fit_on}), {where}; wrote {out}")
     if proj.caveat:
@@ -464,13 +270,13 @@ def cmd_features(args) -> int:
         raise OODCoreError("`features` fills the disk cache; drop --no-cache")
     model, meta, bench = _checkpoint_and_benchmark(args)
     available = ["train", "val", "id", *bench.ood]
-    sets = _csv(args.sets) or ["id", "train", *bench.ood]
+    sets = csv_list(args.sets) or ["id", "train", *bench.ood]
     for name in sets:
         if name not in available:
             raise unknown(f"set of {bench.name}", name, available)
     start = time.perf_counter()
-    outputs, seen = _outputs(args, model, bench, sets)
-    cache = FeatureCache(_cache_dir(args) / SUBDIR)
+    outputs, seen = cached_outputs(args, model, bench, sets)
+    cache = FeatureCache(chosen_cache_dir(args) / SUBDIR)
     model_key = model_fingerprint(model)
     print(f"features of {meta.get('method')} on {bench.name} in {cache.folder / model_key} "
           f"({time.perf_counter() - start:.1f} s)")
@@ -567,7 +373,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=float, default=None, help="default: 5e-4, or the method's own")
     t.add_argument("--optimizer", choices=("adam", "sgd"), default=None, help="default: adam, or the method's own")
     t.add_argument("--seed", type=int, default=0, help="default: 0")
-    _add_device_option(t)
+    add_device_option(t)
     t.add_argument("--arch", default=None, help="backbone: smallcnn, mlp, resnet18; default: by input shape")
     t.add_argument("--feature-dim", type=int, default=None, help="feature dimension (smallcnn/mlp)")
     t.add_argument("--param", action="append", metavar="KEY=VALUE",
@@ -589,38 +395,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         "run that diverges (NaN/Inf loss) or is interrupted leaves its last good state; "
                         "the final save replaces it; default: 0 = off")
     t.add_argument("--quiet", action="store_true", help="no progress bar or table")
-    _add_data_options(t)
+    add_data_options(t)
     t.set_defaults(func=cmd_train)
 
-    im = sub.add_parser("import", help="make a lab checkpoint of a model trained elsewhere (torchvision, timm, your code)",
-                        description="Wrap a torchvision/timm architecture or your own nn.Module with its weights, "
-                                    "check it on DATASET, score its OOD sets and save a lab checkpoint that every "
-                                    "command and app page reads like a trained one.")
-    im.add_argument("--model", required=True,
-                    help="tv:NAME (any torchvision classification model, e.g. tv:resnet50, tv:vit_b_16), timm:NAME "
-                         "(needs timm), or pkg.module:factory (your code: factory() returns the nn.Module)")
-    im.add_argument("--weights", default=None,
-                    help="a .pth/.pt state dict (read weights-only) or .safetensors file, or a torchvision weights "
-                         "name such as IMAGENET1K_V1 (downloaded only with --download); default: random init")
-    im.add_argument("--dataset", required=True,
-                    help="imagefolder:DIR (class subfolders; DIR/train + DIR/test when present) or a preset such as "
-                         "cifar10 (see `list`)")
-    im.add_argument("--feature-layer", default=None, metavar="NAME",
-                    help="take the features from this submodule's output; default: the input of the final nn.Linear")
-    im.add_argument("--resize", type=int, default=None, help="shorter image side before the centre crop; default: "
-                    "the weights' (256 for most torchvision models)")
-    im.add_argument("--crop", type=int, default=None, help="input size; default: the weights' (224 for most)")
-    im.add_argument("--mean", default=None, help="per-channel mean, comma-separated; default: the weights'")
-    im.add_argument("--std", default=None, help="per-channel std, comma-separated; default: the weights'")
-    im.add_argument("--out", required=True, help="checkpoint file to write (.pt); written atomically")
-    im.add_argument("--no-eval", action="store_true", help="save without scoring the OOD sets")
-    im.add_argument("--batch-size", type=int, default=128, help="default: 128")
-    im.add_argument("--quiet", action="store_true", help="no progress bars or table")
-    _add_device_option(im)
-    _add_data_options(im)
-    im.set_defaults(func=cmd_import)
+    add_import_command(sub)
 
-    e = _checkpoint_command(sub, "evaluate", cmd_evaluate, help="score ID and OOD sets with a checkpoint",
+    e = checkpoint_command(sub, "evaluate", cmd_evaluate, help="score ID and OOD sets with a checkpoint",
                             description="Evaluate a checkpoint on its ID test split vs OOD sets with every score.")
     e.add_argument("--ood", default=None,
                    help="built-in OOD sets, comma-separated, or 'none'; default: all of the dataset's (see `list`)")
@@ -636,7 +416,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         "'id/logits', 'SET/features', 'SET/logits', to recompute any score outside the lab")
     e.add_argument("--batch-size", type=int, default=512, help="default: 512")
 
-    g = _checkpoint_command(sub, "geometry", cmd_geometry,
+    g = checkpoint_command(sub, "geometry", cmd_geometry,
                             help="neural collapse, subspaces, feature norms and Jacobian norms of a checkpoint",
                             description="Print (and optionally save as JSON) the representation geometry of a "
                                         "checkpoint on its benchmark: NC1-NC4, class radii and distances, energy "
@@ -648,7 +428,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--probe-size", type=int, default=256, help="samples per set for Jacobian norms; default: 256")
     g.add_argument("--json", metavar="GEOMETRY.json", help="write the whole summary as JSON")
 
-    pr = _checkpoint_command(sub, "project", cmd_project, "features and maps",
+    pr = checkpoint_command(sub, "project", cmd_project, "features and maps",
                              help="2-D PCA/UMAP map of a checkpoint's ID and OOD features",
                              description="Map the features of the ID test split and every OOD set to 2-D (one "
                                          "shared PCA or UMAP), save the coordinates per set as .npz and print how "
@@ -661,7 +441,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, default=0, help="UMAP random_state; default: 0")
     pr.add_argument("--out", required=True, help="coordinates per set (.npz), written atomically")
 
-    fe = _checkpoint_command(sub, "features", cmd_features,
+    fe = checkpoint_command(sub, "features", cmd_features,
                              help="extract a checkpoint's features once, into the disk cache",
                              description="Run the model over its benchmark's sets in batches (progress bars on "
                                          "stderr) and store features and logits in the disk cache, keyed by the "
@@ -691,7 +471,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:
-        _check_files(args)  # before any work
+        check_command_files(args)  # before any work
         return args.func(args)
     except KeyboardInterrupt as e:
         if args.debug:

@@ -27,7 +27,7 @@ from .evaluate import evaluate, extract_outputs, id_metrics
 from .geometry import model_geometry_snapshot
 from .methods import LossContext, applicable_scores, get_method, method_score_params
 from .models import OODModel, build_model, default_arch
-from .checks import finite, seed as check_seed, whole
+from .checks import MAX_EPOCHS, finite, seed as check_seed, whole
 from .runtime import library_versions, seed_everything, select_device
 
 
@@ -83,7 +83,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Refuse (OODCoreError) any option that is not a number of the right kind and range:
         NaN/Inf, booleans, text, fractions where a count is meant, seeds outside 0..2**32-1."""
-        self.epochs = whole(self.epochs, "epochs", 1)
+        self.epochs = whole(self.epochs, "epochs", 1, MAX_EPOCHS)
         self.batch_size = whole(self.batch_size, "batch size", 1)
         self.lr = finite(self.lr, "learning rate", positive=True)
         self.weight_decay = finite(self.weight_decay, "weight decay", 0)

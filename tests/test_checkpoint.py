@@ -9,7 +9,7 @@ import ood_core
 from ood_core.checkpoint import load_checkpoint, save_checkpoint
 from ood_core.data import load_benchmark_from_spec
 from ood_core.methods import default_score_names, method_score_params
-from ood_core.errors import CheckpointError
+from ood_core.errors import CheckpointError, OODCoreError
 from ood_core.models import build_model
 
 from conftest import CHECKPOINTS
@@ -33,7 +33,7 @@ def test_spectral_norm_model_roundtrip(tmp_path):
     model.train()
     model(torch.rand(4, 1, 8, 8))  # one power iteration updates u, v
     model.eval()
-    save_checkpoint(tmp_path / "sn.pt", model, {"method": "test"})
+    save_checkpoint(tmp_path / "sn.pt", model, {"method": "ce"})
     loaded, _ = load_checkpoint(tmp_path / "sn.pt")
     x = torch.rand(5, 1, 8, 8)
     with torch.no_grad():
@@ -96,7 +96,7 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, tiny_digits_run, monkey
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError):
-        save_checkpoint(path, tiny_digits_run.model, {"method": "other"})
+        save_checkpoint(path, tiny_digits_run.model, {"method": "ce"})
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temporary file left behind
@@ -134,3 +134,22 @@ def test_manifest_describes_every_shipped_checkpoint():
 
     manifest = json.loads((CHECKPOINTS / "manifest.json").read_text())
     assert manifest["checkpoints"] == [manifest_entry(p) for p in sorted(CHECKPOINTS.glob("*.pt"))]
+
+
+def test_a_method_this_lab_does_not_have_is_refused_on_save_and_on_load(tmp_path):
+    """Saving one would write a file no load accepts; loading one (edited, or from another
+    version of the lab) used to succeed and score it with every score of its task."""
+    model = build_model("mlp", 3, (2,))
+    with pytest.raises(OODCoreError, match="cannot save x.pt: method 'nosuch' is not a method of this lab"):
+        save_checkpoint(tmp_path / "x.pt", model, {"method": "nosuch"})
+    assert not (tmp_path / "x.pt").exists()
+    path = save_checkpoint(tmp_path / "ok.pt", model, {"method": "ce"})
+    raw = torch.load(path, weights_only=True)
+    raw["meta"]["method"] = "nosuch"
+    torch.save(raw, tmp_path / "edited.pt")
+    with pytest.raises(CheckpointError, match="method 'nosuch' is not a method of this lab.*register_method"):
+        load_checkpoint(tmp_path / "edited.pt")
+    for method in (None, "import", "movr"):  # no method, an imported model, a registered method
+        raw["meta"]["method"] = method
+        torch.save(raw, tmp_path / "fine.pt")
+        assert load_checkpoint(tmp_path / "fine.pt")[1].get("method") == method

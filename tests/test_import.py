@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -366,3 +367,26 @@ def test_safetensors_weights(folder, tmp_path):
     broken.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
     with pytest.raises(OODCoreError, match="not a readable safetensors file"):
         import_model("tv:resnet18", f"imagefolder:{folder}", str(broken), evaluate_after=False)
+
+
+@pytest.mark.parametrize("kind", ["fifo.pth", "zero.safetensors", "folder.pt", "missing.pth", "too-big.pth"])
+def test_weights_paths_that_are_not_plain_files_are_refused_at_once(kind, folder, tmp_path, monkeypatch,
+                                                                     resnet_weights):
+    """A FIFO would block the reader for ever and a link to /dev/zero never ends; a weights file
+    over the checkpoint size limit is refused before it is read."""
+    path = tmp_path / kind
+    word = {"fifo.pth": "not a regular file (a FIFO", "zero.safetensors": "not a regular file (a symbolic link to a "
+            "character device", "folder.pt": "not a regular file (a folder", "missing.pth": "no such file",
+            "too-big.pth": "too large"}
+    if kind.startswith("fifo"):
+        os.mkfifo(path)
+    elif kind.startswith("zero"):
+        os.symlink("/dev/zero", path)
+    elif kind.startswith("folder"):
+        path.mkdir()
+    elif kind.startswith("too-big"):
+        path.write_bytes(resnet_weights.read_bytes())
+        monkeypatch.setenv("OOD_MAX_CHECKPOINT_BYTES", "1000")
+    with pytest.raises(OODCoreError, match="^" + re.escape(f"--weights {path}: {word[kind]}")):
+        import_model("tv:resnet18", f"imagefolder:{folder}", str(path), preprocess={"resize": 36, "crop": 32},
+                     evaluate_after=False)

@@ -35,7 +35,7 @@ def slow_save(obj, f, *a, **k):
     time.sleep(120)
     f.write(data[len(data) // 2:])
 torch.save = slow_save
-save_checkpoint(sys.argv[1], build_model("mlp", 4, (2,), feature_dim=256), {"method": "replacement"})
+save_checkpoint(sys.argv[1], build_model("mlp", 4, (2,), feature_dim=256), {"method": "ce", "value": 3.0})
 """
 
 # Saves two big models (constant weights 1.0 and 2.0) alternately to argv[1], forever.
@@ -53,7 +53,7 @@ for value in (2.0, 1.0):
     models.append(m)
 i = 0
 while True:
-    save_checkpoint(sys.argv[1], models[i % 2], {"method": "loop", "value": 2.0 - i % 2})
+    save_checkpoint(sys.argv[1], models[i % 2], {"method": "ce", "value": 2.0 - i % 2})
     i += 1
 """
 
@@ -105,8 +105,8 @@ def test_kill_mid_save_keeps_previous_checkpoint(tmp_path):
     assert [e["file"] for e in manifest["checkpoints"]] == ["model.pt"]
 
     # and the next save to the same path works
-    save_checkpoint(path, model, {**meta, "method": "again"})
-    assert load_checkpoint(path)[1]["method"] == "again"
+    save_checkpoint(path, model, {**meta, "saved": "again"})
+    assert load_checkpoint(path)[1]["saved"] == "again"
 
 
 def test_kill_during_repeated_saves_always_leaves_a_complete_checkpoint(tmp_path):
@@ -119,7 +119,7 @@ def test_kill_during_repeated_saves_always_leaves_a_complete_checkpoint(tmp_path
         for t in first.state_dict().values():
             if t.is_floating_point():
                 t.fill_(1.0)
-    save_checkpoint(path, first, {"method": "loop", "value": 1.0})
+    save_checkpoint(path, first, {"method": "ce", "value": 1.0})
     proc = subprocess.Popen([sys.executable, "-c", LOOP_WRITER, str(path)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _kill_when_writing(proc, tmp_path, path.name, min_size=1)

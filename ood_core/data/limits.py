@@ -29,6 +29,9 @@ MAX_IMAGE_PIXELS_ENV = "OOD_MAX_IMAGE_PIXELS"
 SAMPLE_BYTES_PER_PIXEL = 4  # one array sample: at most this many bytes per pixel of the pixel limit
 WALK_ENTRIES_PER_SAMPLE = 4  # a folder walk visits at most this many entries per allowed sample (+ WALK_SLACK)
 WALK_SLACK = 10_000
+# a checkpoint or weights file read for loading or hashing (4 GiB; the lab's own are < 10 MB)
+MAX_CHECKPOINT_BYTES = 4 << 30
+MAX_CHECKPOINT_BYTES_ENV = "OOD_MAX_CHECKPOINT_BYTES"
 
 
 def env_limit(var: str, default: int) -> int:
@@ -138,3 +141,9 @@ def check_sample_pixels(sample_shape: tuple[int, ...], itemsize: int, layout: st
                         f"than the limit of {human(SAMPLE_BYTES_PER_PIXEL * limit)} per sample; store the images "
                         f"smaller (or as uint8), or raise the limit with the environment variable "
                         f"{MAX_IMAGE_PIXELS_ENV}={-(-nbytes // SAMPLE_BYTES_PER_PIXEL)}")
+
+
+def checkpoint_byte_limit() -> int:
+    """Bytes a checkpoint (or an imported model's weights file) may hold: :data:`MAX_CHECKPOINT_BYTES`
+    or ``$OOD_MAX_CHECKPOINT_BYTES``."""
+    return env_limit(MAX_CHECKPOINT_BYTES_ENV, MAX_CHECKPOINT_BYTES)

@@ -5,7 +5,9 @@ output file), then runs :func:`ood_core.train.train` in a daemon thread and retu
 :class:`TrainingJob` at once, so the caller (a Streamlit page, a notebook) stays free while
 the model trains. The caller polls :meth:`TrainingJob.snapshot` for a consistent copy of
 the progress (per-step losses, per-epoch validation metrics, landscape snapshots for 2-D
-inputs) and may :meth:`TrainingJob.cancel` at any time.
+inputs) and may :meth:`TrainingJob.cancel` at any time, or :meth:`~TrainingJob.pause` it
+between epochs, look at the figures, :meth:`~TrainingJob.step_epoch` one epoch at a time and
+:meth:`~TrainingJob.resume` (a reset is a cancel and a new start).
 
 Guarantees:
 
@@ -13,6 +15,17 @@ Guarantees:
   the batch in flight and raises :class:`~ood_core.errors.TrainingCancelled`, so training
   stops within one batch (a final OOD evaluation that is already running finishes first,
   then its result is dropped). A cancelled run saves nothing.
+* **Pause, step, resume.** :meth:`TrainingJob.pause` stops the run at the end of the epoch in
+  progress, after that epoch's history row and landscape snapshot are recorded (so the
+  figures show the paused model), and the training thread waits there with status
+  ``"paused"``; :meth:`TrainingJob.step_epoch` lets it train exactly one more epoch and pause
+  again; :meth:`TrainingJob.resume` lets it run to the end. The wait only blocks inside the
+  per-epoch hook and draws nothing from any random generator, so a run paused and stepped any
+  number of times trains and saves exactly the weights of an uninterrupted run with the same
+  seed. The last epoch never pauses (there is nothing left to step: the run evaluates and
+  saves). A paused run keeps the one-run-at-a-time slot (its model and optimizer live in its
+  thread); :meth:`TrainingJob.cancel` ends it at once and saves nothing, and the waiting
+  thread is a daemon, so a paused job never keeps the interpreter from exiting.
 * **Never lose saved work**: an existing output file is refused at start unless
   ``overwrite=True``. The checkpoint is written only when training has finished, atomically
   (:func:`ood_core.checkpoint.save_checkpoint`); without ``overwrite`` it is linked into
@@ -58,7 +71,7 @@ from .methods import METHODS, Method, get_method, method_score_params
 from .runtime import select_device
 from .train import Progress, TrainConfig, recommended_config, train
 
-FINISHED = ("done", "cancelled", "failed")
+FINISHED = ("done", "cancelled", "failed")  # "queued", "running" and "paused" are not finished
 CHECKPOINT_SUFFIX = ".pt"
 MAX_LOSS_POINTS = 2000  # per-step losses handed out by snapshot(); longer runs are thinned evenly
 LANDSCAPE_MARGIN = 0.05  # the landscape grid covers the training points and OOD sets, widened by 5 %
@@ -179,12 +192,22 @@ class JobSnapshot:
     ``landscapes`` has one :class:`~ood_core.landscape.Landscape` per finished epoch (2-D
     inputs with a landscape resolution only). ``metrics`` is the saved model's OOD report;
     ``threads`` the torch intra-op threads of the run (None until it starts).
+
+    ``paused`` is True while the run waits between epochs (``status`` is then ``"paused"`` and
+    ``epoch`` the last finished epoch); ``pause_requested`` is True from a
+    :meth:`TrainingJob.pause` (or a :meth:`TrainingJob.step_epoch`) until the run pauses at the
+    end of the epoch in progress (False again once paused, resumed, or past the last epoch).
+    ``elapsed_s`` is the time since the run left the queue, without the time spent paused
+    (training, landscape snapshots, slow-motion waits, evaluation and saving count; waiting in
+    the queue or paused does not), up to the end of the run.
     """
 
     job_id: str
     method: str
     dataset: str
     status: str
+    paused: bool
+    pause_requested: bool
     phase: str
     device: str
     threads: int | None
@@ -253,6 +276,14 @@ class TrainingJob:
 
         self._cancel = threading.Event()
         self._lock = threading.Lock()
+        # Wakes the training thread from a pause or a slow-motion wait: notified (under
+        # self._lock) by pause(), resume(), step_epoch() and cancel().
+        self._wake = threading.Condition(self._lock)
+        self._pause_requested = False  # pause at the end of the epoch in progress
+        self._paused = False  # the training thread is waiting in _on_epoch_end
+        self._paused_since = 0.0
+        self._paused_total = 0.0  # seconds spent paused so far (left out of elapsed_s)
+        self._training_over = False  # the last epoch has ended: nothing left to pause before
         self._n_train = len(bench.train)
         self._steps = math.ceil(self._n_train / config.batch_size)
         self._status = "queued"
@@ -277,7 +308,8 @@ class TrainingJob:
     # ----------------------------------------------------------------- public
     @property
     def status(self) -> str:
-        """"queued", "running", "done", "cancelled" or "failed"."""
+        """"queued", "running", "paused" (waiting between epochs, see :meth:`pause`), "done",
+        "cancelled" or "failed"; only the last three are :data:`FINISHED`."""
         with self._lock:
             return self._status
 
@@ -296,9 +328,62 @@ class TrainingJob:
         """True once :meth:`cancel` was called (the run may still be finishing its batch)."""
         return self._cancel.is_set()
 
+    @property
+    def paused(self) -> bool:
+        """True while the run waits between epochs (status "paused")."""
+        with self._lock:
+            return self._paused
+
     def cancel(self) -> None:
-        """Ask the run to stop; it does within one batch (or at once while queued or pausing)."""
+        """Ask the run to stop; it does within one batch (or at once while queued, paused or
+        in a slow-motion wait). Nothing is saved."""
         self._cancel.set()
+        with self._lock:  # wake a paused or slow-motion wait so that it sees the request
+            self._wake.notify_all()
+
+    def pause(self) -> None:
+        """Ask the run to pause at the end of the epoch in progress, once that epoch's history row
+        and landscape snapshot are recorded (during a slow-motion wait: at once); it then waits
+        with status "paused" until :meth:`resume`, :meth:`step_epoch` or :meth:`cancel`. A job
+        still queued (or pretraining the starting model of a fine-tune recipe) pauses after its
+        first epoch. No effect when already paused, after the last epoch has ended (the run
+        goes on to evaluate and save) or once finished."""
+        with self._lock:
+            if self._paused or self._training_over or self._status in FINISHED:
+                return
+            self._pause_requested = True
+            self._wake.notify_all()  # cut a slow-motion wait short
+
+    def resume(self) -> None:
+        """Let a paused run go on to the end (or the next :meth:`pause`); also withdraws a pause
+        requested but not yet reached. No effect otherwise."""
+        with self._lock:
+            self._pause_requested = False
+            if self._paused:
+                self._end_pause_locked()
+
+    def step_epoch(self) -> None:
+        """While paused: train exactly one more epoch, then pause again (after the last epoch the
+        run evaluates and saves instead). While running: the same as :meth:`pause` (a step
+        already in progress is not extended). The stepped epoch skips the slow-motion wait, so
+        each step shows at once."""
+        with self._lock:
+            if self._training_over or self._status in FINISHED:
+                return
+            self._pause_requested = True
+            if self._paused:
+                self._end_pause_locked()
+            else:
+                self._wake.notify_all()
+
+    def _end_pause_locked(self) -> None:
+        """Leave the pause (caller holds self._lock): count the paused time, mark the run
+        running, wake the training thread."""
+        self._paused_total += time.monotonic() - self._paused_since
+        self._paused = False
+        self._status, self._phase = "running", "training"
+        self._message = f"resumed after epoch {self._epoch}/{self.config.epochs}"
+        self._wake.notify_all()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block up to ``timeout`` seconds (None = until finished); True when the job has finished."""
@@ -309,21 +394,35 @@ class TrainingJob:
         """A consistent copy of the progress (see :class:`JobSnapshot`)."""
         with self._lock:
             keep = _thin(len(self._losses), max(2, int(max_loss_points)))
-            now = self._ended if self._ended is not None else time.monotonic()
+            # the clock stands still while paused (so elapsed_s is the same number until resumed)
+            now = self._ended if self._ended is not None else self._paused_since if self._paused else time.monotonic()
             return JobSnapshot(
                 job_id=self.job_id, method=self.method, dataset=self.bench.name, status=self._status,
-                phase=self._phase, device=self.device, threads=self._threads, out_path=str(self.out_path),
+                paused=self._paused, pause_requested=self._pause_requested, phase=self._phase,
+                device=self.device, threads=self._threads, out_path=str(self.out_path),
                 epoch=self._epoch, epochs=self.config.epochs, step=self._step, steps=self._steps,
                 global_step=self._global_step, total_steps=self._steps * self.config.epochs,
                 loss_steps=[int(i) + 1 for i in keep], losses=[self._losses[i] for i in keep],
                 history=[dict(row) for row in self._history], landscapes=list(self._landscapes),
                 error=self._error, message=self._message,
                 saved_path=str(self._saved_path) if self._saved_path else None,
-                metrics=self._metrics, elapsed_s=(now - self._started) if self._started is not None else 0.0)
+                metrics=self._metrics,
+                elapsed_s=(now - self._started - self._paused_total) if self._started is not None else 0.0)
 
     # ----------------------------------------------------------------- thread side
     def _set(self, **fields) -> None:
         with self._lock:
+            for k, v in fields.items():
+                setattr(self, f"_{k}", v)
+
+    def _finish(self, **fields) -> None:
+        """Record the end of the run (status done, cancelled or failed): a pause still open (a
+        cancel while paused) is closed first, so that ``paused`` never outlives the run."""
+        with self._lock:
+            if self._paused:
+                self._paused_total += time.monotonic() - self._paused_since
+                self._paused = False
+            self._pause_requested = False
             for k, v in fields.items():
                 setattr(self, f"_{k}", v)
 
@@ -355,7 +454,11 @@ class TrainingJob:
             raise TrainingCancelled(f"training cancelled at epoch {p.epoch}, step {p.step}; nothing was saved")
 
     def _on_epoch_end(self, epoch: int, model) -> None:
-        """After each epoch: the landscape snapshot (2-D inputs), then the optional slow-motion pause."""
+        """After each epoch: the landscape snapshot (2-D inputs), then the optional slow-motion
+        wait, then a requested pause (see :meth:`pause`). The history row of the epoch is
+        already recorded (by its last batch's progress call), so a pause shows it. Waiting
+        here touches neither the model nor any random generator: the weights do not depend on it.
+        """
         if self._cancel.is_set():
             raise TrainingCancelled(f"training cancelled after epoch {epoch}; nothing was saved")
         if self.landscape_resolution is not None:
@@ -365,10 +468,30 @@ class TrainingJob:
                                       score_params=method_score_params(self.method).get(self.landscape_score))
             with self._lock:
                 self._landscapes.append(snap)
-        if self.min_epoch_seconds > 0 and epoch < self.config.epochs:
-            left = self.min_epoch_seconds - (time.monotonic() - self._epoch_started)
-            if left > 0 and self._cancel.wait(left):
-                raise TrainingCancelled(f"training cancelled after epoch {epoch}; nothing was saved")
+        last = epoch >= self.config.epochs
+        with self._lock:
+            if self.min_epoch_seconds > 0 and not last:
+                # slow motion: wait out the epoch's minimum length, unless a cancel or a pause
+                # request comes first (the pause then begins at once)
+                deadline = self._epoch_started + self.min_epoch_seconds
+                while not (self._cancel.is_set() or self._pause_requested):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._wake.wait(left)
+            if last:
+                self._training_over = True
+                self._pause_requested = False
+            elif self._pause_requested and not self._cancel.is_set():
+                self._pause_requested = False
+                self._paused, self._paused_since = True, time.monotonic()
+                self._status, self._phase = "paused", "paused"
+                self._message = (f"paused after epoch {epoch}/{self.config.epochs}: resume, step one epoch "
+                                 f"or cancel")
+                while self._paused and not self._cancel.is_set():
+                    self._wake.wait()  # woken by resume(), step_epoch() (-> _end_pause_locked) or cancel()
+        if self._cancel.is_set():
+            raise TrainingCancelled(f"training cancelled after epoch {epoch}; nothing was saved")
         self._epoch_started = time.monotonic()
 
     def _run(self) -> None:
@@ -390,15 +513,15 @@ class TrainingJob:
             self._set(phase="saving")
             result.meta["train_config"]["torch_threads"] = threads_used
             saved, note = self._save(result)
-            self._set(status="done", phase="done", saved_path=saved, history=[dict(r) for r in result.history],
-                      metrics=result.meta.get("metrics"), message=f"saved {saved}" + (f" ({note})" if note else ""))
+            self._finish(status="done", phase="done", saved_path=saved, history=[dict(r) for r in result.history],
+                         metrics=result.meta.get("metrics"), message=f"saved {saved}" + (f" ({note})" if note else ""))
         except TrainingCancelled as e:
-            self._set(status="cancelled", phase="cancelled", message=str(e))
+            self._finish(status="cancelled", phase="cancelled", message=str(e))
         except OODCoreError as e:
-            self._set(status="failed", phase="failed", error=str(e), message=f"failed: {e}")
+            self._finish(status="failed", phase="failed", error=str(e), message=f"failed: {e}")
         except Exception as e:  # a bug: keep the traceback for the report, say so in one line
-            self._set(status="failed", phase="failed", error=f"unexpected error {type(e).__name__}: {e}",
-                      error_detail=traceback.format_exc(), message=f"failed: {type(e).__name__}: {e}")
+            self._finish(status="failed", phase="failed", error=f"unexpected error {type(e).__name__}: {e}",
+                         error_detail=traceback.format_exc(), message=f"failed: {type(e).__name__}: {e}")
         finally:
             if acquired:
                 _ONE_RUN_AT_A_TIME.release()
@@ -447,11 +570,12 @@ def start_training(method: str, dataset: str | Benchmark, config: TrainConfig | 
     ``.pt``; an existing file is refused unless ``overwrite``. ``landscape_resolution``
     (2-D inputs only, e.g. 60) records a :class:`~ood_core.landscape.Landscape` of score
     ``landscape_score`` after every epoch (a score that learns from data, such as
-    ``mahalanobis``, is fitted on the training split each time). ``min_epoch_seconds`` > 0 pauses after each epoch
+    ``mahalanobis``, is fitted on the training split each time). ``min_epoch_seconds`` > 0 waits after each epoch
     until it has lasted that long (a slow-motion view of a fast run; the weights are the
-    same). ``torch_threads``: intra-op threads of the training thread (None = torch's default
-    here; see the module docstring for why 1). Raises OODCoreError for a bad request; what
-    goes wrong later is in the job's status and snapshot. ``data_root``: the folder of a
+    same; a :meth:`TrainingJob.pause` during the wait pauses at once). ``torch_threads``:
+    intra-op threads of the training thread (None = torch's default here; see the module
+    docstring for why 1). Raises OODCoreError for a bad request; what goes wrong later is in
+    the job's status and snapshot. ``data_root``: the folder of a
     real-data preset's files when ``dataset`` is a name (see :func:`ood_core.data.load_benchmark`).
     """
     m = get_method(method)

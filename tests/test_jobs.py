@@ -6,8 +6,13 @@ epochs so there is time to cancel mid-run.
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -182,6 +187,203 @@ def test_second_job_queues_and_can_be_cancelled_while_waiting(tmp_path):
     assert first.status == "running"
     first.cancel()
     assert first.wait(5) and first.status == "cancelled"
+    assert _files(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- pause, step, resume
+# A long slow-motion wait (min_epoch_seconds=30) keeps a toy2d run from racing ahead of the test:
+# a pause requested before or during that wait takes effect at the end of epoch 1, at once.
+SLOW = 30
+
+
+@pytest.fixture
+def start():
+    """start_training, with every job it started cancelled at the end of the test: a failing
+    test must not leave a paused run holding the one-run-at-a-time slot for the next tests."""
+    jobs = []
+
+    def _start(*args, **kwargs):
+        jobs.append(start_training(*args, **kwargs))
+        return jobs[-1]
+
+    yield _start
+    for job in jobs:
+        job.cancel()
+    for job in jobs:
+        job.wait(WAIT_S)
+
+
+def _paused_at(job, epoch: int, timeout=WAIT_S):
+    """Wait until ``job`` pauses; check that it did after ``epoch`` and return the snapshot."""
+    _wait_until(lambda: job.snapshot().paused or job.finished, timeout)
+    snap = job.snapshot()
+    assert snap.status == "paused" and snap.paused and not snap.pause_requested, snap.message
+    assert job.paused and not job.finished and snap.phase == "paused" and "paused after epoch" in snap.message
+    assert snap.epoch == epoch and snap.step == snap.steps and snap.global_step == epoch * snap.steps
+    assert len(snap.losses) == epoch * snap.steps
+    assert [row["epoch"] for row in snap.history] == list(range(1, epoch + 1))
+    return snap
+
+
+def _assert_stays_paused(job, seconds=0.3):
+    """Poll for ``seconds``: the paused job neither trains nor counts the time."""
+    first = job.snapshot()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        snap = job.snapshot()
+        assert snap.status == "paused" and snap.paused
+        assert (snap.epoch, snap.global_step, len(snap.losses), len(snap.history), len(snap.landscapes)) == \
+            (first.epoch, first.global_step, len(first.losses), len(first.history), len(first.landscapes))
+        assert snap.elapsed_s == first.elapsed_s  # paused time is not counted
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("ask", ["pause", "step_epoch"])
+def test_pause_while_running_stops_after_the_current_epoch_and_waits(tmp_path, ask, start):
+    # digits: about 0.1 s per epoch of 11 steps, so the request lands mid-epoch; step_epoch while
+    # running does the same as pause
+    job = start("ce", "digits", TrainConfig(epochs=200, seed=0), tmp_path / "m.pt")
+    _wait_until(lambda: job.snapshot().global_step >= 3)
+    before = job.snapshot()
+    getattr(job, ask)()
+    after = job.snapshot()
+    assert after.pause_requested or after.paused
+    _wait_until(lambda: job.snapshot().paused or job.finished)
+    snap = job.snapshot()
+    # the epoch in progress when asked (the batch in flight may have ended it), never a later one
+    assert before.epoch <= snap.epoch <= after.epoch + 1 and snap.epoch < snap.epochs
+    _paused_at(job, snap.epoch)
+    _assert_stays_paused(job)
+    job.cancel()
+    assert job.wait(5) and job.status == "cancelled"
+    assert _files(tmp_path) == []
+
+
+def test_step_epoch_trains_exactly_one_epoch_each_time_and_the_last_one_saves(tmp_path, start):
+    job = start("ce", "toy2d", TrainConfig(epochs=4, seed=1), tmp_path / "m.pt", evaluate_after=False,
+                         landscape_resolution=5, min_epoch_seconds=SLOW)
+    job.pause()
+    t0 = time.monotonic()
+    snap = _paused_at(job, 1, timeout=SLOW * 2 / 3)
+    assert time.monotonic() - t0 < SLOW * 2 / 3  # the pause cut the slow-motion wait short
+    # the figures show the paused state: that epoch's landscape is already recorded
+    assert [s.epoch for s in snap.landscapes] == [1]
+    for k in (2, 3):
+        job.step_epoch()
+        snap = job.snapshot()  # running the step (unless it is already over: an epoch takes ~10 ms)
+        assert (snap.status == "running" and snap.pause_requested) or (snap.paused and snap.epoch == k)
+        snap = _paused_at(job, k)
+        assert [s.epoch for s in snap.landscapes] == list(range(1, k + 1))
+        _assert_stays_paused(job, 0.1)
+    job.pause()  # already paused: nothing changes
+    assert job.snapshot().paused and not job.snapshot().pause_requested
+    job.step_epoch()  # the last epoch: the run finishes and saves instead of pausing
+    assert job.wait(WAIT_S) and job.status == "done", job.snapshot().message
+    snap = job.snapshot()
+    assert not snap.paused and not snap.pause_requested and snap.epoch == 4 and len(snap.landscapes) == 4
+    assert snap.saved_path == str(tmp_path / "m.pt") and _files(tmp_path) == ["m.pt"]
+    job.pause(), job.step_epoch(), job.resume()  # no effect once finished
+    assert job.status == "done" and not job.snapshot().pause_requested
+
+
+def test_cancel_while_paused_ends_at_once_and_saves_nothing(tmp_path, start):
+    job = start("ce", "toy2d", TrainConfig(epochs=3), tmp_path / "m.pt", min_epoch_seconds=SLOW)
+    job.pause()
+    _paused_at(job, 1)
+    t0 = time.monotonic()
+    job.cancel()
+    assert job.wait(5) and time.monotonic() - t0 < 5
+    snap = job.snapshot()
+    assert snap.status == "cancelled" and not snap.paused and not snap.pause_requested and job.finished
+    assert "nothing was saved" in snap.message and snap.saved_path is None and snap.error is None
+    job.resume()
+    assert job.status == "cancelled"
+    assert _files(tmp_path) == []
+
+
+def test_paused_stepped_and_resumed_run_saves_the_same_weights_as_an_uninterrupted_run(tmp_path, start):
+    cfg = TrainConfig(epochs=5, seed=7)
+    t_start = time.monotonic()
+    job = start("ce", "toy2d", cfg, tmp_path / "m.pt", evaluate_after=False, min_epoch_seconds=SLOW)
+    paused_s = 0.0  # time the test saw the job paused: a lower bound of the job's paused time
+
+    def hold():
+        nonlocal paused_s
+        t = time.monotonic()
+        _assert_stays_paused(job, 0.2)
+        paused_s += time.monotonic() - t
+
+    job.pause()
+    _paused_at(job, 1)
+    hold()
+    job.step_epoch()
+    _paused_at(job, 2)
+    hold()
+    job.resume()
+    assert job.snapshot().status == "running" and not job.snapshot().pause_requested
+    # epoch 3 trains, then the run sits in its 30 s slow-motion wait: a pause there begins at once
+    _wait_until(lambda: len(job.snapshot().history) == 3)
+    assert job.snapshot().status == "running"
+    t0 = time.monotonic()
+    job.pause()
+    _paused_at(job, 3, timeout=SLOW * 2 / 3)
+    assert time.monotonic() - t0 < SLOW * 2 / 3
+    hold()
+    job.step_epoch()
+    _paused_at(job, 4)
+    hold()
+    job.resume()
+    assert job.wait(WAIT_S) and job.status == "done", job.snapshot().message
+    wall_s = time.monotonic() - t_start
+
+    seen = []
+    direct = _train_with_threads(1, "ce", "toy2d", TrainConfig(epochs=5, seed=7), progress=seen.append,
+                                 evaluate_after=False)
+    model, meta = load_checkpoint(tmp_path / "m.pt")
+    _assert_same_weights(model.state_dict(), direct.model.state_dict())
+    assert meta["history"] == direct.history
+    snap = job.snapshot()
+    assert snap.history == direct.history and snap.losses == [p.loss for p in seen]
+    assert snap.epoch == 5 and snap.global_step == snap.total_steps and snap.fraction == 1.0
+    assert 0 < snap.elapsed_s <= wall_s - paused_s  # the paused intervals are left out of elapsed_s
+
+
+def test_pause_while_queued_takes_effect_after_the_first_epoch(tmp_path, start):
+    first = start("ce", "toy2d", TrainConfig(epochs=3), tmp_path / "a.pt", min_epoch_seconds=SLOW)
+    _wait_until(lambda: first.status == "running")
+    second = start("ce", "toy2d", TrainConfig(epochs=3, seed=2), tmp_path / "b.pt", evaluate_after=False)
+    assert second.status == "queued"
+    second.pause()
+    snap = second.snapshot()
+    assert snap.status == "queued" and snap.pause_requested and not snap.paused and snap.global_step == 0
+    first.cancel()
+    assert first.wait(5) and first.status == "cancelled"
+    _paused_at(second, 1)
+    _assert_stays_paused(second, 0.1)
+    second.resume()
+    assert second.wait(WAIT_S) and second.status == "done", second.snapshot().message
+    assert second.snapshot().epoch == 3 and not second.snapshot().paused
+    assert _files(tmp_path) == ["b.pt"]
+
+
+def test_a_paused_job_does_not_keep_the_interpreter_from_exiting(tmp_path):
+    code = f"""
+        import time
+        from ood_core.jobs import start_training
+        from ood_core.train import TrainConfig
+        job = start_training("ce", "toy2d", TrainConfig(epochs=3), {str(tmp_path / "m.pt")!r}, min_epoch_seconds={SLOW})
+        job.pause()
+        end = time.monotonic() + 60
+        while not job.snapshot().paused and time.monotonic() < end:
+            time.sleep(0.01)
+        print(job.snapshot().status)
+    """
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120,
+                          cwd=root, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "paused"
     assert _files(tmp_path) == []
 
 

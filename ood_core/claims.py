@@ -87,6 +87,9 @@ class Mechanism:
     x_label: str
     what: str  # one sentence: what to look for
     values: Callable
+    title: str = ""  # the method's short name on the Home page's card
+    headline: str = ""  # one sentence: how the method works, for the Home page's card
+    page: str = ""  # the url path of the app page that shows this mechanism live
 
 
 def _subsample(a, n: int = MAX_PER_SET, seed: int = 0) -> np.ndarray:
@@ -146,20 +149,40 @@ def _center_distance_values(model, bench, outputs):
 MECHANISMS: dict[str, Mechanism] = {m.key: m for m in [
     Mechanism("jacobian_hist", "movr", "movr", "ce", "digits", "‖∂f/∂x‖_F (f = z/‖z‖)",
               "Known classes should sit at low Jacobian norm and unknown ones at high; m-OvR should pull "
-              "the two further apart than CE.", _jacobian_values),
+              "the two further apart than CE.", _jacobian_values,
+              title="m-OvR and the Jacobian norm",
+              headline="Learning each class against the rest flattens the representation on known classes and "
+                       "steepens it between them, so unknown inputs land where the Jacobian norm is high.",
+              page="jacobian"),
     Mechanism("joint_energy_hist", "snojoe", "snojoe", "jointenergy", "digit-canvases",
               "JointEnergy Σ softplus(f_i) (high = ID)",
               "ID canvases should score high and OOD low; spectral norm should shrink the OOD tail that "
-              "overlaps the ID scores.", _joint_energy_values),
+              "overlaps the ID scores.", _joint_energy_values,
+              title="SNoJoE: spectral-normalised JointEnergy",
+              headline="For multi-label images the energies of all labels are summed; spectral normalisation "
+                       "keeps the network from inflating them on inputs it has never seen.",
+              page="energy"),
     Mechanism("orthogonal_share", "separation", "separation", "oe", "digits", "share of ‖z‖² outside span{w_c}",
               "ID features should lie in the span of the classifier rows (share near 0) and OOD features "
-              "outside it; the separation loss should push OOD further out than OE.", _orthogonal_values),
+              "outside it; the separation loss should push OOD further out than OE.", _orthogonal_values,
+              title="Separation loss and neural collapse",
+              headline="Class features collapse onto the classifier's directions; the loss pushes auxiliary "
+                       "outliers into the space orthogonal to them, where unknown inputs are then found.",
+              page="collapse"),
     Mechanism("center_distances", "ib", "ib", "ce", "digits", "min_k ‖z − c_k‖² / median over ID",
               "ID samples should lie close to a centre and OOD far; the IB loss should make the ID "
-              "clusters tighter so the two separate better.", _center_distance_values),
+              "clusters tighter so the two separate better.", _center_distance_values,
+              title="Information-bottleneck loss",
+              headline="Each class is a compact cloud around a learned centre; the distance to the nearest "
+                       "centre then says how familiar an input is.",
+              page="embeddings"),
     Mechanism("feature_norm_hist", "l2norm", "l2norm", "ce", "digits", "‖z‖ (high = ID)",
               "With L2-normalised training the feature norm is free to encode familiarity: ID norms "
-              "should sit well right of OOD norms, much more than on a CE model.", _feature_norm_values),
+              "should sit well right of OOD norms, much more than on a CE model.", _feature_norm_values,
+              title="L2-normalised training",
+              headline="When the classifier only sees the direction of the features, their length is free to "
+                       "grow with familiarity: the feature norm alone detects OOD inputs.",
+              page="features"),
 ]}
 
 

@@ -40,3 +40,30 @@ def evaluation_of(path) -> dict:
     from ood_core.views import evaluate_model
 
     return evaluate_model(*load_checkpoint(path))
+
+
+MODELS = "ood_core/app/app_pages/models.py"
+
+
+def page(name: str) -> str:
+    """The path ``AppTest.switch_page`` takes for the app page file ``name`` (``"models"``)."""
+    return f"ood_core/app/app_pages/{name}.py"
+
+
+def on_page(at: AppTest, name: str = "models") -> AppTest:
+    """Run the app once (its default page is Home) and open the page ``name``."""
+    at.run()
+    return at.switch_page(page(name)).run()
+
+
+def opened_at(at: AppTest, name: str, params: dict) -> AppTest:
+    """Open the app as a browser opens ``/<url path of name>?params``: the query string, and the
+    URL the router records on a session's first run (``state.note_page``), which a browser's
+    first run at that page would record. AppTest itself always starts on the default page."""
+    from ood_core.app import state
+    from ood_core.app.pages import PAGES
+
+    url_path = next(p.url_path for p in PAGES if p.file == f"{name}.py")
+    at.query_params.update(params)
+    at.session_state[state._URL_OPENED_KEY] = {"page": url_path, "params": dict(params)}
+    return on_page(at, name)

@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 import ood_core
 from ood_core.app import cached, figures, tables
 from ood_core import checkpoint_store
-from apptest_helpers import APP, TIMEOUT, array as _array, charts as _charts, evaluation_of
+from apptest_helpers import APP, TIMEOUT, array as _array, charts as _charts, evaluation_of, on_page, opened_at
 
 pytestmark = pytest.mark.usefixtures("clear_streamlit_caches")
 
@@ -30,7 +30,7 @@ def _chart_spec(at: AppTest) -> dict:
 
 
 def test_default_run_shows_table_and_histogram(app, ckpt_dir):
-    at = app.run()
+    at = on_page(app)
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error
     assert at.selectbox(key="checkpoint").value == str(ckpt_dir / "ce_digits.pt")
@@ -130,7 +130,7 @@ def test_jacobian_page_maps_the_plane_for_toy2d(app, ckpt_dir):
 
 
 def test_score_and_ood_set_selection_change_the_chart(app):
-    at = app.run()
+    at = on_page(app)
     before = _chart_spec(at)
     assert at.selectbox(key="score").value == "msp"
 
@@ -150,7 +150,7 @@ def test_score_and_ood_set_selection_change_the_chart(app):
 
 
 def test_switching_checkpoint_resets_choices_it_lacks(app, ckpt_dir):
-    at = app.run()
+    at = on_page(app)
     at.selectbox(key="ood_set").set_value("textures").run()
     at.selectbox(key="checkpoint").set_value(str(ckpt_dir / "ce_toy2d.pt")).run()
     assert not at.exception, [e.value for e in at.exception]
@@ -164,7 +164,7 @@ def test_switching_checkpoint_resets_choices_it_lacks(app, ckpt_dir):
 def test_corrupt_checkpoint_shows_error(tmp_path, monkeypatch):
     (tmp_path / "broken.pt").write_bytes(os.urandom(2048))
     monkeypatch.setenv(checkpoint_store.CHECKPOINT_ENV, str(tmp_path))
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at = on_page(AppTest.from_file(APP, default_timeout=TIMEOUT))
     assert not at.exception, [e.value for e in at.exception]
     assert len(at.error) == 1
     assert "broken.pt" in at.error[0].value and "checkpoint" in at.error[0].value
@@ -174,7 +174,7 @@ def test_corrupt_checkpoint_shows_error(tmp_path, monkeypatch):
 
 def test_empty_folder_says_how_to_train(tmp_path, monkeypatch):
     monkeypatch.setenv(checkpoint_store.CHECKPOINT_ENV, str(tmp_path))
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at = on_page(AppTest.from_file(APP, default_timeout=TIMEOUT))
     assert not at.exception
     assert not at.error
     assert any(checkpoint_store.TRAIN_COMMAND in i.value for i in at.info)
@@ -343,7 +343,7 @@ def test_roc_page_adds_any_registered_detector(app, ckpt_dir):
 def test_models_page_shows_a_readable_model_card(app, ckpt_dir):
     """The start page reads as a card (method, data, architecture, training, headline metrics
     per group), the raw metadata one click away; the numbers are the evaluation's own."""
-    at = app.run()
+    at = on_page(app)
     assert not at.exception
     card = at.table[0].value["value"].to_dict()
     assert card["Method"].startswith("ce: cross-entropy") and card["Known classes"] == "0, 1, 2, 3, 4, 5"
@@ -359,7 +359,7 @@ def test_models_page_shows_a_readable_model_card(app, ckpt_dir):
 def test_a_shared_link_reproduces_the_view_and_a_stale_one_falls_back(app, ckpt_dir):
     """The checkpoint, score and OOD set live in the URL; opening it sets them; a value that is
     not available falls back to the default with a notice, never an exception."""
-    at = app.run()
+    at = on_page(app)
     at.selectbox(key="score").set_value("energy").run()
     at.selectbox(key="ood_set").set_value("textures").run()
     shared = {k: at.query_params[k] for k in at.query_params}
@@ -371,18 +371,19 @@ def test_a_shared_link_reproduces_the_view_and_a_stale_one_falls_back(app, ckpt_
 
     from apptest_helpers import APP, TIMEOUT
 
-    fresh = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    fresh.query_params.update({"checkpoint": "ce_toy2d.pt", "score": "energy", "ood": "uniform-box"})
-    fresh.run()
+    fresh = opened_at(AppTest.from_file(APP, default_timeout=TIMEOUT), "models",
+                      {"checkpoint": "ce_toy2d.pt", "score": "energy", "ood": "uniform-box"})
     assert not fresh.exception
     assert fresh.selectbox(key="checkpoint").value == str(ckpt_dir / "ce_toy2d.pt")
     assert (fresh.selectbox(key="score").value, fresh.selectbox(key="ood_set").value) == ("energy", "uniform-box")
 
-    stale = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    stale.query_params.update({"checkpoint": "gone.pt", "ood": "nowhere"})
+    stale = AppTest.from_file(APP, default_timeout=TIMEOUT)  # opened at "/" (Home): the sidebar's checkpoint
+    stale.query_params.update({"checkpoint": "gone.pt"})
     stale.run()
     assert not stale.exception
     assert stale.selectbox(key="checkpoint").value == str(ckpt_dir / "ce_digits.pt")  # the default
-    notes = " ".join(i.value for i in stale.info)
-    assert "`checkpoint=gone.pt` is not available here" in notes and "`ood=nowhere`" in notes
+    assert "`checkpoint=gone.pt` is not available here" in " ".join(i.value for i in stale.info)
+    stale = opened_at(AppTest.from_file(APP, default_timeout=TIMEOUT), "models", {"ood": "nowhere"})
+    assert not stale.exception and stale.selectbox(key="ood_set").value == "unknown"
+    assert "`ood=nowhere` is not available here" in " ".join(i.value for i in stale.info)
 

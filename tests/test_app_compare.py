@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 from streamlit.testing.v1 import AppTest
 
 import ood_core
-from apptest_helpers import APP, TIMEOUT, charts, traces_of_type, evaluation_of
+from apptest_helpers import APP, TIMEOUT, charts, evaluation_of, on_page, traces_of_type
 from ood_core.app import figures, state, tables
 from ood_core import checkpoint_store, uploads
 from ood_core.errors import DataError
@@ -163,7 +163,7 @@ def test_uploaded_ood_set_is_scored_on_every_page(app, ckpt_dir, tmp_path):
                              tmp_path)
     at = app
     at.session_state[state.USER_OOD_KEY] = str(upload)
-    at.run()
+    on_page(at)
     assert not at.exception, [e.value for e in at.exception]
     assert any("scribbles" in s.value and "30 samples" in s.value for s in at.sidebar.success)
     table = at.dataframe[0].value  # the Models page's metric table
@@ -190,7 +190,7 @@ def test_upload_that_does_not_fit_the_model_is_explained_and_ignored(app, ckpt_d
     upload = uploads.save_upload([Upload("points.npy", _npy(np.zeros((10, 2), np.float32)))], tmp_path)
     at = app
     at.session_state[state.USER_OOD_KEY] = str(upload)
-    at.run()  # ce_digits takes 8x8 images, not 2-D points
+    on_page(at)  # ce_digits takes 8x8 images, not 2-D points
     assert not at.exception
     assert any("does not fit" in e.value for e in at.sidebar.error)
     assert "points" not in set(at.dataframe[0].value["ood_set"])  # the pages go on without it
@@ -244,7 +244,7 @@ def test_companion_is_the_methods_baseline_or_a_method_compared_with_it():
 def test_a_page_writing_the_url_does_not_set_another_pages_controls(compare_app):
     """The Models page writes score=msp into the URL; the Compare page, opened next in the same
     session, keeps its own default (energy): only the URL a session opened with sets widgets."""
-    at = compare_app.run()
+    at = on_page(compare_app)
     assert at.query_params["score"] in ("msp", ["msp"])
     at.switch_page("ood_core/app/app_pages/compare.py").run()
     assert not at.exception

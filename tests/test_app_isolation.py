@@ -23,7 +23,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import ood_core
-from apptest_helpers import APP, TIMEOUT, evaluation_of
+from apptest_helpers import APP, TIMEOUT, evaluation_of, on_page
 from ood_core.app import cached, state
 from ood_core import checkpoint_store, uploads
 
@@ -99,8 +99,8 @@ def test_two_sessions_with_different_checkpoints_each_see_their_own_model(pair_d
     assert _aurocs(want_a) != _aurocs(want_b)  # otherwise a mix-up would go unnoticed
 
     at_a, at_b = _new_app(), _new_app()
-    _ok(at_a.run())
-    _ok(at_b.run())
+    _ok(on_page(at_a))
+    _ok(on_page(at_b))
     at_b.selectbox(key="checkpoint").set_value(str(b))
     _ok(at_b.run())
     assert at_a.session_state[state.CHECKPOINT_KEY] == str(a) and at_b.session_state[state.CHECKPOINT_KEY] == str(b)
@@ -126,8 +126,8 @@ def test_a_training_job_belongs_to_the_session_that_started_it(pair_dir, tmp_pat
     folder = a.parent
     want_b = evaluation_of(b)["table"]
     at_a, at_b = _new_app(), _new_app()
-    _ok(at_a.run())
-    _ok(at_b.run())
+    _ok(on_page(at_a))
+    _ok(on_page(at_b))
     at_b.selectbox(key="checkpoint").set_value(str(b))
     _ok(at_b.run())
     # session A starts a toy2d run, slowed down so that it is still running below
@@ -177,7 +177,7 @@ def test_checkpoint_replaced_with_the_same_mtime_is_not_served_stale(pair_dir, t
     shutil.copy(a, path)
     at = _new_app()
     at.session_state[state.CHECKPOINT_KEY] = str(path)
-    _ok(at.run())
+    _ok(on_page(at))
     _assert_same_table(at.dataframe[0].value, want_a, "before the replacement")
     ev_before = cached.evaluation_cached(str(path), cached.checkpoint_version(str(path)))
 
@@ -320,7 +320,7 @@ def test_the_app_writes_only_into_its_checkpoint_and_cache_folders(ckpt_dir, tmp
     recorder.active = True
     try:
         at = _new_app()
-        _ok(at.run())
+        _ok(on_page(at))
         # a user OOD set through the sidebar's uploader (a crafted name: only its last part is used)
         rng = np.random.default_rng(0)
         import io
@@ -373,7 +373,7 @@ def test_an_output_name_that_is_a_symlink_out_of_the_folder_is_refused(own_dir, 
         outside.write_bytes(b"precious")
     (own_dir / "link.pt").symlink_to(outside)
     at = _new_app()
-    _ok(at.run())
+    _ok(on_page(at))
     at.text_input(key="train_out_name").set_value("link.pt")
     _ok(at.run())
     assert any("symbolic link" in w.value for w in at.warning), [w.value for w in at.warning]

@@ -11,7 +11,7 @@ import shutil
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from apptest_helpers import APP, TIMEOUT
+from apptest_helpers import APP, TIMEOUT, on_page
 from fake_datasets import write_all
 from ood_core.app import state
 from ood_core import checkpoint_store
@@ -62,7 +62,7 @@ def _auroc(at, ood_set: str, score: str) -> float:
 
 
 def test_data_root_chosen_in_the_sidebar(app, fake_root, cifar_dir, tmp_path):
-    at = app.run()
+    at = on_page(app)
     assert not at.exception, [e.value for e in at.exception]
     assert any("trained on `cifar10`" in w.value for w in at.warning)  # the sidebar says what is missing
     assert any("need a data root" in e.value and "Data root" in e.value for e in at.error)
@@ -119,7 +119,7 @@ def test_another_data_root_with_other_images_gives_other_results(app, fake_root,
     with open(batch, "wb") as f:
         pickle.dump(d, f)
 
-    at = app.run()
+    at = on_page(app)
     at.text_input(key=state.DATA_ROOT_KEY).input(str(fake_root)).run()
     first = _auroc(at, "svhn", "msp")
     at.text_input(key=state.DATA_ROOT_KEY).input(str(other)).run()
@@ -130,7 +130,7 @@ def test_another_data_root_with_other_images_gives_other_results(app, fake_root,
 
 
 def test_models_page_trains_on_a_preset_from_the_data_root(app, fake_root):
-    at = app.run()
+    at = on_page(app)
     at.selectbox(key="train_dataset").set_value("cifar10").run()
     assert any("Data root" in e.value for e in at.error)  # no root yet: said, not crashed
     at.text_input(key=state.DATA_ROOT_KEY).input(str(fake_root)).run()

@@ -38,7 +38,9 @@ if sync_playwright is None or not shutil.which(CHROMIUM):
 
 # (url path, radio option to click, text that must appear once the page has reacted)
 PAGES = [
-    ("", None, None),  # the default page (Models) lives at the root; its url_path is not routed
+    ("", None, "Five methods"),  # the default page (Home) lives at the root; its url_path is not routed
+    ("models", None, None),
+    ("lessons?lesson=baseline&step=2", "mahalanobis", "mahalanobis score (high = ID)"),
     ("jacobian", "exact", "Jacobian norm of z/||z|| (exact)"),
     ("collapse", "top class-mean directions", "Energy outside the top class-mean directions"),
     ("features", None, None),
@@ -133,15 +135,16 @@ def test_every_page_renders_and_reacts_in_chromium(server, browser, url_path, cl
     shots.mkdir(parents=True, exist_ok=True)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(f"{server}/{url_path}", wait_until="domcontentloaded")
-    _settle(page)
+    _settle(page, None if click else expect)
     _assert_no_error(page, url_path)
     assert page.get_by_text("OOD geometry lab").first.is_visible()  # the sidebar of app.py is there
-    page.screenshot(path=str(shots / f"{url_path or 'models'}.png"), full_page=True)
+    name = url_path.split("?")[0] or "home"
+    page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
     if click:
         page.locator('[data-testid="stRadio"]').get_by_text(click, exact=True).click()
         _settle(page, expect)
         _assert_no_error(page, f"{url_path} after clicking {click!r}")
-        page.screenshot(path=str(shots / f"{url_path or 'models'}-changed.png"), full_page=True)
+        page.screenshot(path=str(shots / f"{name}-changed.png"), full_page=True)
     page.close()
 
 
@@ -152,7 +155,7 @@ def test_training_in_the_browser_redraws_the_landscape_and_saves(server, browser
     shots = Path(os.environ.get("E2E_SCREENSHOT_DIR") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
     page = browser.new_page(viewport={"width": 1400, "height": 1400})
-    page.goto(server + "/", wait_until="domcontentloaded")
+    page.goto(server + "/models", wait_until="domcontentloaded")
     _settle(page)
     fill_training_form(page, epochs=3, out_name="e2e_toy2d.pt")
     page.get_by_role("button", name="Start training").click()
@@ -165,4 +168,24 @@ def test_training_in_the_browser_redraws_the_landscape_and_saves(server, browser
     page.locator(".js-plotly-plot").last.scroll_into_view_if_needed()  # the landscape, below the fold
     time.sleep(0.5)
     page.screenshot(path=str(shots / "models-training-landscape.png"))
+    page.close()
+
+
+@pytest.mark.parametrize("link, seen", [
+    ("lessons?lesson=l2norm&step=3", ["3. Move the threshold", "The feature norm after L2-normalised training",
+                                      "feature_norm (high = ID)"]),
+    ("models?checkpoint=ce_toy2d.pt&score=energy&ood=uniform-box", ["ce_toy2d.pt", "OOD: uniform-box", "energy"]),
+    ("roc?checkpoint=ce_toy2d.pt&ood=ring", ["ce_toy2d.pt", "ring"]),
+])
+def test_a_shared_link_opens_the_view_it_names(server, browser, link, seen, tmp_path):
+    """A link copied from the sidebar's "Link to this view" opens the same page with the same
+    checkpoint and controls in a new browser session."""
+    server, _ = server
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(f"{server}/{link}", wait_until="domcontentloaded")
+    _settle(page, seen[0])
+    _assert_no_error(page, link)
+    for text in seen:
+        assert page.get_by_text(text, exact=False).count() > 0, f"{link}: {text!r} not on the page"
+    assert page.get_by_text("is not available here").count() == 0, f"{link}: a value of the link was refused"
     page.close()

@@ -65,7 +65,7 @@ def test_two_sessions_one_training_do_not_see_each_other(server, browser):  # no
     a, b = ctx_a.new_page(), ctx_b.new_page()
     try:
         # A: its own checkpoint, then a toy2d run from the Models page
-        a.goto(base + "/", wait_until="domcontentloaded")
+        a.goto(base + "/models", wait_until="domcontentloaded")
         _settle(a)
         _pick_checkpoint(a, A_CHECKPOINT)
         _settle(a)
@@ -123,7 +123,7 @@ def test_a_second_session_can_train_too_without_touching_the_first(server, brows
             contexts.append(ctx)
             page = ctx.new_page()
             pages.append(page)
-            page.goto(base + "/", wait_until="domcontentloaded")
+            page.goto(base + "/models", wait_until="domcontentloaded")
             _settle(page)
             fill_training_form(page, epochs=4, out_name=f"parallel_{who}.pt")
             page.wait_for_timeout(500)

@@ -273,6 +273,25 @@ def jacobian_map_cached(path: str, version: tuple, resolution: int = 60):
     return xs, ys, grid, points
 
 
+@st.cache_data(max_entries=16, show_spinner="Mapping the score over the plane…")
+def landscape_cached(path: str, version: tuple, score: str, resolution: int = 60):
+    """``(landscape, training points)``: :func:`ood_core.landscape.decision_landscape` of ``score``
+    over the training points and every OOD set (a fitted score fitted on the training split, as
+    the evaluator does; the method's score parameters), 2-D inputs only."""
+    from ..jobs import LANDSCAPE_MARGIN
+    from ..landscape import decision_landscape
+
+    model, meta = load_model_cached(path, version)
+    bench = benchmark_cached(path, version)
+    if tuple(bench.input_shape) != (2,):
+        raise OODCoreError(f"a score landscape needs 2-D inputs (toy2d); {bench.name} has {tuple(bench.input_shape)}")
+    every = np.concatenate([bench.train.x.numpy()] + [x.numpy() for x in bench.ood.values()])
+    land = decision_landscape(model, plane_bounds(every, margin=LANDSCAPE_MARGIN), resolution, score=score,
+                              fit_on=(bench.train.x, bench.train.y),
+                              score_params=method_score_params(meta).get(score))
+    return land, {"x": bench.train.x.numpy(), "y": bench.train.y.numpy()}
+
+
 @st.cache_data(max_entries=16, show_spinner="Measuring energy shares…")
 def energy_shares_cached(path: str, version: tuple, subspace: str = "weights",
                          user_ood: str | None = None) -> dict[str, np.ndarray]:

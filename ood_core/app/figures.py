@@ -327,6 +327,16 @@ def mechanism_figure(figure: dict, role: str, x_label: str):
                                 f"{side['method']} ({side['file']})")
 
 
+def mechanism_card_figure(figure: dict, x_label: str, height: int = 230):
+    """The method's side of a stored mechanism, small (a Home page card): ID against each OOD
+    group, no title (the card names it), the legend below."""
+    fig = mechanism_figure(figure, "method", x_label)
+    fig.update_layout(title=None, height=height, margin=dict(t=10, b=10, l=10, r=10),
+                      legend=dict(orientation="h", yanchor="top", y=-0.35, x=0, font=dict(size=10)),
+                      xaxis_title=dict(text=x_label, font=dict(size=11)), yaxis_title=None)
+    return fig
+
+
 def roc_curves(pairs: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{name: (FPR, TPR)}`` for :func:`roc_figure` from ``{name: (ID scores, OOD scores)}``."""
     return {name: tuple(roc_curve_points(id_s, ood_s)[:2]) for name, (id_s, ood_s) in pairs.items()}

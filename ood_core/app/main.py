@@ -24,30 +24,21 @@ import streamlit as st
 
 # absolute imports: Streamlit runs this file as a script (``__main__``), not as a package module
 from ood_core.app import cached, state, widgets
+from ood_core.app.pages import PAGES, PAGES_DIR
 from ood_core.checkpoint_store import CHECKPOINT_ENV, TRAIN_COMMAND, checkpoint_dir, list_checkpoints
 from ood_core.data import IMAGE_SUFFIXES
 from ood_core.errors import OODCoreError
 from ood_core.paths import DATA_ROOT_ENV
 from ood_core.views import needs_data_root, preset_status_markdown
 
-PAGES = Path(__file__).resolve().parent / "app_pages"
 
 
 def run() -> None:
     """One run of the router: page registry, sidebar, then the chosen page."""
     st.set_page_config(page_title="OOD geometry lab", layout="wide")
 
-    pg = st.navigation([
-        st.Page(PAGES / "models.py", title="Models", default=True),  # default page: served at "/"
-        st.Page(PAGES / "jacobian.py", title="Jacobian norms", url_path="jacobian"),
-        st.Page(PAGES / "collapse.py", title="Neural collapse & subspaces", url_path="collapse"),
-        st.Page(PAGES / "features.py", title="Feature magnitudes", url_path="features"),
-        st.Page(PAGES / "energy.py", title="Energy scores", url_path="energy"),
-        st.Page(PAGES / "roc.py", title="ROC & metrics", url_path="roc"),
-        st.Page(PAGES / "embeddings.py", title="Embeddings", url_path="embeddings"),
-        st.Page(PAGES / "compare.py", title="Compare methods", url_path="compare"),
-        st.Page(PAGES / "claims.py", title="Claims", url_path="claims"),
-    ])
+    pg = st.navigation([st.Page(PAGES_DIR / p.file, title=p.title, url_path=p.url_path or None,
+                                default=not p.url_path) for p in PAGES])  # the default page: served at "/"
 
     state.note_page(pg.url_path)
     folder = checkpoint_dir()

@@ -174,7 +174,8 @@ def _url_widget(widget, multi: bool, default_kw: str, label: str, options: list,
     widget's own default (``default_kw``), so Streamlit is never given both."""
     from .state import from_url, to_url
 
-    from_url(key, param, options, multi=multi)
+    # a URL holds text: the option whose text it is (a step number 3 from "3")
+    from_url(key, param, options, multi=multi, to_option=lambda v: next((o for o in options if str(o) == v), v))
     if key in st.session_state:
         kwargs.pop(default_kw, None)
     value = getattr(container or st, widget)(label, options, key=key, **kwargs)
@@ -241,6 +242,15 @@ def side_by_side(paths: list[str], fetch, ood_set: str, sets=lambda result: resu
             col.warning(f"{name} has no OOD set {ood_set!r} (another dataset)")
             continue
         yield side, col, name, result
+
+
+def claim_verdicts() -> dict[str, str]:
+    """{claim key: verdict} of the stored ``benchmarks/compare.py`` results, or {} without them."""
+    try:
+        results = cached.claims_results()
+    except OODCoreError:
+        return {}
+    return {c["key"]: c["verdict"] for c in results.get("claims") or []}
 
 
 def verdict_markdown(verdict: str) -> str:

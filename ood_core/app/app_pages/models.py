@@ -8,8 +8,9 @@ rate, seed and output file; Start runs :func:`ood_core.jobs.start_training` in a
 thread and returns at once, so this page and every other page stay usable while it trains.
 The job object lives in ``st.session_state[state.TRAINING_JOB_KEY]`` (this browser session only). An
 ``st.fragment`` polls it every ``POLL_S`` seconds and redraws only itself: progress bar, loss
-curve, validation per epoch, a Cancel button and, for 2-D data (toy2d), the decision and score
-landscape after every epoch. When the run ends the fragment reruns the whole app once, so the
+curve, validation per epoch, Pause / Step one epoch / Resume / Cancel and, for 2-D data
+(toy2d), the decision and score landscape after every epoch (:mod:`ood_core.app.live_training`,
+shared with the Lessons page). When the run ends the fragment reruns the whole app once, so the
 sidebar lists the new file.
 
 Computation lives in :mod:`ood_core.jobs`, :mod:`ood_core.landscape` and the figure builders of
@@ -21,16 +22,14 @@ from pathlib import Path
 
 import streamlit as st
 
-from ood_core.app import cached, figures, state, tables, training, widgets
+from ood_core.app import cached, figures, live_training, state, tables, training, widgets
 
-ANNOUNCED_KEY = "training_job_announced"  # id of the finished job the app was rerun for
 DEFAULTS_FOR_KEY = "training_defaults_for"  # (method, dataset) the option widgets were filled for
 FORM_KEY = "training_form"  # a copy of the options, restored after a visit to another page
 # Option widgets kept across page switches (Streamlit drops a page's widget state when it is
 # left); "Overwrite" is deliberately not among them: it must be ticked again.
 FORM_WIDGETS = ("train_dataset", "train_method", "train_epochs", "train_lr", "train_seed",
                 "train_landscape_score", "train_slow_motion", "train_out_name")
-POLL_S = 1.0
 DEFAULT_DATASET = "toy2d"
 DEFAULT_SLOW_MOTION_S = 0.3
 
@@ -75,70 +74,6 @@ def fill_option_defaults(method: str, dataset: str) -> None:
     st.session_state.update(train_epochs=defaults["epochs"], train_lr=defaults["lr"], train_seed=defaults["seed"],
                             train_out_name=defaults["out_name"], train_overwrite=False)
     st.session_state[DEFAULTS_FOR_KEY] = (method, dataset)
-
-
-def job_panel() -> None:
-    """Progress, curves, landscape and the Cancel button of this session's job (a fragment:
-    polled every POLL_S seconds while the job runs, redrawing only itself)."""
-    job = st.session_state.get(state.TRAINING_JOB_KEY)
-    if job is None:
-        return
-    snap = job.snapshot()
-    stem = Path(snap.out_path).stem
-    st.subheader(f"Run: `{snap.method}` on `{snap.dataset}` → `{Path(snap.out_path).name}`")
-    st.progress(snap.fraction, text=widgets.training_status_text(snap))
-    last_val = next((v for h in reversed(snap.history) for k, v in h.items() if k.startswith("val_")), None)
-    m1, m2, m3, m4 = st.columns(4)
-    threads = "" if snap.threads is None else f" · {snap.threads} thread{'s' if snap.threads > 1 else ''}"
-    m1.metric("Training device", f"{snap.device}{threads}",
-              help="cuda > mps > cpu, the first available; torch threads used by the training thread")
-    m2.metric("Status", snap.status)
-    m3.metric("Validation (last epoch)", "n/a" if last_val is None else f"{last_val:.1%}",
-              help="Accuracy (or mAP) on the validation split of the known classes")
-    m4.metric("Elapsed", f"{snap.elapsed_s:.1f} s")
-
-    if not snap.finished:
-        if job.cancel_requested:
-            st.info("Cancelling: the run stops after the batch in flight; nothing will be saved.")
-        else:
-            st.button("Cancel training", key="train_cancel", on_click=job.cancel,
-                      help="Stops within one batch; nothing is saved")
-    elif snap.status == "done":
-        st.success(f"Training finished: {snap.message}. It now appears in the sidebar's checkpoint list.")
-        st.button("Show it under 'Loaded checkpoint'", key="train_show", on_click=select_checkpoint,
-                  args=(snap.saved_path,), help="Selects it in the sidebar; then open the 'Loaded checkpoint' tab")
-        if snap.metrics:
-            label, value = tables.reported_id_quality(snap.metrics)
-            st.caption(f"{label} on the ID test split: " + ("n/a" if value is None else f"{value:.1%}")
-                       + ". Mean OOD detection per group (full table under 'Loaded checkpoint'):")
-            widgets.show_table(tables.group_mean_table(snap.metrics), "train_group_means", f"{stem}_group_means")
-    elif snap.status == "cancelled":
-        st.warning(snap.message)
-    else:
-        st.error(snap.error or snap.message)
-        if job.error_detail:
-            with st.expander("Traceback (for a bug report)"):
-                st.code(job.error_detail)
-
-    if snap.losses:
-        left, right = st.columns(2)
-        widgets.show_figure(figures.loss_curve_figure(snap.loss_steps, snap.losses, snap.steps, snap.history),
-                        "train_loss_curve", f"{stem}_loss", left)
-        val_fig = figures.epoch_metrics_figure(snap.history)
-        if val_fig is not None:
-            widgets.show_figure(val_fig, "train_val_curve", f"{stem}_validation", right)
-    if snap.landscapes:
-        land = snap.landscapes[-1]
-        if snap.finished and len(snap.landscapes) > 1:
-            epoch = st.slider("Show the landscape after epoch", 1, len(snap.landscapes), len(snap.landscapes),
-                              key=f"train_landscape_epoch_{snap.job_id}", help="Replay how the regions formed")
-            land = snap.landscapes[epoch - 1]
-        widgets.show_figure(figures.landscape_figure(land, job.plane_points, job.bench.class_names), "train_landscape",
-                        f"{stem}_landscape_epoch{land.epoch}")
-
-    if snap.finished and st.session_state.get(ANNOUNCED_KEY) != snap.job_id:
-        st.session_state[ANNOUNCED_KEY] = snap.job_id
-        st.rerun()  # the whole app, once: the sidebar lists the new file and the polling stops
 
 
 def training_part() -> None:
@@ -211,7 +146,7 @@ def training_part() -> None:
     job = st.session_state.get(state.TRAINING_JOB_KEY)
     if job is not None:
         st.divider()
-        st.fragment(run_every=None if job.finished else POLL_S)(job_panel)()
+        live_training.show_job(state.TRAINING_JOB_KEY, "train", on_done=select_checkpoint)
 
 
 # =============================================================================== loaded checkpoint

@@ -84,6 +84,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"
 # Pages not listed use the fallback (first selectbox/radio in the main area with >= 2 settable options).
 WIDGETS: dict[str, tuple[str, str | None]] = {
     "models": ("selectbox", "score"),          # histogram score: cached evaluation, new figure
+    "lessons": ("selectbox", "lesson"),        # another lesson: its first step and figure
     "jacobian": ("radio", "jac_method"),       # estimate <-> exact Jacobian norms
     "collapse": ("radio", "subspace"),         # principal vs class-mean subspace
     "features": ("selectbox", "feat_set"),     # OOD set of the feature-norm histograms
@@ -125,9 +126,26 @@ def registered_pages(app: Path = ROUTER) -> list[PageInfo]:
         pages.append((node.lineno, node.col_offset, PageInfo(kw.get("url_path") or stem, file, kw.get("title") or stem,
                                                              bool(kw.get("default")))))
     pages = [p for *_, p in sorted(pages, key=lambda t: (t[0], t[1]))]
+    if not pages and (Path(app).parent / "pages.py").is_file():
+        pages = _page_entries(Path(app).parent / "pages.py")
     if pages and not any(p.default for p in pages):
         pages[0].default = True  # st.navigation's default: the first page
     return pages
+
+
+def _page_entries(registry: Path) -> list[PageInfo]:
+    """The ``PageEntry("file.py", "title", "url_path")`` calls of the app's page registry
+    (``ood_core/app/pages.py``, from which the router builds its ``st.Page`` list); url path ""
+    is the default page, named by its file stem."""
+    tree = ast.parse(registry.read_text(), filename=str(registry))
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "PageEntry" and len(node.args) == 3 \
+                and all(isinstance(a, ast.Constant) for a in node.args):
+            file, title, url_path = (a.value for a in node.args)
+            rel = os.path.relpath(registry.parent / "app_pages" / file, APP.parent)
+            out.append((node.lineno, PageInfo(url_path or Path(file).stem, rel, title, not url_path)))
+    return [p for _, p in sorted(out, key=lambda t: t[0])]
 
 
 def select_pages(pages: list[PageInfo], wanted: str | None) -> list[PageInfo]:

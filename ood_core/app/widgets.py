@@ -168,30 +168,36 @@ def detector_picker(result: dict, meta: dict, key: str) -> tuple[str, ...]:
 
 
 def _url_widget(widget, multi: bool, default_kw: str, label: str, options: list, key: str, param: str,
-                container, kwargs: dict):
+                container, kwargs: dict, text_of=str):
     """One widget of ``container`` whose value is shared through the URL (see
     :func:`ood_core.app.state.from_url`); a value set from the session or the URL replaces the
-    widget's own default (``default_kw``), so Streamlit is never given both."""
+    widget's own default (``default_kw``), so Streamlit is never given both. ``text_of(option)``
+    is an option's text in the URL (default ``str``: a step number 3 is "3"; a checkpoint path
+    is shown by its file name)."""
     from .state import from_url, to_url
 
-    # a URL holds text: the option whose text it is (a step number 3 from "3")
-    from_url(key, param, options, multi=multi, to_option=lambda v: next((o for o in options if str(o) == v), v))
+    from_url(key, param, options, multi=multi, to_option=lambda v: next((o for o in options if text_of(o) == v), v))
     if key in st.session_state:
         kwargs.pop(default_kw, None)
     value = getattr(container or st, widget)(label, options, key=key, **kwargs)
     if value is not None:
-        to_url(param, value)
+        to_url(param, value, to_text=text_of)
     return value
 
 
-def url_selectbox(label: str, options: list, key: str, param: str, container=None, **kwargs):
+def url_selectbox(label: str, options: list, key: str, param: str, container=None, text_of=str, **kwargs):
     """``st.selectbox`` whose value is shared through the URL (``?param=value``); returns the chosen option."""
-    return _url_widget("selectbox", False, "index", label, options, key, param, container, kwargs)
+    return _url_widget("selectbox", False, "index", label, options, key, param, container, kwargs, text_of)
 
 
-def url_multiselect(label: str, options: list, key: str, param: str, container=None, **kwargs) -> list:
+def url_radio(label: str, options: list, key: str, param: str, container=None, text_of=str, **kwargs):
+    """``st.radio`` whose value is shared through the URL (``?param=value``); returns the chosen option."""
+    return _url_widget("radio", False, "index", label, options, key, param, container, kwargs, text_of)
+
+
+def url_multiselect(label: str, options: list, key: str, param: str, container=None, text_of=str, **kwargs) -> list:
     """``st.multiselect`` whose values are shared through the URL (``?param=a,b``)."""
-    return _url_widget("multiselect", True, "default", label, options, key, param, container, kwargs)
+    return _url_widget("multiselect", True, "default", label, options, key, param, container, kwargs, text_of)
 
 
 def show_url_notices() -> None:
@@ -295,7 +301,7 @@ def two_model_page(path: str, version: tuple, prefix: str, fetch, *, prefer: tup
     upload = user_ood()
     first = or_stop(fetch, path, version, upload)
     ood_names = [n for n in sets(first) if n != "id"]
-    ood_set = st.selectbox("OOD set", ood_names, key=f"{prefix}_set")
+    ood_set = url_selectbox("OOD set", ood_names, key=f"{prefix}_set", param="ood")
     all_rows = []
     for side, col, name, result in side_by_side([path, other], fetch, ood_set, sets=sets, user_ood=upload):
         values = sets(result)

@@ -26,7 +26,8 @@ if meta.get("quick") or not results["claims"]:
 
 st.dataframe(tables.claims_overview(results), hide_index=True, key="claims_overview")
 by_key = {c["key"]: c for c in results["claims"]}
-key = st.selectbox("Claim", list(by_key), key="claim", format_func=lambda k: f"{k} — {by_key[k]['paper']}")
+key = widgets.url_selectbox("Claim", list(by_key), key="claim", param="claim",
+                           format_func=lambda k: f"{k} — {by_key[k]['paper']}")
 claim = by_key[key]
 st.header(f"{claim['key']} — {claim['paper']}")
 st.markdown(claim["statement"])

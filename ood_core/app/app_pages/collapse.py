@@ -52,10 +52,10 @@ st.subheader("Feature energy outside the principal subspace")
 choices = {"classifier span{w_c}": "weights"}
 if "nc" in geo:
     choices["top class-mean directions"] = "means"
-label = st.radio("Principal subspace", list(choices), key="subspace", horizontal=True)
+label = widgets.url_radio("Principal subspace", list(choices), key="subspace", param="subspace", horizontal=True)
 shares = widgets.or_stop(cached.energy_shares_cached, path, version, choices[label], widgets.user_ood())
 ood_names = [n for n in shares if n != "id"]
-chosen = st.multiselect("OOD sets", ood_names, default=ood_names[:3], key="subspace_sets")
+chosen = widgets.url_multiselect("OOD sets", ood_names, default=ood_names[:3], key="subspace_sets", param="ood")
 values = {"ID (test)": shares["id"], **{f"OOD: {n}": shares[n] for n in chosen}}
 widgets.show_figure(figures.distributions_figure(values, "share of ||z||^2 outside",
                                          f"Energy outside the {label} (1 = orthogonal to it)"), "energy_hist",

@@ -23,10 +23,11 @@ path, version, model, meta = widgets.require_checkpoint()
 options = widgets.sibling_checkpoints(path)
 if any(p not in options for p in st.session_state.get("compare_models", [])):
     st.session_state.pop("compare_models", None)  # a file vanished or another folder is listed
-chosen = st.multiselect("Checkpoints (2-4)", options, key="compare_models", max_selections=4,
-                        default=widgets.same_dataset_default(options, path),
-                        format_func=lambda p: Path(p).name,
-                        help="Default: the sidebar's checkpoint and others trained on the same dataset")
+chosen = widgets.url_multiselect("Checkpoints (2-4)", options, key="compare_models", param="models",
+                                 text_of=lambda p: Path(p).name, max_selections=4,
+                                 default=widgets.same_dataset_default(options, path),
+                                 format_func=lambda p: Path(p).name,
+                                 help="Default: the sidebar's checkpoint and others trained on the same dataset")
 if len(chosen) < 2:
     st.info("Pick at least two checkpoints to compare.")
     st.stop()
@@ -49,7 +50,8 @@ ood_set = widgets.url_selectbox("OOD set", ood_options, key="compare_set", param
                                 format_func=lambda n: f"{n} ({first['report']['groups'].get(n, '?')})")
 score = widgets.url_selectbox("Score (high = ID)", common_scores, key="compare_score", param="score", container=c2,
                               index=common_scores.index("energy") if "energy" in common_scores else 0)
-plot = c3.radio("Plot in every column", ["score histogram", "ROC curve"], key="compare_plot", horizontal=True)
+plot = widgets.url_radio("Plot in every column", ["score histogram", "ROC curve"], key="compare_plot", param="plot",
+                        container=c3, horizontal=True)
 
 paths = {Path(p).name: p for p in chosen}
 results = {}

@@ -41,13 +41,16 @@ for key, opts in (("emb_sets", ood_options), ("emb_score", score_options), ("emb
         st.session_state.pop(key, None)  # another checkpoint with other scores or sets was chosen
 
 c1, c2, c3 = st.columns(3)
-method = c1.radio("Map", ["pca", "umap"], key="emb_method", horizontal=True, format_func=str.upper,
+method = widgets.url_radio("Map", ["pca", "umap"], key="emb_method", param="map", container=c1, horizontal=True,
+                           format_func=str.upper,
                   help="PCA is instant; UMAP is computed only when chosen, then cached on disk")
-fit_on = c2.radio("Fit the map on", ["union", "id"], key="emb_fit_on", horizontal=True,
+fit_on = widgets.url_radio("Fit the map on", ["union", "id"], key="emb_fit_on", param="fit", container=c2,
+                           horizontal=True,
                   format_func={"union": "ID + OOD", "id": "ID only"}.get)
-score = c3.selectbox("Colour OOD points by", score_options, key="emb_score")
+score = widgets.url_selectbox("Colour OOD points by", score_options, key="emb_score", param="score", container=c3)
 s1, s2 = st.columns([3, 1])
-sets = s1.multiselect("OOD sets to show", ood_options, default=ood_options, key="emb_sets")
+sets = widgets.url_multiselect("OOD sets to show", ood_options, default=ood_options, key="emb_sets", param="ood",
+                               container=s1)
 normalize = s2.checkbox("L2-normalise features first", key="emb_normalize",
                         help="Map z/||z|| instead of z: the geometry a cosine or l2norm head sees")
 

@@ -26,7 +26,8 @@ with st.expander("What am I looking at?", expanded=state.teaching_mode()):
 path, version, model, meta = widgets.require_checkpoint(features=False)
 
 c1, c2, c3 = st.columns(3)
-method = c1.radio("Computation", ["estimate", "exact"], key="jac_method", horizontal=True)
+method = widgets.url_radio("Computation", ["estimate", "exact"], key="jac_method", param="method", container=c1,
+                          horizontal=True)
 n_proj = c2.select_slider("Projections K (estimate)", [4, 8, 16, 32, 64], value=16, key="jac_k",
                           disabled=method == "exact")
 probe = c3.select_slider("Samples per set", [64, 128, 256, 512], value=256, key="jac_probe")
@@ -37,7 +38,7 @@ norms = widgets.or_stop(cached.jacobian_norms_cached, path, version, method, n_p
 bar.empty()
 
 ood_names = [n for n in norms if n != "id"]
-chosen = st.multiselect("OOD sets", ood_names, default=ood_names[:3], key="jac_sets")
+chosen = widgets.url_multiselect("OOD sets", ood_names, default=ood_names[:3], key="jac_sets", param="ood")
 values = {"ID (test)": norms["id"], **{f"OOD: {n}": norms[n] for n in chosen}}
 fig = figures.distributions_figure(values, "||J||_F", f"Jacobian norm of z/||z|| ({method})")
 widgets.show_figure(fig, "jac_hist", "jacobian_norms")

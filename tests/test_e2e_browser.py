@@ -141,7 +141,7 @@ def test_every_page_renders_and_reacts_in_chromium(server, browser, url_path, cl
     name = url_path.split("?")[0] or "home"
     page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
     if click:
-        page.locator('[data-testid="stRadio"]').get_by_text(click, exact=True).click()
+        page.locator('[data-testid="stRadio"]').get_by_text(click, exact=True).first.click()  # the page's own radio first
         _settle(page, expect)
         _assert_no_error(page, f"{url_path} after clicking {click!r}")
         page.screenshot(path=str(shots / f"{name}-changed.png"), full_page=True)
@@ -172,7 +172,7 @@ def test_training_in_the_browser_redraws_the_landscape_and_saves(server, browser
 
 
 @pytest.mark.parametrize("link, seen", [
-    ("lessons?lesson=l2norm&step=3", ["3. Move the threshold", "The feature norm after L2-normalised training",
+    ("lessons?lesson=l2norm&step=3", ["3. Move the threshold", "Haas, Yolland, Rabus",
                                       "feature_norm (high = ID)"]),
     ("models?checkpoint=ce_toy2d.pt&score=energy&ood=uniform-box", ["ce_toy2d.pt", "OOD: uniform-box", "energy"]),
     ("roc?checkpoint=ce_toy2d.pt&ood=ring", ["ce_toy2d.pt", "ring"]),

@@ -350,3 +350,49 @@ def test_umap_fit_sets_the_cache_dir_before_importing_umap(tmp_path):
         print(umap.SEEN_AT_IMPORT)
     """, {"OOD_CACHE_DIR": str(tmp_path / "c"), "PYTHONPATH": str(fake)})
     assert out == str(tmp_path / "c" / "numba")
+
+
+def test_one_input_of_your_own_gets_every_score_its_percentiles_and_an_attribution(app, ckpt_dir, tmp_path,
+                                                                                  monkeypatch):
+    """Upload one image on the Embeddings page: it is shown in the model's input format, every
+    score of the model is listed with its percentile among the ID test scores (checked against a
+    direct count on the evaluation computed here), and its Integrated Gradients map is drawn."""
+    from PIL import Image
+
+    from apptest_helpers import on_page
+    from ood_core import load_checkpoint
+    from ood_core.app import state
+    from ood_core.data import load_user_ood
+    from ood_core.uploads import save_upload
+    from ood_core.views import evaluate_model
+
+    monkeypatch.setenv("OOD_CACHE_DIR", str(tmp_path / "cache"))
+    image = tmp_path / "my_digit.png"
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 255, (40, 30), dtype=np.uint8)).save(image)
+
+    class File:
+        name = "my_digit.png"
+
+        def getvalue(self):
+            return image.read_bytes()
+
+    at = on_page(app, "embeddings")
+    at.radio(key="emb_source").set_value("one input of your own").run()
+    assert not at.exception and any("Upload an image" in i.value for i in at.info)
+    stored = save_upload([File()], tmp_path / "cache" / "uploads")
+    at.session_state[state.ONE_INPUT_KEY] = str(stored)  # what the uploader's on_change stores
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.image and any("converted to the model's input (1, 8, 8)" in c.value for c in at.caption)
+
+    model, meta = load_checkpoint(ckpt_dir / "ce_digits.pt")
+    name, x = load_user_ood(stored, (1, 8, 8))
+    ev = evaluate_model(model, meta, extra_ood={name: x})["scores"]
+    table = next(d.value for d in at.dataframe if "ID percentile" in d.value.columns)
+    assert set(table["score"]) == {k.split("/", 1)[1] for k in ev if k.startswith("id/")}  # every score
+    for _, row in table.iterrows():
+        ident, mine = ev[f"id/{row['score']}"], ev[f"{name}/{row['score']}"][0]
+        assert row["value"] == pytest.approx(mine, rel=1e-6, abs=1e-9)
+        assert row["ID percentile"] == pytest.approx(100 * np.mean(ident <= mine), abs=1e-9)
+    assert any(c.key == "emb_attr" for c in at.get("plotly_chart"))

@@ -18,6 +18,8 @@ USER_OOD_KEY = "user_ood"  # the path of the uploaded OOD set (or absent)
 USER_OOD_ERROR_KEY = "user_ood_error"  # why the last upload was refused (shown by the sidebar)
 USER_OOD_NONCE_KEY = "user_ood_nonce"  # part of the uploaders' keys: a new value empties them
 USER_OOD_KIND_KEY = "user_ood_kind"  # the sidebar's "array file" / "image folder" radio
+ONE_INPUT_KEY = "one_input"  # the path of the Embeddings page's uploaded single input (or absent)
+ONE_INPUT_ERROR_KEY = "one_input_error"  # why that upload was refused
 TRAINING_JOB_KEY = "training_job"  # the Models page's TrainingJob (not a widget: survives page switches)
 
 

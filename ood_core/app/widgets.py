@@ -20,6 +20,7 @@ from .figures import distributions_figure, figure_html, mechanism_figure
 from .state import USER_OOD_ERROR_KEY, USER_OOD_KEY, USER_OOD_NONCE_KEY, chosen_checkpoint
 
 # core names the pages use through here (pages import only ood_core.app)
+from ..data import IMAGE_SUFFIXES  # noqa: E402,F401
 from ..checkpoint_store import CHECKPOINT_ENV, checkpoint_dir  # noqa: E402,F401
 from ..views import describe_sample, detector_options, label_names, other_class_index  # noqa: E402,F401
 
@@ -80,20 +81,21 @@ def forget_upload() -> None:
     st.session_state[USER_OOD_NONCE_KEY] = st.session_state.get(USER_OOD_NONCE_KEY, 0) + 1
 
 
-def store_upload(widget_key: str) -> None:
-    """``on_change`` callback of the sidebar's uploaders: store the files of ``widget_key``
-    with :func:`save_upload` and remember the path (or forget it when the files are removed);
-    an error is kept in ``st.session_state[USER_OOD_ERROR_KEY]`` for the sidebar to show."""
+def store_upload(widget_key: str, store_key: str = USER_OOD_KEY, error_key: str = USER_OOD_ERROR_KEY) -> None:
+    """``on_change`` callback of an uploader (the sidebar's OOD set, the Embeddings page's one
+    input): store the files of ``widget_key`` with :func:`save_upload` and remember the path in
+    ``st.session_state[store_key]`` (or forget it when the files are removed); an error is kept
+    in ``st.session_state[error_key]`` for the page to show."""
     value = st.session_state.get(widget_key)
     files = value if isinstance(value, list) else [value] if value is not None else []
-    st.session_state.pop(USER_OOD_ERROR_KEY, None)
-    st.session_state.pop(USER_OOD_KEY, None)
+    st.session_state.pop(error_key, None)
+    st.session_state.pop(store_key, None)
     if not files:
         return
     try:
-        st.session_state[USER_OOD_KEY] = str(save_upload(files))
+        st.session_state[store_key] = str(save_upload(files))
     except (OODCoreError, OSError, ValueError) as e:
-        st.session_state[USER_OOD_ERROR_KEY] = str(e)
+        st.session_state[error_key] = str(e)
 
 
 def require_checkpoint(features: bool = True):

@@ -90,18 +90,40 @@ if picked is not None and picked != st.session_state.get("emb_last_selection") a
     st.session_state[f"emb_pick_index_{picked[0]}"] = picked[1]
 
 st.subheader("Selected sample")
-p1, p2 = st.columns(2)
-set_name = p1.selectbox("Set", ["id", *ood_options], key="emb_pick_set",
-                        format_func=lambda s: "ID (test)" if s == "id" else f"OOD: {s}")
-n_samples = int(scores[f"{set_name}/{score_options[0]}"].size)
-if not 0 <= st.session_state.get(f"emb_pick_index_{set_name}", 0) < n_samples:
-    st.session_state.pop(f"emb_pick_index_{set_name}")  # left over from a checkpoint with a larger set
-index = int(p2.number_input(f"Sample # (0 to {n_samples - 1})", min_value=0, max_value=n_samples - 1, step=1,
-                            key=f"emb_pick_index_{set_name}"))  # no value=: a map click sets it through the state
+source = st.radio("Inspect", ["a sample of a set", "one input of your own"], key="emb_source", horizontal=True,
+                  help="Your own input: an image or an array, converted to the model's input format, with every "
+                       "score of the model and its attribution")
+panel_ood, panel_scores = user_ood, scores  # the sets (and their scores) the sample comes from
+if source == "one input of your own":
+    st.file_uploader("One image, or a .npy/.npz array (its first sample is shown)",
+                     type=sorted({s.lstrip(".") for s in widgets.IMAGE_SUFFIXES} | {"npy", "npz"}), key="one_input_file",
+                     on_change=widgets.store_upload, args=("one_input_file", state.ONE_INPUT_KEY,
+                                                           state.ONE_INPUT_ERROR_KEY))
+    if st.session_state.get(state.ONE_INPUT_ERROR_KEY):
+        st.error(st.session_state[state.ONE_INPUT_ERROR_KEY])
+    panel_ood = st.session_state.get(state.ONE_INPUT_KEY)
+    if not panel_ood:
+        st.info("Upload an image (or an array) to see it as the model sees it, every score with its percentile "
+                "among the ID test scores, and which pixels moved the score.")
+        st.stop()
+    (set_name, x_one), = widgets.or_stop(cached.user_ood_set, path, version, panel_ood).items()
+    panel_scores = widgets.or_stop(cached.evaluation_cached, path, version, panel_ood)["scores"]
+    index = 0
+    st.caption(f"`{set_name}`: {x_one.shape[0]} sample(s) in the upload, converted to the model's input "
+               f"{tuple(x_one.shape[1:])}; the first is shown.")
+else:
+    p1, p2 = st.columns(2)
+    set_name = p1.selectbox("Set", ["id", *ood_options], key="emb_pick_set",
+                            format_func=lambda s: "ID (test)" if s == "id" else f"OOD: {s}")
+    n_samples = int(scores[f"{set_name}/{score_options[0]}"].size)
+    if not 0 <= st.session_state.get(f"emb_pick_index_{set_name}", 0) < n_samples:
+        st.session_state.pop(f"emb_pick_index_{set_name}")  # left over from a checkpoint with a larger set
+    index = int(p2.number_input(f"Sample # (0 to {n_samples - 1})", min_value=0, max_value=n_samples - 1, step=1,
+                                key=f"emb_pick_index_{set_name}"))  # no value=: a map click sets it through the state
 
 left, right = st.columns([1, 3])
-sample = widgets.or_stop(cached.sample_cached, path, version, set_name, index, user_ood)
-where = "ID test" if set_name == "id" else f"OOD set {set_name}"
+sample = widgets.or_stop(cached.sample_cached, path, version, set_name, index, panel_ood)
+where = "ID test" if set_name == "id" else "your input" if source != "a sample of a set" else f"OOD set {set_name}"
 if sample.ndim == 1:
     left.metric("Input point", "(" + ", ".join(f"{v:.3f}" for v in sample.tolist()) + ")")
 else:
@@ -109,7 +131,7 @@ else:
 if set_name == "id":
     left.caption(f"label: {', '.join(widgets.label_names(labels[index], class_names))}")
 with right:
-    widgets.show_table(tables.score_percentile_table(scores, set_name, index), "emb_scores",
+    widgets.show_table(tables.score_percentile_table(panel_scores, set_name, index), "emb_scores",
                    f"{Path(path).stem}_{set_name}_{index}_scores")
     st.caption("ID percentile: share of ID test samples scoring at most this value (high = ID-like). "
                "Called ID at TPR95: at the threshold that keeps 95% of ID.")
@@ -119,7 +141,7 @@ baseline = a1.radio("IG baseline x0", ["zeros", "mean"], key="emb_baseline", hor
                     format_func={"zeros": "zeros (black / origin)", "mean": "mean training input"}.get)
 n_steps = a2.select_slider("IG path points", widgets.ATTRIBUTION_STEPS, value=128, key="emb_steps",
                            help="More points: smaller completeness error (ReLU networks converge slowly)")
-attr = widgets.or_info(cached.attribution_cached, path, version, set_name, index, score, n_steps, baseline, user_ood,
+attr = widgets.or_info(cached.attribution_cached, path, version, set_name, index, score, n_steps, baseline, panel_ood,
                        prefix="No attribution: ")
 if attr is not None:
     title = (f"{where} #{index}: {score} = {attr['score']:.4f}, baseline {attr['baseline_score']:.4f}")

@@ -318,14 +318,18 @@ def benchmark_problem(meta: dict, bench) -> str | None:
     return None
 
 
-def checkpoint_benchmark(meta: dict, data_root=None, download: bool | None = None, name: str | None = None):
+def checkpoint_benchmark(meta: dict, data_root=None, download: bool | None = None, name: str | None = None,
+                         bench=None):
     """The benchmark a checkpoint was trained on, rebuilt from its metadata
     (:func:`ood_core.data.load_benchmark_from_spec`) and checked against its model
     (:func:`benchmark_problem`): CheckpointError, one line, when the metadata names a dataset
-    that does not fit the weights (another class count or input shape), never silent numbers."""
+    that does not fit the weights (another class count or input shape), never silent numbers.
+    ``bench``: the benchmark of ``meta["dataset"]`` already built (the app shares one between
+    the checkpoints of one dataset); it is then only checked."""
     from .data import load_benchmark_from_spec
 
-    bench = load_benchmark_from_spec(meta.get("dataset"), data_root=data_root, download=download)
+    if bench is None:
+        bench = load_benchmark_from_spec(meta.get("dataset"), data_root=data_root, download=download)
     problem = benchmark_problem(meta, bench)
     if problem:
         raise CheckpointError(f"{name + ': ' if name else ''}the checkpoint's metadata does not fit its weights: "
@@ -335,8 +339,8 @@ def checkpoint_benchmark(meta: dict, data_root=None, download: bool | None = Non
 
 def check_meta(meta: dict) -> None:
     """Refuse (CheckpointError, one line) checkpoint metadata that nothing should be built from:
-    a method that is not a name or not one of this lab's (nor ``import``), loss parameters that are not finite numbers (or true/false,
-    names), a dataset spec with a non-text name, non-whole or out-of-range seeds or known
+    a method that is not a name or not one of this lab's (nor ``import``), loss parameters that
+    are not finite numbers (or true/false, names), a dataset spec with a non-text name, non-whole or out-of-range seeds or known
     classes, and a model spec that disagrees with its dataset (input shape, number of
     classes). The numbers of the model spec itself (``num_classes`` 10^8, a NaN scale, ...)
     are checked by the model builders before any layer is allocated."""

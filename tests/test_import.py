@@ -275,7 +275,7 @@ def test_timm_model_import_evaluate_and_every_page(folder, tmp_path, monkeypatch
 
 
 # --------------------------------------------------------------------------- app pages
-PAGES = ["models", "jacobian", "collapse", "features", "energy", "roc", "embeddings", "compare"]
+PAGES = ["models", "lessons", "jacobian", "collapse", "features", "energy", "roc", "embeddings", "compare"]
 
 
 def _render_every_page(folder_of_ckpts: Path, monkeypatch, env=None):
@@ -316,13 +316,12 @@ def test_the_app_loads_your_code_only_when_allowed(user_code, folder, tmp_path, 
     monkeypatch.setenv("OOD_CACHE_DIR", str(tmp_path / "cache"))
     from streamlit.testing.v1 import AppTest
 
-    from apptest_helpers import APP
+    from apptest_helpers import APP, on_page
     from ood_core import checkpoint_store
 
     monkeypatch.setenv(checkpoint_store.CHECKPOINT_ENV, str(out.parent))
     monkeypatch.delenv(ALLOW_CODE_ENV, raising=False)
-    at = AppTest.from_file(APP, default_timeout=300)
-    at.run()
+    at = on_page(AppTest.from_file(APP, default_timeout=300))
     assert any(ALLOW_CODE_ENV in e.value for e in at.error), [e.value for e in at.error]  # refused, with the way out
     _render_every_page(out.parent, monkeypatch, env={ALLOW_CODE_ENV: "lab_user_model"})
 
@@ -331,14 +330,14 @@ def test_the_app_loads_your_code_only_when_allowed(user_code, folder, tmp_path, 
 def test_models_page_imports_a_torchvision_model_and_refuses_code(folder, tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    from apptest_helpers import APP
+    from apptest_helpers import APP, on_page
     from ood_core import checkpoint_store
 
     ckpts = tmp_path / "ckpts"
     ckpts.mkdir()
     monkeypatch.setenv(checkpoint_store.CHECKPOINT_ENV, str(ckpts))
     monkeypatch.setenv("OOD_CACHE_DIR", str(tmp_path / "cache"))
-    at = AppTest.from_file(APP, default_timeout=300).run()
+    at = on_page(AppTest.from_file(APP, default_timeout=300))
     at.text_input(key="import_arch").set_value("lab_user_model:make").run()
     assert any("command line" in i.value for i in at.info) and at.button(key="import_start").disabled
     at.text_input(key="import_arch").set_value("tv:resnet18")

@@ -16,6 +16,7 @@ from ood_core.errors import DataError
 from ood_core.evaluate import evaluate, extract_benchmark_outputs
 from ood_core.feature_cache import FeatureCache
 
+from apptest_helpers import on_page
 from conftest import CHECKPOINTS
 
 TOY = str(CHECKPOINTS / "ce_toy2d.pt")
@@ -96,7 +97,7 @@ def test_app_refuses_an_upload_named_train(app, tmp_path):
     upload = uploads.save_upload([Upload()], tmp_path)
     at = app
     at.session_state[state.USER_OOD_KEY] = str(upload)
-    at.run()
+    on_page(at)
     assert not at.exception, [e.value for e in at.exception]
     assert any("'train'" in e.value and "rename the file" in e.value for e in at.sidebar.error)
     table = at.dataframe[0].value

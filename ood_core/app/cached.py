@@ -71,12 +71,26 @@ def checkpoint_version(path: str) -> tuple[str, str | None]:
 
 
 @st.cache_resource(max_entries=8, show_spinner="Building the benchmark…")
+def _benchmark_of_spec(spec: str, root: str | None):
+    """The benchmark of a dataset spec (JSON text) and data root, built once for every
+    checkpoint trained on it (six digits checkpoints: one build); shared, read-only."""
+    import json
+
+    from ..data import load_benchmark_from_spec
+
+    return _benchmark_for_app(lambda r: load_benchmark_from_spec(json.loads(spec), data_root=r), root)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
 def benchmark_cached(path: str, version: tuple):
-    """The benchmark the checkpoint was trained on, rebuilt once from its metadata and the data
-    root in ``version``; shared, read-only."""
+    """The benchmark the checkpoint was trained on, from its metadata and the data root in
+    ``version``, checked against its model; shared, read-only."""
+    import json
+
     _, meta = load_model_cached(path, version)
-    return _benchmark_for_app(lambda root: checkpoint_benchmark(meta, data_root=root, name=Path(path).name),
-                              version[1] if len(version) > 1 else None)
+    root = version[1] if len(version) > 1 else None
+    bench = _benchmark_of_spec(json.dumps(meta.get("dataset"), sort_keys=True, default=str), root)
+    return checkpoint_benchmark(meta, name=Path(path).name, bench=bench)
 
 
 def _benchmark_for_app(build, root: str | None):

@@ -204,11 +204,11 @@ LESSONS: tuple[Lesson, ...] = (
         "moves. The paper argues that each class learning against the rest keeps it small on known classes and "
         "large in the open space between them, so the Jacobian Norm Difference between known and unknown inputs "
         "grows. The numbers under the figure compare the two models on the shipped checkpoints; the Claims page "
-        "tests the claim over 25 paired runs, where it does not hold in full on this benchmark.",
+        "tests the claim over 25 paired runs (5 splits x 5 seeds).",
         "ovr", "unknown",
         "m-OvR's own scores read its one-vs-rest heads (ovr, max_cosine); msp and energy read the same logits "
-        "through a softmax. Where the margin did its work, the one-vs-rest scores rank unknown digits below "
-        "known ones most reliably."),
+        "through a softmax. If the margin did its work, the one-vs-rest scores should rank unknown digits "
+        "below known ones at least as well; the AUROCs under the figure say whether they do here."),
     _paper_lesson(
         "snojoe", "Multi-label OOD with spectral-normalised JointEnergy (SNoJoE)",
         "Mei, Wang, Zhang, Wang, arXiv 2405.04759; JointEnergy: Wang, Liu, Bocchieri, Li, NeurIPS 2021",

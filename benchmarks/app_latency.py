@@ -5,8 +5,10 @@ Targets (issue): on CPU, with the shipped checkpoints in ``checkpoints/``, every
 
 Method (AppTest mode, the default; ``streamlit.testing.v1.AppTest``, no browser):
 
-* Pages: every ``st.Page(PAGES / "x.py", ...)`` registered by ``app.py``'s router, parsed from its
-  source, so a new page is measured without editing this script. The checkpoint is the
+* Pages: every ``PageEntry("x.py", title, url_path)`` of the app's page registry
+  (``ood_core/app/pages.py``, from which the router builds its ``st.Page`` list; a router with
+  literal ``st.Page(...)`` calls is read the same way), parsed from the source, so a new page is
+  measured without editing this script. The checkpoint is the
   sidebar's default (the first ``*.pt`` by name in ``$OOD_CHECKPOINT_DIR`` or
   ``checkpoints/``; ``--checkpoint NAME`` picks another one).
 * Cold process start (reported once, not a page figure): the first ``at.run()`` of

@@ -170,3 +170,14 @@ def test_the_baseline_lesson_trains_live_with_pause_step_and_resume(lab, tmp_pat
     expected = at.radio(key="lesson_predict_baseline_1").options[0 if auc >= 0.75 else 2 if auc <= 0.55 else 1]
     shown = [e.value for e in [*at.success, *at.warning] if "The data here says" in e.value]
     assert shown and f"The data here says: **{expected}**" in shown[0]
+
+
+def test_next_step_moves_on_and_writes_the_step_into_the_link(lab):
+    at = _open_step(on_page(lab, "lessons"), "l2norm", 1)
+    assert not [b for b in at.button if b.key == "lesson_next"]  # no way on before a prediction
+    radio = at.radio(key="lesson_predict_l2norm_1")
+    radio.set_value(radio.options[0]).run()
+    at.button(key="lesson_next").click().run()
+    assert not at.exception
+    assert at.selectbox(key="lesson_step_l2norm").value == 2 and at.header[0].value.startswith("2. Switch the score")
+    assert at.query_params["step"] in ("2", ["2"]) and at.query_params["lesson"] in ("l2norm", ["l2norm"])

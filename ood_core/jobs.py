@@ -80,6 +80,15 @@ _ONE_RUN_AT_A_TIME = threading.Lock()
 
 
 # --------------------------------------------------------------------------- choices and names
+def landscape_frame(bench: Benchmark) -> tuple[tuple[float, float, float, float], dict[str, np.ndarray]]:
+    """(bounds, points) of a score landscape over a 2-D benchmark: the grid covers the training
+    points and every OOD set, widened by :data:`LANDSCAPE_MARGIN`; the points drawn on it are
+    the training set by class ({"x": (N, 2), "y": (N,)}, copies)."""
+    every = np.concatenate([bench.train.x.numpy()] + [x.numpy() for x in bench.ood.values()])
+    return (plane_bounds(every, margin=LANDSCAPE_MARGIN),
+            {"x": bench.train.x.numpy().copy(), "y": bench.train.y.numpy().copy()})
+
+
 def methods_for(bench: Benchmark) -> list[str]:
     """Names of the registered methods that can train on ``bench``: the method's task must be
     the data's, and recipes with auxiliary training outliers (built by cutting up training
@@ -270,9 +279,7 @@ class TrainingJob:
         self.plane_points: dict[str, np.ndarray] | None = None
         self.landscape_bounds: tuple[float, float, float, float] | None = None
         if landscape_resolution is not None:
-            self.plane_points = {"x": bench.train.x.numpy().copy(), "y": bench.train.y.numpy().copy()}
-            every = np.concatenate([bench.train.x.numpy()] + [x.numpy() for x in bench.ood.values()])
-            self.landscape_bounds = plane_bounds(every, margin=LANDSCAPE_MARGIN)
+            self.landscape_bounds, self.plane_points = landscape_frame(bench)
 
         self._cancel = threading.Event()
         self._lock = threading.Lock()
@@ -376,11 +383,16 @@ class TrainingJob:
             else:
                 self._wake.notify_all()
 
+    def _close_pause_locked(self) -> None:
+        """End an open pause's bookkeeping (caller holds self._lock): count its time, clear it."""
+        if self._paused:
+            self._paused_total += time.monotonic() - self._paused_since
+            self._paused = False
+
     def _end_pause_locked(self) -> None:
         """Leave the pause (caller holds self._lock): count the paused time, mark the run
         running, wake the training thread."""
-        self._paused_total += time.monotonic() - self._paused_since
-        self._paused = False
+        self._close_pause_locked()
         self._status, self._phase = "running", "training"
         self._message = f"resumed after epoch {self._epoch}/{self.config.epochs}"
         self._wake.notify_all()
@@ -419,9 +431,7 @@ class TrainingJob:
         """Record the end of the run (status done, cancelled or failed): a pause still open (a
         cancel while paused) is closed first, so that ``paused`` never outlives the run."""
         with self._lock:
-            if self._paused:
-                self._paused_total += time.monotonic() - self._paused_since
-                self._paused = False
+            self._close_pause_locked()
             self._pause_requested = False
             for k, v in fields.items():
                 setattr(self, f"_{k}", v)

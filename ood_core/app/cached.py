@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import json
 import os
 import threading
 from pathlib import Path
@@ -74,8 +75,6 @@ def checkpoint_version(path: str) -> tuple[str, str | None]:
 def _benchmark_of_spec(spec: str, root: str | None):
     """The benchmark of a dataset spec (JSON text) and data root, built once for every
     checkpoint trained on it (six digits checkpoints: one build); shared, read-only."""
-    import json
-
     from ..data import load_benchmark_from_spec
 
     return _benchmark_for_app(lambda r: load_benchmark_from_spec(json.loads(spec), data_root=r), root)
@@ -85,8 +84,6 @@ def _benchmark_of_spec(spec: str, root: str | None):
 def benchmark_cached(path: str, version: tuple):
     """The benchmark the checkpoint was trained on, from its metadata and the data root in
     ``version``, checked against its model; shared, read-only."""
-    import json
-
     _, meta = load_model_cached(path, version)
     root = version[1] if len(version) > 1 else None
     bench = _benchmark_of_spec(json.dumps(meta.get("dataset"), sort_keys=True, default=str), root)
@@ -292,18 +289,17 @@ def landscape_cached(path: str, version: tuple, score: str, resolution: int = 60
     """``(landscape, training points)``: :func:`ood_core.landscape.decision_landscape` of ``score``
     over the training points and every OOD set (a fitted score fitted on the training split, as
     the evaluator does; the method's score parameters), 2-D inputs only."""
-    from ..jobs import LANDSCAPE_MARGIN
+    from ..jobs import landscape_frame
     from ..landscape import decision_landscape
 
     model, meta = load_model_cached(path, version)
     bench = benchmark_cached(path, version)
     if tuple(bench.input_shape) != (2,):
         raise OODCoreError(f"a score landscape needs 2-D inputs (toy2d); {bench.name} has {tuple(bench.input_shape)}")
-    every = np.concatenate([bench.train.x.numpy()] + [x.numpy() for x in bench.ood.values()])
-    land = decision_landscape(model, plane_bounds(every, margin=LANDSCAPE_MARGIN), resolution, score=score,
-                              fit_on=(bench.train.x, bench.train.y),
+    bounds, points = landscape_frame(bench)  # the frame of a training run's landscapes
+    land = decision_landscape(model, bounds, resolution, score=score, fit_on=(bench.train.x, bench.train.y),
                               score_params=method_score_params(meta).get(score))
-    return land, {"x": bench.train.x.numpy(), "y": bench.train.y.numpy()}
+    return land, points
 
 
 @st.cache_data(max_entries=16, show_spinner="Measuring energy shares…")

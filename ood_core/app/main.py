@@ -32,7 +32,6 @@ from ood_core.paths import DATA_ROOT_ENV
 from ood_core.views import needs_data_root, preset_status_markdown
 
 
-
 def run() -> None:
     """One run of the router: page registry, sidebar, then the chosen page."""
     st.set_page_config(page_title="OOD geometry lab", layout="wide")

@@ -5,6 +5,7 @@ training jobs) on the shipped checkpoints."""
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import streamlit as st
 
@@ -55,10 +56,15 @@ def _evaluation(path: str) -> dict:
     return widgets.or_stop(cached.evaluation_cached, path, cached.checkpoint_version(path))
 
 
+def _run_file(lesson: Lesson) -> str:
+    """A new file name for a run of ``lesson`` (its key first: the run's lesson is read from it)."""
+    return f"{lesson.key}_{uuid.uuid4().hex[:8]}.pt"
+
+
 def _lesson_job(lesson: Lesson):
-    """This session's lesson run, when it belongs to ``lesson``."""
+    """This session's lesson run, when it belongs to ``lesson`` (its file is named after it)."""
     job = st.session_state.get(JOB_KEY)
-    return job if job is not None and getattr(job, "lesson", None) == lesson.key else None
+    return job if job is not None and Path(job.out_path).name.startswith(f"{lesson.key}_") else None
 
 
 def _start_run(lesson_key: str) -> None:
@@ -73,18 +79,18 @@ def _start_run(lesson_key: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     bench = cached.benchmark_by_name_cached(spec["dataset"])
     lr = training.option_defaults(spec["method"], spec["dataset"])["lr"]
-    job = widgets.or_error(training.start, spec["method"], bench, folder / f"{lesson.key}_{uuid.uuid4().hex[:8]}.pt",
+    job = widgets.or_error(training.start, spec["method"], bench, folder / _run_file(lesson),
                            epochs=spec["epochs"], lr=lr, seed=0, overwrite=False,
                            landscape_score=spec["landscape_score"],
                            min_epoch_seconds=float(st.session_state.get("lesson_slow_motion", 0.3)))
     if job is not None:
-        job.lesson = lesson.key
         st.session_state[JOB_KEY] = job
 
 
-def step_action(lesson: Lesson, step: Step) -> dict | None:
-    """Draw the step's live action and its figure; returns the per-sample scores the step is
-    judged on (None while they do not exist yet: a lesson run not finished)."""
+def step_action(lesson: Lesson, step: Step) -> dict:
+    """Draw the step's live action and its figure; returns what the step is judged on:
+    ``{"scores": per-sample scores, "mechanism": the stored mechanism figure}``, each None where
+    the step has none (or not yet: a lesson run not finished)."""
     path = str(SHIPPED_CHECKPOINTS / lesson.method_file)
     version = cached.checkpoint_version(path)
     key = lesson.key
@@ -100,10 +106,11 @@ def step_action(lesson: Lesson, step: Step) -> dict | None:
         if job is None:
             st.info("Press **Train it now**: the landscape's right panel draws the MSP score over the plane after "
                     "every epoch.")
-            return None
+            return {"scores": None, "mechanism": None}
         live_training.show_job(JOB_KEY, "lesson", announced_key=ANNOUNCED_KEY)
         snap = job.snapshot()
-        return _evaluation(str(snap.saved_path))["scores"] if snap.status == "done" and snap.saved_path else None
+        done = snap.status == "done" and snap.saved_path
+        return {"scores": _evaluation(str(snap.saved_path))["scores"] if done else None, "mechanism": None}
     if step.kind == "mechanism":
         mech = MECHANISMS[lesson.mechanism]
         stored = widgets.or_stop(cached.claims_mechanisms)["figures"].get(lesson.mechanism)
@@ -115,7 +122,7 @@ def step_action(lesson: Lesson, step: Step) -> dict | None:
         for role, col in (("baseline", left), ("method", right)):
             widgets.show_figure(figures.mechanism_figure(stored, role, mech.x_label), f"lesson_mech_{role}",
                                 f"lesson_{key}_{role}", col)
-        return None
+        return {"scores": None, "mechanism": stored}
     scores = _evaluation(path)["scores"]
     if step.kind == "scores":
         chosen = st.radio("Score (high = ID)", list(choices_of(step, scores)), key=f"lesson_score_{key}",
@@ -130,7 +137,7 @@ def step_action(lesson: Lesson, step: Step) -> dict | None:
                 {"ID (test)": scores[f"id/{chosen}"], f"OOD: {step.ood_set}": scores[f"{step.ood_set}/{chosen}"]},
                 f"{chosen} (high = ID)", f"{lesson.method_file}: {chosen}"), f"lesson_hist_{key}",
                 f"lesson_{key}_{chosen}")
-        return scores
+        return {"scores": scores, "mechanism": None}
     ident, ood = scores[f"id/{step.score}"], scores[f"{step.ood_set}/{step.score}"]
     threshold = widgets.threshold_slider(ident, ood, key=f"lesson_threshold_{key}")
     widgets.confusion_metrics(ident, ood, threshold)
@@ -138,12 +145,14 @@ def step_action(lesson: Lesson, step: Step) -> dict | None:
                                        f"{lesson.method_file}: {step.score}")
     fig.add_vline(x=threshold, line_dash="dash", annotation_text="threshold")
     widgets.show_figure(fig, f"lesson_threshold_fig_{key}", f"lesson_{key}_threshold")
-    return scores
+    return {"scores": scores, "mechanism": None}
 
 
-def reveal(lesson: Lesson, step: Step, number: int, scores: dict | None) -> None:
-    """The prediction, then (once chosen) the choice the data supports with its numbers, the
-    explanation, the claim's verdict and the way on."""
+def reveal(lesson: Lesson, step: Step, number: int, evidence: dict) -> None:
+    """The prediction, then (once chosen) the choice the data supports (``evidence``: what
+    :func:`step_action` returned) with its numbers, the explanation, the claim's verdict and the
+    way on."""
+    scores = evidence["scores"]
     choices = list(choices_of(step, scores)) if step.kind != "scores" or scores is not None else []
     prediction = st.radio("Your prediction", choices, index=None, key=f"lesson_predict_{lesson.key}_{number}")
     if prediction is None:
@@ -152,8 +161,7 @@ def reveal(lesson: Lesson, step: Step, number: int, scores: dict | None) -> None
     if step.kind == "train" and scores is None:
         st.caption("Train the model (and let the run finish) to see what the data says.")
         return
-    mechanism = cached.claims_mechanisms()["figures"].get(lesson.mechanism) if step.kind == "mechanism" else None
-    index, why = judge(step, scores=scores, mechanism=mechanism, high_is_id=lesson.high_is_id)
+    index, why = judge(step, scores=scores, mechanism=evidence["mechanism"], high_is_id=lesson.high_is_id)
     answer = choices[index]
     right = prediction == answer
     (st.success if right else st.warning)(f"The data here says: **{answer}**" + (

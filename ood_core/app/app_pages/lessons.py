@@ -16,17 +16,14 @@ key = widgets.url_selectbox("Lesson", [lesson.key for lesson in teaching.LESSONS
 lesson = teaching.BY_KEY[key]
 st.caption(f"Paper: {lesson.paper}")
 st.markdown(lesson.intro)
-numbers = list(range(1, len(lesson.steps) + 1))
-if st.session_state.get(f"lesson_step_{key}") not in numbers:
-    st.session_state.pop(f"lesson_step_{key}", None)
-number = widgets.url_selectbox("Step", numbers, key=f"lesson_step_{key}", param="step",
+number = widgets.url_selectbox("Step", list(range(1, len(lesson.steps) + 1)), key=f"lesson_step_{key}", param="step",
                                format_func=lambda i: f"{i}. {lesson.steps[i - 1].title}")
 step = lesson.steps[number - 1]
 
 st.header(f"{number}. {step.title}")
 st.markdown(f"**Predict first.** {step.question}")
-scores = teaching.step_action(lesson, step)
-teaching.reveal(lesson, step, number, scores)
+evidence = teaching.step_action(lesson, step)
+teaching.reveal(lesson, step, number, evidence)
 if state.teaching_mode():
     st.caption("Teaching mode: the explanation appears once a prediction is chosen; the sidebar's link opens "
                "this lesson at this step.")

@@ -107,7 +107,7 @@ def test_jacobian_page_histograms_jnd_and_path(app, ckpt_dir):
     bench = ood_core.load_benchmark("digits")
     assert jnd["JND vs ID"].iloc[0] == 0 and len(jnd) == 1 + len(bench.ood) == 10  # ID, then every OOD set
     from ood_core.geometry import jacobian_norm
-    direct = jacobian_norm(model, bench.ood["textures"][:256], method="estimate", n_proj=16).mean()
+    direct = jacobian_norm(model, bench.ood["textures"][:128], method="estimate", n_proj=16).mean()
     assert jnd.set_index("set").loc["textures", "mean ||J||_F"] == pytest.approx(direct, rel=1e-6)
     path_before = _scatter_charts(at)[0]
     at.number_input(key="path_end").set_value(5).run()

@@ -31,6 +31,13 @@ from ood_core.errors import OODCoreError
 from ood_core.paths import DATA_ROOT_ENV
 from ood_core.views import needs_data_root, preset_status_markdown
 
+# Imported once when the server loads the app, not on the first page that builds a benchmark or
+# computes a metric: Home draws neither, so otherwise the first page a visitor opens after it
+# paid about 1-1.5 s of scikit-learn imports (the embedded digits, the splits, the ROC metrics).
+import sklearn.datasets  # noqa: E402,F401
+import sklearn.metrics  # noqa: E402,F401
+import sklearn.model_selection  # noqa: E402,F401
+
 
 def run() -> None:
     """One run of the router: page registry, sidebar, then the chosen page."""

@@ -30,7 +30,7 @@ method = widgets.url_radio("Computation", ["estimate", "exact"], key="jac_method
                           horizontal=True)
 n_proj = c2.select_slider("Projections K (estimate)", [4, 8, 16, 32, 64], value=16, key="jac_k",
                           disabled=method == "exact")
-probe = c3.select_slider("Samples per set", [64, 128, 256, 512], value=256, key="jac_probe")
+probe = c3.select_slider("Samples per set", [64, 128, 256, 512], value=128, key="jac_probe")
 bar = st.progress(0.0, text=f"Jacobian norms ({method})…")
 norms = widgets.or_stop(cached.jacobian_norms_cached, path, version, method, n_proj, probe, widgets.user_ood(),
                     lambda done, total, name: bar.progress(done / total, text=f"Jacobian norms ({method}): "

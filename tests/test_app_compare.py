@@ -249,3 +249,18 @@ def test_a_page_writing_the_url_does_not_set_another_pages_controls(compare_app)
     at.switch_page("ood_core/app/app_pages/compare.py").run()
     assert not at.exception
     assert at.selectbox(key="compare_score").value == "energy"
+
+
+def test_compare_default_is_the_model_and_its_baseline_on_the_same_dataset():
+    # the shipped folder: five digits models besides CE, a toy2d CE and two canvas models
+    from conftest import CHECKPOINTS
+    from ood_core.app import widgets
+
+    options = [str(p) for p in sorted(CHECKPOINTS.glob("*.pt"))]
+    named = {p.rsplit("/", 1)[-1]: p for p in options}
+    pick = lambda name: [p.rsplit("/", 1)[-1] for p in widgets.same_dataset_default(options, named[name])]
+    assert pick("l2norm_digits.pt") == ["l2norm_digits.pt", "ce_digits.pt"]  # its paper's baseline
+    assert pick("snojoe_canvases.pt") == ["snojoe_canvases.pt", "jointenergy_canvases.pt"]
+    ce = pick("ce_digits.pt")  # a baseline: one of the digits methods built on it, never another dataset
+    assert ce[0] == "ce_digits.pt" and len(ce) == 2 and ce[1].endswith("_digits.pt")
+    assert pick("ce_toy2d.pt") == ["ce_toy2d.pt"]  # alone on its dataset: the page asks for a second

@@ -373,5 +373,10 @@ def sibling_checkpoints(path: str) -> list[str]:
 
 
 def same_dataset_default(options: list[str], path: str) -> list[str]:
-    """``path`` and the other ``options`` trained on the same dataset (at most 4): a default selection."""
-    return same_dataset_checkpoints(options, path, cached.checkpoint_dataset)
+    """``path`` and one other of ``options`` trained on the same dataset, its baseline first
+    (:func:`~ood_core.checkpoint_store.companion`): the pair the method's paper compares. Two, not
+    every match: each model adds its evaluation to the page's first render; more can be added."""
+    same = same_dataset_checkpoints(options, path, cached.checkpoint_dataset, limit=len(options))
+    if len(same) < 2:
+        return same
+    return [path, companion(same, path, cached.checkpoint_method)]

@@ -161,6 +161,8 @@ def main() -> None:
     epochs = args.epochs or (2 if resnet else 10)
     batch_size = args.batch_size or (128 if resnet else 64)
     device = select_device(args.device)
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
     if args.amp == "fp16" and device.type != "cuda":
         p.error("--amp fp16 needs --device cuda; use bf16 on the CPU")
     if dataset == SYNTHETIC:
@@ -178,8 +180,6 @@ def main() -> None:
     cfg.validate()
     warm = TrainConfig(**{**vars(cfg), "epochs": 1})
     bare_loop(bench, warm, device, arch)  # warm-up (allocator, kernels, worker server)
-    if args.repeats < 1:
-        p.error("--repeats must be >= 1")
     pairs = []
     for _ in range(args.repeats):  # alternate so drift in machine load hits both
         pairs.append((bare_loop(bench, cfg, device, arch), ours(bench, cfg, arch)))

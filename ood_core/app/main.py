@@ -34,9 +34,9 @@ from ood_core.views import needs_data_root, preset_status_markdown
 # Imported once when the server loads the app, not on the first page that builds a benchmark or
 # computes a metric: Home draws neither, so otherwise the first page a visitor opens after it
 # paid about 1-1.5 s of scikit-learn imports (the embedded digits, the splits, the ROC metrics).
-import sklearn.datasets  # noqa: E402,F401
-import sklearn.metrics  # noqa: E402,F401
-import sklearn.model_selection  # noqa: E402,F401
+import sklearn.datasets  # noqa: F401
+import sklearn.metrics  # noqa: F401
+import sklearn.model_selection  # noqa: F401
 
 
 def run() -> None:

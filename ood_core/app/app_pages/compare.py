@@ -27,7 +27,8 @@ chosen = widgets.url_multiselect("Checkpoints (2-4)", options, key="compare_mode
                                  text_of=lambda p: Path(p).name, max_selections=4,
                                  default=widgets.same_dataset_default(options, path),
                                  format_func=lambda p: Path(p).name,
-                                 help="Default: the sidebar's checkpoint and its baseline (or another model) trained on the same dataset")
+                                 help="Default: the sidebar's checkpoint and its baseline (or another model) "
+                                      "trained on the same dataset")
 if len(chosen) < 2:
     st.info("Pick at least two checkpoints to compare.")
     st.stop()

@@ -1,5 +1,6 @@
 """Shared pieces of the AppTest suites (test_app*.py): the app's path, the fixtures that train
-small checkpoints once per session, and decoders for the plotly JSON the pages send.
+small checkpoints once per session, and decoders for the charts the pages send (plotly JSON,
+Vega-Lite specs with their Arrow data).
 
 Fixtures are registered in ``conftest.py`` (``ckpt_dir``, ``app``, ``clear_streamlit_caches``).
 """
@@ -7,9 +8,12 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -29,8 +33,65 @@ def array(values) -> np.ndarray:
 
 
 def traces_of_type(at: AppTest, trace_type: str) -> list[dict]:
-    """The charts whose first trace has type ``trace_type`` ("histogram", "scatter", ...)."""
+    """The plotly charts whose first trace has type ``trace_type`` ("scatter", "heatmap", ...)."""
     return [c for c in charts(at) if c["data"] and c["data"][0]["type"] == trace_type]
+
+
+@dataclass
+class VegaView:
+    """One ``st.vega_lite_chart`` of a run: its spec and the table it draws."""
+    spec: dict
+    table: pd.DataFrame
+
+    @property
+    def sets(self) -> list[str]:
+        """A histogram's sets, in the legend's order (the colour scale's domain)."""
+        layer = self.spec["layer"][0] if "layer" in self.spec else self.spec
+        return list(layer["encoding"]["color"]["scale"]["domain"])
+
+    @property
+    def title(self) -> str | None:
+        return self.spec.get("title")
+
+
+def vega_charts(at: AppTest) -> list[VegaView]:
+    """Every Vega-Lite chart of the last run (Streamlit sends the data apart, as Arrow)."""
+    return [VegaView(json.loads(c.proto.spec), pa.ipc.open_stream(c.proto.data.data).read_pandas())
+            for c in at.get("vega_lite_chart")]
+
+
+def histograms(at: AppTest) -> list[VegaView]:
+    """The density histograms (``figures.distributions_figure``) of the last run."""
+    return [v for v in vega_charts(at) if {"set", "start", "end", "density"} <= set(v.table.columns)]
+
+
+def roc_charts(at: AppTest) -> list[VegaView]:
+    """The ROC charts (``figures.roc_figure``) of the last run: a table of (curve, FPR, TPR) rows."""
+    return [v for v in vega_charts(at) if {"curve", "FPR", "TPR"} <= set(v.table.columns)]
+
+
+def roc_marker(view: VegaView) -> tuple[float, float] | None:
+    """The (FPR, TPR) cross of an ROC chart's threshold, None when it has none."""
+    for layer in view.spec.get("layer", []):
+        if layer.get("name") == "threshold":
+            return layer["encoding"]["x"]["datum"], layer["encoding"]["y"]["datum"]
+    return None
+
+
+def check_histogram(view: VegaView, values: dict) -> None:
+    """The histogram draws exactly ``values`` ({set: samples}): per set, each bar's count is the
+    number of finite samples in [start, end) (the last bin closed), counted here by comparison,
+    and its density is count / (n * width)."""
+    assert view.sets == list(values)
+    for name, v in values.items():
+        v = np.asarray(v, dtype=float).ravel()
+        v = v[np.isfinite(v)]
+        rows = view.table[view.table["set"] == name].sort_values("start")
+        start, end = rows["start"].to_numpy(), rows["end"].to_numpy()
+        last = np.arange(len(rows)) == len(rows) - 1
+        counts = [int(((v >= a) & ((v < b) | (is_last & (v <= b)))).sum()) for a, b, is_last in zip(start, end, last)]
+        assert rows["count"].tolist() == counts and sum(counts) == v.size
+        np.testing.assert_allclose(rows["density"], np.asarray(counts) / (v.size * (end - start)))
 
 
 def evaluation_of(path) -> dict:

@@ -17,14 +17,15 @@ from streamlit.testing.v1 import AppTest
 import ood_core
 from ood_core.app import cached, figures, tables
 from ood_core import checkpoint_store
-from apptest_helpers import APP, TIMEOUT, array as _array, charts as _charts, evaluation_of, on_page, opened_at
+from apptest_helpers import (APP, TIMEOUT, charts as _charts, check_histogram, evaluation_of, histograms as _hists,
+                             on_page, opened_at, roc_charts, roc_marker, vega_charts)
 
 pytestmark = pytest.mark.usefixtures("clear_streamlit_caches")
 
 
-def _chart_spec(at: AppTest) -> dict:
+def _chart_spec(at: AppTest):
     """The score histogram (the page's one histogram chart)."""
-    hists = [c for c in _charts(at) if c["data"] and c["data"][0]["type"] == "histogram"]
+    hists = _hists(at)
     assert len(hists) == 1
     return hists[0]
 
@@ -45,14 +46,14 @@ def test_default_run_shows_table_and_histogram(app, ckpt_dir):
     assert df[["auroc", "fpr95", "aupr_in", "aupr_out"]].apply(lambda c: c.between(0, 1).all()).all()
     assert any("FPR95" in c.value and "high score = in-distribution" in c.value for c in at.caption)
 
-    spec = _chart_spec(at)
-    assert len(spec["data"]) == 2
-    assert all(t["type"] == "histogram" for t in spec["data"])
-    assert [t["name"] for t in spec["data"]] == ["ID (test)", "OOD: unknown"]
+    scores = evaluation_of(ckpt_dir / "ce_digits.pt")["scores"]
+    check_histogram(_chart_spec(at), {"ID (test)": scores["id/msp"], "OOD: unknown": scores["unknown/msp"]})
+    assert not at.get("plotly_chart")  # the page's charts are Vega-Lite: the browser never loads plotly.js
 
 
-def _scatter_charts(at: AppTest) -> list[dict]:
-    return [c for c in _charts(at) if c["data"] and c["data"][0]["type"] == "scatter"]
+def _line_tables(at: AppTest, *columns: str) -> list:
+    """The tables of the line charts whose data has these columns."""
+    return [v.table for v in vega_charts(at) if set(columns) <= set(v.table.columns)]
 
 
 def test_collapse_page_shows_nc_metrics_and_their_history(app, ckpt_dir, monkeypatch, tmp_path):
@@ -63,27 +64,26 @@ def test_collapse_page_shows_nc_metrics_and_their_history(app, ckpt_dir, monkeyp
     nc = {m.label: float(m.value) for m in at.metric if m.label.startswith("nc")}
     assert set(nc) == {"nc1", "nc2_equinorm", "nc2_equiangular", "nc2_maxangle", "nc3", "nc4"}
     _, meta = ood_core.load_checkpoint(ckpt_dir / "ce_digits.pt")
-    lines = _scatter_charts(at)
-    assert len(lines) == 1
-    traces = {t["name"]: t for t in lines[0]["data"]}
-    assert {"nc1", "nc4", "jnd"} <= set(traces)
-    np.testing.assert_allclose(_array(traces["nc1"]["y"]), [h["nc1"] for h in meta["history"]], rtol=1e-6)
+    (lines,) = _line_tables(at, "epoch", "metric", "value")
+    assert {"nc1", "nc4", "jnd"} <= set(lines["metric"])
+    nc1 = lines[lines["metric"] == "nc1"]
+    assert list(nc1["epoch"]) == [h["epoch"] for h in meta["history"]]
+    np.testing.assert_allclose(nc1["value"], [h["nc1"] for h in meta["history"]], rtol=1e-6)
     # a checkpoint without the record says how to get one
     at.selectbox(key="checkpoint").set_value(str(ckpt_dir / "ce_toy2d.pt")).run()
     assert not at.exception
     assert any("--track-geometry" in c.value for c in at.caption)
-    assert not _scatter_charts(at)
+    assert not _line_tables(at, "epoch", "metric", "value")
 
 
 def test_collapse_page_subspace_choice_changes_the_shares(app, ckpt_dir):
     at = app.run()
     at.switch_page("ood_core/app/app_pages/collapse.py").run()
     assert not at.exception, [e.value for e in at.exception]
-    heat = [c for c in _charts(at) if c["data"][0]["type"] == "heatmap"]
-    z = heat[0]["data"][0]["z"]
-    assert len(heat) == 1 and z["shape"] == "6, 6"  # 6 known classes (plotly 7 typed array)
-    z = _array(z).reshape(6, 6)
-    assert np.all(np.argmax(z, axis=1) == np.arange(6))  # each mean is closest to its own classifier vector
+    (heat,) = [v.table for v in vega_charts(at) if "cos" in v.table.columns]
+    z = heat.pivot(index="mean of class", columns="vector of class", values="cos")
+    assert z.shape == (6, 6) and list(z.index) == list(z.columns)  # 6 known classes
+    assert np.all(np.argmax(z.to_numpy(), axis=1) == np.arange(6))  # each mean is closest to its own classifier vector
     before = at.dataframe[0].value
     assert before["mean share outside"].between(0, 1).all()
     at.radio(key="subspace").set_value("top class-mean directions").run()
@@ -91,16 +91,15 @@ def test_collapse_page_subspace_choice_changes_the_shares(app, ckpt_dir):
     after = at.dataframe[0].value
     assert not np.allclose(before["mean share outside"], after["mean share outside"])
     at.multiselect(key="subspace_sets").set_value(["textures"]).run()
-    hist = [c for c in _charts(at) if c["data"][0]["type"] == "histogram"]
-    assert [t["name"] for t in hist[0]["data"]] == ["ID (test)", "OOD: textures"]
+    assert _hists(at)[0].sets == ["ID (test)", "OOD: textures"]
 
 
 def test_jacobian_page_histograms_jnd_and_path(app, ckpt_dir):
     at = app.run()
     at.switch_page("ood_core/app/app_pages/jacobian.py").run()
     assert not at.exception, [e.value for e in at.exception]
-    hist = [c for c in _charts(at) if c["data"][0]["type"] == "histogram"]
-    assert len(hist) == 1 and hist[0]["data"][0]["name"] == "ID (test)" and len(hist[0]["data"]) == 4
+    hist = _hists(at)
+    assert len(hist) == 1 and hist[0].sets[0] == "ID (test)" and len(hist[0].sets) == 4
     jnd = at.dataframe[0].value
     # the table is the plotted data's mean: recompute one entry with the library directly
     model, meta = ood_core.load_checkpoint(ckpt_dir / "ce_digits.pt")
@@ -109,10 +108,11 @@ def test_jacobian_page_histograms_jnd_and_path(app, ckpt_dir):
     from ood_core.geometry import jacobian_norm
     direct = jacobian_norm(model, bench.ood["textures"][:128], method="estimate", n_proj=16).mean()
     assert jnd.set_index("set").loc["textures", "mean ||J||_F"] == pytest.approx(direct, rel=1e-6)
-    path_before = _scatter_charts(at)[0]
+    (path_before,) = _line_tables(at, "t", "||J||_F")
     at.number_input(key="path_end").set_value(5).run()
     assert not at.exception
-    assert _scatter_charts(at)[0]["data"] != path_before["data"]
+    (path_after,) = _line_tables(at, "t", "||J||_F")
+    assert not np.allclose(path_after["||J||_F"], path_before["||J||_F"])
     at.radio(key="jac_method").set_value("exact").run()
     assert not at.exception
     exact = at.dataframe[0].value
@@ -129,23 +129,20 @@ def test_jacobian_page_maps_the_plane_for_toy2d(app, ckpt_dir):
     assert len(heat) == 1 and [t["name"] for t in heat[0]["data"][1:]] == ["ID (test)", "OOD: ring", "OOD: uniform-box"]
 
 
-def test_score_and_ood_set_selection_change_the_chart(app):
+def test_score_and_ood_set_selection_change_the_chart(app, ckpt_dir):
     at = on_page(app)
-    before = _chart_spec(at)
+    scores = evaluation_of(ckpt_dir / "ce_digits.pt")["scores"]
     assert at.selectbox(key="score").value == "msp"
 
     at.selectbox(key="score").set_value("energy").run()
     assert not at.exception
     after_score = _chart_spec(at)
-    assert after_score["data"] != before["data"]
-    assert after_score["layout"]["xaxis"]["title"]["text"] == "energy"
+    check_histogram(after_score, {"ID (test)": scores["id/energy"], "OOD: unknown": scores["unknown/energy"]})
+    assert after_score.spec["encoding"]["x"]["title"] == "energy"
 
     at.selectbox(key="ood_set").set_value("textures").run()
     assert not at.exception
-    after_set = _chart_spec(at)
-    assert after_set["data"] != after_score["data"]
-    assert after_set["data"][0] == after_score["data"][0]  # the ID trace is unchanged
-    assert after_set["data"][1]["name"] == "OOD: textures"
+    check_histogram(_chart_spec(at), {"ID (test)": scores["id/energy"], "OOD: textures": scores["textures/energy"]})
     assert at.selectbox(key="checkpoint").value.endswith("ce_digits.pt")  # sidebar survived the reruns
 
 
@@ -157,7 +154,7 @@ def test_switching_checkpoint_resets_choices_it_lacks(app, ckpt_dir):
     assert at.metric[2].value == "toy2d"
     assert at.selectbox(key="ood_set").options == ["ring (far-synthetic)", "uniform-box (far-synthetic)"]
     assert at.selectbox(key="ood_set").value == "ring"
-    assert _chart_spec(at)["data"][1]["name"] == "OOD: ring"
+    assert _chart_spec(at).sets[1] == "OOD: ring"
     assert set(at.dataframe[0].value["ood_set"]) == {"ring", "uniform-box", "mean (far-synthetic)"}
 
 
@@ -168,7 +165,7 @@ def test_corrupt_checkpoint_shows_error(tmp_path, monkeypatch):
     assert not at.exception, [e.value for e in at.exception]
     assert len(at.error) == 1
     assert "broken.pt" in at.error[0].value and "checkpoint" in at.error[0].value
-    assert not at.get("plotly_chart")
+    assert not at.get("plotly_chart") and not at.get("vega_lite_chart")
     assert not at.dataframe
 
 
@@ -178,7 +175,7 @@ def test_empty_folder_says_how_to_train(tmp_path, monkeypatch):
     assert not at.exception
     assert not at.error
     assert any(checkpoint_store.TRAIN_COMMAND in i.value for i in at.info)
-    assert not at.get("plotly_chart")
+    assert not at.get("plotly_chart") and not at.get("vega_lite_chart")
 
 
 def test_plain_helpers_work_without_streamlit(ckpt_dir, tmp_path):
@@ -194,8 +191,9 @@ def test_plain_helpers_work_without_streamlit(ckpt_dir, tmp_path):
     assert all(isinstance(v, np.ndarray) for v in res["scores"].values())
     assert tables.score_names(res["scores"]) == list(ood_core.METHODS["ce"].scores)  # the method's scores, in order
     fig = figures.histogram_figure(res["scores"]["id/msp"], res["scores"]["blobs/msp"], "msp", "blobs")
-    assert len(fig.data) == 2 and fig.layout.barmode == "overlay"
-    assert all(t.histnorm == "probability density" for t in fig.data)
+    assert list(fig.table["set"].unique()) == ["ID (test)", "OOD: blobs"]
+    for _, rows in fig.table.groupby("set"):  # each set a density: its bars have area 1
+        assert ((rows["end"] - rows["start"]) * rows["density"]).sum() == pytest.approx(1.0)
 
 
 def test_replaced_checkpoint_is_not_served_stale(tmp_path):
@@ -222,21 +220,22 @@ def test_roc_page_threshold_slider_moves_the_counts(app, ckpt_dir):
     assert float(metrics["TPR"]) >= 0.95 and float(metrics["FPR"]) == pytest.approx(fpr95, abs=1e-3)
     n_id = len(ev["scores"]["id/msp"])
     assert int(metrics["ID kept"]) + int(metrics["ID rejected"]) == n_id
-    roc = [c for c in _charts(at) if any(t.get("name") == "chance" for t in c["data"])]
-    assert len(roc) == 1 and len(roc[0]["data"]) == 2 + 2  # 2 scores x 1 set, chance, marker
+    (roc,) = roc_charts(at)
+    assert roc.table["curve"].nunique() == 2  # 2 scores x 1 set
+    assert roc_marker(roc) == pytest.approx((float(metrics["FPR"]), float(metrics["TPR"])), abs=1e-3)
+    curve = roc.table[roc.table["curve"].str.startswith("msp vs unknown")]
+    from sklearn.metrics import roc_curve
+    fpr, tpr, _ = roc_curve(np.r_[np.ones(n_id), np.zeros(len(ev["scores"]["unknown/msp"]))],
+                            np.r_[ev["scores"]["id/msp"], ev["scores"]["unknown/msp"]], drop_intermediate=False)
+    assert np.trapezoid(curve["TPR"], curve["FPR"]) == pytest.approx(np.trapezoid(tpr, fpr), abs=1e-9)
     slider = at.slider(key="thr_msp_unknown")
     slider.set_value(slider.min).run()  # lowest threshold: everything is called ID
     metrics = {m.label: m.value for m in at.metric}
     assert (float(metrics["TPR"]), float(metrics["FPR"])) == (1.0, 1.0)
     at.multiselect(key="roc_sets").set_value(["unknown", "textures"]).run()
     assert not at.exception
-    roc = [c for c in _charts(at) if any(t.get("name") == "chance" for t in c["data"])]
-    assert len(roc[0]["data"]) == 4 + 2
+    assert roc_charts(at)[0].table["curve"].nunique() == 4
     assert set(at.dataframe[0].value["ood_set"]) >= {"unknown", "textures"}
-
-
-def _hists(at: AppTest) -> list[dict]:
-    return [c for c in _charts(at) if c["data"] and c["data"][0]["type"] == "histogram"]
 
 
 def test_feature_page_compares_two_models(app, ckpt_dir):
@@ -258,9 +257,9 @@ def test_feature_page_compares_two_models(app, ckpt_dir):
     assert table.loc[("ce_digits.pt", "textures"), "AUROC of ||z||"] == pytest.approx(expected, abs=1e-6)
     at.selectbox(key="feat_compare").set_value(str(ckpt_dir / "ce_digits.pt")).run()
     assert len(_hists(at)) == 2
-    before = _hists(at)[0]["data"][1]["name"]
+    before = _hists(at)[0].sets[1]
     at.selectbox(key="feat_set").set_value("blobs").run()
-    assert not at.exception and _hists(at)[0]["data"][1]["name"] != before == "OOD: unknown"
+    assert not at.exception and _hists(at)[0].sets[1] != before == "OOD: unknown"
 
 
 def test_energy_page_joint_energy_with_and_without_spectral_norm(monkeypatch):
@@ -279,10 +278,13 @@ def test_energy_page_joint_energy_with_and_without_spectral_norm(monkeypatch):
         _, meta = ood_core.load_checkpoint(CHECKPOINTS / name)
         for s, per_score in meta["metrics"]["ood"].items():  # stored at training time, by the evaluator
             assert table.loc[(name, s), "AUROC"] == pytest.approx(per_score["joint_energy"]["auroc"], abs=1e-6)
-    bars = [c for c in _charts(at) if c["data"][0]["type"] == "bar"][0]
+    def terms(at):
+        return next(v.table for v in vega_charts(at) if list(v.table.columns) == ["label", "term"])
+
+    bars = terms(at)
     at.number_input(key="energy_sample").set_value(3).run()
     assert not at.exception
-    assert [c for c in _charts(at) if c["data"][0]["type"] == "bar"][0]["data"] != bars["data"]
+    assert not terms(at)["term"].equals(bars["term"])
 
 
 def test_energy_page_on_a_single_label_model_matches_the_energy_score(app, ckpt_dir):
@@ -329,15 +331,14 @@ def test_roc_page_adds_any_registered_detector(app, ckpt_dir):
     picker.set_value(["rmds"]).run()
     at.multiselect(key="roc_scores").set_value(["rmds"]).run()
     assert not at.exception, [e.value for e in at.exception]
-    roc = [c for c in _charts(at) if any(t.get("name") == "chance" for t in c["data"])]
-    (curve,) = [t for t in roc[0]["data"] if t["name"].startswith("rmds vs unknown")]
+    (curve,) = [c for c in roc_charts(at)[0].table["curve"].unique() if c.startswith("rmds vs unknown")]
     model, meta = load_checkpoint(ckpt_dir / "ce_digits.pt")
     bench = load_benchmark_from_spec(meta["dataset"])
     with torch.no_grad():
         train, test, ood = (model(x) for x in (bench.train.x, bench.test.x, bench.ood["unknown"]))
     s = make_score("rmds").fit(train, bench.train.y, model)
     want = roc_auc_score(np.r_[np.ones(len(bench.test.x)), np.zeros(len(bench.ood["unknown"]))], np.r_[s(test), s(ood)])
-    assert f"(AUROC {want:.3f})" in curve["name"]
+    assert f"(AUROC {want:.3f})" in curve
 
 
 def test_models_page_shows_a_readable_model_card(app, ckpt_dir):

@@ -5,12 +5,11 @@ from __future__ import annotations
 import importlib
 import json
 
-import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from apptest_helpers import APP, TIMEOUT, array, traces_of_type
-from ood_core.app import cached, widgets
+from apptest_helpers import APP, TIMEOUT, check_histogram, histograms
+from ood_core.app import widgets
 from ood_core import claims
 from ood_core.paths import SHIPPED_CHECKPOINTS
 
@@ -45,13 +44,10 @@ def test_claims_page_shows_every_stored_verdict_and_its_mechanism(monkeypatch):
         assert widgets.verdict_markdown(c["verdict"]) in " ".join(m.value for m in at.markdown)
         shown = at.dataframe[1].value
         assert list(shown["effect [95 % CI]"]) == [claims.format_effect(p) for p in c["parts"]]
-        hists = traces_of_type(at, "histogram")
+        hists = histograms(at)
         assert len(hists) == 2
         for role, hist in zip(("baseline", "method"), hists):
-            values = stored["figures"][c["figure"]][role]["values"]
-            assert [t["name"] for t in hist["data"]] == list(values)
-            first = next(iter(values.values()))
-            assert np.allclose(np.sort(array(hist["data"][0]["x"])), np.sort(first))
+            check_histogram(hist, stored["figures"][c["figure"]][role]["values"])
 
 
 def test_claims_page_without_results_says_what_to_run(monkeypatch, tmp_path):

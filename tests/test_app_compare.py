@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 from streamlit.testing.v1 import AppTest
 
 import ood_core
-from apptest_helpers import APP, TIMEOUT, charts, evaluation_of, on_page, traces_of_type
+from apptest_helpers import APP, TIMEOUT, charts, evaluation_of, histograms, on_page, roc_charts
 from ood_core.app import figures, state, tables
 from ood_core import checkpoint_store, uploads
 from ood_core.errors import DataError
@@ -106,12 +106,21 @@ def test_comparison_table_reads_each_models_report():
     assert tables.comparison_table({"a.pt": result(0.7)}, "other set").empty
 
 
+def test_a_vega_chart_downloads_as_a_png_drawn_offline():
+    fig = figures.distributions_figure({"ID (test)": np.arange(50.0), "OOD: x": np.arange(20.0) + 30}, "s", "t")
+    png = figures.vega_png(fig, width=300, scale=1)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    image = Image.open(io.BytesIO(png))
+    assert image.width >= 300 and image.height >= 300  # the plot area plus axes, title and legend
+    assert len(set(image.convert("RGB").getdata())) > 10  # drawn: not a blank canvas
+
+
 def test_figure_html_stands_alone():
-    fig = figures.roc_figure({"curve": (np.array([0.0, 0.5, 1.0]), np.array([0.0, 0.9, 1.0]))})
+    fig = figures.plane_map_figure(np.arange(3.0), np.arange(2.0), np.zeros((2, 3)), {"probe set": np.ones((2, 2))})
     html = figures.figure_html(fig)
     assert html.lstrip().lower().startswith(("<html", "<!doctype html"))
     assert "<script src=\"http" not in html and len(html) > 1_000_000  # plotly.js inlined: opens offline
-    assert "chance" in html  # the figure's own data is embedded
+    assert "probe set" in html  # the figure's own data is embedded
 
 
 # ------------------------------------------------------------------ Compare page
@@ -122,7 +131,7 @@ def test_compare_page_defaults_to_same_dataset_models_and_one_table(compare_app,
     chosen = at.multiselect(key="compare_models").value
     assert [p.split("/")[-1] for p in chosen] == ["ce_digits.pt", "l2norm_digits.pt"]  # not the toy2d model
     assert at.selectbox(key="compare_score").value == "energy"
-    assert len(traces_of_type(at, "histogram")) == 2  # one column per model
+    assert [h.title for h in histograms(at)] == ["ce_digits.pt", "l2norm_digits.pt"]  # one column per model
     table = at.dataframe[0].value
     assert set(table["score"]) == {"energy"} and len(table) == 2
     ood_set = at.selectbox(key="compare_set").value
@@ -138,8 +147,8 @@ def test_compare_page_defaults_to_same_dataset_models_and_one_table(compare_app,
     at.selectbox(key="compare_score").set_value("msp").run()
     assert set(at.dataframe[0].value["score"]) == {"msp"}
     at.radio(key="compare_plot").set_value("ROC curve").run()
-    assert not at.exception and not traces_of_type(at, "histogram")
-    assert len([c for c in charts(at) if any(t.get("name") == "chance" for t in c["data"])]) == 2
+    assert not at.exception and not histograms(at)
+    assert [v.title for v in roc_charts(at)] == ["ce_digits.pt", "l2norm_digits.pt"]
     at.toggle(key="compare_all_scores").set_value(True).run()
     assert len(at.dataframe[0].value) > 2 and at.dataframe[0].value["score"].nunique() > 1
 
@@ -148,12 +157,12 @@ def test_compare_page_needs_two_models_and_shows_a_foreign_one_as_a_warning(comp
     at = compare_app.run()
     at.switch_page("ood_core/app/app_pages/compare.py").run()
     at.multiselect(key="compare_models").set_value([str(compare_dir / "ce_digits.pt")]).run()
-    assert any("at least two" in i.value for i in at.info) and not charts(at)
+    assert any("at least two" in i.value for i in at.info) and not charts(at) and not histograms(at)
     at.multiselect(key="compare_models").set_value(
         [str(compare_dir / "ce_digits.pt"), str(compare_dir / "ce_toy2d.pt")]).run()
     assert not at.exception
     # toy2d shares scores but not the digits OOD sets: its column warns, the other still draws
-    assert any("has no OOD set" in w.value for w in at.warning) and len(charts(at)) == 1
+    assert any("has no OOD set" in w.value for w in at.warning) and len(histograms(at)) == 1
 
 
 # ------------------------------------------------------------------ user OOD set in the sidebar
@@ -212,6 +221,8 @@ def test_every_figure_and_table_can_be_downloaded(app, page):
     assert not at.exception, [e.value for e in at.exception]
     buttons = [b.proto.label for b in at.get("download_button")]
     assert buttons.count("Download figure (HTML)") == len(at.get("plotly_chart"))
+    assert buttons.count("Download figure (PNG)") == buttons.count("Download data (CSV)") == len(
+        at.get("vega_lite_chart"))
     assert buttons.count("Download table (CSV)") == len(at.dataframe)
 
 

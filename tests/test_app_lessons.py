@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from apptest_helpers import evaluation_of, on_page, opened_at, traces_of_type
+from apptest_helpers import check_histogram, evaluation_of, histograms, on_page, opened_at
 from ood_core.claims import MECHANISMS, MECHANISMS_FILE
 from ood_core.lessons import FPR_BANDS, LESSONS, SAME_AUROC, SEPARATION
 from ood_core.paths import SHIPPED_CHECKPOINTS
@@ -31,14 +31,11 @@ def test_home_is_the_default_page_with_a_card_per_method(lab):
     assert not at.exception
     assert at.title[0].value == "OOD geometry lab"
     stored = json.loads(MECHANISMS_FILE.read_text())["figures"]
-    hist = traces_of_type(at, "histogram")
+    hist = histograms(at)
     assert len(hist) == len(MECHANISMS) == 5
-    for fig, (key, mech) in zip(hist, MECHANISMS.items()):  # each card draws its method's stored values
-        want = stored[key]["method"]["values"]["ID (test)"]
-        assert fig["data"][0]["name"] == "ID (test)"
-        from apptest_helpers import array
-
-        np.testing.assert_allclose(np.sort(array(fig["data"][0]["x"])), np.sort(want))
+    for fig, key in zip(hist, MECHANISMS):  # each card draws its method's stored values
+        check_histogram(fig, stored[key]["method"]["values"])
+    assert not at.get("plotly_chart")  # Home's charts are Vega-Lite: a cold start page never loads plotly.js
     links = at.get("page_link")
     lessons = sorted(link.proto.query_string for link in links if "lesson=" in link.proto.query_string)
     assert lessons == sorted(f"lesson={m.method}" for m in MECHANISMS.values())
@@ -113,6 +110,9 @@ def test_the_threshold_step_counts_what_the_slider_lets_through(lab):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["OOD accepted"] == str(int(np.sum(ood >= t)))
     assert metrics["ID kept"] == str(int(np.sum(ident >= t)))
+    (hist,) = histograms(at)  # the dashed rule sits at the slider's threshold
+    check_histogram(hist, {"ID (test)": ident, "OOD: uniform-box": ood})
+    assert hist.spec["layer"][1]["encoding"]["x"]["datum"] == pytest.approx(t)
 
 
 def test_a_shared_lesson_link_opens_that_step_and_a_stale_one_falls_back(lab):

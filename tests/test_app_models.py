@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from apptest_helpers import APP, TIMEOUT, array, charts, on_page
+from apptest_helpers import APP, TIMEOUT, array, charts, histograms, on_page
 from ood_core.app import cached, state
 from ood_core import checkpoint_store
 from ood_core import jobs
@@ -84,7 +84,7 @@ def test_default_run_shows_the_loaded_checkpoint_and_the_training_form(app, ckpt
     assert at.metric[0].label == "ID accuracy" and at.metric[0].value.endswith("%")
     assert at.json[0].value and "ce" in at.json[0].value
     assert list(at.dataframe[0].value.columns[:3]) == ["ood_set", "group", "score"]
-    assert any(c["data"][0]["type"] == "histogram" for c in charts(at))
+    assert histograms(at)
     assert any(e.label == "What am I looking at?" for e in at.expander)
     # training form, filled from the recipe
     cfg = recommended_config("ce")

@@ -106,19 +106,24 @@ def fill_training_form(page, epochs: int, out_name: str) -> None:
     name.press("Enter")
 
 
+# a drawn chart: plotly's SVG, or the marks Vega draws
+CHARTS_DRAWN = '.js-plotly-plot .main-svg, [data-testid="stVegaLiteChart"] .marks'
+
+
 def _settle(page, expect: str | None = None, timeout_s: float = 90) -> None:
-    """Wait until a plotly chart is drawn, ``expect`` (if given) is on the page and no spinner shows."""
+    """Wait until a chart (plotly or Vega-Lite) is drawn, ``expect`` (if given) is on the page and
+    no spinner shows."""
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         spinning = page.locator('[data-testid="stSpinner"]').count()
-        drawn = page.locator(".js-plotly-plot").count()
+        drawn = page.locator(CHARTS_DRAWN).count()
         seen = expect is None or page.get_by_text(expect, exact=False).count() > 0
         if not spinning and drawn and seen:
-            time.sleep(0.5)  # let plotly finish drawing before a screenshot
+            time.sleep(0.5)  # let the charts finish drawing before a screenshot
             return
         time.sleep(0.3)
     raise AssertionError(f"after {timeout_s} s: spinner {page.locator('[data-testid=stSpinner]').count()}, "
-                         f"charts {page.locator('.js-plotly-plot').count()}, expected text {expect!r} "
+                         f"charts {page.locator(CHARTS_DRAWN).count()}, expected text {expect!r} "
                          f"{'seen' if expect and page.get_by_text(expect).count() else 'not seen'}")
 
 
@@ -174,8 +179,8 @@ def test_training_in_the_browser_redraws_the_landscape_and_saves(server, browser
 @pytest.mark.parametrize("link, seen", [
     ("lessons?lesson=l2norm&step=3", ["3. Move the threshold", "Haas, Yolland, Rabus",
                                       "feature_norm (high = ID)"]),
-    ("models?checkpoint=ce_toy2d.pt&score=energy&ood=uniform-box", ["ce_toy2d.pt", "OOD: uniform-box", "energy"]),
-    ("roc?checkpoint=ce_toy2d.pt&ood=ring", ["ce_toy2d.pt", "ring"]),
+    ("models?checkpoint=ce_toy2d.pt&score=energy&ood=uniform-box", ["OOD: uniform-box", "energy"]),
+    ("roc?checkpoint=ce_toy2d.pt&ood=ring", ["msp vs ring"]),
 ])
 def test_a_shared_link_opens_the_view_it_names(server, browser, link, seen, tmp_path):
     """A link copied from the sidebar's "Link to this view" opens the same page with the same
@@ -187,5 +192,10 @@ def test_a_shared_link_opens_the_view_it_names(server, browser, link, seen, tmp_
     _assert_no_error(page, link)
     for text in seen:
         assert page.get_by_text(text, exact=False).count() > 0, f"{link}: {text!r} not on the page"
+    if "checkpoint=" in link:  # the sidebar's checkpoint box shows the link's checkpoint
+        wanted = link.split("checkpoint=")[1].split("&")[0]
+        box = page.locator(".st-key-checkpoint")
+        shown = box.inner_text() + " ".join(box.locator("input").evaluate_all("els => els.map(e => e.value)"))
+        assert wanted in shown, f"{link}: the checkpoint box shows {shown!r}"
     assert page.get_by_text("is not available here").count() == 0, f"{link}: a value of the link was refused"
     page.close()

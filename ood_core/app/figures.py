@@ -1,6 +1,16 @@
-"""The app's plotly figures (builders only: they return a figure, :func:`ood_core.app.widgets.show_figure`
-draws it). Every score is high = ID."""
+"""The app's figures (builders only: they return a figure, :func:`ood_core.app.widgets.show_figure`
+draws it). Every score is high = ID.
+
+Histograms, bar and line charts, ROC curves and the cosine heatmap are Vega-Lite specs
+(:class:`VegaChart`). The embedding map (WebGL, click selection), attributions, training curves,
+landscapes and the toy2d plane map are plotly figures. In a page opened cold, the browser
+spends about 2.3 s loading, compiling and drawing five histograms with plotly.js (4.7 MB) on 2 CPU
+cores, 0.35 s with Vega (``benchmarks/chart_libraries.py``). So a page whose charts are all Vega-Lite never loads plotly.js.
+With the default checkpoint, every page but Embeddings is such a page on its first screen."""
 from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -10,57 +20,137 @@ import plotly.graph_objects as go
 from ..metrics import roc_curve_points
 from ..projection import Projection
 
-def histogram_figure(id_scores, ood_scores, score_name: str, ood_name: str):
-    """Overlaid density histograms of one score, ID test split vs one OOD set (2 traces)."""
-    id_scores = np.asarray(id_scores, dtype=np.float64).ravel()
-    ood_scores = np.asarray(ood_scores, dtype=np.float64).ravel()
-    id_label, ood_label = "ID (test)", f"OOD: {ood_name}"
-    df = pd.DataFrame({
-        score_name: np.concatenate([id_scores, ood_scores]),
-        "set": [id_label] * id_scores.size + [ood_label] * ood_scores.size,
-    })
-    df = df[np.isfinite(df[score_name])]
-    fig = px.histogram(df, x=score_name, color="set", barmode="overlay", histnorm="probability density",
-                       opacity=0.6, nbins=60, category_orders={"set": [id_label, ood_label]},
-                       title=f"{score_name}: ID vs {ood_name} (higher = more ID)")
-    fig.update_layout(legend_title_text="", yaxis_title="density", margin=dict(t=50, b=40, l=40, r=10))
-    return fig
+HIST_BINS = 60  # bins of every density histogram, shared by its sets
+# the sets of a histogram (ID first): contrasting hues, as plotly's default sequence
+SET_COLOURS = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880",
+               "#ff97ff", "#fecb52")
+
+
+@dataclass
+class VegaChart:
+    """A Vega-Lite chart for ``st.vega_lite_chart``: ``spec`` (without data) and ``table``, the
+    data it draws (also the chart's CSV download); ``height`` in pixels (None: Streamlit's default)."""
+    spec: dict
+    table: pd.DataFrame = field(repr=False)
+    height: int | None = None
+
+
+def vega_png(chart: VegaChart, width: int = 640, scale: float = 2.0) -> bytes:
+    """``chart`` as a PNG, ``width`` (x ``scale``) pixels wide, drawn offline by vl-convert (no
+    browser), for its download button."""
+    import vl_convert
+
+    values = json.loads(chart.table.to_json(orient="records"))  # NaN -> null, numpy scalars -> JSON
+    return vl_convert.vegalite_to_png({**chart.spec, "data": {"values": values}, "width": width,
+                                       "height": chart.height or 320}, scale=scale)
+
+
+def density_table(values: dict[str, np.ndarray], bins: int = HIST_BINS) -> pd.DataFrame:
+    """Density histograms of several sets on one set of bin edges (``bins`` equal bins over the
+    finite values of all sets; non-finite values are left out): one row per (set, bin), with
+    columns ``set``, ``start``, ``end``, ``count`` and ``density`` = count / (n_set * width), so
+    each set's bars have area 1 (an empty set has no rows). Sets keep the order of ``values``."""
+    arrays = {name: np.asarray(v, dtype=np.float64).ravel() for name, v in values.items()}
+    arrays = {name: v[np.isfinite(v)] for name, v in arrays.items()}
+    pooled = np.concatenate(list(arrays.values())) if arrays else np.empty(0)
+    columns = ["set", "start", "end", "count", "density"]
+    if not pooled.size:
+        return pd.DataFrame(columns=columns)
+    edges = np.histogram_bin_edges(pooled, bins=bins)  # equal values: a unit-wide range around them
+    frames = []
+    for name, v in arrays.items():
+        if not v.size:
+            continue
+        counts, _ = np.histogram(v, bins=edges)
+        frames.append(pd.DataFrame({"set": name, "start": edges[:-1], "end": edges[1:], "count": counts,
+                                    "density": counts / (v.size * np.diff(edges))}))
+    return pd.DataFrame(columns=columns) if not frames else pd.concat(frames, ignore_index=True)[columns]
+
+
+def _legend(below: bool) -> dict:
+    return {"orient": "bottom", "direction": "vertical", "labelLimit": 300} if below else {"orient": "right"}
+
+
+def distributions_figure(values: dict[str, np.ndarray], x_label: str, title: str | None,
+                         threshold: float | None = None, height: int | None = None,
+                         legend_below: bool = False) -> VegaChart:
+    """Overlaid density histograms, one colour per set in the order of ``values`` (the first is
+    the reference), on shared bins (:func:`density_table`); a dashed rule at ``threshold`` when given."""
+    table = density_table(values)
+    bars = {
+        "mark": {"type": "bar", "opacity": 0.55, "binSpacing": 0},
+        "encoding": {
+            "x": {"field": "start", "type": "quantitative", "title": x_label, "scale": {"zero": False}},
+            "x2": {"field": "end"},
+            "y": {"field": "density", "type": "quantitative", "title": "density", "stack": None},
+            "y2": {"datum": 0},
+            "color": {"field": "set", "type": "nominal", "title": None, "sort": list(values),
+                      "scale": {"domain": list(values), "range": list(SET_COLOURS[:len(values)])},
+                      "legend": _legend(legend_below)},
+            "tooltip": [{"field": "set"}, {"field": "start", "format": ".4g"}, {"field": "end", "format": ".4g"},
+                        {"field": "count"}, {"field": "density", "format": ".3g"}],
+        },
+    }
+    spec: dict = {"layer": [bars]} if threshold is not None else dict(bars)
+    if threshold is not None:
+        spec["layer"].append({"mark": {"type": "rule", "strokeDash": [6, 4], "color": "black"},
+                              "encoding": {"x": {"datum": float(threshold), "type": "quantitative"}}})
+    if title:
+        spec["title"] = title
+    return VegaChart(spec, table, height)
+
+
+def histogram_figure(id_scores, ood_scores, score_name: str, ood_name: str) -> VegaChart:
+    """Overlaid density histograms of one score, ID test split vs one OOD set."""
+    return distributions_figure({"ID (test)": id_scores, f"OOD: {ood_name}": ood_scores}, score_name,
+                                f"{score_name}: ID vs {ood_name} (higher = more ID)")
 
 
 HISTORY_KEYS = ("nc1", "nc2_equinorm", "nc2_equiangular", "nc2_maxangle", "nc3", "nc4", "jnd")
 
 
+def lines_chart(table: pd.DataFrame, x: str, y: str, series: str | None, title: str, x_title: str, y_title: str,
+                points: bool = True, layers: list[dict] | None = None, x_domain=None, y_domain=None) -> VegaChart:
+    """Lines of ``y`` against ``x`` (points in the order of the table's rows, one line per value of
+    ``series`` in order of appearance), with optional extra Vega-Lite ``layers`` on top."""
+    names = list(dict.fromkeys(table[series])) if series else []
+    table = table.assign(_order=np.arange(len(table)))
+    line: dict = {
+        "mark": {"type": "line", "point": points, "tooltip": True},
+        "encoding": {
+            "x": {"field": x, "type": "quantitative", "title": x_title,
+                  **({"scale": {"domain": list(x_domain)}} if x_domain else {})},
+            "y": {"field": y, "type": "quantitative", "title": y_title,
+                  "scale": {"domain": list(y_domain)} if y_domain else {"zero": False}},
+            "order": {"field": "_order", "type": "quantitative"},
+        },
+    }
+    if series:
+        line["encoding"]["color"] = {"field": series, "type": "nominal", "title": None, "sort": names,
+                                     "scale": {"domain": names, "range": list(SET_COLOURS[:len(names)])},
+                                     "legend": {"orient": "bottom", "direction": "vertical", "labelLimit": 400}}
+    spec = {"title": title, "layer": [line, *(layers or [])]}
+    return VegaChart(spec, table)
+
+
 def history_figure(history: list[dict]):
-    """Line plot of the per-epoch geometry record (NC metrics, JND) of a training history,
-    or None when nothing was recorded (``TrainConfig.geometry_every`` was 0)."""
+    """Lines of the per-epoch geometry record (NC metrics, JND) of a training history, or None
+    when nothing was recorded (``TrainConfig.geometry_every`` was 0)."""
     rows = [{"epoch": h["epoch"], "metric": k, "value": h[k]}
             for h in history for k in HISTORY_KEYS if k in h]
     if not rows:
         return None
-    fig = px.line(pd.DataFrame(rows), x="epoch", y="value", color="metric", markers=True,
-                  title="Geometry over training (NC metrics tend to 0 under collapse; JND = unknown - known ||J||)")
-    fig.update_layout(legend_title_text="", margin=dict(t=50, b=40, l=40, r=10))
-    return fig
+    return lines_chart(pd.DataFrame(rows), "epoch", "value", "metric",
+                       "Geometry over training (NC metrics tend to 0 under collapse; JND = unknown - known ||J||)",
+                       "epoch", "value")
 
 
-def distributions_figure(values: dict[str, np.ndarray], x_label: str, title: str):
-    """Overlaid density histograms, one trace per set (the first is drawn as the reference)."""
-    frames = [pd.DataFrame({x_label: np.asarray(v, dtype=np.float64).ravel(), "set": name})
-              for name, v in values.items()]
-    df = pd.concat(frames, ignore_index=True)
-    df = df[np.isfinite(df[x_label])]
-    fig = px.histogram(df, x=x_label, color="set", barmode="overlay", histnorm="probability density",
-                       opacity=0.55, nbins=60, category_orders={"set": list(values)}, title=title)
-    fig.update_layout(legend_title_text="", yaxis_title="density", margin=dict(t=50, b=40, l=40, r=10))
-    return fig
-
-
-def path_figure(t: np.ndarray, norms: np.ndarray, start_label: str, end_label: str):
+def path_figure(t: np.ndarray, norms: np.ndarray, start_label: str, end_label: str) -> VegaChart:
     """||J||_F along the straight path between two inputs (t = 0 at the first)."""
-    fig = px.line(pd.DataFrame({"t": t, "||J||_F": norms}), x="t", y="||J||_F", markers=True,
-                  title=f"Jacobian norm on the straight path from {start_label} (t = 0) to {end_label} (t = 1)")
-    fig.update_layout(margin=dict(t=50, b=40, l=40, r=10))
-    return fig
+    table = pd.DataFrame({"t": np.asarray(t, dtype=np.float64), "||J||_F": np.asarray(norms, dtype=np.float64)})
+    return lines_chart(table, "t", "||J||_F", None,
+                       f"Jacobian norm on the straight path from {start_label} (t = 0) to {end_label} (t = 1)",
+                       "t", "||J||_F")
 
 
 def plane_map_figure(xs, ys, grid, points: dict[str, np.ndarray]):
@@ -73,31 +163,43 @@ def plane_map_figure(xs, ys, grid, points: dict[str, np.ndarray]):
     return fig
 
 
-def cosine_heatmap_figure(matrix, class_names):
+def cosine_heatmap_figure(matrix, class_names) -> VegaChart:
     """Heatmap of cos(centred class mean c, classifier vector c') (rows: means, columns: weights)."""
     names = [str(c) for c in class_names]
-    fig = go.Figure(go.Heatmap(z=np.asarray(matrix), x=names, y=names, zmin=-1, zmax=1, colorscale="RdBu",
-                               reversescale=True, colorbar=dict(title="cos")))
-    fig.update_layout(title="cos(class mean − global mean, classifier vector): a collapsed net has a bright diagonal",
-                      xaxis_title="classifier vector of class", yaxis_title="centred mean of class",
-                      yaxis=dict(autorange="reversed"), margin=dict(t=50, b=40, l=40, r=10))
-    return fig
+    m = np.asarray(matrix, dtype=np.float64)
+    table = pd.DataFrame({"mean of class": np.repeat(names, m.shape[1]), "vector of class": np.tile(names, m.shape[0]),
+                          "cos": m.ravel()})
+    spec = {"title": "cos(class mean − global mean, classifier vector): a collapsed net has a bright diagonal",
+            "mark": {"type": "rect", "tooltip": True},
+            "encoding": {"x": {"field": "vector of class", "type": "ordinal", "sort": names,
+                               "title": "classifier vector of class"},
+                         "y": {"field": "mean of class", "type": "ordinal", "sort": names,
+                               "title": "centred mean of class"},
+                         "color": {"field": "cos", "type": "quantitative", "title": "cos",
+                                   "scale": {"scheme": "redblue", "domain": [-1, 1], "reverse": True}}}}
+    return VegaChart(spec, table)
 
 
-def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], marker: tuple[float, float] | None = None):
-    """ROC curves (ID = positive class) named by ``curves`` keys, the chance line, and an
-    optional marker at the (FPR, TPR) of the chosen threshold."""
-    fig = go.Figure()
-    for name, (fpr, tpr) in curves.items():
-        fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=name))
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line=dict(dash="dot", color="grey")))
+def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], marker: tuple[float, float] | None = None,
+               title: str = "ROC (ID = positive class; a sample is called ID when its score ≥ threshold)"
+               ) -> VegaChart:
+    """ROC curves (ID = positive class) named by ``curves`` keys, the chance line (dotted), and an
+    optional cross at the (FPR, TPR) of the chosen threshold."""
+    table = pd.concat([pd.DataFrame({"curve": name, "FPR": np.asarray(fpr, dtype=np.float64),
+                                     "TPR": np.asarray(tpr, dtype=np.float64)})
+                       for name, (fpr, tpr) in curves.items()], ignore_index=True) if curves else \
+        pd.DataFrame({"curve": pd.Series(dtype=str), "FPR": pd.Series(dtype=float), "TPR": pd.Series(dtype=float)})
+    layers = [{"data": {"values": [{"FPR": 0.0, "TPR": 0.0}, {"FPR": 1.0, "TPR": 1.0}]},
+               "mark": {"type": "line", "strokeDash": [2, 3], "color": "grey"},
+               "encoding": {"x": {"field": "FPR", "type": "quantitative"}, "y": {"field": "TPR", "type": "quantitative"}},
+               "name": "chance"}]
     if marker is not None:
-        fig.add_trace(go.Scatter(x=[marker[0]], y=[marker[1]], mode="markers", name="threshold",
-                                 marker=dict(size=12, symbol="x", color="black")))
-    fig.update_layout(title="ROC (ID = positive class; a sample is called ID when its score ≥ threshold)",
-                      xaxis_title="FPR (OOD called ID)", yaxis_title="TPR (ID kept)",
-                      xaxis=dict(range=[0, 1]), yaxis=dict(range=[0, 1.02]), margin=dict(t=50, b=40, l=40, r=10))
-    return fig
+        layers.append({"mark": {"type": "point", "shape": "cross", "size": 160, "color": "black", "filled": True},
+                       "encoding": {"x": {"datum": float(marker[0]), "type": "quantitative"},
+                                    "y": {"datum": float(marker[1]), "type": "quantitative"}},
+                       "name": "threshold"})
+    return lines_chart(table, "FPR", "TPR", "curve", title, "FPR (OOD called ID)", "TPR (ID kept)", points=False, layers=layers,
+                       x_domain=(0, 1), y_domain=(0, 1.02))
 
 
 CLASS_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -320,21 +422,18 @@ def figure_html(fig) -> str:
     return fig.to_html(include_plotlyjs=True, full_html=True)
 
 
-def mechanism_figure(figure: dict, role: str, x_label: str):
+def mechanism_figure(figure: dict, role: str, x_label: str) -> VegaChart:
     """The distributions of one side (``"baseline"`` or ``"method"``) of a stored mechanism."""
     side = figure[role]
     return distributions_figure({k: np.asarray(v) for k, v in side["values"].items()}, x_label,
                                 f"{side['method']} ({side['file']})")
 
 
-def mechanism_card_figure(figure: dict, x_label: str, height: int = 230):
+def mechanism_card_figure(figure: dict, x_label: str, height: int = 260) -> VegaChart:
     """The method's side of a stored mechanism, small (a Home page card): ID against each OOD
     group, no title (the card names it), the legend below."""
-    fig = mechanism_figure(figure, "method", x_label)
-    fig.update_layout(title=None, height=height, margin=dict(t=10, b=10, l=10, r=10),
-                      legend=dict(orientation="h", yanchor="top", y=-0.35, x=0, font=dict(size=10)),
-                      xaxis_title=dict(text=x_label, font=dict(size=11)), yaxis_title=None)
-    return fig
+    values = {k: np.asarray(v) for k, v in figure["method"]["values"].items()}
+    return distributions_figure(values, x_label, None, height=height, legend_below=True)
 
 
 def roc_curves(pairs: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -342,12 +441,16 @@ def roc_curves(pairs: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, tup
     return {name: tuple(roc_curve_points(id_s, ood_s)[:2]) for name, (id_s, ood_s) in pairs.items()}
 
 
-def energy_terms_figure(names, terms: np.ndarray, score_name: str, value: float):
+def energy_terms_figure(names, terms: np.ndarray, score_name: str, value: float) -> VegaChart:
     """Bars of one sample's per-label terms of its energy (``energies_cached``'s terms)."""
     what = "softplus(f_k): this label's term of the JointEnergy" if score_name == "joint_energy" else \
         "logit f_k, times the method's logit_scale where it sets one (movr: T) (the energy is their log-sum-exp)"
-    return px.bar(pd.DataFrame({"label": [str(n) for n in names], "term": terms}), x="label", y="term",
-                  title=f"{score_name} = {value:.3f}; bars: {what}")
+    labels = [str(n) for n in names]
+    table = pd.DataFrame({"label": labels, "term": np.asarray(terms, dtype=np.float64)})
+    return VegaChart({"title": f"{score_name} = {value:.3f}; bars: {what}", "mark": "bar",
+                      "encoding": {"x": {"field": "label", "type": "nominal", "sort": labels, "title": "label"},
+                                   "y": {"field": "term", "type": "quantitative", "title": "term"},
+                                   "tooltip": [{"field": "label"}, {"field": "term", "format": ".4g"}]}}, table)
 
 
 def enlarged_image(sample: np.ndarray, size: int = 160) -> np.ndarray:

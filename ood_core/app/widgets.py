@@ -16,7 +16,7 @@ from ..metrics import confusion_at_threshold, threshold_at_tpr
 from ..uploads import save_upload, save_weights_upload  # noqa: F401 (save_weights_upload: the Models page)
 from . import cached, tables
 from .cached import checkpoint_version, load_model_cached, outputs_cached, user_ood_set
-from .figures import distributions_figure, figure_html, mechanism_figure
+from .figures import VegaChart, distributions_figure, figure_html, mechanism_figure, vega_png
 from .state import USER_OOD_ERROR_KEY, USER_OOD_KEY, USER_OOD_NONCE_KEY, chosen_checkpoint
 
 # core names the pages use through here (pages import only ood_core.app)
@@ -131,12 +131,26 @@ def compare_with(path: str, prefer: tuple[str, ...], key: str) -> str:
 
 def show_figure(fig, key: str, file_stem: str, container=None, on_select="ignore",
                 selection_mode=("points", "box", "lasso")):
-    """Draw ``fig`` (in ``container``, default the page) with two ways to save it: the chart's
-    camera button saves a PNG named ``file_stem`` (drawn by the browser), and a button below
-    downloads an interactive HTML file. The HTML is built only when clicked (deferred), so an
-    unused button costs nothing on a rerun. ``on_select``/``selection_mode`` go to
-    ``st.plotly_chart``; returns its value (the selection state when ``on_select="rerun"``)."""
+    """Draw ``fig`` (in ``container``, default the page) with a way to save it.
+
+    A plotly figure: the chart's camera button saves a PNG named ``file_stem`` (drawn by the
+    browser), and a button below downloads an interactive HTML file, built only when clicked
+    (deferred), so an unused button costs nothing on a rerun. ``on_select``/``selection_mode`` go
+    to ``st.plotly_chart``; returns its value (the selection state when ``on_select="rerun"``).
+    A :class:`~ood_core.app.figures.VegaChart`: ``st.vega_lite_chart`` and two deferred buttons,
+    the figure as a PNG (:func:`~ood_core.app.figures.vega_png`) and the data drawn (CSV); returns None.
+    """
     where = container if container is not None else st
+    if isinstance(fig, VegaChart):
+        where.vega_lite_chart(fig.table, fig.spec, key=key, width="stretch",
+                              **({"height": fig.height} if fig.height else {}))
+        png, csv = where.columns(2)
+        png.download_button("Download figure (PNG)", data=lambda: vega_png(fig), file_name=f"{file_stem}.png",
+                            mime="image/png", on_click="ignore", key=f"{key}_png")
+        csv.download_button("Download data (CSV)", data=lambda: fig.table.to_csv(index=False).encode("utf-8"),
+                            file_name=f"{file_stem}.csv", mime="text/csv", on_click="ignore", key=f"{key}_csv",
+                            help="The numbers drawn (for a histogram: each set's bins and densities)")
+        return None
     event = where.plotly_chart(fig, key=key, on_select=on_select, selection_mode=selection_mode,
                                config={"toImageButtonOptions": {"format": "png", "filename": file_stem, "scale": 2}})
     where.download_button("Download figure (HTML)", data=lambda: figure_html(fig), file_name=f"{file_stem}.html",
@@ -219,7 +233,7 @@ def link_to_view() -> None:
     base = urlsplit(str(st.context.url or ""))
     query = urlencode({k: st.query_params[k] for k in st.query_params})
     url = f"{base.scheme}://{base.netloc}{base.path}" if base.netloc else base.path or "/"
-    with st.expander("Link to this view"):
+    with st.popover("Link to this view", width="stretch"):
         st.code(f"{url}?{query}" if query else url, language=None)
         st.caption("Opens this page with the same checkpoint and controls.")
 

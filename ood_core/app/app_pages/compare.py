@@ -62,12 +62,12 @@ for side, col, name, result in widgets.side_by_side(chosen, cached.evaluation_ca
     results[name] = {**result, "method": method}
     col.caption(f"method `{method}`")
     id_s, ood_s = result["scores"][f"id/{score}"], result["scores"][f"{ood_set}/{score}"]
-    if plot == "score histogram":
-        fig = figures.histogram_figure(id_s, ood_s, score, ood_set)
+    if plot == "score histogram":  # narrow columns: the file name as title, the legend below
+        fig = figures.distributions_figure({"ID (test)": id_s, f"OOD: {ood_set}": ood_s}, f"{score} (high = ID)",
+                                           name, legend_below=True)
     else:
         fig = figures.roc_figure(figures.roc_curves(
-            {f"AUROC {result['report']['ood'][ood_set][score]['auroc']:.3f}": (id_s, ood_s)}))
-    fig.update_layout(title=name, legend=dict(orientation="h", yanchor="top", y=-0.2))  # narrow columns
+            {f"AUROC {result['report']['ood'][ood_set][score]['auroc']:.3f}": (id_s, ood_s)}), title=name)
     widgets.show_figure(fig, f"compare_fig_{side}", f"{Path(name).stem}_{score}_{ood_set}", col)
 
 st.subheader(f"Metrics on {ood_set}")

@@ -168,7 +168,8 @@ def test_training_in_the_browser_redraws_the_landscape_and_saves(server, browser
     _settle(page, "Training finished")
     _assert_no_error(page, "training")
     assert (folder / "e2e_toy2d.pt").is_file()
-    assert page.locator(".js-plotly-plot").count() >= 3  # loss, validation, landscape
+    page.locator(".js-plotly-plot .main-svg").nth(2).wait_for(timeout=60_000)  # loss, validation, landscape (plotly)
+    assert page.locator(".js-plotly-plot").count() >= 3
     page.screenshot(path=str(shots / "models-training.png"), full_page=True)
     page.locator(".js-plotly-plot").last.scroll_into_view_if_needed()  # the landscape, below the fold
     time.sleep(0.5)

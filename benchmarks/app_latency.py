@@ -406,22 +406,26 @@ window.__lat = {events: [], inputs: []};
     if (name === 'notRunning') requestAnimationFrame(() => requestAnimationFrame(
         () => window.__lat.events.push(['painted', performance.now()])));
   };
-  const attach = (app) => {
-    let conn = null, script = null;
-    const check = () => {
-      const c = app.getAttribute('data-test-connection-state'), s = app.getAttribute('data-test-script-state');
-      if (c !== conn) { conn = c; rec('conn:' + c); }
-      if (s !== script) { script = s; rec(s); }
-    };
-    check();
-    new MutationObserver(check).observe(app, {attributes: true,
-        attributeFilter: ['data-test-connection-state', 'data-test-script-state']});
+  let conn = null, script = null;
+  const see = (c, s) => {
+    if (c !== conn) { conn = c; rec('conn:' + c); }
+    if (s !== script) { script = s; rec(s); }
   };
-  const find = new MutationObserver(() => {
+  const CONN = 'data-test-connection-state', SCRIPT = 'data-test-script-state';
+  // Watches the whole document: stApp may be mounted late or again. A fast script run can set
+  // and clear "running" before the callback runs, so every change is replayed from the
+  // records' old values (a record's new value is the next record's old value).
+  new MutationObserver((records) => {
     const app = document.querySelector('[data-testid="stApp"]');
-    if (app) { find.disconnect(); attach(app); }
-  });
-  find.observe(document, {childList: true, subtree: true});
+    const mine = records.filter((r) => r.type === 'attributes' && r.target === app);
+    mine.forEach((r, i) => {
+      const next = mine.slice(i + 1).find((q) => q.attributeName === r.attributeName);
+      const value = next ? next.oldValue : app.getAttribute(r.attributeName);
+      if (r.attributeName === CONN) see(value, script); else see(conn, value);
+    });
+    if (app) see(app.getAttribute(CONN), app.getAttribute(SCRIPT));
+  }).observe(document, {subtree: true, childList: true, attributes: true, attributeOldValue: true,
+                        attributeFilter: [CONN, SCRIPT]});
   for (const t of ['pointerdown', 'keydown'])
     document.addEventListener(t, () => window.__lat.inputs.push(performance.now()), true);
 })();
@@ -484,6 +488,8 @@ def _browser_change(page, kind: str, key: str, label: str) -> None:
         option = page.get_by_role("option", name=label, exact=True)
         openers = [box.locator('button[aria-haspopup="listbox"]'), box.get_by_role("combobox"),
                    box.locator('[data-baseweb="select"]')]
+        # a page that reruns once after its first render (URL state) mounts the widget again
+        openers[0].or_(openers[1]).or_(openers[2]).first.wait_for(timeout=30_000)
         for attempt in range(6):  # the popup sometimes closes again at once (scrolling into view)
             opener = openers[attempt % len(openers)]
             if opener.count():
@@ -504,12 +510,16 @@ def _browser_change(page, kind: str, key: str, label: str) -> None:
         raise PageError(f"browser mode cannot change a {kind}")
 
 
-def _wait_drawn(tab, heading: str | None, charts: tuple[int, int], timeout: float, what: str) -> None:
-    """Until a script run has started and ended since the recorder was reset, and the page is drawn."""
+def _wait_drawn(tab, heading: str | None, charts: tuple[int, int], timeout: float, what: str,
+                need_run: bool = True) -> None:
+    """Until a script run has started and ended since the recorder was reset, and the page is
+    drawn. ``need_run=False``: the page's heading (new on the page) may stand for the run,
+    because a run that ends within one frame never shows the "running" state."""
     deadline = time.perf_counter() + timeout
     while True:
         events = [e[0] for e in tab.evaluate("() => window.__lat ? window.__lat.events : []")]
-        if "running" in events and "notRunning" in events[events.index("running"):] and _settled(tab, heading, charts):
+        ran = "running" in events and "notRunning" in events[events.index("running"):]
+        if (ran or not need_run) and _settled(tab, heading, charts):
             return
         if time.perf_counter() > deadline:
             raise PageError(f"{what}: not drawn after {timeout} s in the browser (events {events})")
@@ -590,7 +600,7 @@ def _sidebar_first_render(browser, base: str, page_info: PageInfo, heading: str 
         tab.evaluate("() => { window.__lat.events = []; }")
         t0 = time.perf_counter()
         link.first.click()
-        _wait_drawn(tab, heading, charts, timeout, f"{page_info.name} (via the sidebar)")
+        _wait_drawn(tab, heading, charts, timeout, f"{page_info.name} (via the sidebar)", need_run=heading is None)
         elapsed = time.perf_counter() - t0
         if errs := _page_errors(tab):
             raise PageError(f"{page_info.name}: exception in the browser (via the sidebar): {' | '.join(errs)}")

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "ood_core" / "app"
 PAGES = sorted((APP / "app_pages").glob("*.py"))
 CORE = sorted(p for p in (ROOT / "ood_core").rglob("*.py") if APP not in p.parents)
-UI_LIBS = ("streamlit", "plotly")
+UI_LIBS = ("streamlit", "plotly", "vl_convert")
 # pathlib: pages turn checkpoint paths into file names for labels and download names
 PAGE_ALLOWED = ("__future__", "pathlib", "streamlit", "ood_core.app")
 

@@ -14,7 +14,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "ood_core"
-UI_LIBRARIES = ("streamlit", "plotly")
+UI_LIBRARIES = ("streamlit", "plotly", "vl_convert")
 APP_MODULES = ("ood_core.app", "ood_core.app_support")  # a module and everything below it
 
 

@@ -780,7 +780,8 @@ def format_browser_table(rows: list[dict], repeats: int) -> str:
         side = b.get("sidebar_first_render_s")
         out.append([b["page"], _fmt(b.get("server_cold_start_s")), _fmt(b["first_render_s"]),
                     _met(b["first_render_s"], TARGET_FIRST_S), split,
-                    "— (the start page)" if side is None and not b["error"] and b.get("first_render_s") else _fmt(side),
+                    "— (the start page)" if side is None and not b["error"] and b.get("first_render_s")
+                    else _fmt(side),
                     _met(side, TARGET_FIRST_S),
                     _fmt(med), _met(med, TARGET_RERENDER_S), _fmt(b["rerender_s"][0] if b["rerender_s"] else None),
                     f"ERROR: {b['error']}" if b["error"] else ""])

@@ -4,9 +4,10 @@ draws it). Every score is high = ID.
 Histograms, bar and line charts, ROC curves and the cosine heatmap are Vega-Lite specs
 (:class:`VegaChart`). The embedding map (WebGL, click selection), attributions, training curves,
 landscapes and the toy2d plane map are plotly figures. In a page opened cold, the browser
-spends about 2.3 s loading, compiling and drawing five histograms with plotly.js (4.7 MB) on 2 CPU
-cores, 0.35 s with Vega (``benchmarks/chart_libraries.py``). So a page whose charts are all Vega-Lite never loads plotly.js.
-With the default checkpoint, every page but Embeddings is such a page on its first screen."""
+spends about 2.3 s loading, compiling and drawing five histograms with plotly.js (4.7 MB) on
+2 CPU cores, 0.35 s with Vega (``benchmarks/chart_libraries.py``). So a page whose charts are
+all Vega-Lite never loads plotly.js; with the default checkpoint, every page but Embeddings is
+such a page on its first screen."""
 from __future__ import annotations
 
 import json
@@ -191,15 +192,16 @@ def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], marker: tuple[f
         pd.DataFrame({"curve": pd.Series(dtype=str), "FPR": pd.Series(dtype=float), "TPR": pd.Series(dtype=float)})
     layers = [{"data": {"values": [{"FPR": 0.0, "TPR": 0.0}, {"FPR": 1.0, "TPR": 1.0}]},
                "mark": {"type": "line", "strokeDash": [2, 3], "color": "grey"},
-               "encoding": {"x": {"field": "FPR", "type": "quantitative"}, "y": {"field": "TPR", "type": "quantitative"}},
+               "encoding": {"x": {"field": "FPR", "type": "quantitative"},
+                            "y": {"field": "TPR", "type": "quantitative"}},
                "name": "chance"}]
     if marker is not None:
         layers.append({"mark": {"type": "point", "shape": "cross", "size": 160, "color": "black", "filled": True},
                        "encoding": {"x": {"datum": float(marker[0]), "type": "quantitative"},
                                     "y": {"datum": float(marker[1]), "type": "quantitative"}},
                        "name": "threshold"})
-    return lines_chart(table, "FPR", "TPR", "curve", title, "FPR (OOD called ID)", "TPR (ID kept)", points=False, layers=layers,
-                       x_domain=(0, 1), y_domain=(0, 1.02))
+    return lines_chart(table, "FPR", "TPR", "curve", title, "FPR (OOD called ID)", "TPR (ID kept)", points=False,
+                       layers=layers, x_domain=(0, 1), y_domain=(0, 1.02))
 
 
 CLASS_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",

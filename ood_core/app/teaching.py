@@ -142,7 +142,8 @@ def step_action(lesson: Lesson, step: Step) -> dict:
     threshold = widgets.threshold_slider(ident, ood, key=f"lesson_threshold_{key}")
     widgets.confusion_metrics(ident, ood, threshold)
     fig = figures.distributions_figure({"ID (test)": ident, f"OOD: {step.ood_set}": ood}, f"{step.score} (high = ID)",
-                                       f"{lesson.method_file}: {step.score} (dashed: the threshold)", threshold=threshold)
+                                       f"{lesson.method_file}: {step.score} (dashed: the threshold)",
+                                       threshold=threshold)
     widgets.show_figure(fig, f"lesson_threshold_fig_{key}", f"lesson_{key}_threshold")
     return {"scores": scores, "mechanism": None}
 

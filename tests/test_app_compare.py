@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 import ood_core
 from apptest_helpers import APP, TIMEOUT, charts, evaluation_of, histograms, on_page, roc_charts
-from ood_core.app import figures, state, tables
+from ood_core.app import figures, state, tables, widgets
 from ood_core import checkpoint_store, uploads
 from ood_core.errors import DataError
 
@@ -221,7 +221,7 @@ def test_every_figure_and_table_can_be_downloaded(app, page):
     assert not at.exception, [e.value for e in at.exception]
     buttons = [b.proto.label for b in at.get("download_button")]
     assert buttons.count("Download figure (HTML)") == len(at.get("plotly_chart"))
-    assert buttons.count("Download figure (PNG)") == buttons.count("Download data (CSV)") == len(
+    assert buttons.count(widgets.VEGA_PNG_LABEL) == buttons.count(widgets.VEGA_CSV_LABEL) == len(
         at.get("vega_lite_chart"))
     assert buttons.count("Download table (CSV)") == len(at.dataframe)
 

@@ -69,7 +69,8 @@ def density_table(values: dict[str, np.ndarray], bins: int = HIST_BINS) -> pd.Da
 
 
 def _legend(below: bool) -> dict:
-    return {"orient": "bottom", "direction": "vertical", "labelLimit": 300} if below else {"orient": "right"}
+    # below (narrow columns): two entries per row, so the plot keeps most of the height
+    return {"orient": "bottom", "columns": 2, "labelLimit": 110} if below else {"orient": "right"}
 
 
 def distributions_figure(values: dict[str, np.ndarray], x_label: str, title: str | None,
@@ -431,7 +432,7 @@ def mechanism_figure(figure: dict, role: str, x_label: str) -> VegaChart:
                                 f"{side['method']} ({side['file']})")
 
 
-def mechanism_card_figure(figure: dict, x_label: str, height: int = 260) -> VegaChart:
+def mechanism_card_figure(figure: dict, x_label: str, height: int = 300) -> VegaChart:
     """The method's side of a stored mechanism, small (a Home page card): ID against each OOD
     group, no title (the card names it), the legend below."""
     values = {k: np.asarray(v) for k, v in figure["method"]["values"].items()}

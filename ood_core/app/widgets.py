@@ -24,6 +24,8 @@ from ..data import IMAGE_SUFFIXES  # noqa: E402,F401
 from ..checkpoint_store import CHECKPOINT_ENV, checkpoint_dir  # noqa: E402,F401
 from ..views import describe_sample, detector_options, label_names, other_class_index  # noqa: E402,F401
 
+# the download buttons under a Vega-Lite chart (short: they sit side by side in narrow columns)
+VEGA_PNG_LABEL, VEGA_CSV_LABEL = "Figure (PNG)", "Data (CSV)"
 ATTRIBUTION_STEPS = (32, 64, 128, 256)  # IG path points offered by the Embeddings page
 EMBEDDING_SELECTION_HELP = "Click a point to show it below (or pick a sample by hand)."
 
@@ -145,10 +147,12 @@ def show_figure(fig, key: str, file_stem: str, container=None, on_select="ignore
         where.vega_lite_chart(fig.table, fig.spec, key=key, width="stretch",
                               **({"height": fig.height} if fig.height else {}))
         png, csv = where.columns(2)
-        png.download_button("Download figure (PNG)", data=lambda: vega_png(fig), file_name=f"{file_stem}.png",
-                            mime="image/png", on_click="ignore", key=f"{key}_png")
-        csv.download_button("Download data (CSV)", data=lambda: fig.table.to_csv(index=False).encode("utf-8"),
+        png.download_button(VEGA_PNG_LABEL, data=lambda: vega_png(fig), file_name=f"{file_stem}.png",
+                            mime="image/png", on_click="ignore", key=f"{key}_png", icon=":material/download:",
+                            help="The figure as a PNG image")
+        csv.download_button(VEGA_CSV_LABEL, data=lambda: fig.table.to_csv(index=False).encode("utf-8"),
                             file_name=f"{file_stem}.csv", mime="text/csv", on_click="ignore", key=f"{key}_csv",
+                            icon=":material/download:",
                             help="The numbers drawn (for a histogram: each set's bins and densities)")
         return None
     event = where.plotly_chart(fig, key=key, on_select=on_select, selection_mode=selection_mode,

@@ -91,6 +91,9 @@ TARGET_RERENDER_S = 1.0
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                  "--disable-background-networking"]
+# a chart that is drawn: plotly's SVG, or the marks Vega draws (one match per chart)
+PLOTLY_DRAWN = ".js-plotly-plot:has(.main-svg)"
+VEGA_DRAWN = '[data-testid="stVegaLiteChart"]:has(svg.marks, canvas.marks)'
 
 # Each page's main widget: (kind, key). key None = the first widget of that kind in the main area.
 # Pages not listed use the fallback (first selectbox/radio in the main area with >= 2 settable options).
@@ -471,9 +474,7 @@ def _settled(page, heading: str | None, charts: tuple[int, int]) -> bool:
     if not app.count() or page.locator('[data-testid="stSpinner"]').count():
         return False
     plotly, vega = charts
-    if page.locator(".js-plotly-plot:has(.main-svg)").count() < plotly:
-        return False
-    if page.locator('[data-testid="stVegaLiteChart"]:has(svg.marks, canvas.marks)').count() < vega:
+    if page.locator(PLOTLY_DRAWN).count() < plotly or page.locator(VEGA_DRAWN).count() < vega:
         return False
     return heading is None or page.get_by_role("heading", name=heading).count() > 0
 
@@ -562,17 +563,22 @@ def warm_up_server(browser, base: str, timeout: float) -> float:
         tab.close()
 
 
+def _default_page_cleared(tab, base: str, cache: Path | None, timeout: float) -> None:
+    """Open the default page in ``tab`` and wait until it is drawn, then clear the server's
+    caches and empty its disk cache: what comes next is a first render."""
+    tab.goto(base + "/", wait_until="commit")
+    _wait_drawn(tab, None, (0, 0), timeout, "the default page before clearing the caches")
+    _clear_caches(tab)
+    _empty_dir(cache)
+
+
 def _fresh_start(browser, base: str, cache: Path | None, timeout: float) -> None:
-    """Before a first render: the server's caches cleared (from a tab on the default page,
-    closed again) and its disk cache emptied."""
+    """Before a first render by URL: :func:`_default_page_cleared` in a tab closed again."""
     tab = _new_tab(browser)
     try:
-        tab.goto(base + "/", wait_until="commit")
-        _wait_drawn(tab, None, (0, 0), timeout, "the default page before clearing the caches")
-        _clear_caches(tab)
+        _default_page_cleared(tab, base, cache, timeout)
     finally:
         tab.close()
-    _empty_dir(cache)
 
 
 def _split(events: list) -> dict:
@@ -592,10 +598,7 @@ def _sidebar_first_render(browser, base: str, page_info: PageInfo, heading: str 
     plotly.js or Vega only if the default page drew such a chart)."""
     tab = _new_tab(browser)
     try:
-        tab.goto(base + "/", wait_until="commit")
-        _wait_drawn(tab, None, (0, 0), timeout, "the default page before the sidebar click")
-        _clear_caches(tab)
-        _empty_dir(cache)
+        _default_page_cleared(tab, base, cache, timeout)
         link = tab.locator(f'[data-testid="stSidebarNav"] a[href$="/{page_info.name}"]')
         tab.evaluate("() => { window.__lat.events = []; }")
         t0 = time.perf_counter()

@@ -62,8 +62,7 @@ for i in range(n_charts):
     st.vega_lite_chart(fig.table, fig.spec, key=f"c{i}", width="stretch")
 """,
 }
-DRAWN = {"none": None, "plotly": ".js-plotly-plot:has(.main-svg)",
-         "vega": '[data-testid="stVegaLiteChart"]:has(svg.marks, canvas.marks)'}
+DRAWN = {"none": None, "plotly": al.PLOTLY_DRAWN, "vega": al.VEGA_DRAWN}  # as app_latency waits for them
 
 
 def measure(browser, base: str, kind: str, n_charts: int, repeats: int, timeout: float = 60.0) -> list[float]:

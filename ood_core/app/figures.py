@@ -68,6 +68,12 @@ def density_table(values: dict[str, np.ndarray], bins: int = HIST_BINS) -> pd.Da
     return pd.DataFrame(columns=columns) if not frames else pd.concat(frames, ignore_index=True)[columns]
 
 
+def _colour(field_name: str, names: list[str], legend: dict) -> dict:
+    """The colour encoding of one series per name, in that order, with :data:`SET_COLOURS`."""
+    return {"field": field_name, "type": "nominal", "title": None, "sort": names,
+            "scale": {"domain": names, "range": list(SET_COLOURS[:len(names)])}, "legend": legend}
+
+
 def _legend(below: bool) -> dict:
     # below (narrow columns): two entries per row, so the plot keeps most of the height
     return {"orient": "bottom", "columns": 2, "labelLimit": 110} if below else {"orient": "right"}
@@ -86,9 +92,7 @@ def distributions_figure(values: dict[str, np.ndarray], x_label: str, title: str
             "x2": {"field": "end"},
             "y": {"field": "density", "type": "quantitative", "title": "density", "stack": None},
             "y2": {"datum": 0},
-            "color": {"field": "set", "type": "nominal", "title": None, "sort": list(values),
-                      "scale": {"domain": list(values), "range": list(SET_COLOURS[:len(values)])},
-                      "legend": _legend(legend_below)},
+            "color": _colour("set", list(values), _legend(legend_below)),
             "tooltip": [{"field": "set"}, {"field": "start", "format": ".4g"}, {"field": "end", "format": ".4g"},
                         {"field": "count"}, {"field": "density", "format": ".3g"}],
         },
@@ -128,9 +132,8 @@ def lines_chart(table: pd.DataFrame, x: str, y: str, series: str | None, title: 
         },
     }
     if series:
-        line["encoding"]["color"] = {"field": series, "type": "nominal", "title": None, "sort": names,
-                                     "scale": {"domain": names, "range": list(SET_COLOURS[:len(names)])},
-                                     "legend": {"orient": "bottom", "direction": "vertical", "labelLimit": 400}}
+        line["encoding"]["color"] = _colour(series, names, {"orient": "bottom", "direction": "vertical",
+                                                            "labelLimit": 400})
     spec = {"title": title, "layer": [line, *(layers or [])]}
     return VegaChart(spec, table)
 

@@ -40,8 +40,9 @@ server (headless, free port) and Debian Chromium driven by Playwright. The serve
 up like the AppTest process (the default page is opened once: its time is the server's cold
 start). Before each first render its caches are cleared with the app menu's "Clear caches"
 (shortcut "c", from a tab on the default page) and its disk cache ($OOD_CACHE_DIR) is emptied.
-Every first render counts until a script run has ended, the page's title and every chart of
-its first render (the plotly and Vega-Lite counts AppTest saw) are drawn and no spinner shows.
+Every first render counts until a script run has ended, the page's title and every chart and
+table of its first render (the plotly, Vega-Lite, dataframe and static-table counts AppTest saw)
+are drawn and no spinner shows.
 It is measured two ways, ``--repeats`` times each (median reported):
 
 * **by URL**: the page opened in a new browser context (no HTTP cache: a shared link opened
@@ -94,6 +95,9 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"
 # a chart that is drawn: plotly's SVG, or the marks Vega draws (one match per chart)
 PLOTLY_DRAWN = ".js-plotly-plot:has(.main-svg)"
 VEGA_DRAWN = '[data-testid="stVegaLiteChart"]:has(svg.marks, canvas.marks)'
+# a table that is drawn: the dataframe grid's canvas, or the static table's HTML
+DATAFRAME_DRAWN = '[data-testid="stDataFrame"]:has(canvas[data-testid="data-grid-canvas"])'
+TABLE_DRAWN = '[data-testid="stTable"]:has(table)'
 
 # Each page's main widget: (kind, key). key None = the first widget of that kind in the main area.
 # Pages not listed use the fallback (first selectbox/radio in the main area with >= 2 settable options).
@@ -319,6 +323,8 @@ class PageResult:
     heading: str | None = None      # the page's st.title, for the browser mode
     charts: int = 0                 # plotly charts on the first render
     vega_charts: int = 0            # Vega-Lite charts on the first render
+    dataframes: int = 0             # st.dataframe grids on the first render
+    tables: int = 0                 # static st.table tables on the first render
     errors_shown: list[str] = field(default_factory=list)  # st.error messages (reported, not fatal)
     error: str | None = None        # an exception / timeout: fatal
 
@@ -364,6 +370,7 @@ def measure_page(page: PageInfo, repeats: int = 3, timeout: float = 300.0, check
                 res.first_render_s = timed_run(at, at, page.name, "the first render", timeout)
                 res.charts = len(at.get("plotly_chart"))
                 res.vega_charts = len(at.get("vega_lite_chart"))
+                res.dataframes, res.tables = len(at.dataframe), len(at.table)
                 res.heading = at.title[0].value if len(at.title) else None
                 res.errors_shown = [str(e.value) for e in at.error]
                 choice = choose_widget(at, page.name)
@@ -466,16 +473,17 @@ def streamlit_server(env: dict, log_path: Path, start_timeout: float = 120.0, ap
                 proc.kill()
 
 
-def _settled(page, heading: str | None, charts: tuple[int, int]) -> bool:
-    """The script has ended, no spinner shows, the heading is there and every chart of the
-    first render is drawn: ``charts`` = (plotly, Vega-Lite) counts from AppTest."""
+def _settled(page, heading: str | None, charts: tuple[int, ...]) -> bool:
+    """The script has ended, no spinner shows, the heading is there and every chart and table
+    of the first render is drawn: ``charts`` = (plotly, Vega-Lite, dataframe, table) counts
+    from AppTest (missing trailing counts: 0)."""
     app = page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]'
                        '[data-test-connection-state="CONNECTED"]')
     if not app.count() or page.locator('[data-testid="stSpinner"]').count():
         return False
-    plotly, vega = charts
-    if page.locator(PLOTLY_DRAWN).count() < plotly or page.locator(VEGA_DRAWN).count() < vega:
-        return False
+    for drawn, wanted in zip((PLOTLY_DRAWN, VEGA_DRAWN, DATAFRAME_DRAWN, TABLE_DRAWN), charts):
+        if wanted and page.locator(drawn).count() < wanted:
+            return False
     return heading is None or page.get_by_role("heading", name=heading).count() > 0
 
 
@@ -511,7 +519,7 @@ def _browser_change(page, kind: str, key: str, label: str) -> None:
         raise PageError(f"browser mode cannot change a {kind}")
 
 
-def _wait_drawn(tab, heading: str | None, charts: tuple[int, int], timeout: float, what: str,
+def _wait_drawn(tab, heading: str | None, charts: tuple[int, ...], timeout: float, what: str,
                 need_run: bool = True) -> None:
     """Until a script run has started and ended since the recorder was reset, and the page is
     drawn. ``need_run=False``: the page's heading (new on the page) may stand for the run,
@@ -590,7 +598,7 @@ def _split(events: list) -> dict:
     return {"connected_s": first("conn:CONNECTED"), "script_start_s": start, "script_done_s": done}
 
 
-def _sidebar_first_render(browser, base: str, page_info: PageInfo, heading: str | None, charts: tuple[int, int],
+def _sidebar_first_render(browser, base: str, page_info: PageInfo, heading: str | None, charts: tuple[int, ...],
                           cache: Path | None, timeout: float) -> float:
     """A first render reached inside the app: the default page is opened and drawn, the caches are
     cleared and the disk cache emptied, then the page's sidebar link is clicked; timed from the
@@ -620,7 +628,7 @@ def browser_measure(page_info: PageInfo, apptest: PageResult | None, browser, en
            "connected_s": None, "script_start_s": None, "script_done_s": None,
            "sidebar_first_render_s": None, "sidebar_first_renders_s": [], "rerender_s": [], "error": None}
     heading = apptest.heading if apptest else None
-    charts = (apptest.charts, apptest.vega_charts) if apptest else (0, 0)
+    charts = (apptest.charts, apptest.vega_charts, apptest.dataframes, apptest.tables) if apptest else (0, 0)
     with tempfile.TemporaryDirectory(prefix="ood-latency-cache-", dir=workdir) as cache_dir, \
             streamlit_server({**env, "OOD_CACHE_DIR": cache_dir} if fresh_disk_cache else env,
                              workdir / f"streamlit-{page_info.name}.log") as base:
@@ -923,8 +931,9 @@ def main(argv: list[str] | None = None) -> int:
         print("Browser (Chromium headless, Playwright; a fresh `streamlit run` per page, warmed up on the default "
               "page; before each first render the server's caches are cleared and its disk cache emptied): "
               "first render by URL = navigation in a new browser context (no HTTP cache) -> script run ended, "
-              "title and every chart drawn, no spinner; via the sidebar = the default page drawn, then a click on "
-              "the page's link -> the same; re-render = input event -> the script run it started ended and painted.")
+              "title and every chart and table drawn, no spinner; via the sidebar = the default page drawn, "
+              "then a click on the page's link -> the same; re-render = input event -> the script run it started "
+              "ended and painted.")
         print(format_browser_table(browser_rows, args.repeats))
     print(f"\nLoad average start {info['loadavg_start']} -> end {info['loadavg_end']} "
           f"(figures from a busy machine are not final).")

@@ -1,17 +1,22 @@
-"""What a chart library costs a page opened cold in the browser: plotly.js against Vega-Lite.
+"""What a chart library, or a table element, costs a page opened cold in the browser: plotly.js
+against Vega-Lite, and Streamlit's dataframe grid against a static table.
 
-Three tiny Streamlit pages, written to a temporary folder, are served one after the other by
+Five tiny Streamlit pages, written to a temporary folder, are served one after the other by
 ``streamlit run`` and opened ``--repeats`` times each in headless Chromium (Playwright), every
 time in a new browser context (no HTTP cache, as a shared link opened for the first time):
 
 * ``none``: a title and a line of text (the floor: HTML, Streamlit's scripts, the websocket);
 * ``plotly``: the same plus ``--charts`` overlaid histograms drawn with ``st.plotly_chart``;
 * ``vega``: the same plus as many histograms with the same data, drawn with
-  ``st.vega_lite_chart`` as the app draws them (:func:`ood_core.app.figures.distributions_figure`).
+  ``st.vega_lite_chart`` as the app draws them (:func:`ood_core.app.figures.distributions_figure`);
+* ``dataframe``: the floor plus ``--charts`` metric tables (10 rows, 6 columns) in
+  ``st.dataframe``, the interactive grid (drawn on a canvas);
+* ``table``: the same tables in ``st.table`` (plain HTML).
 
-Timed from navigation until every chart is drawn (plotly's SVG, Vega's marks); the medians and
-each library's cost above the floor are printed. This is why the app draws its histograms, bar
-and line charts with Vega-Lite (``docs/performance.md``).
+Timed from navigation until every chart or table is drawn (plotly's SVG, Vega's marks, the
+grid's canvas, the table's cells); the medians and each element's cost above the floor are
+printed. This is why the app draws its histograms, bar and line charts with Vega-Lite
+(``docs/performance.md``).
 
     python benchmarks/chart_libraries.py [--repeats 5] [--charts 5]
 """
@@ -61,8 +66,18 @@ for i in range(n_charts):
     fig = figures.distributions_figure(values, "x", None)
     st.vega_lite_chart(fig.table, fig.spec, key=f"c{i}", width="stretch")
 """,
+"dataframe": """import pandas as pd
+table = pd.DataFrame({"ood_set": [f"set {i}" for i in range(10)], "auroc": rng.random(10),
+                      "aupr_in": rng.random(10), "aupr_out": rng.random(10), "fpr95": rng.random(10),
+                      "n": rng.integers(100, 1000, 10)})
+for i in range(n_charts):
+    st.dataframe(table, hide_index=True, key=f"c{i}")
+""",
 }
-DRAWN = {"none": None, "plotly": al.PLOTLY_DRAWN, "vega": al.VEGA_DRAWN}  # as app_latency waits for them
+PAGES["table"] = PAGES["dataframe"].replace("st.dataframe(table, hide_index=True, key=f\"c{i}\")", "st.table(table)")
+DRAWN = {"none": None, "plotly": al.PLOTLY_DRAWN, "vega": al.VEGA_DRAWN,  # as app_latency waits for them
+         "dataframe": al.DATAFRAME_DRAWN, "table": '[data-testid="stTable"]:has(td)'}
+PAIRS = (("plotly", "vega", "plotly.js", "Vega-Lite"), ("dataframe", "table", "the dataframe grid", "st.table"))
 
 
 def measure(browser, base: str, kind: str, n_charts: int, repeats: int, timeout: float = 60.0) -> list[float]:
@@ -76,7 +91,7 @@ def measure(browser, base: str, kind: str, n_charts: int, repeats: int, timeout:
             deadline = t0 + timeout
             while DRAWN[kind] and tab.locator(DRAWN[kind]).count() < n_charts:
                 if time.perf_counter() > deadline:
-                    raise SystemExit(f"{kind}: {n_charts} charts not drawn after {timeout} s")
+                    raise SystemExit(f"{kind}: {n_charts} elements not drawn after {timeout} s")
                 time.sleep(0.02)
             times.append(time.perf_counter() - t0)
         finally:
@@ -87,7 +102,7 @@ def measure(browser, base: str, kind: str, n_charts: int, repeats: int, timeout:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=5, help="cold loads per page (median reported; default 5)")
-    p.add_argument("--charts", type=int, default=5, help="histograms per page (default 5)")
+    p.add_argument("--charts", type=int, default=5, help="histograms (or tables) per page (default 5)")
     args = p.parse_args(argv)
     if args.repeats < 1 or args.charts < 1:
         p.error("--repeats and --charts must be >= 1")
@@ -111,16 +126,17 @@ def main(argv: list[str] | None = None) -> int:
             browser.close()
     floor = statistics.median(results["none"])
     print(f"Cold page load in headless Chromium, {args.charts} overlaid histograms (2 sets of 2,000 values, "
-          f"60 bins), median of {args.repeats}; {al.machine_info()['cpus_usable']} CPUs")
+          f"60 bins) or {args.charts} tables (10 x 6), median of {args.repeats}; "
+          f"{al.machine_info()['cpus_usable']} CPUs")
     print("| page | median (s) | runs (s) | cost of the charts above the floor (s) |")
     print("|---|---|---|---|")
     for kind, times in results.items():
         med = statistics.median(times)
         extra = "—" if kind == "none" else f"{med - floor:.2f}"
         print(f"| {kind} | {med:.2f} | {', '.join(f'{t:.2f}' for t in times)} | {extra} |")
-    plotly, vega = (statistics.median(results[k]) - floor for k in ("plotly", "vega"))
-    print(f"plotly.js costs {plotly:.2f} s, Vega-Lite {vega:.2f} s"
-          + (f" ({plotly / vega:.1f}x)" if vega > 0 else ""))
+    for heavy, light, heavy_name, light_name in PAIRS:
+        a, b = (statistics.median(results[k]) - floor for k in (heavy, light))
+        print(f"{heavy_name} costs {a:.2f} s, {light_name} {b:.2f} s" + (f" ({a / b:.1f}x)" if b > 0 else ""))
     return 0
 
 

@@ -1,6 +1,7 @@
 """Device choice, seeding and version stamps (no global state is kept here)."""
 from __future__ import annotations
 
+import os
 import platform
 import random
 
@@ -10,6 +11,7 @@ import torch
 from .errors import OODCoreError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+APP_THREADS_ENV = "OOD_APP_THREADS"
 
 
 def select_device(preference: str | torch.device | None = "auto") -> torch.device:
@@ -49,3 +51,37 @@ def library_versions() -> dict[str, str]:
 
     return {"ood_core": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "numpy": np.__version__, "scikit-learn": sklearn.__version__}
+
+
+def usable_cpus() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def app_torch_threads(environ: dict | None = None) -> int:
+    """Torch intra-op threads for the app's page computations: ``$OOD_APP_THREADS`` if set,
+    else the usable cores minus one (at least 1).
+
+    Why not every core: beside the page's script run there is a live training job (one
+    thread, :func:`ood_core.jobs.start_training`) and, when the app is used on the machine
+    that serves it, the browser drawing the page. Torch's OpenMP threads spin while they wait
+    for each other, so a thread count equal to the cores makes every computation wait whenever
+    another busy thread takes a core (on 2 cores, a page opened cold rendered about 0.5 s later
+    with 2 threads than with 1: ``docs/performance.md``).
+    Raises OODCoreError for a value that is not a positive integer.
+    """
+    value = (os.environ if environ is None else environ).get(APP_THREADS_ENV, "").strip()
+    if not value:
+        return max(1, usable_cpus() - 1)
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise OODCoreError(f"${APP_THREADS_ENV} must be a positive integer (torch threads for the app's pages), "
+                           f"got {value!r}; unset it for the default, the usable cores minus one "
+                           f"({max(1, usable_cpus() - 1)} here)")
+    return n

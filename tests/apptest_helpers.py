@@ -20,6 +20,17 @@ APP = str(Path(__file__).resolve().parents[1] / "app.py")
 TIMEOUT = 120
 
 
+def shown_tables(at: AppTest) -> list[pd.DataFrame]:
+    """Every table of the last run in page order, the dataframe grids and the static
+    ``st.table`` ones alike (:func:`ood_core.app.widgets.show_table` picks by length)."""
+    def walk(node):
+        for child in getattr(node, "children", {}).values():
+            if getattr(child, "type", None) in ("dataframe", "table"):
+                yield child.value
+            yield from walk(child)
+    return list(walk(at.main))
+
+
 def charts(at: AppTest) -> list[dict]:
     """Every plotly chart of the last run, as its figure JSON."""
     return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]

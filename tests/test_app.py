@@ -18,7 +18,7 @@ import ood_core
 from ood_core.app import cached, figures, tables
 from ood_core import checkpoint_store
 from apptest_helpers import (APP, TIMEOUT, charts as _charts, check_histogram, evaluation_of, histograms as _hists,
-                             on_page, opened_at, roc_charts, roc_marker, vega_charts)
+                             on_page, opened_at, roc_charts, roc_marker, shown_tables, vega_charts)
 
 pytestmark = pytest.mark.usefixtures("clear_streamlit_caches")
 
@@ -84,11 +84,11 @@ def test_collapse_page_subspace_choice_changes_the_shares(app, ckpt_dir):
     z = heat.pivot(index="mean of class", columns="vector of class", values="cos")
     assert z.shape == (6, 6) and list(z.index) == list(z.columns)  # 6 known classes
     assert np.all(np.argmax(z.to_numpy(), axis=1) == np.arange(6))  # each mean is closest to its own classifier vector
-    before = at.dataframe[0].value
+    before = shown_tables(at)[0]
     assert before["mean share outside"].between(0, 1).all()
     at.radio(key="subspace").set_value("top class-mean directions").run()
     assert not at.exception
-    after = at.dataframe[0].value
+    after = shown_tables(at)[0]
     assert not np.allclose(before["mean share outside"], after["mean share outside"])
     at.multiselect(key="subspace_sets").set_value(["textures"]).run()
     assert _hists(at)[0].sets == ["ID (test)", "OOD: textures"]
@@ -100,7 +100,7 @@ def test_jacobian_page_histograms_jnd_and_path(app, ckpt_dir):
     assert not at.exception, [e.value for e in at.exception]
     hist = _hists(at)
     assert len(hist) == 1 and hist[0].sets[0] == "ID (test)" and len(hist[0].sets) == 4
-    jnd = at.dataframe[0].value
+    jnd = shown_tables(at)[0]
     # the table is the plotted data's mean: recompute one entry with the library directly
     model, meta = ood_core.load_checkpoint(ckpt_dir / "ce_digits.pt")
     bench = ood_core.load_benchmark("digits")
@@ -115,7 +115,7 @@ def test_jacobian_page_histograms_jnd_and_path(app, ckpt_dir):
     assert not np.allclose(path_after["||J||_F"], path_before["||J||_F"])
     at.radio(key="jac_method").set_value("exact").run()
     assert not at.exception
-    exact = at.dataframe[0].value
+    exact = shown_tables(at)[0]
     assert not np.allclose(exact["mean ||J||_F"], jnd["mean ||J||_F"])
     assert np.allclose(exact["mean ||J||_F"], jnd["mean ||J||_F"], rtol=0.1)  # the estimate is close
 
@@ -166,7 +166,7 @@ def test_corrupt_checkpoint_shows_error(tmp_path, monkeypatch):
     assert len(at.error) == 1
     assert "broken.pt" in at.error[0].value and "checkpoint" in at.error[0].value
     assert not at.get("plotly_chart") and not at.get("vega_lite_chart")
-    assert not at.dataframe
+    assert not shown_tables(at)
 
 
 def test_empty_folder_says_how_to_train(tmp_path, monkeypatch):
@@ -235,7 +235,7 @@ def test_roc_page_threshold_slider_moves_the_counts(app, ckpt_dir):
     at.multiselect(key="roc_sets").set_value(["unknown", "textures"]).run()
     assert not at.exception
     assert roc_charts(at)[0].table["curve"].nunique() == 4
-    assert set(at.dataframe[0].value["ood_set"]) >= {"unknown", "textures"}
+    assert set(shown_tables(at)[0]["ood_set"]) >= {"unknown", "textures"}
 
 
 def test_feature_page_compares_two_models(app, ckpt_dir):
@@ -245,7 +245,7 @@ def test_feature_page_compares_two_models(app, ckpt_dir):
     # the default companion is the other checkpoint (toy2d), which lacks the digits OOD sets
     assert at.selectbox(key="feat_compare").value.endswith("ce_toy2d.pt")
     assert len(_hists(at)) == 1 and any("no OOD set" in w.value for w in at.warning)
-    table = at.dataframe[0].value.set_index(["model", "ood_set"])
+    table = shown_tables(at)[0].set_index(["model", "ood_set"])
     model, _ = ood_core.load_checkpoint(ckpt_dir / "ce_digits.pt")
     bench = ood_core.load_benchmark("digits")
     import torch
@@ -273,7 +273,7 @@ def test_energy_page_joint_energy_with_and_without_spectral_norm(monkeypatch):
     assert not at.exception, [e.value for e in at.exception]
     assert at.selectbox(key="energy_compare").value.endswith("snojoe_canvases.pt")
     assert len(_hists(at)) == 2
-    table = at.dataframe[0].value.set_index(["model", "ood_set"])
+    table = shown_tables(at)[0].set_index(["model", "ood_set"])
     for name in ("jointenergy_canvases.pt", "snojoe_canvases.pt"):
         _, meta = ood_core.load_checkpoint(CHECKPOINTS / name)
         for s, per_score in meta["metrics"]["ood"].items():  # stored at training time, by the evaluator
@@ -291,7 +291,7 @@ def test_energy_page_on_a_single_label_model_matches_the_energy_score(app, ckpt_
     at = app.run()
     at.switch_page("ood_core/app/app_pages/energy.py").run()
     assert not at.exception, [e.value for e in at.exception]
-    table = at.dataframe[0].value.set_index(["model", "ood_set"])
+    table = shown_tables(at)[0].set_index(["model", "ood_set"])
     ev = evaluation_of(ckpt_dir / "ce_digits.pt")
     for s, per_score in ev["report"]["ood"].items():
         assert table.loc[("ce_digits.pt", s), "AUROC"] == pytest.approx(per_score["energy"]["auroc"], abs=1e-6)

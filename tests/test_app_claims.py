@@ -8,7 +8,7 @@ import json
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from apptest_helpers import APP, TIMEOUT, check_histogram, histograms
+from apptest_helpers import APP, TIMEOUT, check_histogram, histograms, shown_tables
 from ood_core.app import widgets
 from ood_core import claims
 from ood_core.paths import SHIPPED_CHECKPOINTS
@@ -34,7 +34,7 @@ def test_claims_page_shows_every_stored_verdict_and_its_mechanism(monkeypatch):
     stored = claims.load_mechanisms(SHIPPED_CHECKPOINTS)
     assert stored is not None, "results/mechanisms.json does not match the shipped checkpoints: make checkpoints"
     at = _claims_page(monkeypatch)
-    overview = at.dataframe[0].value
+    overview = shown_tables(at)[0]
     assert list(overview["claim"]) == [c["key"] for c in doc["claims"]]
     assert list(overview["verdict"]) == [c["verdict"] for c in doc["claims"]]
     for c in doc["claims"]:
@@ -42,7 +42,7 @@ def test_claims_page_shows_every_stored_verdict_and_its_mechanism(monkeypatch):
         assert not at.exception
         assert [h.value for h in at.header] == [f"{c['key']} — {c['paper']}"]
         assert widgets.verdict_markdown(c["verdict"]) in " ".join(m.value for m in at.markdown)
-        shown = at.dataframe[1].value
+        shown = shown_tables(at)[1]
         assert list(shown["effect [95 % CI]"]) == [claims.format_effect(p) for p in c["parts"]]
         hists = histograms(at)
         assert len(hists) == 2

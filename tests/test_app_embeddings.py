@@ -17,7 +17,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import ood_core
-from apptest_helpers import array as _array, traces_of_type
+from apptest_helpers import array as _array, shown_tables, traces_of_type
 from ood_core.attribution import integrated_gradients
 from ood_core.data import load_benchmark_from_spec
 from ood_core.scores import make_score
@@ -159,7 +159,7 @@ def test_picked_sample_shows_its_scores_and_its_attribution(app, ckpt_dir):
     x = bench.ood["uniform-noise"]
     energy = make_score("energy")(ood_core.extract_outputs(model, x))
     id_energy = make_score("energy")(ood_core.extract_outputs(model, bench.test.x))
-    table = at.dataframe[0].value.set_index("score")
+    table = shown_tables(at)[0].set_index("score")
     assert table.loc["energy", "value"] == pytest.approx(energy[3], rel=1e-6)
     assert table.loc["energy", "ID percentile"] == pytest.approx(100 * np.mean(id_energy <= energy[3]))
     assert {"msp", "maxlogit", "energy", "feature_norm"} <= set(table.index)
@@ -389,7 +389,7 @@ def test_one_input_of_your_own_gets_every_score_its_percentiles_and_an_attributi
     model, meta = load_checkpoint(ckpt_dir / "ce_digits.pt")
     name, x = load_user_ood(stored, (1, 8, 8))
     ev = evaluate_model(model, meta, extra_ood={name: x})["scores"]
-    table = next(d.value for d in at.dataframe if "ID percentile" in d.value.columns)
+    table = next(t for t in shown_tables(at) if "ID percentile" in t.columns)
     assert set(table["score"]) == {k.split("/", 1)[1] for k in ev if k.startswith("id/")}  # every score
     for _, row in table.iterrows():
         ident, mine = ev[f"id/{row['score']}"], ev[f"{name}/{row['score']}"][0]

@@ -23,7 +23,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import ood_core
-from apptest_helpers import APP, TIMEOUT, evaluation_of, on_page
+from apptest_helpers import APP, TIMEOUT, evaluation_of, on_page, shown_tables
 from ood_core.app import cached, state
 from ood_core import checkpoint_store, uploads
 
@@ -116,7 +116,7 @@ def test_two_sessions_with_different_checkpoints_each_see_their_own_model(pair_d
     assert at_a.session_state[state.CHECKPOINT_KEY] == str(a) and at_b.session_state[state.CHECKPOINT_KEY] == str(b)
     # the ROC page's table is filtered to the chosen scores and sets: compare those rows
     for at, want, who in ((at_a, want_a, "A"), (at_b, want_b, "B")):
-        shown = _aurocs(at.dataframe[0].value)
+        shown = _aurocs(shown_tables(at)[0])
         expected = _aurocs(want)
         assert shown and all(shown[k] == pytest.approx(expected[k], abs=1e-9) for k in shown), who
 
@@ -189,7 +189,7 @@ def test_checkpoint_replaced_with_the_same_mtime_is_not_served_stale(pair_dir, t
     assert _aurocs(ev_before["table"]) != _aurocs(ev_after["table"])
     # and the other pages' caches follow too (ROC page reads evaluation_cached, Features its own)
     _ok(at.switch_page("ood_core/app/app_pages/roc.py").run())
-    shown = _aurocs(at.dataframe[0].value)
+    shown = _aurocs(shown_tables(at)[0])
     assert shown and all(shown[k] == pytest.approx(_aurocs(want_b)[k], abs=1e-9) for k in shown)
 
 

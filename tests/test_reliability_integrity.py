@@ -179,7 +179,7 @@ def test_the_app_shows_a_damaged_checkpoint_as_one_error(damaged, monkeypatch, c
     at = on_page(AppTest.from_file(APP, default_timeout=TIMEOUT))
     assert not at.exception, [e.value for e in at.exception]
     assert len(at.error) == 1 and "damaged" in at.error[0].value and "damaged.pt" in at.error[0].value
-    assert not at.dataframe and not at.get("plotly_chart") and not at.get("vega_lite_chart")
+    assert not at.dataframe and not at.table and not at.get("plotly_chart") and not at.get("vega_lite_chart")
 
 
 # --------------------------------------------------------------------------- 2. feature-cache entries

@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import streamlit as st
+import torch
 
 # absolute imports: Streamlit runs this file as a script (``__main__``), not as a package module
 from ood_core.app import cached, state, widgets
@@ -29,6 +30,7 @@ from ood_core.checkpoint_store import CHECKPOINT_ENV, TRAIN_COMMAND, checkpoint_
 from ood_core.data import IMAGE_SUFFIXES
 from ood_core.errors import OODCoreError
 from ood_core.paths import DATA_ROOT_ENV
+from ood_core.runtime import app_torch_threads
 from ood_core.views import needs_data_root, preset_status_markdown
 
 # Imported once when the server loads the app, not on the first page that builds a benchmark or
@@ -37,6 +39,22 @@ from ood_core.views import needs_data_root, preset_status_markdown
 import sklearn.datasets  # noqa: F401
 import sklearn.metrics  # noqa: F401
 import sklearn.model_selection  # noqa: F401
+
+
+def use_app_threads(environ: dict | None = None) -> str | None:
+    """Set torch's thread count to :func:`ood_core.runtime.app_torch_threads` (the calling
+    thread's, and the process-wide one that threads started later take: each script run's).
+    Returns what is wrong with ``$OOD_APP_THREADS`` (torch's count then stays as it was), else None."""
+    try:
+        torch.set_num_threads(app_torch_threads(environ))
+    except OODCoreError as e:
+        return str(e)
+    return None
+
+
+# Once per server process (again on each run where Streamlit runs this file as the script: the
+# same number, so nothing changes); a problem is said in the sidebar.
+THREADS_PROBLEM = use_app_threads()
 
 
 def run() -> None:
@@ -53,6 +71,8 @@ def run() -> None:
         st.session_state.pop(state.CHECKPOINT_KEY, None)  # the file is gone (or the folder changed): the first
 
     st.sidebar.title("OOD geometry lab")
+    if THREADS_PROBLEM:
+        st.sidebar.warning(f"{THREADS_PROBLEM}. Using torch's default of {torch.get_num_threads()} threads.")
     st.sidebar.toggle("Teaching mode", key=state.TEACHING_KEY,
                       help="Open every page's explanation (formula and what to look for) by default")
     if options:

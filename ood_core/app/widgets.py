@@ -163,10 +163,23 @@ def show_figure(fig, key: str, file_stem: str, container=None, on_select="ignore
     return event
 
 
-def show_table(table: pd.DataFrame, key: str, file_stem: str, container=None) -> None:
-    """A dataframe (no index) and a button that downloads it as CSV."""
+STATIC_TABLE_ROWS = 30
+
+
+def show_table(table: pd.DataFrame, key: str, file_stem: str, container=None, grid: bool | None = None) -> None:
+    """A table (no index) and a button that downloads it as CSV.
+
+    ``grid``: True for the scrollable, sortable ``st.dataframe`` grid, False for a static
+    ``st.table``; None (default) takes the grid only above :data:`STATIC_TABLE_ROWS` rows.
+    Why not always the grid: its scripts (about 1.2 MB) load with the first grid a browser shows,
+    which cost a page opened cold about 0.3 s on 2 cores (``benchmarks/chart_libraries.py``),
+    and a short table reads as well without them.
+    """
     where = container if container is not None else st
-    where.dataframe(table, hide_index=True, key=key)
+    if grid if grid is not None else len(table) > STATIC_TABLE_ROWS:
+        where.dataframe(table, hide_index=True, key=key)
+    else:
+        where.table(table, hide_index=True)
     where.download_button("Download table (CSV)", data=table.to_csv(index=False).encode("utf-8"),
                           file_name=f"{file_stem}.csv", mime="text/csv", on_click="ignore", key=f"{key}_csv")
 

@@ -181,7 +181,8 @@ def loaded_part() -> None:
 
     st.subheader("OOD detection metrics")
     table = tables.metric_table(rows)
-    widgets.show_table(table, "metric_table", f"{Path(path).stem}_ood_metrics")
+    # the grid even when short: the table a researcher sorts (every score on every set)
+    widgets.show_table(table, "metric_table", f"{Path(path).stem}_ood_metrics", grid=True)
     st.caption(tables.TABLE_CAPTION)
 
     st.subheader("Score distributions")

@@ -14,7 +14,7 @@ time in a new browser context (no HTTP cache, as a shared link opened for the fi
 * ``table``: the same tables in ``st.table`` (plain HTML).
 
 Timed from navigation until every chart or table is drawn (plotly's SVG, Vega's marks, the
-grid's canvas, the table's cells); the medians and each element's cost above the floor are
+grid's canvas, the static table); the medians and each element's cost above the floor are
 printed. This is why the app draws its histograms, bar and line charts with Vega-Lite
 (``docs/performance.md``).
 
@@ -76,7 +76,7 @@ for i in range(n_charts):
 }
 PAGES["table"] = PAGES["dataframe"].replace("st.dataframe(table, hide_index=True, key=f\"c{i}\")", "st.table(table)")
 DRAWN = {"none": None, "plotly": al.PLOTLY_DRAWN, "vega": al.VEGA_DRAWN,  # as app_latency waits for them
-         "dataframe": al.DATAFRAME_DRAWN, "table": '[data-testid="stTable"]:has(td)'}
+         "dataframe": al.DATAFRAME_DRAWN, "table": al.TABLE_DRAWN}
 PAIRS = (("plotly", "vega", "plotly.js", "Vega-Lite"), ("dataframe", "table", "the dataframe grid", "st.table"))
 
 

@@ -733,7 +733,7 @@ def machine_info() -> dict:
     import streamlit
     import torch
 
-    from ood_core.runtime import select_device
+    from ood_core.runtime import select_device, usable_cpus
 
     model = platform.processor() or ""
     with contextlib.suppress(OSError):
@@ -745,7 +745,7 @@ def machine_info() -> dict:
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "host": platform.node(),
         "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpus_usable": usable_cpus(),
         "cpu_model": model,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),

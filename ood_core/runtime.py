@@ -74,14 +74,14 @@ def app_torch_threads(environ: dict | None = None) -> int:
     Raises OODCoreError for a value that is not a positive integer.
     """
     value = (os.environ if environ is None else environ).get(APP_THREADS_ENV, "").strip()
+    default = max(1, usable_cpus() - 1)
     if not value:
-        return max(1, usable_cpus() - 1)
+        return default
     try:
         n = int(value)
-    except ValueError:
+    except ValueError:  # "1.5", "two"
         n = 0
     if n < 1:
         raise OODCoreError(f"${APP_THREADS_ENV} must be a positive integer (torch threads for the app's pages), "
-                           f"got {value!r}; unset it for the default, the usable cores minus one "
-                           f"({max(1, usable_cpus() - 1)} here)")
+                           f"got {value!r}; unset it for the default, the usable cores minus one ({default} here)")
     return n

@@ -176,7 +176,9 @@ def show_table(table: pd.DataFrame, key: str, file_stem: str, container=None, gr
     and a short table reads as well without them.
     """
     where = container if container is not None else st
-    if grid if grid is not None else len(table) > STATIC_TABLE_ROWS:
+    if grid is None:
+        grid = len(table) > STATIC_TABLE_ROWS
+    if grid:
         where.dataframe(table, hide_index=True, key=key)
     else:
         where.table(table, hide_index=True)

@@ -17,7 +17,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import ood_core
-from apptest_helpers import array as _array, shown_tables, traces_of_type
+from apptest_helpers import shown_tables, vega_charts
 from ood_core.attribution import integrated_gradients
 from ood_core.data import load_benchmark_from_spec
 from ood_core.scores import make_score
@@ -49,28 +49,40 @@ def _open(app: AppTest, checkpoint: Path | None = None) -> AppTest:
     return at
 
 
-def _scatter(at: AppTest) -> dict:
-    maps = traces_of_type(at, "scattergl")
+def _scatter(at: AppTest):
+    """The map: the one Vega-Lite chart drawing (x, y) points of samples (set, index)."""
+    maps = [v for v in vega_charts(at) if {"x", "y", "set", "index", "group", "score"} <= set(v.table.columns)]
     assert len(maps) == 1
     return maps[0]
 
 
-def _points(trace: dict) -> list[tuple[str, int]]:
-    return [(s, int(i)) for s, i in trace["customdata"]]
+def _x_title(view) -> str:
+    return view.spec["layer"][0]["encoding"]["x"]["title"]
 
 
-def _attribution_traces(at: AppTest) -> dict:
-    figs = [c for c in traces_of_type(at, "heatmap") + traces_of_type(at, "bar")
-            if any(t.get("name") == "attribution" for t in c["data"])]
-    assert len(figs) == 1
-    return {t["name"]: t for t in figs[0]["data"]}
+def _points(table) -> list[tuple[str, int]]:
+    return [(s, int(i)) for s, i in zip(table["set"], table["index"])]
 
 
-def _grid(values) -> np.ndarray:
-    """A plotly heatmap z: a nested list, or plotly 7's typed array with a "shape"."""
-    if isinstance(values, dict):
-        return _array(values).reshape([int(s) for s in str(values["shape"]).split(",")])
-    return np.asarray(values, dtype=float)
+def _groups(view) -> dict:
+    """The map's rows per legend group (an ID class or "OOD: <set>"), in the table's order."""
+    return {g: rows for g, rows in view.table.groupby("group", sort=False)}
+
+
+def _attribution(at: AppTest):
+    """The attribution chart's table, or None when the page draws none."""
+    views = [v for v in vega_charts(at) if {"input", "attribution"} <= set(v.table.columns)]
+    assert len(views) <= 1
+    return views[0].table if views else None
+
+
+def _grid(table, column: str) -> np.ndarray:
+    """An image column of the attribution table (one row per pixel) as a (rows, cols) array."""
+    rows, cols = table["row"].to_numpy(), table["col"].to_numpy()
+    grid = np.full((rows.max() + 1, cols.max() + 1), np.nan)
+    grid[rows, cols] = table[column].to_numpy()
+    assert np.isfinite(grid).all()  # every pixel once
+    return grid
 
 
 # ------------------------------------------------------------------------------- the map
@@ -78,22 +90,24 @@ def test_default_run_is_pca_with_every_id_and_ood_point(app, ckpt_dir):
     at = _open(app)
     assert at.radio(key="emb_method").value == "pca"
     _, meta, bench = _model_bench(ckpt_dir / "ce_digits.pt")
-    spec = _scatter(at)
-    assert spec["layout"]["xaxis"]["title"]["text"].startswith("PC1")
-    traces = {t["name"]: t for t in spec["data"]}
-    id_traces = [t for name, t in traces.items() if name.startswith("ID: ")]
-    assert {f"OOD: {s}" for s in bench.ood} == {n for n in traces if n.startswith("OOD: ")}
-    # every ID test point once, in the trace of its own class
-    id_points = [p for t in id_traces for p in _points(t)]
+    view = _scatter(at)
+    assert _x_title(view).startswith("PC1")
+    groups = _groups(view)
+    id_groups = {g: rows for g, rows in groups.items() if g.startswith("ID: ")}
+    assert {f"OOD: {s}" for s in bench.ood} == {g for g in groups if g.startswith("OOD: ")}
+    # every ID test point once, in the group of its own class
+    id_points = [p for rows in id_groups.values() for p in _points(rows)]
     assert sorted(id_points) == [("id", i) for i in range(len(bench.test.y))]
     labels = bench.test.y.numpy()
-    for t in id_traces:
-        cls = meta["dataset"]["class_names"].index(t["name"][len("ID: "):])
-        assert all(labels[i] == cls for _, i in _points(t))
+    for g, rows in id_groups.items():
+        cls = meta["dataset"]["class_names"].index(g[len("ID: "):])
+        assert all(labels[i] == cls for _, i in _points(rows))
     # every sample of every OOD set once
     for s, x in bench.ood.items():
-        assert _points(traces[f"OOD: {s}"]) == [(s, i) for i in range(len(x))]
-        assert len(_array(traces[f"OOD: {s}"]["x"])) == len(x)
+        assert _points(groups[f"OOD: {s}"]) == [(s, i) for i in range(len(x))]
+    # a click selects a sample: each layer's point selection is on the fields (set, index)
+    picks = [p for layer in view.spec["layer"] for p in layer.get("params", [])]
+    assert picks and all(p["select"]["type"] == "point" and p["select"]["fields"] == ["set", "index"] for p in picks)
 
 
 @pytest.mark.parametrize("normalize", [False, True])
@@ -113,10 +127,11 @@ def test_pca_coordinates_equal_an_independent_numpy_pca(app, ckpt_dir, normalize
     offsets = np.cumsum([0] + [len(outs[n].features) for n in names])
     row = {n: offsets[k] for k, n in enumerate(names)}
 
-    got = np.zeros_like(expected)
-    for t in _scatter(at)["data"]:
-        idx = [row[s] + i for s, i in _points(t)]
-        got[idx, 0], got[idx, 1] = _array(t["x"]), _array(t["y"])
+    got = np.full_like(expected, np.nan)
+    table = _scatter(at).table
+    idx = [row[s] + i for s, i in _points(table)]
+    got[idx, 0], got[idx, 1] = table["x"], table["y"]
+    assert np.isfinite(got).all()
     for c in range(2):  # a principal direction is defined up to its sign
         sign = np.sign(np.dot(got[:, c], expected[:, c]))
         np.testing.assert_allclose(sign * got[:, c], expected[:, c], atol=1e-3 * np.abs(expected).max())
@@ -125,24 +140,26 @@ def test_pca_coordinates_equal_an_independent_numpy_pca(app, ckpt_dir, normalize
 def test_changing_the_score_recolours_the_ood_points(app, ckpt_dir):
     at = _open(app)
     model, _, bench = _model_bench(ckpt_dir / "ce_digits.pt")
-    before = {t["name"]: _array(t["marker"]["color"]) for t in _scatter(at)["data"] if t["name"].startswith("OOD")}
+    before = {g: rows["score"].to_numpy() for g, rows in _groups(_scatter(at)).items()}
     assert at.selectbox(key="emb_score").value != "feature_norm"
     at.selectbox(key="emb_score").set_value("feature_norm").run()
     assert not at.exception
-    spec = _scatter(at)
+    view = _scatter(at)
+    groups = _groups(view)
     for s, x in bench.ood.items():
-        trace = next(t for t in spec["data"] if t["name"] == f"OOD: {s}")
         expected = make_score("feature_norm")(ood_core.extract_outputs(model, x))  # ||z||, the registry's
-        colours = _array(trace["marker"]["color"])
+        colours = groups[f"OOD: {s}"].sort_values("index")["score"].to_numpy()
         np.testing.assert_allclose(colours, expected, rtol=1e-5)
         assert not np.allclose(colours, before[f"OOD: {s}"])
-    assert "feature_norm" in spec["layout"]["coloraxis"]["colorbar"]["title"]["text"]
+    ood_layer = view.spec["layer"][1]
+    assert ood_layer["encoding"]["color"]["field"] == "score"
+    assert "feature_norm" in ood_layer["encoding"]["color"]["title"]
 
 
 def test_ood_set_choice_limits_the_traces(app, ckpt_dir):
     at = _open(app)
     at.multiselect(key="emb_sets").set_value(["uniform-noise"]).run()
-    names = [t["name"] for t in _scatter(at)["data"]]
+    names = list(_groups(_scatter(at)))
     assert [n for n in names if n.startswith("OOD")] == ["OOD: uniform-noise"]
     assert sum(n.startswith("ID: ") for n in names) == 6
 
@@ -164,27 +181,26 @@ def test_picked_sample_shows_its_scores_and_its_attribution(app, ckpt_dir):
     assert table.loc["energy", "ID percentile"] == pytest.approx(100 * np.mean(id_energy <= energy[3]))
     assert {"msp", "maxlogit", "energy", "feature_norm"} <= set(table.index)
 
-    traces = _attribution_traces(at)
+    shown = _attribution(at)
     direct = integrated_gradients(model, x[3], "energy", baseline="zeros", n_steps=128)
-    np.testing.assert_allclose(_grid(traces["attribution"]["z"]), direct.attributions.numpy()[0], rtol=1e-4,
-                               atol=1e-6)
-    np.testing.assert_allclose(_grid(traces["input"]["z"]), x[3].numpy()[0], atol=1e-6)
+    np.testing.assert_allclose(_grid(shown, "attribution"), direct.attributions.numpy()[0], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(_grid(shown, "input"), x[3].numpy()[0], atol=1e-6)
 
     # another baseline and path length give another, still matching, map
     at.radio(key="emb_baseline").set_value("mean").run()
     at.select_slider(key="emb_steps").set_value(32).run()
     direct = integrated_gradients(model, x[3], "energy", baseline="mean", reference=bench.train.x, n_steps=32)
-    np.testing.assert_allclose(_grid(_attribution_traces(at)["attribution"]["z"]), direct.attributions.numpy()[0],
+    np.testing.assert_allclose(_grid(_attribution(at), "attribution"), direct.attributions.numpy()[0],
                                rtol=1e-4, atol=1e-6)
     assert any(f"{float(direct.scores[0] - direct.baseline_scores[0]):.4f}" in c.value for c in at.caption)
 
 
 def test_map_selection_fills_the_picker_and_then_lets_go(app):
     at = _open(app)
-    # what st.plotly_chart(on_select="rerun") reports after a click on a point
-    at.session_state["emb_map"] = {"selection": {"points": [{"curve_number": 7, "point_index": 7,
-                                                             "customdata": ["uniform-noise", 7]}],
-                                                 "point_indices": [7], "box": [], "lasso": []}}
+    # what st.vega_lite_chart(on_select="rerun") reports after a click on an OOD point (the
+    # browser test clicks one for real)
+    at.session_state["emb_map"] = {"selection": {"pick_id": [{"set": "uniform-noise", "index": 7}],
+                                                 "pick_ood": [{"set": "uniform-noise", "index": 7}]}}
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.selectbox(key="emb_pick_set").value == "uniform-noise"
@@ -202,22 +218,21 @@ def test_non_attributable_score_says_why(app, ckpt_dir):
     at.selectbox(key="emb_score").set_value("mahalanobis").run()
     assert not at.exception
     assert any("mahalanobis" in i.value and "not differentiable" in i.value for i in at.info)
-    assert not [c for c in traces_of_type(at, "heatmap") if any(t.get("name") == "attribution" for t in c["data"])]
+    assert _attribution(at) is None
 
 
 def test_toy2d_checkpoint_shows_points_and_bar_attributions(app, ckpt_dir):
     at = _open(app, ckpt_dir / "ce_toy2d.pt")
     model, _, bench = _model_bench(ckpt_dir / "ce_toy2d.pt")
-    spec = _scatter(at)
-    n_id = sum(len(t["customdata"]) for t in spec["data"] if t["name"].startswith("ID: "))
-    assert n_id == len(bench.test.y)
+    groups = _groups(_scatter(at))
+    assert sum(len(rows) for g, rows in groups.items() if g.startswith("ID: ")) == len(bench.test.y)
     for s, x in bench.ood.items():
-        assert len(next(t for t in spec["data"] if t["name"] == f"OOD: {s}")["customdata"]) == len(x)
+        assert len(groups[f"OOD: {s}"]) == len(x)
     score = at.selectbox(key="emb_score").value
-    traces = _attribution_traces(at)
-    assert traces["attribution"]["type"] == "bar"
+    shown = _attribution(at)
+    assert list(shown["coordinate"]) == ["x1", "x2"]  # bars, one per coordinate
     direct = integrated_gradients(model, bench.test.x[0], score, n_steps=128)
-    np.testing.assert_allclose(_array(traces["attribution"]["y"]), direct.attributions.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(shown["attribution"], direct.attributions.numpy(), rtol=1e-4, atol=1e-6)
     x0 = bench.test.x[0].tolist()
     assert at.metric[0].value == f"({x0[0]:.3f}, {x0[1]:.3f})"
 
@@ -248,12 +263,12 @@ def test_multilabel_checkpoint_groups_id_points_by_label_count(monkeypatch):
     at = _open(at, CHECKPOINTS / "jointenergy_canvases.pt")
     _, _, bench = _model_bench(CHECKPOINTS / "jointenergy_canvases.pt")
     counts = (bench.test.y.numpy() > 0.5).sum(axis=1)
-    id_traces = [t for t in _scatter(at)["data"] if t["name"].startswith("ID: ")]
-    for t in id_traces:
-        n = int(t["name"].split()[1])
-        assert all(counts[i] == n for _, i in _points(t))
-    assert sum(len(t["customdata"]) for t in id_traces) == len(counts)
-    assert _grid(_attribution_traces(at)["attribution"]["z"]).shape == (16, 16)
+    id_groups = {g: rows for g, rows in _groups(_scatter(at)).items() if g.startswith("ID: ")}
+    for g, rows in id_groups.items():
+        n = int(g.split()[1])
+        assert all(counts[i] == n for _, i in _points(rows))
+    assert sum(len(rows) for rows in id_groups.values()) == len(counts)
+    assert _grid(_attribution(at), "attribution").shape == (16, 16)
 
 
 # ------------------------------------------------------------------------------- UMAP (slow: numba)
@@ -266,11 +281,11 @@ def test_umap_on_request_maps_every_point(app, ckpt_dir, tmp_path, monkeypatch):
     # the fit runs in a worker thread: the page says so and returns at once
     assert not at.exception and any("in the background" in i.value for i in at.info)
     _wait_for_map(at)
-    spec = _scatter(at)
-    assert spec["layout"]["xaxis"]["title"]["text"] == "UMAP 1"
-    points = [p for t in spec["data"] for p in _points(t)]
+    view = _scatter(at)
+    assert _x_title(view) == "UMAP 1"
+    points = _points(view.table)
     assert len(points) == len(set(points)) == len(bench.test.y) + sum(len(x) for x in bench.ood.values())
-    xy = np.concatenate([np.stack([_array(t["x"]), _array(t["y"])], 1) for t in spec["data"]])
+    xy = view.table[["x", "y"]].to_numpy()
     assert np.isfinite(xy).all() and xy.std(axis=0).min() > 0
     # fitted on ID only, UMAP's transform caveat is shown
     at.radio(key="emb_fit_on").set_value("id").run()
@@ -395,4 +410,4 @@ def test_one_input_of_your_own_gets_every_score_its_percentiles_and_an_attributi
         ident, mine = ev[f"id/{row['score']}"], ev[f"{name}/{row['score']}"][0]
         assert row["value"] == pytest.approx(mine, rel=1e-6, abs=1e-9)
         assert row["ID percentile"] == pytest.approx(100 * np.mean(ident <= mine), abs=1e-9)
-    assert any(c.key == "emb_attr" for c in at.get("plotly_chart"))
+    assert _attribution(at) is not None

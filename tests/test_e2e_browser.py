@@ -9,6 +9,7 @@ installs both and sets ``E2E_REQUIRED=1``, so in CI a missing browser is a failu
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -199,4 +201,41 @@ def test_a_shared_link_opens_the_view_it_names(server, browser, link, seen, tmp_
         shown = box.inner_text() + " ".join(box.locator("input").evaluate_all("els => els.map(e => e.value)"))
         assert wanted in shown, f"{link}: the checkpoint box shows {shown!r}"
     assert page.get_by_text("is not available here").count() == 0, f"{link}: a value of the link was refused"
+    page.close()
+
+
+def test_a_click_on_the_embedding_map_shows_that_sample(server, browser, tmp_path):
+    """The Embeddings map is a Vega-Lite chart with a point selection: hovering a point shows its
+    tooltip (set and index), and clicking it reruns the page with that sample under the map."""
+    server, _ = server
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(f"{server}/embeddings", wait_until="domcontentloaded")
+    _settle(page, "Selected sample")
+    chart = page.locator('[data-testid="stVegaLiteChart"]').first
+    box = chart.bounding_box()
+    tooltip = page.locator("#vg-tooltip-element.visible")
+    found = None
+    # walk a grid over the plot until the pointer rests on a point (its tooltip shows)
+    for fy in np.linspace(0.15, 0.75, 13):
+        for fx in np.linspace(0.1, 0.8, 15):
+            x, y = box["x"] + fx * box["width"], box["y"] + fy * box["height"]
+            page.mouse.move(x, y)
+            time.sleep(0.05)
+            if tooltip.count():
+                text = tooltip.inner_text()
+                match = re.search(r"point\s+(ID: \S+|OOD: \S+)\s+#\s+(\d+)", text)
+                if not match:
+                    continue
+                group, index = match.group(1), int(match.group(2))
+                where = "ID test" if group.startswith("ID: ") else f"OOD set {group[len('OOD: '):]}"
+                if not page.get_by_text(f"{where} #{index}", exact=False).count():  # not the sample shown already
+                    found = (x, y, where, index)
+                    break
+        if found:
+            break
+    assert found, "no point of the map showed a tooltip"
+    x, y, where, index = found
+    page.mouse.click(x, y)
+    page.get_by_text(f"{where} #{index}", exact=False).first.wait_for(timeout=60_000)
+    _assert_no_error(page, "embeddings after a click on the map")
     page.close()

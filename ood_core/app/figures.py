@@ -1,13 +1,13 @@
 """The app's figures (builders only: they return a figure, :func:`ood_core.app.widgets.show_figure`
 draws it). Every score is high = ID.
 
-Histograms, bar and line charts, ROC curves and the cosine heatmap are Vega-Lite specs
-(:class:`VegaChart`). The embedding map (WebGL, click selection), attributions, training curves,
+Histograms, bar and line charts, ROC curves, the cosine heatmap, the embedding map (click
+selection) and attributions are Vega-Lite specs (:class:`VegaChart`). Training curves,
 landscapes and the toy2d plane map are plotly figures. In a page opened cold, the browser
 spends about 2.3 s loading, compiling and drawing five histograms with plotly.js (4.7 MB) on
 2 CPU cores, 0.35 s with Vega (``benchmarks/chart_libraries.py``). So a page whose charts are
-all Vega-Lite never loads plotly.js; with the default checkpoint, every page but Embeddings is
-such a page on its first screen."""
+all Vega-Lite never loads plotly.js; with the default checkpoint, every page is such a page on
+its first screen."""
 from __future__ import annotations
 
 import json
@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import plotly.express as px
 import plotly.graph_objects as go
 
 from ..metrics import roc_curve_points
@@ -42,8 +41,8 @@ def vega_png(chart: VegaChart, width: int = 640, scale: float = 2.0) -> bytes:
     import vl_convert
 
     values = json.loads(chart.table.to_json(orient="records"))  # NaN -> null, numpy scalars -> JSON
-    return vl_convert.vegalite_to_png({**chart.spec, "data": {"values": values}, "width": width,
-                                       "height": chart.height or 320}, scale=scale)
+    sizes = {} if "hconcat" in chart.spec else {"width": width, "height": chart.height or 320}  # views sized
+    return vl_convert.vegalite_to_png({**chart.spec, "data": {"values": values}, **sizes}, scale=scale)
 
 
 def density_table(values: dict[str, np.ndarray], bins: int = HIST_BINS) -> pd.DataFrame:
@@ -312,115 +311,179 @@ def _id_groups(labels: np.ndarray, class_names: list[str]) -> list[tuple[str, np
     return [(f"ID: {n} label{'s' if n != 1 else ''}", np.flatnonzero(counts == n)) for n in np.unique(counts)]
 
 
-OOD_SYMBOLS = ("x", "diamond", "cross", "triangle-up", "square", "star", "triangle-down", "hexagon")
+OOD_SHAPES = ("cross", "diamond", "triangle-up", "square", "triangle-down", "triangle-right", "triangle-left",
+              "wedge", "arrow")
+EMBEDDING_PICKS = ("pick_id", "pick_ood")  # the map's point selections (one per layer)
+
+
+def embedding_table(proj: Projection, scores: dict, score_name: str, id_labels, class_names: list[str],
+                    sets: list[str]) -> pd.DataFrame:
+    """The points of :func:`embedding_figure`: one row per sample with its map coordinates
+    ``x``, ``y``, its ``set`` (``"id"`` for the ID test split) and ``index`` in that set, its
+    legend ``group`` (an ID class, or ``"OOD: <set>"``) and its ``score``. ID rows come first,
+    grouped by class; then each shown OOD set in the order of ``sets``."""
+    id_xy = proj.coords["id"]
+    id_scores = np.asarray(scores[f"id/{score_name}"], dtype=np.float64)
+    frames = [pd.DataFrame({"x": id_xy[idx, 0], "y": id_xy[idx, 1], "set": "id", "index": idx, "group": name,
+                            "score": id_scores[idx]})
+              for name, idx in _id_groups(id_labels, class_names)]
+    for s in sets:
+        if s in proj.coords and f"{s}/{score_name}" in scores:
+            xy = proj.coords[s]
+            frames.append(pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "set": s, "index": np.arange(len(xy)),
+                                        "group": f"OOD: {s}",
+                                        "score": np.asarray(scores[f"{s}/{score_name}"], dtype=np.float64)}))
+    table = pd.concat(frames, ignore_index=True)
+    table["x"], table["y"] = table["x"].astype(np.float64), table["y"].astype(np.float64)
+    table["index"] = table["index"].astype(np.int64)
+    return table
 
 
 def embedding_figure(proj: Projection, scores: dict, score_name: str, id_labels, class_names: list[str],
-                     sets: list[str]):
-    """WebGL scatter of a 2-D map: ID test points coloured by class, the OOD ``sets`` coloured
-    by ``score_name`` (high = ID) on one shared colour bar, a marker symbol per set.
+                     sets: list[str]) -> VegaChart:
+    """Scatter of a 2-D map (Vega-Lite): ID test points coloured by class, the OOD ``sets``
+    coloured by ``score_name`` (high = ID) on one shared colour bar, a marker shape per set.
 
-    Every trace carries ``customdata = [set, index]`` per point (``"id"`` for the ID test
-    split), so a selected point maps back to its sample (:func:`selected_sample`). The colour
-    range spans the 1st-99th percentile of the score over the ID test split and the shown OOD
-    sets, so OOD points coloured like the top of the bar score like typical ID data.
+    The points are :func:`embedding_table`'s rows. A click selects a point: each layer has a
+    point selection (:data:`EMBEDDING_PICKS`) on the fields ``set`` and ``index``, so the
+    selection maps back to its sample (:func:`selected_sample`). The colour range spans the
+    1st-99th percentile of the score over the ID test split and the shown OOD sets, so OOD
+    points coloured like the top of the bar score like typical ID data.
+
+    Why Vega-Lite and not a plotly WebGL scatter: the page then never loads plotly.js (4.7 MB),
+    which cost the page opened cold about a second on 2 cores (``benchmarks/app_latency.py``).
     """
-    fig = go.Figure()
-    id_xy = proj.coords["id"]
-    palette = px.colors.qualitative.Plotly
-    for k, (name, idx) in enumerate(_id_groups(id_labels, class_names)):
-        fig.add_trace(go.Scattergl(
-            x=id_xy[idx, 0], y=id_xy[idx, 1], mode="markers", name=name,
-            marker=dict(size=5, opacity=0.55, color=palette[k % len(palette)]),
-            customdata=[["id", int(i)] for i in idx],
-            hovertemplate=f"{name} #%{{customdata[1]}}<br>{score_name}=%{{text}}<extra></extra>",
-            text=[f"{v:.3f}" for v in np.asarray(scores[f"id/{score_name}"])[idx]]))
-    shown = [s for s in sets if s in proj.coords and f"{s}/{score_name}" in scores]
-    pooled = np.concatenate([np.asarray(scores[f"id/{score_name}"], dtype=np.float64)]
-                            + [np.asarray(scores[f"{s}/{score_name}"], dtype=np.float64) for s in shown])
+    table = embedding_table(proj, scores, score_name, id_labels, class_names, sets)
+    pooled = table["score"].to_numpy()
     pooled = pooled[np.isfinite(pooled)]
     lo, hi = (np.percentile(pooled, [1, 99]) if pooled.size else (0.0, 1.0))
-    for k, s in enumerate(shown):
-        xy, values = proj.coords[s], np.asarray(scores[f"{s}/{score_name}"], dtype=np.float64)
-        fig.add_trace(go.Scattergl(
-            x=xy[:, 0], y=xy[:, 1], mode="markers", name=f"OOD: {s}",
-            marker=dict(size=6, symbol=OOD_SYMBOLS[k % len(OOD_SYMBOLS)], color=values, coloraxis="coloraxis"),
-            customdata=[[s, i] for i in range(len(xy))],
-            hovertemplate=f"OOD: {s} #%{{customdata[1]}}<br>{score_name}=%{{marker.color:.3f}}<extra></extra>"))
+    hi = hi if hi > lo else lo + 1e-9
     if proj.method == "pca":
         evr = proj.explained_variance_ratio or [float("nan")] * 2
         axes = [f"PC{i + 1} ({100 * r:.0f}% of variance)" for i, r in enumerate(evr)]
     else:
         axes = ["UMAP 1", "UMAP 2"]
+    groups = list(dict.fromkeys(table["group"]))
+    id_groups = [g for g in groups if not g.startswith("OOD: ")]
+    ood_groups = [g for g in groups if g.startswith("OOD: ")]
+    position = {"x": {"field": "x", "type": "quantitative", "title": axes[0], "scale": {"zero": False}},
+                "y": {"field": "y", "type": "quantitative", "title": axes[1], "scale": {"zero": False}}}
+    tooltip = [{"field": "group", "title": "point"}, {"field": "index", "title": "#"},
+               {"field": "score", "title": score_name, "format": ".4g"}]
+
+    def pick(name: str) -> dict:
+        return {"name": name, "select": {"type": "point", "fields": ["set", "index"], "on": "click",
+                                          "clear": "dblclick"}}
+
+    id_layer = {
+        "transform": [{"filter": "datum.set === 'id'"}],
+        "params": [pick(EMBEDDING_PICKS[0])],
+        "mark": {"type": "circle", "size": 28, "opacity": 0.6, "cursor": "pointer"},
+        "encoding": {**position, "tooltip": tooltip,
+                     "color": {"field": "group", "type": "nominal", "title": "ID class", "sort": id_groups,
+                               "scale": {"domain": id_groups, "scheme": "category10" if len(id_groups) <= 10
+                                         else "tableau20"},
+                               "legend": {"orient": "right"}}},
+    }
+    ood_layer = {
+        "transform": [{"filter": "datum.set !== 'id'"}],
+        "params": [pick(EMBEDDING_PICKS[1])],
+        "mark": {"type": "point", "size": 30, "filled": True, "opacity": 0.85, "cursor": "pointer"},
+        "encoding": {**position, "tooltip": tooltip,
+                     "color": {"field": "score", "type": "quantitative", "title": [score_name, "(high = ID)"],
+                               "scale": {"scheme": "viridis", "domain": [float(lo), float(hi)], "clamp": True}},
+                     "shape": {"field": "group", "type": "nominal", "title": "OOD set", "sort": ood_groups,
+                               "scale": {"domain": ood_groups,
+                                         "range": [OOD_SHAPES[k % len(OOD_SHAPES)] for k in range(len(ood_groups))]},
+                               "legend": {"orient": "bottom", "columns": 4}}},
+    }
     fit = "ID test + OOD sets" if proj.fit_on == "union" else "ID test only"
-    fig.update_layout(
-        title=f"{proj.method.upper()} of the features (fitted on {fit}); OOD coloured by {score_name} (high = ID)",
-        xaxis_title=axes[0], yaxis_title=axes[1], height=560, legend=dict(orientation="h", y=-0.12),
-        coloraxis=dict(colorscale="Viridis", cmin=float(lo), cmax=float(hi if hi > lo else lo + 1e-9),
-                       colorbar=dict(title=f"{score_name}<br>(high = ID)")),
-        margin=dict(t=50, b=40, l=40, r=10), dragmode="pan")
-    return fig
+    spec = {"title": f"{proj.method.upper()} of the features (fitted on {fit}); OOD coloured by {score_name} "
+                     "(high = ID)",
+            "layer": [id_layer, ood_layer] if ood_groups else [id_layer],
+            "resolve": {"scale": {"color": "independent"}, "legend": {"color": "independent"}}}
+    return VegaChart(spec, table, height=520)
 
 
 def selected_sample(state) -> tuple[str, int] | None:
-    """``(set name, index)`` of the first point selected in :func:`embedding_figure`'s chart,
-    read from the point's ``customdata`` (``[set, index]``), or None when nothing is selected.
+    """``(set name, index)`` of the point selected in :func:`embedding_figure`'s chart, or None
+    when nothing is selected.
 
-    ``state`` is what ``st.plotly_chart(..., on_select="rerun")`` returns (or its session-state
-    value): ``{"selection": {"points": [{"customdata": [...], ...}, ...], ...}}``. Points
-    without that customdata (e.g. from another figure) are skipped.
+    ``state`` is what ``st.vega_lite_chart(..., on_select="rerun")`` returns (or its session-state
+    value): ``{"selection": {"pick_id": [{"set": ..., "index": ...}], "pick_ood": [...]}}``. The
+    OOD layer is drawn on top, so its pick is read first; values without both fields are skipped.
     """
     if not state:
         return None
     selection = state.get("selection") if hasattr(state, "get") else getattr(state, "selection", None)
-    points = (selection.get("points") if hasattr(selection, "get") else None) or []
-    for point in points:
-        data = point.get("customdata") if hasattr(point, "get") else None
-        if isinstance(data, (list, tuple)) and len(data) == 2 and isinstance(data[0], str):
+    if not hasattr(selection, "get"):
+        return None
+    for name in reversed(EMBEDDING_PICKS):
+        for point in selection.get(name) or []:
+            if not hasattr(point, "get") or not isinstance(point.get("set"), str):
+                continue
             try:
-                return data[0], int(data[1])
-            except (TypeError, ValueError):
+                return point["set"], int(point["index"])
+            except (KeyError, TypeError, ValueError):
                 continue
     return None
 
 
-def attribution_figure(sample: np.ndarray, attributions: np.ndarray, score_name: str, title: str = ""):
-    """The input and its Integrated Gradients map side by side.
-
-    Images (C, H, W): the input in grey (channel mean) and the attribution summed over
-    channels (a sum keeps completeness) on a diverging scale centred at 0: blue (positive)
-    pushed the score up, toward ID; red (negative) toward OOD. Vectors (D,) such as toy2d
-    points: bars of the coordinates and of their attributions.
-    """
-    from plotly.subplots import make_subplots
-
+def attribution_table(sample: np.ndarray, attributions: np.ndarray) -> pd.DataFrame:
+    """The numbers of :func:`attribution_figure`. Images (C, H, W) or (H, W): one row per pixel
+    with ``row``, ``col``, ``input`` (the channel mean) and ``attribution`` (the sum over
+    channels, which keeps completeness). Vectors (D,): one row per coordinate with ``coordinate``
+    (``x1`` ...), ``input`` and ``attribution``."""
     sample, attributions = np.asarray(sample, dtype=np.float64), np.asarray(attributions, dtype=np.float64)
     if sample.ndim == 1:
-        names = [f"x{i + 1}" for i in range(sample.size)]
-        fig = make_subplots(rows=1, cols=2, subplot_titles=("input coordinates", f"IG of {score_name} (+ = toward ID)"))
-        fig.add_trace(go.Bar(x=names, y=sample, name="input", marker_color="grey",
-                             text=[f"{v:.3f}" for v in sample]), row=1, col=1)
-        fig.add_trace(go.Bar(x=names, y=attributions, name="attribution",
-                             marker_color=["#2166ac" if a >= 0 else "#b2182b" for a in attributions],
-                             text=[f"{v:+.3f}" for v in attributions]), row=1, col=2)
-        fig.update_layout(showlegend=False)
+        return pd.DataFrame({"coordinate": [f"x{i + 1}" for i in range(sample.size)], "input": sample,
+                             "attribution": attributions})
+    image = sample.mean(axis=0) if sample.ndim == 3 else sample
+    heat = attributions.sum(axis=0) if attributions.ndim == 3 else attributions
+    rows, cols = np.indices(image.shape)
+    return pd.DataFrame({"row": rows.ravel(), "col": cols.ravel(), "input": image.ravel(), "attribution": heat.ravel()})
+
+
+def attribution_figure(sample: np.ndarray, attributions: np.ndarray, score_name: str, title: str = "") -> VegaChart:
+    """The input and its Integrated Gradients map side by side (Vega-Lite), from
+    :func:`attribution_table`.
+
+    Images: the input in grey and the attribution on a diverging scale centred at 0: blue
+    (positive) pushed the score up, toward ID; red (negative) toward OOD. Vectors such as toy2d
+    points: bars of the coordinates and of their attributions.
+    """
+    table = attribution_table(sample, attributions)
+    m = float(np.max(np.abs(table["attribution"]))) or 1e-12
+    side = 260
+    if "coordinate" in table:
+        def bars(field_name: str, title_text: str, colour: dict) -> dict:
+            return {"title": title_text, "width": side, "height": side, "mark": {"type": "bar", "tooltip": True},
+                    "encoding": {"x": {"field": "coordinate", "type": "nominal", "title": None,
+                                       "sort": list(table["coordinate"])},
+                                 "y": {"field": field_name, "type": "quantitative"}, "color": colour}}
+        views = [bars("input", "input coordinates", {"value": "grey"}),
+                 bars("attribution", f"IG of {score_name} (+ = toward ID)",
+                      {"condition": {"test": "datum.attribution >= 0", "value": "#2166ac"}, "value": "#b2182b"})]
     else:
-        image = sample.mean(axis=0) if sample.ndim == 3 else sample
-        heat = attributions.sum(axis=0) if attributions.ndim == 3 else attributions
-        m = float(np.max(np.abs(heat))) or 1e-12
-        fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.08,
-                            subplot_titles=("input", f"IG of {score_name} (blue = toward ID, red = toward OOD)"))
-        fig.add_trace(go.Heatmap(z=image, colorscale="gray", showscale=False, name="input",
-                                 hovertemplate="row %{y}, col %{x}<br>value %{z:.3f}<extra></extra>"), row=1, col=1)
-        fig.add_trace(go.Heatmap(z=heat, colorscale="RdBu", zmin=-m, zmax=m, zmid=0.0, name="attribution",
-                                 colorbar=dict(title="IG"),
-                                 hovertemplate="row %{y}, col %{x}<br>IG %{z:+.4f}<extra></extra>"), row=1, col=2)
-        for col, anchor in ((1, "x"), (2, "x2")):
-            fig.update_yaxes(autorange="reversed", scaleanchor=anchor, row=1, col=col)
-            fig.update_xaxes(constrain="domain", row=1, col=col)
-    fig.update_layout(title=title or f"Integrated Gradients of {score_name}", height=380,
-                      margin=dict(t=70, b=40, l=40, r=10))
-    return fig
+        n_rows, n_cols = int(table["row"].max()) + 1, int(table["col"].max()) + 1
+        height = int(side * n_rows / max(n_rows, n_cols))
+        width = int(side * n_cols / max(n_rows, n_cols))
+
+        def pixels(field_name: str, title_text: str, scale: dict, legend) -> dict:
+            axis = {"labels": False, "ticks": False, "title": None}
+            return {"title": title_text, "width": width, "height": height, "mark": {"type": "rect"},
+                    "encoding": {"x": {"field": "col", "type": "ordinal", "axis": axis},
+                                 "y": {"field": "row", "type": "ordinal", "axis": axis},
+                                 "color": {"field": field_name, "type": "quantitative", "scale": scale,
+                                           "legend": legend},
+                                 "tooltip": [{"field": "row"}, {"field": "col"},
+                                             {"field": field_name, "format": "+.4f"}]}}
+        views = [pixels("input", "input", {"scheme": "greys", "reverse": True}, None),
+                 pixels("attribution", f"IG of {score_name} (blue = toward ID, red = toward OOD)",
+                        {"scheme": "redblue", "domain": [-m, m], "domainMid": 0.0}, {"title": "IG"})]
+    spec = {"title": title or f"Integrated Gradients of {score_name}", "hconcat": views,
+            "resolve": {"scale": {"color": "independent"}}}
+    return VegaChart(spec, table, height=side + 60)
 
 
 def figure_html(fig) -> str:

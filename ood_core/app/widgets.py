@@ -131,21 +131,26 @@ def compare_with(path: str, prefer: tuple[str, ...], key: str) -> str:
                         format_func=lambda p: Path(p).name)
 
 
-def show_figure(fig, key: str, file_stem: str, container=None, on_select="ignore",
-                selection_mode=("points", "box", "lasso")):
+def show_figure(fig, key: str, file_stem: str, container=None, on_select="ignore", selection_mode=None):
     """Draw ``fig`` (in ``container``, default the page) with a way to save it.
 
     A plotly figure: the chart's camera button saves a PNG named ``file_stem`` (drawn by the
     browser), and a button below downloads an interactive HTML file, built only when clicked
     (deferred), so an unused button costs nothing on a rerun. ``on_select``/``selection_mode`` go
-    to ``st.plotly_chart``; returns its value (the selection state when ``on_select="rerun"``).
+    to ``st.plotly_chart`` (``selection_mode`` None: points, box and lasso); returns its value (the
+    selection state when ``on_select="rerun"``).
     A :class:`~ood_core.app.figures.VegaChart`: ``st.vega_lite_chart`` and two deferred buttons,
-    the figure as a PNG (:func:`~ood_core.app.figures.vega_png`) and the data drawn (CSV); returns None.
+    the figure as a PNG (:func:`~ood_core.app.figures.vega_png`) and the data drawn (CSV);
+    ``on_select``/``selection_mode`` (the spec's selection parameters to use, None: all) go to
+    ``st.vega_lite_chart``, whose value is returned (None when selections are ignored).
     """
     where = container if container is not None else st
     if isinstance(fig, VegaChart):
-        where.vega_lite_chart(fig.table, fig.spec, key=key, width="stretch",
-                              **({"height": fig.height} if fig.height else {}))
+        composed = "hconcat" in fig.spec  # side-by-side views keep their own sizes
+        sizes = {"width": "content"} if composed else {"width": "stretch",
+                                                        **({"height": fig.height} if fig.height else {})}
+        event = where.vega_lite_chart(fig.table, fig.spec, key=key, on_select=on_select,
+                                      selection_mode=selection_mode, **sizes)
         png, csv = where.columns(2)
         png.download_button(VEGA_PNG_LABEL, data=lambda: vega_png(fig), file_name=f"{file_stem}.png",
                             mime="image/png", on_click="ignore", key=f"{key}_png", icon=":material/download:",
@@ -154,8 +159,9 @@ def show_figure(fig, key: str, file_stem: str, container=None, on_select="ignore
                             file_name=f"{file_stem}.csv", mime="text/csv", on_click="ignore", key=f"{key}_csv",
                             icon=":material/download:",
                             help="The numbers drawn (for a histogram: each set's bins and densities)")
-        return None
-    event = where.plotly_chart(fig, key=key, on_select=on_select, selection_mode=selection_mode,
+        return None if on_select == "ignore" else event
+    event = where.plotly_chart(fig, key=key, on_select=on_select,
+                               selection_mode=selection_mode or ("points", "box", "lasso"),
                                config={"toImageButtonOptions": {"format": "png", "filename": file_stem, "scale": 2}})
     where.download_button("Download figure (HTML)", data=lambda: figure_html(fig), file_name=f"{file_stem}.html",
                           mime="text/html", on_click="ignore", key=f"{key}_html",

@@ -77,8 +77,7 @@ elif fit_on == "id":
 labels = cached.test_labels_cached(path, version)
 class_names = meta["dataset"].get("class_names") or []
 fig = figures.embedding_figure(proj, scores, score, labels, class_names, sets)
-event = widgets.show_figure(fig, "emb_map", f"{Path(path).stem}_{method}_map", on_select="rerun",
-                        selection_mode="points")
+event = widgets.show_figure(fig, "emb_map", f"{Path(path).stem}_{method}_map", on_select="rerun")
 origin = "read from the disk cache" if proj.from_cache else f"computed in {proj.seconds:.1f} s"
 st.caption(f"{sum(len(v) for v in proj.coords.values())} points, map {origin}. {widgets.EMBEDDING_SELECTION_HELP}")
 

@@ -57,6 +57,7 @@ from ood_core.data import load_benchmark_from_spec
 from ood_core.errors import OODCoreError
 from ood_core.evaluate import extract_outputs
 from ood_core.geometry import jacobian_norm, nc_metrics
+from ood_core.methods import default_score_names
 from ood_core.runtime import select_device
 from ood_core.scores import COSTS, SCORES, make_score, scores_for_task
 
@@ -143,15 +144,18 @@ def scoring_section(checkpoint: Path, repeats: int, device) -> None:
     def forward_only():
         return extract_outputs(model, x, batch_size=512, device=device)
 
-    def forward_and_scores():
+    def forward_and_scores(names=None):
         out = extract_outputs(model, x, batch_size=512, device=device)
-        return {name: s(out) for name, s in used}
+        return {name: s(out) for name, s in used if names is None or name in names}
 
+    # what the app computes and caches for this checkpoint (its method's scores), apart from every detector
+    own = [n for n in default_score_names(meta, bench) if n in dict(used)]
     forward_only()  # warm-up
-    t_fwd, t_all = math.inf, math.inf
-    for _ in range(repeats):  # alternate so drift in machine load hits both
+    t_fwd, t_all, t_own = math.inf, math.inf, math.inf
+    for _ in range(repeats):  # alternate so drift in machine load hits all three
         t_fwd = min(t_fwd, best_time(forward_only, 1, device)[0])
         t_all = min(t_all, best_time(forward_and_scores, 1, device)[0])
+        t_own = min(t_own, best_time(lambda: forward_and_scores(own), 1, device)[0])
     out = forward_only()
     per_score = {name: best_time(lambda: s(out), repeats, device)[0] for name, s in used}
     n = x.shape[0]
@@ -162,8 +166,11 @@ def scoring_section(checkpoint: Path, repeats: int, device) -> None:
         print(f"not included: {'; '.join(skipped)}")
     print("| pass | seconds | samples/s |\n|---|---|---|")
     print(f"| forward pass only | {t_fwd:.3f} | {n / t_fwd:,.0f} |")
+    print(f"| forward pass + the checkpoint's {len(own)} reported scores | {t_own:.3f} | {n / t_own:,.0f} |")
     print(f"| forward pass + all {len(used)} scores | {t_all:.3f} | {n / t_all:,.0f} |")
-    print(f"throughput ratio (with scores / forward only): {t_fwd / t_all:.2f} (target >= 0.9)")
+    print(f"the checkpoint's reported scores (what the app evaluates and caches): {', '.join(own)}")
+    print(f"throughput ratio, the checkpoint's scores: {t_fwd / t_own:.2f}; every score: {t_fwd / t_all:.2f} "
+          "(target >= 0.9)")
     print("per score on the cached outputs (ms): "
           + ", ".join(f"{name} {1000 * t:.1f}" for name, t in per_score.items()))
     total = sum(per_score.values())

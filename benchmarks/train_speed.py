@@ -28,6 +28,7 @@ import torch
 
 import ood_core
 from ood_core.data import Benchmark, Split
+from ood_core.evaluate import extract_outputs
 from ood_core.models import build_model, default_arch
 from ood_core.runtime import seed_everything, select_device
 from ood_core.train import AMP_DTYPES, TrainConfig, _worker_context, train
@@ -134,6 +135,25 @@ def ours(bench, cfg: TrainConfig, arch: str) -> float:
     return elapsed
 
 
+def validation_seconds(bench, cfg: TrainConfig, device, arch: str, repeats: int = 5) -> float:
+    """Seconds of the validation passes our loop makes in a run of ``cfg.epochs`` epochs (one
+    ``extract_outputs`` over the validation split per epoch, as ``ood_core.train``), best of ``repeats``."""
+    model = build_model(arch, bench.num_classes, bench.input_shape).to(device)
+    x = bench.val.x
+    if cfg.channels_last and x.dim() == 4:
+        model = model.to(memory_format=torch.channels_last)
+    extract_outputs(model, x)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(cfg.epochs):
+            extract_outputs(model, x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default=None,
@@ -199,6 +219,11 @@ def main() -> None:
     print(f"| ood_core.train (validation each epoch, callbacks) | {t_ours:.2f} | {samples / t_ours:,.0f} |")
     print("pairs (bare s, ours s, ratio): " + ", ".join(f"({b:.2f}, {o:.2f}, {b / o:.2f})" for b, o in pairs))
     print(f"best-time ratio ours/bare throughput: {t_bare / t_ours:.2f}")
+    # where our extra time goes: the validation pass each epoch, which the bare loop does not make
+    t_val = validation_seconds(bench, cfg, device, arch)
+    print(f"our validation passes: {epochs} x {1000 * t_val / epochs:.1f} ms = {t_val:.2f} s "
+          f"({100 * t_val / t_ours:.0f}% of our best time); best-time ratio without them: "
+          f"{t_bare / max(t_ours - t_val, 1e-9):.2f} (a breakdown, not the target)")
     verdict = "met" if median >= 0.9 else "NOT met"
     print(f"median pair ratio ours/bare throughput over {len(pairs)} alternating pairs: {median:.2f} "
           f"(range {ratios[0]:.2f}-{ratios[-1]:.2f}; target >= 0.9: {verdict})")

@@ -100,11 +100,19 @@ def test_jacobian_page_histograms_jnd_and_path(app, ckpt_dir):
     assert not at.exception, [e.value for e in at.exception]
     hist = _hists(at)
     assert len(hist) == 1 and hist[0].sets[0] == "ID (test)" and len(hist[0].sets) == 4
+    # by default the table has the sets drawn (only those are computed); ticked, every OOD set
+    shown = [s[len("OOD: "):] for s in hist[0].sets[1:]]
+    assert list(shown_tables(at)[0]["set"]) == ["ID (test)", *shown]
+    assert at.multiselect(key="jac_sets").value == shown
+    at.checkbox(key="jac_every").check().run()
+    assert not at.exception, [e.value for e in at.exception]
     jnd = shown_tables(at)[0]
     # the table is the plotted data's mean: recompute one entry with the library directly
     model, meta = ood_core.load_checkpoint(ckpt_dir / "ce_digits.pt")
     bench = ood_core.load_benchmark("digits")
     assert jnd["JND vs ID"].iloc[0] == 0 and len(jnd) == 1 + len(bench.ood) == 10  # ID, then every OOD set
+    assert list(jnd["set"]) == ["ID (test)", *bench.ood]
+    assert len(_hists(at)[0].sets) == 4  # the histogram still draws the chosen sets
     from ood_core.geometry import jacobian_norm
     direct = jacobian_norm(model, bench.ood["textures"][:128], method="estimate", n_proj=16).mean()
     assert jnd.set_index("set").loc["textures", "mean ||J||_F"] == pytest.approx(direct, rel=1e-6)
@@ -313,6 +321,13 @@ def test_jacobian_norms_come_set_by_set_with_progress(ckpt_dir):
     assert [c[0] for c in calls] == list(range(1, len(expected) + 1)) and {c[1] for c in calls} == {len(expected)}
     for name in expected:
         np.testing.assert_allclose(norms[name], expected[name], rtol=1e-6)
+    # only some sets (the page's chosen ones): the ID split first, the benchmark's order, unknown names skipped
+    some = cached.jacobian_norms_cached(path, cached.checkpoint_version(path), "estimate", 8, 32,
+                                        sets=["textures", "blobs", "no-such-set"])
+    order = [n for n in expected if n in ("textures", "blobs")]
+    assert list(some) == ["id", *order]
+    for name in some:
+        np.testing.assert_allclose(some[name], expected[name], rtol=1e-6)
 
 
 def test_roc_page_adds_any_registered_detector(app, ckpt_dir):

@@ -245,14 +245,21 @@ def jacobian_norm_set_cached(path: str, version: tuple, set_name: str, method: s
     return jacobian_norms(model, {set_name: x}, probe_size, method=method, n_proj=n_proj, seed=0)[set_name]
 
 
+def ood_set_names(path: str, version: tuple, user_ood: str | None = None) -> list[str]:
+    """The OOD sets of a checkpoint's benchmark, then the user's set (if any), without computing anything."""
+    return [*benchmark_cached(path, version).ood, *user_ood_set(path, version, user_ood)]
+
+
 def jacobian_norms_cached(path: str, version: tuple, method: str = "estimate", n_proj: int = 16,
-                          probe_size: int = 256, user_ood: str | None = None, progress=None) -> dict[str, np.ndarray]:
-    """||d(z/||z||)/dx||_F of the first ``probe_size`` samples of the ID test split (``"id"``),
-    of every OOD set and of the user's, one cached set at a time (:func:`jacobian_norm_set_cached`):
-    exact norms on many samples take seconds per set, so ``progress(done, total, set_name)``
-    is called after each set (for a progress bar) and a page left midway keeps what it finished."""
-    bench = benchmark_cached(path, version)
-    names = ["id", *bench.ood, *user_ood_set(path, version, user_ood)]
+                          probe_size: int = 256, user_ood: str | None = None, progress=None,
+                          sets: list[str] | None = None) -> dict[str, np.ndarray]:
+    """||d(z/||z||)/dx||_F of the first ``probe_size`` samples of the ID test split (``"id"``)
+    and of the OOD ``sets`` (None: every OOD set and the user's, :func:`ood_set_names`; unknown
+    names are skipped), one cached set at a time (:func:`jacobian_norm_set_cached`): exact norms
+    on many samples take seconds per set, so ``progress(done, total, set_name)`` is called after
+    each set (for a progress bar) and a page left midway keeps what it finished."""
+    known = ood_set_names(path, version, user_ood)
+    names = ["id", *(known if sets is None else [n for n in known if n in set(sets)])]
     norms = {}
     for done, name in enumerate(names, start=1):
         norms[name] = jacobian_norm_set_cached(path, version, name, method, n_proj, probe_size, user_ood)
@@ -414,6 +421,34 @@ def configure_matplotlib_dir() -> str:
         return ""  # not writable: matplotlib falls back to its own defaults rather than break the page
     os.environ["MPLCONFIGDIR"] = str(folder)
     return str(folder)
+
+
+_ATTRIBUTION_PRELOAD: list[threading.Thread] = []  # at most one per process
+_PRELOAD_LOCK = threading.Lock()
+
+
+def preload_attribution_modules() -> threading.Thread:
+    """Import captum (and matplotlib, which it imports) in a background thread, once per process;
+    returns that thread.
+
+    Why: the import costs about 0.7 s on 2 cores, and the Embeddings page, whose first screen
+    shows an attribution, otherwise paid it on its first render after a server start. Started
+    when the server loads the app, it is done long before a visitor opens that page (an import
+    still under way then simply waits for this one). The matplotlib folder is set first
+    (:func:`configure_matplotlib_dir`). A failing import is left to :func:`attribution_cached`
+    to report where it is used."""
+    with _PRELOAD_LOCK:
+        if not _ATTRIBUTION_PRELOAD:
+            def work():
+                configure_matplotlib_dir()
+                try:
+                    import captum.attr  # noqa: F401
+                except Exception:  # noqa: BLE001 - said by the page that needs it, with its message
+                    pass
+            thread = threading.Thread(target=work, name="ood-lab-preload-captum", daemon=True)
+            thread.start()
+            _ATTRIBUTION_PRELOAD.append(thread)
+        return _ATTRIBUTION_PRELOAD[0]
 
 
 @st.cache_data(max_entries=16, show_spinner="Reading feature norms…")

@@ -40,6 +40,10 @@ import sklearn.datasets  # noqa: F401
 import sklearn.metrics  # noqa: F401
 import sklearn.model_selection  # noqa: F401
 
+# captum (for attributions) is imported in the background instead: Home does not need it, and
+# the 0.7 s it costs would otherwise fall on the first Embeddings page after a server start.
+cached.preload_attribution_modules()
+
 
 def use_app_threads(environ: dict | None = None) -> str | None:
     """Set torch's thread count to :func:`ood_core.runtime.app_torch_threads` (the calling

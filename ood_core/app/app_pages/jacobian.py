@@ -31,19 +31,25 @@ method = widgets.url_radio("Computation", ["estimate", "exact"], key="jac_method
 n_proj = c2.select_slider("Projections K (estimate)", [4, 8, 16, 32, 64], value=16, key="jac_k",
                           disabled=method == "exact")
 probe = c3.select_slider("Samples per set", [64, 128, 256, 512], value=128, key="jac_probe")
+ood_names = widgets.or_stop(cached.ood_set_names, path, version, widgets.user_ood())
+chosen = widgets.url_multiselect("OOD sets", ood_names, default=ood_names[:3], key="jac_sets", param="ood")
+every = st.checkbox("JND of every OOD set in the table", key="jac_every",
+                    help="Off: the norms of the sets shown above only (faster: each set is a few hundred "
+                         "backward passes, more for exact); on: every OOD set, one set at a time")
 bar = st.progress(0.0, text=f"Jacobian norms ({method})…")
 norms = widgets.or_stop(cached.jacobian_norms_cached, path, version, method, n_proj, probe, widgets.user_ood(),
                     lambda done, total, name: bar.progress(done / total, text=f"Jacobian norms ({method}): "
-                                                                               f"{name} done, {done}/{total} sets"))
+                                                                               f"{name} done, {done}/{total} sets"),
+                    None if every else chosen)
 bar.empty()
 
-ood_names = [n for n in norms if n != "id"]
-chosen = widgets.url_multiselect("OOD sets", ood_names, default=ood_names[:3], key="jac_sets", param="ood")
 values = {"ID (test)": norms["id"], **{f"OOD: {n}": norms[n] for n in chosen}}
 fig = figures.distributions_figure(values, "||J||_F", f"Jacobian norm of z/||z|| ({method})")
 widgets.show_figure(fig, "jac_hist", "jacobian_norms")
 
 widgets.show_table(tables.jnd_table(norms), "jnd_table", "jnd")
+if not every and len(chosen) < len(ood_names):
+    st.caption(f"The sets shown above; tick *JND of every OOD set* for all {len(ood_names)}.")
 
 st.subheader("Along a path between two test samples")
 labels = cached.test_labels_cached(path, version)

@@ -380,7 +380,7 @@ def embedding_figure(proj: Projection, scores: dict, score_name: str, id_labels,
         "params": [pick(EMBEDDING_PICKS[0])],
         "mark": {"type": "circle", "size": 28, "opacity": 0.6, "cursor": "pointer"},
         "encoding": {**position, "tooltip": tooltip,
-                     "color": {"field": "group", "type": "nominal", "title": "ID class", "sort": id_groups,
+                     "color": {"field": "group", "type": "nominal", "title": "ID test", "sort": id_groups,
                                "scale": {"domain": id_groups, "scheme": "category10" if len(id_groups) <= 10
                                          else "tableau20"},
                                "legend": {"orient": "right"}}},

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -411,3 +412,47 @@ def test_one_input_of_your_own_gets_every_score_its_percentiles_and_an_attributi
         assert row["value"] == pytest.approx(mine, rel=1e-6, abs=1e-9)
         assert row["ID percentile"] == pytest.approx(100 * np.mean(ident <= mine), abs=1e-9)
     assert _attribution(at) is not None
+
+
+# ------------------------------------------------------------------------------- large sets: a drawn sample
+def test_a_large_set_is_drawn_as_a_seeded_sample_with_its_own_indices():
+    """Sets above the cap are drawn as a fixed uniform sample; each drawn row keeps its sample's
+    index in the whole set (so a click reaches the right sample), with that sample's coordinates
+    and score; small sets are drawn whole."""
+    from ood_core.app import figures
+    from ood_core.projection import Projection
+
+    rng = np.random.default_rng(1)
+    n_id, n_big, n_small, cap = 500, 700, 40, 100
+    coords = {"id": rng.normal(size=(n_id, 2)).astype(np.float32), "big": rng.normal(size=(n_big, 2)).astype(np.float32),
+              "small": rng.normal(size=(n_small, 2)).astype(np.float32)}
+    scores = {f"{s}/msp": rng.random(len(xy)) for s, xy in coords.items()}
+    labels = rng.integers(0, 3, n_id)
+    proj = Projection(coords=coords, method="pca", fit_on="union", params={}, explained_variance_ratio=[0.5, 0.2])
+    table = figures.embedding_table(proj, scores, "msp", labels, ["a", "b", "c"], ["big", "small"], max_per_set=cap)
+    for s, n in (("id", n_id), ("big", n_big), ("small", n_small)):
+        rows = table[table["set"] == s].sort_values("index")
+        idx = rows["index"].to_numpy()
+        assert len(idx) == min(n, cap) == len(set(idx)) and idx.min() >= 0 and idx.max() < n
+        np.testing.assert_array_equal(rows["x"].to_numpy(), coords[s][idx, 0].astype(np.float64))
+        np.testing.assert_array_equal(rows["y"].to_numpy(), coords[s][idx, 1].astype(np.float64))
+        np.testing.assert_array_equal(rows["score"].to_numpy(), scores[f"{s}/msp"][idx])
+    assert sorted(table[table["set"] == "small"]["index"]) == list(range(n_small))  # drawn whole
+    for _, row in table[table["set"] == "id"].iterrows():  # each ID point in its own class's group
+        assert row["group"] == f"ID: {'abc'[labels[row['index']]]}"
+    again = figures.embedding_table(proj, scores, "msp", labels, ["a", "b", "c"], ["big", "small"], max_per_set=cap)
+    pd.testing.assert_frame_equal(table, again)  # the same sample on every rerun
+    whole = figures.embedding_table(proj, scores, "msp", labels, ["a", "b", "c"], ["big"], max_per_set=None)
+    assert len(whole) == n_id + n_big
+
+
+def test_the_page_says_when_it_draws_a_sample_of_the_points(app, ckpt_dir, monkeypatch):
+    from ood_core.app import figures
+
+    monkeypatch.setattr(figures, "MAP_POINTS_PER_SET", 50)
+    at = _open(app)
+    _, _, bench = _model_bench(ckpt_dir / "ce_digits.pt")
+    table = _scatter(at).table
+    assert table.groupby("set").size().max() <= 50
+    total = len(bench.test.y) + sum(len(x) for x in bench.ood.values())
+    assert any(f"{len(table)} of {total} points drawn" in c.value for c in at.caption)

@@ -316,23 +316,43 @@ OOD_SHAPES = ("cross", "diamond", "triangle-up", "square", "triangle-down", "tri
 EMBEDDING_PICKS = ("pick_id", "pick_ood")  # the map's point selections (one per layer)
 
 
+MAP_POINTS_PER_SET = 3000  # drawn per set at most: a canvas scatter stays quick to send and draw
+
+
+def drawn_indices(n: int, max_points: int | None, seed: int = 0) -> np.ndarray:
+    """The indices of a set of ``n`` points that the map draws: all of them when ``n <=
+    max_points`` (or ``max_points`` is None), else ``max_points`` of them drawn uniformly without
+    replacement with a generator seeded by ``seed`` (the same points on every rerun), sorted."""
+    if max_points is None or n <= max_points:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=int(max_points), replace=False))
+
+
 def embedding_table(proj: Projection, scores: dict, score_name: str, id_labels, class_names: list[str],
-                    sets: list[str]) -> pd.DataFrame:
+                    sets: list[str], max_per_set: int | None = MAP_POINTS_PER_SET) -> pd.DataFrame:
     """The points of :func:`embedding_figure`: one row per sample with its map coordinates
     ``x``, ``y``, its ``set`` (``"id"`` for the ID test split) and ``index`` in that set, its
     legend ``group`` (an ID class, or ``"OOD: <set>"``) and its ``score``. ID rows come first,
-    grouped by class; then each shown OOD set in the order of ``sets``."""
+    grouped by class; then each shown OOD set in the order of ``sets``.
+
+    A set larger than ``max_per_set`` (default :data:`MAP_POINTS_PER_SET`; None: no limit) is
+    drawn as a seeded uniform sample of that many points (:func:`drawn_indices`); ``index`` stays
+    the sample's index in its whole set, so a clicked point is still the right sample."""
     id_xy = proj.coords["id"]
     id_scores = np.asarray(scores[f"id/{score_name}"], dtype=np.float64)
+    id_kept = np.zeros(len(id_xy), dtype=bool)
+    id_kept[drawn_indices(len(id_xy), max_per_set)] = True
     frames = [pd.DataFrame({"x": id_xy[idx, 0], "y": id_xy[idx, 1], "set": "id", "index": idx, "group": name,
                             "score": id_scores[idx]})
-              for name, idx in _id_groups(id_labels, class_names)]
+              for name, idx in ((name, idx[id_kept[idx]]) for name, idx in _id_groups(id_labels, class_names))
+              if idx.size]
     for s in sets:
         if s in proj.coords and f"{s}/{score_name}" in scores:
             xy = proj.coords[s]
-            frames.append(pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "set": s, "index": np.arange(len(xy)),
+            idx = drawn_indices(len(xy), max_per_set)
+            frames.append(pd.DataFrame({"x": xy[idx, 0], "y": xy[idx, 1], "set": s, "index": idx,
                                         "group": f"OOD: {s}",
-                                        "score": np.asarray(scores[f"{s}/{score_name}"], dtype=np.float64)}))
+                                        "score": np.asarray(scores[f"{s}/{score_name}"], dtype=np.float64)[idx]}))
     table = pd.concat(frames, ignore_index=True)
     table["x"], table["y"] = table["x"].astype(np.float64), table["y"].astype(np.float64)
     table["index"] = table["index"].astype(np.int64)
@@ -340,11 +360,11 @@ def embedding_table(proj: Projection, scores: dict, score_name: str, id_labels, 
 
 
 def embedding_figure(proj: Projection, scores: dict, score_name: str, id_labels, class_names: list[str],
-                     sets: list[str]) -> VegaChart:
+                     sets: list[str], max_per_set: int | None = MAP_POINTS_PER_SET) -> VegaChart:
     """Scatter of a 2-D map (Vega-Lite): ID test points coloured by class, the OOD ``sets``
     coloured by ``score_name`` (high = ID) on one shared colour bar, a marker shape per set.
 
-    The points are :func:`embedding_table`'s rows. A click selects a point: each layer has a
+    The points are :func:`embedding_table`'s rows (at most ``max_per_set`` per set). A click selects a point: each layer has a
     point selection (:data:`EMBEDDING_PICKS`) on the fields ``set`` and ``index``, so the
     selection maps back to its sample (:func:`selected_sample`). The colour range spans the
     1st-99th percentile of the score over the ID test split and the shown OOD sets, so OOD
@@ -353,7 +373,7 @@ def embedding_figure(proj: Projection, scores: dict, score_name: str, id_labels,
     Why Vega-Lite and not a plotly WebGL scatter: the page then never loads plotly.js (4.7 MB),
     which cost the page opened cold about a second on 2 cores (``benchmarks/app_latency.py``).
     """
-    table = embedding_table(proj, scores, score_name, id_labels, class_names, sets)
+    table = embedding_table(proj, scores, score_name, id_labels, class_names, sets, max_per_set)
     pooled = table["score"].to_numpy()
     pooled = pooled[np.isfinite(pooled)]
     lo, hi = (np.percentile(pooled, [1, 99]) if pooled.size else (0.0, 1.0))

@@ -76,10 +76,15 @@ elif fit_on == "id":
 
 labels = cached.test_labels_cached(path, version)
 class_names = meta["dataset"].get("class_names") or []
-fig = figures.embedding_figure(proj, scores, score, labels, class_names, sets)
+fig = figures.embedding_figure(proj, scores, score, labels, class_names, sets,
+                              max_per_set=figures.MAP_POINTS_PER_SET)
 event = widgets.show_figure(fig, "emb_map", f"{Path(path).stem}_{method}_map", on_select="rerun")
 origin = "read from the disk cache" if proj.from_cache else f"computed in {proj.seconds:.1f} s"
-st.caption(f"{sum(len(v) for v in proj.coords.values())} points, map {origin}. {widgets.EMBEDDING_SELECTION_HELP}")
+in_map = sum(len(proj.coords[s]) for s in ["id", *sets] if s in proj.coords)
+drawn = (f"{len(fig.table)} points" if len(fig.table) == in_map else
+         f"{len(fig.table)} of {in_map} points drawn (at most {figures.MAP_POINTS_PER_SET:,} per set, a fixed "
+         "random sample; the picker below reaches every sample)")
+st.caption(f"{drawn}, map {origin}. {widgets.EMBEDDING_SELECTION_HELP}")
 
 # A new click on the map fills the picker below; the picker stays free to change until the next click.
 picked = figures.selected_sample(event)

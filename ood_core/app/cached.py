@@ -259,7 +259,8 @@ def jacobian_norms_cached(path: str, version: tuple, method: str = "estimate", n
     on many samples take seconds per set, so ``progress(done, total, set_name)`` is called after
     each set (for a progress bar) and a page left midway keeps what it finished."""
     known = ood_set_names(path, version, user_ood)
-    names = ["id", *(known if sets is None else [n for n in known if n in set(sets)])]
+    wanted = None if sets is None else set(sets)
+    names = ["id", *(n for n in known if wanted is None or n in wanted)]
     norms = {}
     for done, name in enumerate(names, start=1):
         norms[name] = jacobian_norm_set_cached(path, version, name, method, n_proj, probe_size, user_ood)
@@ -423,10 +424,7 @@ def configure_matplotlib_dir() -> str:
     return str(folder)
 
 
-_ATTRIBUTION_PRELOAD: list[threading.Thread] = []  # at most one per process
-_PRELOAD_LOCK = threading.Lock()
-
-
+@functools.cache  # once per process: later calls return the same thread
 def preload_attribution_modules() -> threading.Thread:
     """Import captum (and matplotlib, which it imports) in a background thread, once per process;
     returns that thread.
@@ -437,18 +435,16 @@ def preload_attribution_modules() -> threading.Thread:
     still under way then simply waits for this one). The matplotlib folder is set first
     (:func:`configure_matplotlib_dir`). A failing import is left to :func:`attribution_cached`
     to report where it is used."""
-    with _PRELOAD_LOCK:
-        if not _ATTRIBUTION_PRELOAD:
-            def work():
-                configure_matplotlib_dir()
-                try:
-                    import captum.attr  # noqa: F401
-                except Exception:  # noqa: BLE001 - said by the page that needs it, with its message
-                    pass
-            thread = threading.Thread(target=work, name="ood-lab-preload-captum", daemon=True)
-            thread.start()
-            _ATTRIBUTION_PRELOAD.append(thread)
-        return _ATTRIBUTION_PRELOAD[0]
+    def work():
+        configure_matplotlib_dir()
+        try:
+            import captum.attr  # noqa: F401
+        except Exception:  # noqa: BLE001 - said by the page that needs it, with its message
+            pass
+
+    thread = threading.Thread(target=work, name="ood-lab-preload-captum", daemon=True)
+    thread.start()
+    return thread
 
 
 @st.cache_data(max_entries=16, show_spinner="Reading feature norms…")

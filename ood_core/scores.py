@@ -59,19 +59,21 @@ CACHE_BLOCK_BYTES = 4 * 2**20
 CACHE_BLOCK_MIN_ROWS = 256
 
 
-def row_chunks(n_rows: int, bytes_per_row: int, budget: int | None = None):
+def row_chunks(n_rows: int, bytes_per_row: int, budget: int | None = None, cache_blocks: bool = True):
     """Slices over ``range(n_rows)`` such that ``len(slice) * bytes_per_row <= budget`` (at
     least one row per slice). ``budget`` defaults to :data:`MEMORY_BUDGET_BYTES`; e.g. a KNN
     block of ``rows x 50,000`` float32 cosines has ``bytes_per_row = 4 * 50,000``.
 
     Within the budget, slices are kept to about :data:`CACHE_BLOCK_BYTES` when that still
-    leaves :data:`CACHE_BLOCK_MIN_ROWS` rows per slice (cache-sized blocks are faster)."""
+    leaves :data:`CACHE_BLOCK_MIN_ROWS` rows per slice (cache-sized blocks are faster);
+    ``cache_blocks=False`` leaves only the budget (for batches of model passes, e.g. on a GPU,
+    where larger is faster)."""
     budget = MEMORY_BUDGET_BYTES if budget is None else int(budget)
     if budget <= 0:
         raise OODCoreError(f"memory budget must be a positive number of bytes, got {budget}")
     per_row = max(1, int(bytes_per_row))
     step = max(1, budget // per_row)
-    if CACHE_BLOCK_BYTES // per_row >= CACHE_BLOCK_MIN_ROWS:
+    if cache_blocks and CACHE_BLOCK_BYTES // per_row >= CACHE_BLOCK_MIN_ROWS:
         step = min(step, CACHE_BLOCK_BYTES // per_row)
     for start in range(0, int(n_rows), step):
         yield slice(start, min(start + step, int(n_rows)))

@@ -133,6 +133,52 @@ def test_knn_default_chunks_of_a_50000_bank_stay_under_the_budget():
     assert sum(rows) == 4096 and max(rows) == MEMORY_BUDGET_BYTES // s.bytes_per_row()
 
 
+def _sizes(slices) -> list[int]:
+    return [sl.stop - sl.start for sl in slices]
+
+
+def test_row_chunks_keeps_small_rows_to_cache_sized_blocks_within_the_budget():
+    from ood_core import scores as scores_mod
+
+    cache, low = scores_mod.CACHE_BLOCK_BYTES, scores_mod.CACHE_BLOCK_MIN_ROWS
+    per_row = 6184  # a KNN row of a 650 x 128 bank: 4 * 650 + 28 * 128
+    slices = list(row_chunks(20_000, per_row))
+    step = cache // per_row
+    assert step >= low and _sizes(slices) == [step] * (20_000 // step) + [20_000 % step]
+    assert [sl.start for sl in slices] == list(range(0, 20_000, step))  # contiguous, in order, all rows
+    assert max(_sizes(slices)) * per_row <= cache
+    # the budget still wins when it is the smaller limit, and cache_blocks=False leaves only the budget
+    assert _sizes(row_chunks(100, 1000, budget=10_000)) == [10] * 10
+    assert _sizes(row_chunks(20_000, per_row, cache_blocks=False)) == [20_000]
+    assert _sizes(row_chunks(20_000, per_row, budget=2**30, cache_blocks=False)) == [20_000]
+    # rows whose cache-sized block would be under CACHE_BLOCK_MIN_ROWS are cut by the budget alone
+    big = cache // low + 1
+    assert _sizes(row_chunks(10_000, big)) == [MEMORY_BUDGET_BYTES // big] * (10_000 // (MEMORY_BUDGET_BYTES // big)) \
+        + ([10_000 % (MEMORY_BUDGET_BYTES // big)] if 10_000 % (MEMORY_BUDGET_BYTES // big) else [])
+
+
+def test_scores_do_not_depend_on_the_cache_block_size(monkeypatch):
+    from ood_core import scores as scores_mod
+
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(300, 16)).astype(np.float32)
+    y = np.arange(300) % 4
+    logits = rng.normal(size=(300, 4)).astype(np.float32)
+    test = _out(rng.normal(size=(500, 16)).astype(np.float32), rng.normal(size=(500, 4)).astype(np.float32))
+    train = _out(z, logits)
+    got = {}
+    for cache in (scores_mod.CACHE_BLOCK_BYTES, 64 * 2**30):  # cache-sized blocks, then one block
+        monkeypatch.setattr(scores_mod, "CACHE_BLOCK_BYTES", cache)
+        monkeypatch.setattr(scores_mod, "CACHE_BLOCK_MIN_ROWS", 1)
+        for name in ("knn", "mahalanobis", "min_distance"):
+            got.setdefault(name, []).append(make_score(name).fit(train, torch.from_numpy(y))(test))
+    monkeypatch.setattr(scores_mod, "CACHE_BLOCK_BYTES", 8 * 1024)  # blocks of a few rows
+    for name in ("knn", "mahalanobis", "min_distance"):
+        got[name].append(make_score(name).fit(train, torch.from_numpy(y))(test))
+        for other in got[name][1:]:
+            np.testing.assert_allclose(other, got[name][0], rtol=1e-12, atol=1e-12)
+
+
 def _vim_numpy(z, logits, w, b, dim, test_z, test_logits):
     u = -np.linalg.pinv(w) @ b
     x = z - u

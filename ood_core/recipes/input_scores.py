@@ -152,7 +152,7 @@ class ODIN(Score):
             # (eps = 0 needs one no-grad forward pass only: the estimate is then generous)
             per_row = input_gradient_bytes_per_row(model, x[:1].to(device, dtype))
             budget = MEMORY_BUDGET_BYTES if self.budget_bytes is None else self.budget_bytes
-            chunks = list(row_chunks(x.shape[0], per_row, budget))
+            chunks = list(row_chunks(x.shape[0], per_row, budget, cache_blocks=False))  # model passes: as large as allowed
             self.last_chunk_rows = chunks[0].stop - chunks[0].start
             out = [self._chunk(model, x[c].to(device, dtype)) for c in chunks]
         finally:

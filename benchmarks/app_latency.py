@@ -673,20 +673,48 @@ def browser_measure(page_info: PageInfo, apptest: PageResult | None, browser, en
     return out
 
 
-def _rerenders(tab, apptest: PageResult, repeats: int, timeout: float, out: dict) -> None:
+def _wait_quiet(tab, timeout: float, quiet_s: float = 0.3) -> None:
+    """Until the app is connected, no script runs and the recorder saw no new event for
+    ``quiet_s``: a page that reruns once more after a change (its URL state) is done, so the
+    next input is not swallowed by a widget being mounted again."""
+    app = tab.locator('[data-testid="stApp"][data-test-script-state="notRunning"]'
+                      '[data-test-connection-state="CONNECTED"]')
+    deadline = time.perf_counter() + timeout
+    seen, since = -1, time.perf_counter()
+    while time.perf_counter() < deadline:
+        n = tab.evaluate("() => window.__lat.events.length")
+        if n != seen:
+            seen, since = n, time.perf_counter()
+        elif time.perf_counter() - since >= quiet_s and app.count():
+            return
+        time.sleep(0.03)
+
+
+def _rerenders(tab, apptest: PageResult, repeats: int, timeout: float, out: dict,
+               retry_after_s: float = 10.0) -> None:
     """``repeats`` changes of the page's main widget (alternating values), each timed from the
-    input event until the script run it started has ended and the browser painted."""
+    input event until the script run it started has ended and the browser painted.
+
+    Each change waits for a quiet app first. An input that starts no run within
+    ``retry_after_s`` is made once more (the time then counts from that second input); a
+    second miss is an error."""
     kind, key = apptest.widget_kind, apptest.widget_key
     steps = ["End", "Home"] if kind in ("slider", "select_slider") else [str(v) for v in apptest.widget_options]
     for i in range(repeats):
+        _wait_quiet(tab, timeout)
         tab.evaluate("() => { window.__lat.events = []; window.__lat.inputs = []; }")
         _browser_change(tab, kind, key, steps[i % 2])
+        retry = time.perf_counter() + retry_after_s
         end = time.perf_counter() + timeout
         while True:
             lat = tab.evaluate("() => window.__lat")
             names = [e[0] for e in lat["events"]]
             if "running" in names and "painted" in names[names.index("running"):]:
                 break
+            if retry is not None and not names and time.perf_counter() > retry:
+                retry = None  # the input was lost (no event at all): make it once more
+                tab.evaluate("() => { window.__lat.inputs = []; }")
+                _browser_change(tab, kind, key, steps[i % 2])
             if time.perf_counter() > end:
                 raise PageError(f"{apptest.page}: changing {kind} {key!r} to {steps[i % 2]!r} "
                                 f"started no script run in the browser (events {names})")

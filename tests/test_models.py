@@ -235,3 +235,46 @@ def test_bad_norm_and_head_hidden_are_clear_errors():
         build_model("smallcnn", K, (1, 8, 8), norm="group")
     with pytest.raises(OODCoreError, match="head_hidden"):
         build_model("smallcnn", K, (1, 8, 8), head="mlp-bn", head_hidden=0)
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 8, 8), (2, 5, 7, 9), (1, 2, 2, 3), (4, 1, 16, 16)])
+def test_maxpool2x2_without_autograd_gives_max_pool2d_values_exactly(shape):
+    from ood_core.models import MaxPool2x2
+
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(shape, generator=g).relu()  # ReLU zeros: ties inside windows
+    x[0, 0, 0, :2] = 1.5  # a positive tie
+    x[-1, -1, -1, -1] = float("nan")
+    with torch.no_grad():
+        got = MaxPool2x2()(x)
+        want = nn.functional.max_pool2d(x, 2)
+    assert got.shape == want.shape
+    assert torch.equal(torch.nan_to_num(got, nan=-7.0), torch.nan_to_num(want, nan=-7.0))
+    assert torch.equal(got.isnan(), want.isnan())
+    with pytest.raises(RuntimeError):  # too small for a 2x2 window: max_pool2d's own error
+        with torch.no_grad():
+            MaxPool2x2()(torch.zeros(1, 1, 1, 4))
+
+
+def test_maxpool2x2_with_autograd_is_max_pool2d_so_gradients_and_jacobians_are_unchanged():
+    from ood_core.models import MaxPool2x2
+
+    x = torch.tensor([[[[2.0, 2.0, 0.0, 1.0], [1.0, 0.5, 1.0, 0.0]]]])  # a tie at 2.0 and at 1.0
+    a = x.clone().requires_grad_(True)
+    b = x.clone().requires_grad_(True)
+    (MaxPool2x2()(a) * torch.tensor([3.0, 5.0])).sum().backward()
+    (nn.functional.max_pool2d(b, 2) * torch.tensor([3.0, 5.0])).sum().backward()
+    assert torch.equal(a.grad, b.grad) and a.grad.sum() == 8.0  # the whole gradient at one position per window
+    jac = torch.func.jacrev(lambda t: MaxPool2x2()(t))(x)
+    assert torch.equal(jac, torch.func.jacrev(lambda t: nn.functional.max_pool2d(t, 2))(x))
+
+
+def test_smallcnn_outputs_are_the_same_with_and_without_autograd():
+    torch.manual_seed(0)
+    model = build_model("smallcnn", 5, (1, 8, 8)).eval()
+    x = torch.rand(64, 1, 8, 8)
+    x[:8] = 0.0  # blank images: constant activations, ties in every pooling window
+    with torch.no_grad():
+        fast = model(x)
+    slow = model(x)
+    assert torch.equal(fast.features, slow.features.detach()) and torch.equal(fast.logits, slow.logits.detach())

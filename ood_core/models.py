@@ -53,6 +53,15 @@ def _conv_block(c_in: int, c_out: int, norm: str = "batch") -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
+def _traced(x: torch.Tensor) -> bool:
+    """Whether ``x`` carries derivatives that no_grad does not switch off: a ``torch.func``
+    transform's wrapped tensor (jacfwd, jvp, vmap) or a forward-mode dual tensor."""
+    wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    if wrapped is None or wrapped(x):
+        return True  # unknown torch build: take the exact path
+    return torch.autograd.forward_ad.unpack_dual(x).tangent is not None
+
+
 class MaxPool2x2(nn.MaxPool2d):
     """``nn.MaxPool2d(2)`` whose forward pass without autograd is the elementwise maximum of the
     four strided sub-grids of each 2x2 window.
@@ -60,8 +69,8 @@ class MaxPool2x2(nn.MaxPool2d):
     The values are max_pool2d's (the max of the same four numbers; an odd last row or column is
     dropped, as its floor mode does; NaN propagates), but on the CPU it is about 10x faster:
     max_pool2d also builds the argmax indices, and took 36% of SmallCNN's inference on 8x8
-    digits. With autograd on (training, input gradients, ``torch.func`` transforms) it is
-    max_pool2d itself, whose gradient goes to one position of a tie, so training runs and
+    digits. With autograd on, under a ``torch.func`` transform or on forward-mode duals (training,
+    input gradients, Jacobians, even under no_grad) it is max_pool2d itself, whose gradient goes to one position of a tie, so training runs and
     Jacobians are unchanged.
     """
 
@@ -70,7 +79,7 @@ class MaxPool2x2(nn.MaxPool2d):
 
     def forward(self, x):
         h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
-        if torch.is_grad_enabled() or x.dim() != 4 or h == 0 or w == 0:
+        if torch.is_grad_enabled() or _traced(x) or x.dim() != 4 or h == 0 or w == 0:
             return super().forward(x)
         x = x[..., :h, :w]
         return torch.maximum(torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2]),

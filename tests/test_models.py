@@ -267,6 +267,14 @@ def test_maxpool2x2_with_autograd_is_max_pool2d_so_gradients_and_jacobians_are_u
     assert torch.equal(a.grad, b.grad) and a.grad.sum() == 8.0  # the whole gradient at one position per window
     jac = torch.func.jacrev(lambda t: MaxPool2x2()(t))(x)
     assert torch.equal(jac, torch.func.jacrev(lambda t: nn.functional.max_pool2d(t, 2))(x))
+    with torch.no_grad():  # forward mode is not switched off by no_grad: still max_pool2d's derivative
+        fwd = torch.func.jacfwd(lambda t: MaxPool2x2()(t))(x)
+        assert torch.equal(fwd, torch.func.jacfwd(lambda t: nn.functional.max_pool2d(t, 2))(x))
+        import torch.autograd.forward_ad as fwAD
+        with fwAD.dual_level():
+            dual = fwAD.make_dual(x, torch.ones_like(x))
+            want = fwAD.unpack_dual(nn.functional.max_pool2d(dual, 2)).tangent
+            assert torch.equal(fwAD.unpack_dual(MaxPool2x2()(dual)).tangent, want)
 
 
 def test_smallcnn_outputs_are_the_same_with_and_without_autograd():

@@ -473,12 +473,15 @@ def streamlit_server(env: dict, log_path: Path, start_timeout: float = 120.0, ap
                 proc.kill()
 
 
+# the app connected, with no script running
+APP_IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"][data-test-connection-state="CONNECTED"]'
+
+
 def _settled(page, heading: str | None, charts: tuple[int, ...]) -> bool:
     """The script has ended, no spinner shows, the heading is there and every chart and table
     of the first render is drawn: ``charts`` = (plotly, Vega-Lite, dataframe, table) counts
     from AppTest (missing trailing counts: 0)."""
-    app = page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]'
-                       '[data-test-connection-state="CONNECTED"]')
+    app = page.locator(APP_IDLE)
     if not app.count() or page.locator('[data-testid="stSpinner"]').count():
         return False
     for drawn, wanted in zip((PLOTLY_DRAWN, VEGA_DRAWN, DATAFRAME_DRAWN, TABLE_DRAWN), charts):
@@ -677,8 +680,7 @@ def _wait_quiet(tab, timeout: float, quiet_s: float = 0.3) -> None:
     """Until the app is connected, no script runs and the recorder saw no new event for
     ``quiet_s``: a page that reruns once more after a change (its URL state) is done, so the
     next input is not swallowed by a widget being mounted again."""
-    app = tab.locator('[data-testid="stApp"][data-test-script-state="notRunning"]'
-                      '[data-test-connection-state="CONNECTED"]')
+    app = tab.locator(APP_IDLE)
     deadline = time.perf_counter() + timeout
     seen, since = -1, time.perf_counter()
     while time.perf_counter() < deadline:

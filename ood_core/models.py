@@ -69,19 +69,18 @@ class MaxPool2x2(nn.MaxPool2d):
     The values are max_pool2d's (the max of the same four numbers; an odd last row or column is
     dropped, as its floor mode does; NaN propagates), but on the CPU it is about 10x faster:
     max_pool2d also builds the argmax indices, and took 36% of SmallCNN's inference on 8x8
-    digits. With autograd on, under a ``torch.func`` transform or on forward-mode duals (training,
-    input gradients, Jacobians, even under no_grad) it is max_pool2d itself, whose gradient goes to one position of a tie, so training runs and
-    Jacobians are unchanged.
+    digits. With autograd on, under a ``torch.func`` transform or on forward-mode duals
+    (training, input gradients, Jacobians, even under no_grad) it is max_pool2d itself, whose
+    gradient goes to one position of a tie, so training runs and Jacobians are unchanged.
     """
 
     def __init__(self):
         super().__init__(2)
 
     def forward(self, x):
-        h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
-        if torch.is_grad_enabled() or _traced(x) or x.dim() != 4 or h == 0 or w == 0:
+        if torch.is_grad_enabled() or x.dim() != 4 or _traced(x) or min(x.shape[-2:]) < 2:
             return super().forward(x)
-        x = x[..., :h, :w]
+        x = x[..., :x.shape[-2] // 2 * 2, :x.shape[-1] // 2 * 2]
         return torch.maximum(torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2]),
                              torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
 

@@ -40,9 +40,11 @@ server (headless, free port) and Debian Chromium driven by Playwright. The serve
 up like the AppTest process (the default page is opened once: its time is the server's cold
 start). Before each first render its caches are cleared with the app menu's "Clear caches"
 (shortcut "c", from a tab on the default page) and its disk cache ($OOD_CACHE_DIR) is emptied.
-Every first render counts until a script run has ended, the page's title and every chart and
-table of its first render (the plotly, Vega-Lite, dataframe and static-table counts AppTest saw)
-are drawn and no spinner shows.
+Every first render counts until a script run has ended, the page's title and every chart,
+table and image of its first render (the plotly, Vega-Lite, dataframe, static-table and image
+counts AppTest saw) are drawn (an image: its file loaded) and no spinner shows. That test runs
+inside the page at every animation frame, so the harness takes no CPU time from the page while
+it loads.
 It is measured two ways, ``--repeats`` times each (median reported):
 
 * **by URL**: the page opened in a new browser context (no HTTP cache: a shared link opened
@@ -325,6 +327,7 @@ class PageResult:
     vega_charts: int = 0            # Vega-Lite charts on the first render
     dataframes: int = 0             # st.dataframe grids on the first render
     tables: int = 0                 # static st.table tables on the first render
+    images: int = 0                 # st.image elements on the first render
     errors_shown: list[str] = field(default_factory=list)  # st.error messages (reported, not fatal)
     error: str | None = None        # an exception / timeout: fatal
 
@@ -371,6 +374,7 @@ def measure_page(page: PageInfo, repeats: int = 3, timeout: float = 300.0, check
                 res.charts = len(at.get("plotly_chart"))
                 res.vega_charts = len(at.get("vega_lite_chart"))
                 res.dataframes, res.tables = len(at.dataframe), len(at.table)
+                res.images = len(at.get("image"))
                 res.heading = at.title[0].value if len(at.title) else None
                 res.errors_shown = [str(e.value) for e in at.error]
                 choice = choose_widget(at, page.name)
@@ -477,17 +481,30 @@ def streamlit_server(env: dict, log_path: Path, start_timeout: float = 120.0, ap
 APP_IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"][data-test-connection-state="CONNECTED"]'
 
 
-def _settled(page, heading: str | None, charts: tuple[int, ...]) -> bool:
-    """The script has ended, no spinner shows, the heading is there and every chart and table
-    of the first render is drawn: ``charts`` = (plotly, Vega-Lite, dataframe, table) counts
-    from AppTest (missing trailing counts: 0)."""
-    app = page.locator(APP_IDLE)
-    if not app.count() or page.locator('[data-testid="stSpinner"]').count():
-        return False
-    for drawn, wanted in zip((PLOTLY_DRAWN, VEGA_DRAWN, DATAFRAME_DRAWN, TABLE_DRAWN), charts):
-        if wanted and page.locator(drawn).count() < wanted:
-            return False
-    return heading is None or page.get_by_role("heading", name=heading).count() > 0
+# The same test, run inside the page: see :func:`_wait_drawn`. arg = {heading, charts, needRun}.
+_DRAWN_JS = """
+(arg) => {
+  const app = document.querySelector(%s);
+  if (!app || document.querySelector('[data-testid="stSpinner"]')) return false;
+  const drawn = [%s];
+  for (let i = 0; i < arg.charts.length && i < drawn.length; i++)
+    if (arg.charts[i] && document.querySelectorAll(drawn[i]).length < arg.charts[i]) return false;
+  const images = [...document.querySelectorAll('[data-testid="stImage"] img')];  // loaded and decoded
+  if (arg.charts.length > drawn.length &&
+      images.filter((im) => im.complete && im.naturalWidth > 0).length < arg.charts[drawn.length]) return false;
+  if (arg.needRun) {  // a script run started and ended since the recorder was reset
+    const names = (window.__lat ? window.__lat.events : []).map((e) => e[0]);
+    const start = names.indexOf('running');
+    if (start < 0 || names.indexOf('notRunning', start) < 0) return false;
+  }
+  if (arg.heading == null) return true;  // None may arrive as undefined
+  // as Playwright's get_by_role("heading", name=...): a case-insensitive substring of the name
+  const want = arg.heading.replace(/\\s+/g, ' ').trim().toLowerCase();
+  return [...document.querySelectorAll('h1, h2, h3, h4, h5, h6, [role="heading"]')].some(
+    (h) => h.textContent.replace(/\\s+/g, ' ').trim().toLowerCase().includes(want));
+}
+""" % (json.dumps(APP_IDLE), ", ".join(json.dumps(sel) for sel in (PLOTLY_DRAWN, VEGA_DRAWN, DATAFRAME_DRAWN,
+                                                                   TABLE_DRAWN)))
 
 
 def _page_errors(page) -> list[str]:
@@ -524,18 +541,24 @@ def _browser_change(page, kind: str, key: str, label: str) -> None:
 
 def _wait_drawn(tab, heading: str | None, charts: tuple[int, ...], timeout: float, what: str,
                 need_run: bool = True) -> None:
-    """Until a script run has started and ended since the recorder was reset, and the page is
-    drawn. ``need_run=False``: the page's heading (new on the page) may stand for the run,
-    because a run that ends within one frame never shows the "running" state."""
-    deadline = time.perf_counter() + timeout
-    while True:
-        events = [e[0] for e in tab.evaluate("() => window.__lat ? window.__lat.events : []")]
-        ran = "running" in events and "notRunning" in events[events.index("running"):]
-        if (ran or not need_run) and _settled(tab, heading, charts):
-            return
-        if time.perf_counter() > deadline:
-            raise PageError(f"{what}: not drawn after {timeout} s in the browser (events {events})")
-        time.sleep(0.05)
+    """Until a script run has started and ended since the recorder was reset, no spinner shows,
+    the heading is there and every chart and table of the first render is drawn: ``charts`` =
+    (plotly, Vega-Lite, dataframe, table, image) counts from AppTest (missing trailing counts:
+    0); an image counts once its file is loaded. ``need_run=False``: the page's heading (new on
+    the page) may stand for the run, because a run that ends within one frame never shows the
+    "running" state.
+
+    The test runs in the page at every animation frame (``wait_for_function``), not polled from
+    here: polling took a dozen browser round trips every 50 ms, CPU time taken from the two
+    cores the server and the browser share while the page loads."""
+    arg = {"heading": heading, "charts": list(charts), "needRun": need_run}
+    try:
+        tab.wait_for_function(_DRAWN_JS, arg=arg, polling="raf", timeout=timeout * 1000)
+    except Exception as e:  # playwright's TimeoutError
+        if "Timeout" not in type(e).__name__:
+            raise
+        events = [ev[0] for ev in tab.evaluate("() => window.__lat ? window.__lat.events : []")]
+        raise PageError(f"{what}: not drawn after {timeout} s in the browser (events {events})") from None
 
 
 def _clear_caches(tab) -> None:
@@ -631,7 +654,8 @@ def browser_measure(page_info: PageInfo, apptest: PageResult | None, browser, en
            "connected_s": None, "script_start_s": None, "script_done_s": None,
            "sidebar_first_render_s": None, "sidebar_first_renders_s": [], "rerender_s": [], "error": None}
     heading = apptest.heading if apptest else None
-    charts = (apptest.charts, apptest.vega_charts, apptest.dataframes, apptest.tables) if apptest else (0, 0)
+    charts = ((apptest.charts, apptest.vega_charts, apptest.dataframes, apptest.tables, apptest.images)
+              if apptest else (0, 0))
     with tempfile.TemporaryDirectory(prefix="ood-latency-cache-", dir=workdir) as cache_dir, \
             streamlit_server({**env, "OOD_CACHE_DIR": cache_dir} if fresh_disk_cache else env,
                              workdir / f"streamlit-{page_info.name}.log") as base:
@@ -961,7 +985,7 @@ def main(argv: list[str] | None = None) -> int:
         print("Browser (Chromium headless, Playwright; a fresh `streamlit run` per page, warmed up on the default "
               "page; before each first render the server's caches are cleared and its disk cache emptied): "
               "first render by URL = navigation in a new browser context (no HTTP cache) -> script run ended, "
-              "title and every chart and table drawn, no spinner; via the sidebar = the default page drawn, "
+              "title and every chart, table and image drawn, no spinner; via the sidebar = the default page drawn, "
               "then a click on the page's link -> the same; re-render = input event -> the script run it started "
               "ended and painted.")
         print(format_browser_table(browser_rows, args.repeats))

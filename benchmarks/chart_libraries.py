@@ -1,7 +1,7 @@
 """What a chart library, or a table element, costs a page opened cold in the browser: plotly.js
-against Vega-Lite, and Streamlit's dataframe grid against a static table.
+against Vega-Lite, and Streamlit's dataframe grid against a static table and a Markdown table.
 
-Five tiny Streamlit pages, written to a temporary folder, are served one after the other by
+Six tiny Streamlit pages, written to a temporary folder, are served one after the other by
 ``streamlit run`` and opened ``--repeats`` times each in headless Chromium (Playwright), every
 time in a new browser context (no HTTP cache, as a shared link opened for the first time):
 
@@ -11,12 +11,14 @@ time in a new browser context (no HTTP cache, as a shared link opened for the fi
   ``st.vega_lite_chart`` as the app draws them (:func:`ood_core.app.figures.distributions_figure`);
 * ``dataframe``: the floor plus ``--charts`` metric tables (10 rows, 6 columns) in
   ``st.dataframe``, the interactive grid (drawn on a canvas);
-* ``table``: the same tables in ``st.table`` (plain HTML).
+* ``table``: the same tables in ``st.table`` (plain HTML);
+* ``markdown``: the same tables written as Markdown (:func:`ood_core.app.tables.markdown_table`)
+  in ``st.markdown``, whose scripts every page loads anyway.
 
 Timed from navigation until every chart or table is drawn (plotly's SVG, Vega's marks, the
-grid's canvas, the static table); the medians and each element's cost above the floor are
-printed. This is why the app draws its histograms, bar and line charts with Vega-Lite
-(``docs/performance.md``).
+grid's canvas, the static table, the Markdown table); the medians and each element's cost above
+the floor are printed. This is why the app draws its histograms, bar and line charts with
+Vega-Lite and its short tables as Markdown (``docs/performance.md``).
 
     python benchmarks/chart_libraries.py [--repeats 5] [--charts 5]
 """
@@ -75,9 +77,12 @@ for i in range(n_charts):
 """,
 }
 PAGES["table"] = PAGES["dataframe"].replace("st.dataframe(table, hide_index=True, key=f\"c{i}\")", "st.table(table)")
+PAGES["markdown"] = ("from ood_core.app.tables import markdown_table\n" + PAGES["dataframe"].replace(
+    "st.dataframe(table, hide_index=True, key=f\"c{i}\")", "st.markdown(markdown_table(table))"))
 DRAWN = {"none": None, "plotly": al.PLOTLY_DRAWN, "vega": al.VEGA_DRAWN,  # as app_latency waits for them
-         "dataframe": al.DATAFRAME_DRAWN, "table": al.TABLE_DRAWN}
-PAIRS = (("plotly", "vega", "plotly.js", "Vega-Lite"), ("dataframe", "table", "the dataframe grid", "st.table"))
+         "dataframe": al.DATAFRAME_DRAWN, "table": al.TABLE_DRAWN, "markdown": '[data-testid="stMarkdown"] table'}
+PAIRS = (("plotly", "vega", "plotly.js", "Vega-Lite"), ("dataframe", "table", "the dataframe grid", "st.table"),
+         ("table", "markdown", "st.table", "a Markdown table"))
 
 
 def measure(browser, base: str, kind: str, n_charts: int, repeats: int, timeout: float = 60.0) -> list[float]:

@@ -187,7 +187,15 @@ def _l2_normalize(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def _sign_fixed_pca(fit_x: np.ndarray, n_components: int):
+def pca_solver(n_fit: int, d: int) -> str:
+    """sklearn's PCA solver for an (n_fit, d) fit matrix: ``"covariance_eigh"`` when n_fit >= d
+    (the eigenvectors of the d x d covariance: one pass over the data and a small
+    eigendecomposition; on 3,410 x 128 digits features 4 ms against 127 ms, components equal to
+    ~1e-14), else ``"full"`` (an SVD of the fit matrix). Both are deterministic."""
+    return "covariance_eigh" if n_fit >= d else "full"
+
+
+def _sign_fixed_pca(fit_x: np.ndarray, n_components: int, svd_solver: str = "full"):
     """Fit sklearn PCA and return (fitted pca, signs) with the sign rule applied by the caller.
 
     Sign rule: each component is flipped so that its largest-|loading| entry is positive
@@ -196,7 +204,7 @@ def _sign_fixed_pca(fit_x: np.ndarray, n_components: int):
     """
     from sklearn.decomposition import PCA
 
-    pca = PCA(n_components=n_components, svd_solver="full")
+    pca = PCA(n_components=n_components, svd_solver=svd_solver)
     pca.fit(fit_x)
     comps = pca.components_
     signs = np.sign(comps[np.arange(comps.shape[0]), np.abs(comps).argmax(axis=1)])
@@ -204,18 +212,20 @@ def _sign_fixed_pca(fit_x: np.ndarray, n_components: int):
     return pca, signs
 
 
-def _fit_pca(xs: dict[str, np.ndarray], fit_names: list[str]) -> tuple[dict[str, np.ndarray], list[float]]:
-    """PCA(2, svd_solver="full") on the rows of ``fit_names``; every set projected with it.
+def _fit_pca(xs: dict[str, np.ndarray], fit_names: list[str],
+             svd_solver: str) -> tuple[dict[str, np.ndarray], list[float]]:
+    """PCA(2, svd_solver) on the rows of ``fit_names`` (the solver: :func:`pca_solver`); every
+    set projected with it.
 
-    Cost: an SVD of the (n_fit, d) fit matrix, O(n_fit * d * min(n_fit, d)); milliseconds
-    for thousands of points in a few hundred dimensions.
+    Cost: O(n_fit * d^2) for the covariance (n_fit >= d), else an SVD of the (n_fit, d) fit
+    matrix; milliseconds for thousands of points in a few hundred dimensions.
     """
     # float64 for the fit: centring float32 features with a large common offset loses digits.
     fit_x = np.concatenate([xs[k] for k in fit_names]).astype(np.float64)
     if min(fit_x.shape) < 2:
         raise DataError(f"PCA to 2-D needs at least 2 fit points and 2 features, got a {fit_x.shape[0]} x "
                         f"{fit_x.shape[1]} fit set")
-    pca, signs = _sign_fixed_pca(fit_x, 2)
+    pca, signs = _sign_fixed_pca(fit_x, 2, svd_solver)
     coords = {k: (pca.transform(v.astype(np.float64)) * signs).astype(np.float32) for k, v in xs.items()}
     return coords, [float(r) for r in pca.explained_variance_ratio_]
 
@@ -343,7 +353,7 @@ def project(features: Mapping[str, Any], method: str = "pca", fit_on: str = "uni
             and maps the other sets with the fitted transform (for UMAP this hides
             separation: see the module docstring and ``Projection.caveat``).
         id_key: name of the ID set in ``features`` (must be present).
-        seed: UMAP ``random_state`` (PCA with the full SVD solver has no randomness).
+        seed: UMAP ``random_state`` (PCA has no randomness).
         normalize: L2-normalise every row first (x / max(||x||, 1e-12)), for cosine-head models.
         n_neighbors, min_dist, n_epochs: UMAP parameters (defaults 15, 0.1, 200);
             ``n_neighbors`` must be smaller than the number of fit points.
@@ -352,12 +362,13 @@ def project(features: Mapping[str, Any], method: str = "pca", fit_on: str = "uni
         cache_dir: folder for the disk cache, created if missing; ``None`` (default) caches nothing.
 
     What is computed:
-        * PCA: ``sklearn.decomposition.PCA(n_components=2, svd_solver="full")`` fitted on the fit
+        * PCA: ``sklearn.decomposition.PCA(n_components=2, svd_solver)`` fitted on the fit
           set, so ``coords = (x - mean_fit) @ V[:2].T`` with V the right singular vectors of
-          the centred fit matrix; each component's sign is chosen so its largest-|loading|
-          entry is positive. ``explained_variance_ratio`` = the two components' share of the
-          fit set's total variance. Deterministic; cost of one SVD (milliseconds for a few
-          thousand points).
+          the centred fit matrix (the covariance's eigenvectors); each component's sign is
+          chosen so its largest-|loading| entry is positive. ``svd_solver`` is
+          :func:`pca_solver`'s: ``"covariance_eigh"`` when the fit set has at least d rows,
+          else ``"full"``. ``explained_variance_ratio`` = the two components' share of the fit
+          set's total variance. Deterministic; milliseconds for a few thousand points.
         * UMAP: ``umap.UMAP(n_components=2, n_neighbors, min_dist, n_epochs,
           random_state=seed, init="spectral")``; ``fit_transform`` on the fit set,
           ``transform`` for sets outside it. Deterministic for a given seed and library
@@ -380,8 +391,9 @@ def project(features: Mapping[str, Any], method: str = "pca", fit_on: str = "uni
     xs = _check_features(features, id_key)
 
     params: dict[str, Any] = {"n_components": 2, "id_key": id_key, "normalize": bool(normalize)}
+    fit_names = list(xs) if fit_on == "union" else [id_key]
     if method == "pca":
-        params["svd_solver"] = "full"
+        params["svd_solver"] = pca_solver(sum(len(xs[k]) for k in fit_names), next(iter(xs.values())).shape[1])
     else:
         min_dist = float(min_dist)
         if not (np.isfinite(min_dist) and 0.0 <= min_dist <= 1.0):  # UMAP needs 0 <= min_dist <= spread (1)
@@ -402,12 +414,11 @@ def project(features: Mapping[str, Any], method: str = "pca", fit_on: str = "uni
                 warnings.warn(f"ignoring unreadable or mismatching projection cache file {path}: "
                               f"{type(e).__name__}: {e}; recomputing", stacklevel=2)
 
-    fit_names = list(xs) if fit_on == "union" else [id_key]
     work = {k: _l2_normalize(v) for k, v in xs.items()} if normalize else xs
     t0 = time.perf_counter()
     evr, caveat = None, None
     if method == "pca":
-        coords, evr = _fit_pca(work, fit_names)
+        coords, evr = _fit_pca(work, fit_names, params["svd_solver"])
     else:
         coords, used_dims = _fit_umap(work, fit_names, seed=params["seed"], n_neighbors=params["n_neighbors"],
                                       min_dist=params["min_dist"], n_epochs=params["n_epochs"],

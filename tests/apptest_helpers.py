@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pytest
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -21,14 +22,56 @@ TIMEOUT = 120
 
 
 def shown_tables(at: AppTest) -> list[pd.DataFrame]:
-    """Every table of the last run in page order, the dataframe grids and the static
-    ``st.table`` ones alike (:func:`ood_core.app.widgets.show_table` picks by length)."""
+    """Every table of the last run in page order: the dataframe grids, and the static ones
+    drawn as Markdown (:func:`ood_core.app.tables.markdown_table`; see :func:`parse_markdown_table`)
+    (:func:`ood_core.app.widgets.show_table` picks by length)."""
     def walk(node):
         for child in getattr(node, "children", {}).values():
-            if getattr(child, "type", None) in ("dataframe", "table"):
+            kind = getattr(child, "type", None)
+            if kind in ("dataframe", "table"):
                 yield child.value
+            elif kind == "markdown" and str(child.value).startswith("| "):
+                yield parse_markdown_table(child.value)
             yield from walk(child)
     return list(walk(at.main))
+
+
+def _split_row(line: str) -> list[str]:
+    cells, cell, escaped = [], "", False
+    for ch in line.strip()[1:-1]:
+        if escaped:
+            cell, escaped = cell + ch, False
+        elif ch == "\\":
+            escaped = True
+        elif ch == "|":
+            cells, cell = cells + [cell.strip()], ""
+        else:
+            cell += ch
+    return cells + [cell.strip()]
+
+
+def parse_markdown_table(text: str) -> pd.DataFrame:
+    """A Markdown table back as a DataFrame, written independently of the app's formatter:
+    escapes removed; a column whose cells all read as numbers (or "–") becomes float, one of
+    "yes"/"no" bool. Its numbers are rounded as shown: compare them with :func:`as_shown`."""
+    lines = text.strip().splitlines()
+    header, rows = _split_row(lines[0]), [_split_row(line) for line in lines[2:]]
+    df = pd.DataFrame(rows, columns=header)
+    for c in df.columns:
+        col = df[c]
+        if col.isin(["yes", "no"]).all():
+            df[c] = col == "yes"
+            continue
+        numbers = pd.to_numeric(col.replace("–", "nan"), errors="coerce")
+        if numbers.notna().sum() == (col != "–").sum() and (col != "–").any():
+            df[c] = numbers
+    return df
+
+
+def as_shown(value):
+    """``pytest.approx`` at the precision a Markdown table shows (4 decimals or 4 significant
+    digits: :func:`ood_core.app.tables.format_cell`)."""
+    return pytest.approx(value, rel=5e-4, abs=5.1e-5)
 
 
 def charts(at: AppTest) -> list[dict]:

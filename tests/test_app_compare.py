@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 from streamlit.testing.v1 import AppTest
 
 import ood_core
-from apptest_helpers import APP, TIMEOUT, charts, evaluation_of, histograms, on_page, roc_charts, shown_tables
+from apptest_helpers import APP, TIMEOUT, as_shown, charts, evaluation_of, histograms, on_page, roc_charts, shown_tables
 from ood_core.app import figures, state, tables, widgets
 from ood_core import checkpoint_store, uploads
 from ood_core.errors import DataError
@@ -139,10 +139,10 @@ def test_compare_page_defaults_to_same_dataset_models_and_one_table(compare_app,
     for p in chosen:
         ev = evaluation_of(p)
         row = table[table["model"] == p.split("/")[-1]].iloc[0]
-        assert row["fpr95"] == pytest.approx(ev["report"]["ood"][ood_set]["energy"]["fpr95"], abs=1e-12)
+        assert row["fpr95"] == as_shown(ev["report"]["ood"][ood_set]["energy"]["fpr95"])
         id_s, ood_s = ev["scores"]["id/energy"], ev["scores"][f"{ood_set}/energy"]
         expected = roc_auc_score(np.r_[np.ones(len(id_s)), np.zeros(len(ood_s))], np.r_[id_s, ood_s])
-        assert row["auroc"] == pytest.approx(expected, abs=1e-9)
+        assert row["auroc"] == as_shown(expected)
 
     at.selectbox(key="compare_score").set_value("msp").run()
     assert set(shown_tables(at)[0]["score"]) == {"msp"}

@@ -23,7 +23,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import ood_core
-from apptest_helpers import APP, TIMEOUT, evaluation_of, on_page, shown_tables
+from apptest_helpers import APP, TIMEOUT, as_shown, evaluation_of, on_page, shown_tables
 from ood_core.app import cached, state
 from ood_core import checkpoint_store, uploads
 
@@ -118,7 +118,7 @@ def test_two_sessions_with_different_checkpoints_each_see_their_own_model(pair_d
     for at, want, who in ((at_a, want_a, "A"), (at_b, want_b, "B")):
         shown = _aurocs(shown_tables(at)[0])
         expected = _aurocs(want)
-        assert shown and all(shown[k] == pytest.approx(expected[k], abs=1e-9) for k in shown), who
+        assert shown and all(shown[k] == as_shown(expected[k]) for k in shown), who
 
 
 def test_a_training_job_belongs_to_the_session_that_started_it(pair_dir, tmp_path):
@@ -190,7 +190,7 @@ def test_checkpoint_replaced_with_the_same_mtime_is_not_served_stale(pair_dir, t
     # and the other pages' caches follow too (ROC page reads evaluation_cached, Features its own)
     _ok(at.switch_page("ood_core/app/app_pages/roc.py").run())
     shown = _aurocs(shown_tables(at)[0])
-    assert shown and all(shown[k] == pytest.approx(_aurocs(want_b)[k], abs=1e-9) for k in shown)
+    assert shown and all(shown[k] == as_shown(_aurocs(want_b)[k]) for k in shown)
 
 
 def test_file_version_is_memoised_but_sees_every_rewrite(tmp_path, monkeypatch):

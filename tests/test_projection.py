@@ -91,7 +91,21 @@ def test_pca_union_matches_numpy_svd():
         _close(proj.coords[name], ref[name])
     np.testing.assert_allclose(proj.explained_variance_ratio, evr, rtol=1e-6)
     assert proj.method == "pca" and proj.fit_on == "union" and proj.caveat is None and not proj.from_cache
-    assert proj.params["svd_solver"] == "full" and proj.params["normalize"] is False
+    assert proj.params["svd_solver"] == "covariance_eigh" and proj.params["normalize"] is False  # 190 x 12: tall
+
+
+def test_pca_of_a_fit_set_with_fewer_rows_than_dimensions_takes_the_svd_and_matches_numpy():
+    """The covariance route needs n_fit >= d; a wide fit set (8 ID rows, d = 12) is fitted by
+    the full SVD, and both routes agree with NumPy's SVD."""
+    feats = _anisotropic(n_id=8, n_ood=30)
+    wide = project(feats, method="pca", fit_on="id")
+    tall = project(feats, method="pca", fit_on="union")
+    assert wide.params["svd_solver"] == "full" and tall.params["svd_solver"] == "covariance_eigh"
+    for proj, fit in ((wide, feats["id"]), (tall, np.concatenate(list(feats.values())))):
+        ref, evr = _numpy_pca(fit, feats)
+        for name in feats:
+            _close(proj.coords[name], ref[name])
+        np.testing.assert_allclose(proj.explained_variance_ratio, evr, rtol=1e-6)
 
 
 def test_pca_id_fit_uses_only_the_id_mean_and_components():

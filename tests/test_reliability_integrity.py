@@ -172,14 +172,14 @@ def test_damaged_imported_weights_are_refused(tmp_path):
 def test_the_app_shows_a_damaged_checkpoint_as_one_error(damaged, monkeypatch, clear_streamlit_caches):
     from streamlit.testing.v1 import AppTest
 
-    from apptest_helpers import APP, TIMEOUT, on_page
+    from apptest_helpers import APP, TIMEOUT, on_page, shown_tables
     from ood_core import checkpoint_store
 
     monkeypatch.setenv(checkpoint_store.CHECKPOINT_ENV, str(damaged.parent))
     at = on_page(AppTest.from_file(APP, default_timeout=TIMEOUT))
     assert not at.exception, [e.value for e in at.exception]
     assert len(at.error) == 1 and "damaged" in at.error[0].value and "damaged.pt" in at.error[0].value
-    assert not at.dataframe and not at.table and not at.get("plotly_chart") and not at.get("vega_lite_chart")
+    assert not shown_tables(at) and not at.get("plotly_chart") and not at.get("vega_lite_chart")
 
 
 # --------------------------------------------------------------------------- 2. feature-cache entries

@@ -3,6 +3,7 @@ error, the chosen checkpoint at a page's top, the "Compare with" picker and the 
 layout of the two-model pages, the threshold slider, and the sidebar's upload callbacks."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,23 +31,54 @@ ATTRIBUTION_STEPS = (32, 64, 128, 256)  # IG path points offered by the Embeddin
 EMBEDDING_SELECTION_HELP = "Click a point to show it below (or pick a sample by hand)."
 
 
+PROGRESS_DELAY_S = 0.5  # as Streamlit's spinners: work done sooner draws no bar
+PROGRESS_EVERY_S = 0.25  # at most four updates a second
+
+
+class DelayedProgress:
+    """A progress bar for work of unknown length: drawn only once the work has run for
+    ``delay_s`` (default :data:`PROGRESS_DELAY_S`), then updated at most every ``every_s``
+    (:data:`PROGRESS_EVERY_S`); :meth:`empty` removes it. Why: every update is a message the
+    browser renders the page again for, and a page opened cold on 2 cores spent about a tenth of
+    a second on a bar that came and went within the first render. ``make_bar`` (default
+    ``st.progress``) and ``clock`` (``time.monotonic``) are parameters for the tests."""
+
+    def __init__(self, delay_s: float = PROGRESS_DELAY_S, every_s: float = PROGRESS_EVERY_S,
+                 make_bar=None, clock=time.monotonic):
+        self._delay, self._every, self._clock = delay_s, every_s, clock
+        self._make = make_bar if make_bar is not None else (lambda: st.progress(0.0))
+        self._start, self._last, self.bar = clock(), None, None
+
+    def update(self, fraction: float, text: str) -> bool:
+        """Show ``fraction`` (0 to 1) and ``text`` if it is time to; returns whether it drew."""
+        now = self._clock()
+        if now - self._start < self._delay or (self._last is not None and now - self._last < self._every):
+            return False
+        if self.bar is None:
+            self.bar = self._make()
+        self.bar.progress(min(max(fraction, 0.0), 1.0), text=text)
+        self._last = now
+        return True
+
+    def empty(self) -> None:
+        if self.bar is not None:
+            self.bar.empty()
+
+
 def outputs_with_progress(path: str, version: tuple, user_ood: str | None = None) -> dict:
-    """:func:`outputs_cached` with a progress bar while sets are extracted or read from the
-    disk cache (nothing is drawn when every set is already in memory)."""
-    bar = None
+    """:func:`outputs_cached` with a :class:`DelayedProgress` bar while sets are extracted or
+    read from the disk cache (nothing is drawn when every set is already in memory, or when
+    the extraction takes under half a second)."""
+    bar = DelayedProgress()
 
     def show(name, done, total, from_cache):
-        nonlocal bar
-        if bar is None:
-            bar = st.progress(0.0)
         how = "read from the feature cache" if from_cache else f"{done:,}/{total:,} samples"
-        bar.progress(done / max(total, 1), text=f"Features of `{name}`: {how}")
+        bar.update(done / max(total, 1), f"Features of `{name}`: {how}")
 
     try:
         return outputs_cached(path, version, user_ood, progress=show)
     finally:
-        if bar is not None:
-            bar.empty()
+        bar.empty()
 
 
 def rerun_when_done(future, every_s: float = 1.0) -> None:
@@ -176,10 +208,11 @@ def show_table(table: pd.DataFrame, key: str, file_stem: str, container=None, gr
     """A table (no index) and a button that downloads it as CSV.
 
     ``grid``: True for the scrollable, sortable ``st.dataframe`` grid, False for a static
-    ``st.table``; None (default) takes the grid only above :data:`STATIC_TABLE_ROWS` rows.
-    Why not always the grid: its scripts (about 1.2 MB) load with the first grid a browser shows,
-    which cost a page opened cold about 0.3 s on 2 cores (``benchmarks/chart_libraries.py``),
-    and a short table reads as well without them.
+    Markdown table (:func:`~ood_core.app.tables.markdown_table`); None (default) takes the grid
+    only above :data:`STATIC_TABLE_ROWS` rows. Why not always the grid: its scripts (about
+    1.2 MB) load with the first grid a browser shows, which cost a page opened cold about 0.3 s
+    on 2 cores (``benchmarks/chart_libraries.py``), and a short table reads as well without
+    them. The CSV holds the unrounded values.
     """
     where = container if container is not None else st
     if grid is None:
@@ -187,7 +220,7 @@ def show_table(table: pd.DataFrame, key: str, file_stem: str, container=None, gr
     if grid:
         where.dataframe(table, hide_index=True, key=key)
     else:
-        where.table(table, hide_index=True)
+        where.markdown(tables.markdown_table(table))
     where.download_button("Download table (CSV)", data=table.to_csv(index=False).encode("utf-8"),
                           file_name=f"{file_stem}.csv", mime="text/csv", on_click="ignore", key=f"{key}_csv")
 

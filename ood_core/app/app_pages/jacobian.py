@@ -36,11 +36,13 @@ chosen = widgets.url_multiselect("OOD sets", ood_names, default=ood_names[:3], k
 every = st.checkbox("JND of every OOD set in the table", key="jac_every",
                     help="Off: the norms of the sets shown above only (faster: each set is a few hundred "
                          "backward passes, more for exact); on: every OOD set, one set at a time")
-bar = st.progress(0.0, text=f"Jacobian norms ({method})…")
+# exact norms take seconds per set: their bar shows at once; the estimate's only if it is slow
+bar = widgets.DelayedProgress(delay_s=0.0 if method == "exact" else widgets.PROGRESS_DELAY_S)
+bar.update(0.0, f"Jacobian norms ({method})…")
 norms = widgets.or_stop(cached.jacobian_norms_cached, path, version, method, n_proj, probe, widgets.user_ood(),
-                    lambda done, total, name: bar.progress(done / total, text=f"Jacobian norms ({method}): "
-                                                                               f"{name} done, {done}/{total} sets"),
-                    None if every else chosen)
+                        lambda done, total, name: bar.update(done / total, f"Jacobian norms ({method}): "
+                                                                           f"{name} done, {done}/{total} sets"),
+                        None if every else chosen)
 bar.empty()
 
 values = {"ID (test)": norms["id"], **{f"OOD: {n}": norms[n] for n in chosen}}

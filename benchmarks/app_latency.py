@@ -551,12 +551,12 @@ def _wait_drawn(tab, heading: str | None, charts: tuple[int, ...], timeout: floa
     The test runs in the page at every animation frame (``wait_for_function``), not polled from
     here: polling took a dozen browser round trips every 50 ms, CPU time taken from the two
     cores the server and the browser share while the page loads."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     arg = {"heading": heading, "charts": list(charts), "needRun": need_run}
     try:
         tab.wait_for_function(_DRAWN_JS, arg=arg, polling="raf", timeout=timeout * 1000)
-    except Exception as e:  # playwright's TimeoutError
-        if "Timeout" not in type(e).__name__:
-            raise
+    except PlaywrightTimeout:
         events = [ev[0] for ev in tab.evaluate("() => window.__lat ? window.__lat.events : []")]
         raise PageError(f"{what}: not drawn after {timeout} s in the browser (events {events})") from None
 

@@ -22,9 +22,9 @@ TIMEOUT = 120
 
 
 def shown_tables(at: AppTest) -> list[pd.DataFrame]:
-    """Every table of the last run in page order: the dataframe grids, and the static ones
-    drawn as Markdown (:func:`ood_core.app.tables.markdown_table`; see :func:`parse_markdown_table`)
-    (:func:`ood_core.app.widgets.show_table` picks by length)."""
+    """Every table of the last run in page order: the dataframe grids and the static Markdown
+    ones (:func:`ood_core.app.widgets.show_table` picks by length), the latter read back by
+    :func:`parse_markdown_table`."""
     def walk(node):
         for child in getattr(node, "children", {}).values():
             kind = getattr(child, "type", None)

@@ -234,7 +234,7 @@ def format_cell(value) -> str:
         if v != 0 and not 1e-3 <= abs(v) < 1e5:
             return f"{v:.3e}"
         text = f"{v:.4f}".rstrip("0").rstrip(".")
-        return "0" if text in ("-0", "") else text
+        return "0" if text == "-0" else text
     return " ".join(str(value).split()).translate(_MARKDOWN_SPECIAL)
 
 

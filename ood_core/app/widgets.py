@@ -204,6 +204,12 @@ def show_figure(fig, key: str, file_stem: str, container=None, on_select="ignore
 STATIC_TABLE_ROWS = 30
 
 
+def static_table(table: pd.DataFrame, index: bool = False, container=None) -> None:
+    """``table`` drawn as a Markdown table (:func:`~ood_core.app.tables.markdown_table`; ``index``:
+    the index as the first column), without a download button."""
+    (container if container is not None else st).markdown(tables.markdown_table(table, index=index))
+
+
 def show_table(table: pd.DataFrame, key: str, file_stem: str, container=None, grid: bool | None = None) -> None:
     """A table (no index) and a button that downloads it as CSV.
 
@@ -220,7 +226,7 @@ def show_table(table: pd.DataFrame, key: str, file_stem: str, container=None, gr
     if grid:
         where.dataframe(table, hide_index=True, key=key)
     else:
-        where.markdown(tables.markdown_table(table))
+        static_table(table, container=where)
     where.download_button("Download table (CSV)", data=table.to_csv(index=False).encode("utf-8"),
                           file_name=f"{file_stem}.csv", mime="text/csv", on_click="ignore", key=f"{key}_csv")
 

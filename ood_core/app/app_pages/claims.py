@@ -24,7 +24,7 @@ if meta.get("quick") or not results["claims"]:
     st.warning("These results come from a quick run without verdicts; run `python benchmarks/compare.py`.")
     st.stop()
 
-st.markdown(tables.markdown_table(tables.claims_overview(results)))  # five rows: static (no grid scripts)
+widgets.static_table(tables.claims_overview(results))  # five rows: static (no grid scripts)
 by_key = {c["key"]: c for c in results["claims"]}
 key = widgets.url_selectbox("Claim", list(by_key), key="claim", param="claim",
                            format_func=lambda k: f"{k} — {by_key[k]['paper']}")

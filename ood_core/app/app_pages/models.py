@@ -168,10 +168,10 @@ def loaded_part() -> None:
     left, right = st.columns(2)
     with left:
         st.subheader("Model card")
-        st.markdown(tables.markdown_table(tables.model_card(meta)))
+        widgets.static_table(tables.model_card(meta))
     with right:
         st.subheader("Headline results (mean per OOD group)")
-        st.markdown(tables.markdown_table(tables.headline_metrics(report), index=True))
+        widgets.static_table(tables.headline_metrics(report), index=True)
     with st.expander("Raw metadata"):
         t_sum, t_model, t_train, t_versions = st.tabs(["Summary", "Model spec", "Train config", "Library versions"])
         t_sum.json(tables.metadata_summary(meta), expanded=1)

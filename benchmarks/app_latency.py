@@ -97,9 +97,10 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"
 # a chart that is drawn: plotly's SVG, or the marks Vega draws (one match per chart)
 PLOTLY_DRAWN = ".js-plotly-plot:has(.main-svg)"
 VEGA_DRAWN = '[data-testid="stVegaLiteChart"]:has(svg.marks, canvas.marks)'
-# a table that is drawn: the dataframe grid's canvas, or the static table's HTML
+# a table that is drawn: the dataframe grid's canvas, the static table's HTML, or a Markdown table
 DATAFRAME_DRAWN = '[data-testid="stDataFrame"]:has(canvas[data-testid="data-grid-canvas"])'
 TABLE_DRAWN = '[data-testid="stTable"]:has(table)'
+MARKDOWN_TABLE_DRAWN = '[data-testid="stMarkdown"] table'  # ood_core.app.tables.markdown_table
 
 # Each page's main widget: (kind, key). key None = the first widget of that kind in the main area.
 # Pages not listed use the fallback (first selectbox/radio in the main area with >= 2 settable options).

@@ -80,7 +80,7 @@ PAGES["table"] = PAGES["dataframe"].replace("st.dataframe(table, hide_index=True
 PAGES["markdown"] = ("from ood_core.app.tables import markdown_table\n" + PAGES["dataframe"].replace(
     "st.dataframe(table, hide_index=True, key=f\"c{i}\")", "st.markdown(markdown_table(table))"))
 DRAWN = {"none": None, "plotly": al.PLOTLY_DRAWN, "vega": al.VEGA_DRAWN,  # as app_latency waits for them
-         "dataframe": al.DATAFRAME_DRAWN, "table": al.TABLE_DRAWN, "markdown": '[data-testid="stMarkdown"] table'}
+         "dataframe": al.DATAFRAME_DRAWN, "table": al.TABLE_DRAWN, "markdown": al.MARKDOWN_TABLE_DRAWN}
 PAIRS = (("plotly", "vega", "plotly.js", "Vega-Lite"), ("dataframe", "table", "the dataframe grid", "st.table"),
          ("table", "markdown", "st.table", "a Markdown table"))
 

@@ -27,7 +27,8 @@ clean-venv:
 
 # Rebuild the shipped checkpoints (one per method, seed 0, each method's own training settings)
 # with the per-epoch geometry record (NC1-NC4, JND) that the app plots,
-# their manifest, and the mechanism figures of the Claims page (results/mechanisms.json).
+# their manifest, the mechanism figures of the Claims page (results/mechanisms.json) and the
+# Jacobian page's first view of each (results/precomputed.json).
 CKPT_DIGITS := ce movr l2norm ib
 CKPT_FINETUNE := oe separation  # fine-tune ce_digits.pt (their pretrain; the same weights as pretraining it again)
 CKPT_CANVASES := jointenergy snojoe
@@ -38,6 +39,7 @@ checkpoints: $(STAMP)
 	for m in $(CKPT_CANVASES); do $(PY) -m ood_core train --method $$m --dataset digit-canvases --seed 0 --track-geometry 1 --out checkpoints/$${m}_canvases.pt --quiet || exit 1; done
 	$(PY) -m ood_core manifest checkpoints
 	$(PY) -c "from ood_core.claims import write_mechanisms; print(write_mechanisms('checkpoints'))"
+	$(PY) -c "from ood_core.precomputed import write_precomputed; print(write_precomputed('checkpoints'))"
 
 # Every method side by side over 5 open-set splits x 5 seeds, and the five claims judged by paired
 # 95 % intervals; writes results/compare.json, which the README and the app's Claims page read.

@@ -171,6 +171,17 @@ def on_page(at: AppTest, name: str = "models") -> AppTest:
     return at.switch_page(page(name)).run()
 
 
+MODELS_TAB_KEY = "models_tab"  # the Models page's tabs: only the open one runs
+TRAIN_TAB, IMPORT_TAB, LOADED_TAB = "Train a new model", "Import a model", "Loaded checkpoint"
+
+
+def models_tab(at: AppTest, label: str = TRAIN_TAB) -> AppTest:
+    """Open a tab of the Models page, as a click on it does (it sets the tabs' state and
+    reruns), and run the page."""
+    at.session_state[MODELS_TAB_KEY] = label
+    return at.run()
+
+
 def opened_at(at: AppTest, name: str, params: dict) -> AppTest:
     """Open the app as a browser opens ``/<url path of name>?params``: the query string, and the
     URL the router records on a session's first run (``state.note_page``), which a browser's

@@ -23,7 +23,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import ood_core
-from apptest_helpers import APP, TIMEOUT, as_shown, evaluation_of, on_page, shown_tables
+from apptest_helpers import (APP, LOADED_TAB, TIMEOUT, as_shown, evaluation_of, models_tab, on_page,
+                             shown_tables)
 from ood_core.app import cached, state
 from ood_core import checkpoint_store, uploads
 
@@ -84,6 +85,7 @@ def _new_app() -> AppTest:
 
 def _start_toy2d(at, out_name: str, epochs: int, slow_motion: float):
     """Start a toy2d run from the Models page's training form of ``at``; return its job."""
+    _ok(models_tab(at))
     at.text_input(key="train_out_name").set_value(out_name)
     at.number_input(key="train_epochs").set_value(epochs)
     at.slider(key="train_slow_motion").set_value(slow_motion)
@@ -134,11 +136,13 @@ def test_a_training_job_belongs_to_the_session_that_started_it(pair_dir, tmp_pat
     job = _start_toy2d(at_a, "a_run.pt", epochs=6, slow_motion=1.5)
     assert not job.finished
     # while it runs, B works on its own model and never sees A's job
-    _ok(at_b.run())
+    _ok(models_tab(at_b))  # B's training tab: the form, no job panel
     assert state.TRAINING_JOB_KEY not in at_b.session_state
+    assert [x for x in at_b.button if x.key == "train_start"]
     assert not [x for x in at_b.button if x.key == "train_cancel"]  # no Cancel: B has no job panel
     assert not [s for s in at_b.subheader if s.value.startswith("Run:")]
     assert not [p for p in at_b.get("progress")]
+    _ok(models_tab(at_b, LOADED_TAB))
     _assert_same_table(at_b.dataframe[0].value, want_b, "session B during A's run")
     _ok(at_b.switch_page("ood_core/app/app_pages/roc.py").run())
     assert at_b.session_state[state.CHECKPOINT_KEY] == str(b)
@@ -373,7 +377,7 @@ def test_an_output_name_that_is_a_symlink_out_of_the_folder_is_refused(own_dir, 
         outside.write_bytes(b"precious")
     (own_dir / "link.pt").symlink_to(outside)
     at = _new_app()
-    _ok(on_page(at))
+    _ok(models_tab(on_page(at)))
     at.text_input(key="train_out_name").set_value("link.pt")
     _ok(at.run())
     assert any("symbolic link" in w.value for w in at.warning), [w.value for w in at.warning]

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from apptest_helpers import APP, TIMEOUT, array, charts, histograms, on_page
+from apptest_helpers import (APP, IMPORT_TAB, LOADED_TAB, TIMEOUT, TRAIN_TAB, array, charts, histograms, models_tab,
+                             on_page)
 from ood_core.app import cached, state
 from ood_core import checkpoint_store
 from ood_core import jobs
@@ -79,14 +80,19 @@ def _grid(values) -> np.ndarray:
 def test_default_run_shows_the_loaded_checkpoint_and_the_training_form(app, ckpt_dir):
     at = _ok(on_page(app))
     assert not at.error
-    assert [t.label for t in at.tabs][:1] == ["Loaded checkpoint"] and "Train a new model" in [t.label for t in at.tabs]
-    # loaded checkpoint: metadata, ID accuracy, metric table, histogram
+    assert [t.label for t in at.tabs][:3] == [LOADED_TAB, TRAIN_TAB, IMPORT_TAB]
+    # loaded checkpoint: ID accuracy, metric table, histogram; the raw metadata when opened
     assert at.metric[0].label == "ID accuracy" and at.metric[0].value.endswith("%")
-    assert at.json[0].value and "ce" in at.json[0].value
     assert list(at.dataframe[0].value.columns[:3]) == ["ood_set", "group", "score"]
     assert histograms(at)
     assert any(e.label == "What am I looking at?" for e in at.expander)
-    # training form, filled from the recipe
+    assert not at.json and not [w for w in at.selectbox if w.key == "train_dataset"]  # closed: not run
+    at.session_state["models_raw"] = True
+    _ok(at.run())
+    assert at.json[0].value and "ce" in at.json[0].value
+    # training form, filled from the recipe; the loaded tab is not run meanwhile
+    at = _ok(models_tab(at))
+    assert not at.metric and not at.dataframe
     cfg = recommended_config("ce")
     assert at.selectbox(key="train_dataset").value == "toy2d"
     assert at.selectbox(key="train_method").value == "ce"
@@ -99,7 +105,7 @@ def test_default_run_shows_the_loaded_checkpoint_and_the_training_form(app, ckpt
 
 
 def test_existing_file_is_protected(app, ckpt_dir):
-    at = _ok(on_page(app))
+    at = _ok(models_tab(on_page(app)))
     # the default name ce_toy2d.pt exists in the folder: a clear warning, Start disabled until Overwrite is ticked
     warning = [w.value for w in at.warning if "already exists" in w.value]
     assert len(warning) == 1
@@ -123,7 +129,7 @@ def test_existing_file_is_protected(app, ckpt_dir):
                                            ("..\\up.pt", "plain file name"), ("a\nb.pt", "control characters"),
                                            ("a\tb.pt", "control characters"), ("x" * 250 + ".pt", "too long")])
 def test_bad_file_names_are_explained_and_block_start(app, name, message):
-    at = _ok(on_page(app))
+    at = _ok(models_tab(on_page(app)))
     at.text_input(key="train_out_name").set_value(name)
     _ok(at.run())
     assert any(message in w.value for w in at.warning), [w.value for w in at.warning]
@@ -131,7 +137,7 @@ def test_bad_file_names_are_explained_and_block_start(app, name, message):
 
 
 def test_methods_follow_the_dataset_and_options_follow_the_method(app):
-    at = _ok(on_page(app))
+    at = _ok(models_tab(on_page(app)))
     toy = at.selectbox(key="train_method")
     assert "ce" in [o.split(":")[0] for o in toy.options] and not any(o.startswith("oe:") for o in toy.options)
     at.selectbox(key="train_dataset").set_value("digit-canvases")
@@ -149,7 +155,7 @@ def test_methods_follow_the_dataset_and_options_follow_the_method(app):
 
 # --------------------------------------------------------------------------- training
 def test_training_toy2d_in_the_app_saves_the_file_and_draws_live_charts(own_dir):
-    at = _ok(on_page(_new_app()))
+    at = _ok(models_tab(on_page(_new_app())))
     _start(at, "mine.pt", epochs=2)
     job = _job(at)
     assert job.method == "ce" and job.config.epochs == 2 and job.out_path == own_dir / "mine.pt"
@@ -205,11 +211,12 @@ def test_first_model_can_be_trained_in_an_empty_folder(tmp_path, monkeypatch):
     at = _finish(_start(at, "ce_toy2d.pt", epochs=1))
     assert (tmp_path / "ce_toy2d.pt").exists()
     assert at.selectbox(key="checkpoint").value == str(tmp_path / "ce_toy2d.pt")
-    assert at.metric[0].label == "ID accuracy"  # the loaded tab now shows the new model
+    at = _ok(at.button(key="train_show").click().run())
+    assert at.metric[0].label == "ID accuracy"  # "Show it" opens the loaded tab on the new model
 
 
 def test_cancel_button_stops_the_job_and_saves_nothing(own_dir):
-    at = _ok(on_page(_new_app()))
+    at = _ok(models_tab(on_page(_new_app())))
     at.selectbox(key="train_dataset").set_value("digits")
     _ok(at.run())
     _start(at, "long.pt", epochs=500, slow_motion=None)
@@ -232,7 +239,7 @@ def test_cancel_button_stops_the_job_and_saves_nothing(own_dir):
 
 def test_overwrite_replaces_the_file_only_when_ticked(own_dir):
     before = (own_dir / "ce_toy2d.pt").read_bytes()
-    at = _ok(on_page(_new_app()))
+    at = _ok(models_tab(on_page(_new_app())))
     at.number_input(key="train_epochs").set_value(1)
     at.slider(key="train_slow_motion").set_value(0.0)
     at.checkbox(key="train_overwrite").check()
@@ -245,7 +252,7 @@ def test_overwrite_replaces_the_file_only_when_ticked(own_dir):
 
 
 def test_a_failed_run_shows_its_error(own_dir):
-    at = _ok(on_page(_new_app()))
+    at = _ok(models_tab(on_page(_new_app())))
     job = jobs.start_training("ce", "toy2d", TrainConfig(epochs=2, lr=10.0, optimizer="sgd"), own_dir / "bad.pt")
     at.session_state[state.TRAINING_JOB_KEY] = job
     at = _finish(at)
@@ -255,7 +262,7 @@ def test_a_failed_run_shows_its_error(own_dir):
 
 
 def test_training_goes_on_while_another_page_is_open_and_the_form_is_kept(own_dir):
-    at = _ok(on_page(_new_app()))
+    at = _ok(models_tab(on_page(_new_app())))
     at.number_input(key="train_seed").set_value(7)
     _start(at, "bg.pt", epochs=3, slow_motion=0.4)
     job = _job(at)

@@ -11,7 +11,7 @@ import shutil
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from apptest_helpers import APP, TIMEOUT, on_page
+from apptest_helpers import APP, TIMEOUT, models_tab, on_page
 from fake_datasets import write_all
 from ood_core.app import state
 from ood_core import checkpoint_store
@@ -130,7 +130,7 @@ def test_another_data_root_with_other_images_gives_other_results(app, fake_root,
 
 
 def test_models_page_trains_on_a_preset_from_the_data_root(app, fake_root):
-    at = on_page(app)
+    at = models_tab(on_page(app))
     at.selectbox(key="train_dataset").set_value("cifar10").run()
     assert any("Data root" in e.value for e in at.error)  # no root yet: said, not crashed
     at.text_input(key=state.DATA_ROOT_KEY).input(str(fake_root)).run()

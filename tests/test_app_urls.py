@@ -73,10 +73,10 @@ def test_pause_step_and_resume_from_the_models_page(own_dir):
 
     from streamlit.testing.v1 import AppTest
 
-    from apptest_helpers import APP, TIMEOUT
+    from apptest_helpers import APP, TIMEOUT, models_tab
     from ood_core.app import state
 
-    at = on_page(AppTest.from_file(APP, default_timeout=TIMEOUT))
+    at = models_tab(on_page(AppTest.from_file(APP, default_timeout=TIMEOUT)))
     at.text_input(key="train_out_name").set_value("paused.pt")
     at.number_input(key="train_epochs").set_value(6)
     at.slider(key="train_slow_motion").set_value(0.3)

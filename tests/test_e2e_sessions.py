@@ -89,6 +89,7 @@ def test_two_sessions_one_training_do_not_see_each_other(server, browser):  # no
         b.locator('[data-testid="stSidebarNav"]').get_by_text("Models", exact=True).click()
         _settle(b)
         b.get_by_role("tab", name="Train a new model").click()
+        b.get_by_role("button", name="Start training").wait_for()  # the tab runs when opened
         b.wait_for_timeout(1500)
         for text in ("Cancel training", "Training finished", "session_a.pt →"):
             assert b.get_by_text(text, exact=False).count() == 0, f"B sees A's job: {text!r}"

@@ -330,14 +330,14 @@ def test_the_app_loads_your_code_only_when_allowed(user_code, folder, tmp_path, 
 def test_models_page_imports_a_torchvision_model_and_refuses_code(folder, tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    from apptest_helpers import APP, on_page
+    from apptest_helpers import APP, IMPORT_TAB, models_tab, on_page
     from ood_core import checkpoint_store
 
     ckpts = tmp_path / "ckpts"
     ckpts.mkdir()
     monkeypatch.setenv(checkpoint_store.CHECKPOINT_ENV, str(ckpts))
     monkeypatch.setenv("OOD_CACHE_DIR", str(tmp_path / "cache"))
-    at = on_page(AppTest.from_file(APP, default_timeout=300))
+    at = models_tab(on_page(AppTest.from_file(APP, default_timeout=300)), IMPORT_TAB)
     at.text_input(key="import_arch").set_value("lab_user_model:make").run()
     assert any("command line" in i.value for i in at.info) and at.button(key="import_start").disabled
     at.text_input(key="import_arch").set_value("tv:resnet18")

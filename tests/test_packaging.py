@@ -48,7 +48,7 @@ def test_wheel_carries_the_app_the_shipped_files_and_the_entry_point(wheel):
     assert len(pages) >= 9 and pages <= names
     assert {"ood_core/app/main.py", "ood_core/app/__init__.py", "ood_core/serve.py", "ood_core/recipes/__init__.py",
             "ood_core/__main__.py", "ood_core/shipped/results/compare.json", "ood_core/shipped/results/mechanisms.json",
-            "ood_core/shipped/checkpoints/manifest.json"} <= names
+            "ood_core/shipped/results/precomputed.json", "ood_core/shipped/checkpoints/manifest.json"} <= names
     shipped = {f"ood_core/shipped/checkpoints/{p.name}" for p in SHIPPED_CHECKPOINTS.glob("*.pt")}
     assert len(shipped) >= 9 and shipped <= names
     assert not any(n.startswith(("tests/", "benchmarks/", "checkpoints/", "results/")) for n in names)

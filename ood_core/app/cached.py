@@ -45,6 +45,7 @@ from ..geometry import (class_mean_subspace, classifier_vectors, geometry_summar
                         subspace_energy_share)
 from ..methods import method_score_params
 from ..paths import SHIPPED_CHECKPOINTS
+from ..precomputed import stored_jacobian_norms
 from ..projection import Projection, default_cache_dir, project_benchmark
 from ..runtime import select_device
 from ..scores import make_score
@@ -77,6 +78,7 @@ def _benchmark_of_spec(spec: str, root: str | None):
     checkpoint trained on it (six digits checkpoints: one build); shared, read-only."""
     from ..data import load_benchmark_from_spec
 
+    preload_real_images().join()  # started with the server: done by now, or about to be
     return _benchmark_for_app(lambda r: load_benchmark_from_spec(json.loads(spec), data_root=r), root)
 
 
@@ -239,9 +241,13 @@ def jacobian_norm_set_cached(path: str, version: tuple, set_name: str, method: s
                              probe_size: int = 256, user_ood: str | None = None) -> np.ndarray:
     """||d(z/||z||)/dx||_F of the first ``probe_size`` samples of one set (``"id"`` = the ID
     test split, an OOD set, or the user's), as :func:`ood_core.geometry.jacobian_norms_by_set`
-    computes it (same seed per set, so the numbers are the same)."""
+    computes it (same seed per set, so the numbers are the same). A shipped checkpoint's first
+    view is read from :mod:`ood_core.precomputed` when it holds exactly these inputs and settings."""
     model, _ = load_model_cached(path, version)
     x = set_inputs(benchmark_cached(path, version), set_name, user_ood_set(path, version, user_ood))
+    stored = stored_jacobian_norms(version[0], set_name, x, method, n_proj, probe_size)
+    if stored is not None:
+        return stored
     return jacobian_norms(model, {set_name: x}, probe_size, method=method, n_proj=n_proj, seed=0)[set_name]
 
 
@@ -424,6 +430,12 @@ def configure_matplotlib_dir() -> str:
     return str(folder)
 
 
+def _in_background(name: str, work) -> threading.Thread:
+    thread = threading.Thread(target=work, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
 @functools.cache  # once per process: later calls return the same thread
 def preload_attribution_modules() -> threading.Thread:
     """Import captum (and matplotlib, which it imports) in a background thread, once per process;
@@ -442,9 +454,20 @@ def preload_attribution_modules() -> threading.Thread:
         except Exception:  # noqa: BLE001 - said by the page that needs it, with its message
             pass
 
-    thread = threading.Thread(target=work, name="ood-lab-preload-captum", daemon=True)
-    thread.start()
-    return thread
+    return _in_background("ood-lab-preload-captum", work)
+
+
+@functools.cache  # once per process: later calls return the same thread
+def preload_real_images() -> threading.Thread:
+    """Read the scikit-image photographs of the far-real OOD sets in a background thread, once
+    per process (:func:`ood_core.data.embedded.preload_real_sources`); returns that thread.
+
+    Why: decoding them costs about 0.25 s on 2 cores, which the first page that built a digits
+    benchmark after a server start paid (Home builds none). :func:`_benchmark_of_spec` waits for
+    this thread before it builds, so the images are never read twice."""
+    from ..data.embedded import preload_real_sources
+
+    return _in_background("ood-lab-preload-images", preload_real_sources)
 
 
 @st.cache_data(max_entries=16, show_spinner="Reading feature norms…")

@@ -1,7 +1,8 @@
 """Models: look at a checkpoint, or train a new one in the app.
 
-Tab "Loaded checkpoint": the checkpoint chosen in the sidebar (``state.CHECKPOINT_KEY``)
-with its metadata, ID accuracy, the OOD metric table and one score histogram.
+Three tabs, of which only the open one runs. Tab "Loaded checkpoint": the checkpoint chosen in
+the sidebar (``state.CHECKPOINT_KEY``) with its model card, ID accuracy, the OOD metric table and
+one score histogram; the raw metadata is drawn when its expander is opened.
 
 Tab "Train a new model": dataset, method (only those that fit the dataset), epochs, learning
 rate, seed and output file; Start runs :func:`ood_core.jobs.start_training` in a background
@@ -56,13 +57,23 @@ with st.expander("What am I looking at?", expanded=state.teaching_mode()):
         "the geometry itself: `l2norm` and `movr` normalise the features, which makes the energy flat along "
         "rays; `ib` learns class centres.")
 
-tab_loaded, tab_train, tab_import = st.tabs(["Loaded checkpoint", "Train a new model", "Import a model"])
+# Only the open tab runs (and is sent to the browser): the other two would cost a first render
+# their widgets and computations. The tab opens on the training form when there is no checkpoint
+# yet, or when this session's run is under way or just ended; otherwise on the loaded checkpoint.
+TAB_KEY = "models_tab"
+TAB_LOADED, TAB_TRAIN, TAB_IMPORT = "Loaded checkpoint", "Train a new model", "Import a model"
+_job = st.session_state.get(state.TRAINING_JOB_KEY)
+_job_news = _job is not None and st.session_state.get(live_training.ANNOUNCED_KEY) != _job.job_id
+st.session_state.setdefault(TAB_KEY, TAB_TRAIN if _job_news or not state.chosen_checkpoint() else TAB_LOADED)
+tab_loaded, tab_train, tab_import = st.tabs([TAB_LOADED, TAB_TRAIN, TAB_IMPORT], key=TAB_KEY, on_change="rerun")
 
 
 # =============================================================================== training
 def select_checkpoint(path: str) -> None:
-    """Button callback: make ``path`` the sidebar's chosen checkpoint (runs before the rerun)."""
+    """Button callback: make ``path`` the sidebar's chosen checkpoint and open the tab that shows
+    it (runs before the rerun)."""
     state.choose_checkpoint(path)
+    st.session_state[TAB_KEY] = TAB_LOADED
 
 
 def fill_option_defaults(method: str, dataset: str) -> None:
@@ -172,8 +183,10 @@ def loaded_part() -> None:
     with right:
         st.subheader("Headline results (mean per OOD group)")
         widgets.static_table(tables.headline_metrics(report), index=True)
-    with st.expander("Raw metadata"):
-        t_sum, t_model, t_train, t_versions = st.tabs(["Summary", "Model spec", "Train config", "Library versions"])
+    # drawn only when opened: four JSON trees (the whole training history) weigh on a first render
+    raw = st.expander("Raw metadata", key="models_raw", on_change="rerun")
+    if raw.open:
+        t_sum, t_model, t_train, t_versions = raw.tabs(["Summary", "Model spec", "Train config", "Library versions"])
         t_sum.json(tables.metadata_summary(meta), expanded=1)
         t_model.json(meta.get("model") or {})
         t_train.json(meta.get("train_config") or {})
@@ -253,11 +266,13 @@ def import_part() -> None:
         st.button(f"Open {out_path.name}", key="import_open", on_click=select_checkpoint, args=(str(out_path),))
 
 
-# The training and import tabs are drawn first: the checkpoint tab stops the script when there
-# is no readable checkpoint, and training or importing the first model must work then too.
-with tab_train:
-    training_part()
-with tab_import:
-    import_part()
-with tab_loaded:
-    loaded_part()
+# The checkpoint tab last: it stops the script when there is no readable checkpoint.
+if tab_train.open:
+    with tab_train:
+        training_part()
+if tab_import.open:
+    with tab_import:
+        import_part()
+if tab_loaded.open:
+    with tab_loaded:
+        loaded_part()

@@ -45,7 +45,8 @@ from ..geometry import (class_mean_subspace, classifier_vectors, geometry_summar
                         subspace_energy_share)
 from ..methods import method_score_params
 from ..paths import SHIPPED_CHECKPOINTS
-from ..precomputed import stored_jacobian_norms
+# JACOBIAN_VIEW and jacobian_view_sets: the Jacobian page's defaults (pages import only ood_core.app)
+from ..precomputed import JACOBIAN_VIEW, jacobian_view_sets, stored_jacobian_norms  # noqa: F401
 from ..projection import Projection, default_cache_dir, project_benchmark
 from ..runtime import select_device
 from ..scores import make_score

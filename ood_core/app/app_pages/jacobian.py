@@ -8,7 +8,6 @@ from __future__ import annotations
 import streamlit as st
 
 from ood_core.app import cached, figures, state, tables, widgets
-from ood_core.precomputed import JACOBIAN_VIEW, jacobian_view_sets
 
 st.title("Jacobian norms")
 with st.expander("What am I looking at?", expanded=state.teaching_mode()):
@@ -29,12 +28,13 @@ path, version, model, meta = widgets.require_checkpoint(features=False)
 c1, c2, c3 = st.columns(3)
 method = widgets.url_radio("Computation", ["estimate", "exact"], key="jac_method", param="method", container=c1,
                           horizontal=True)
-n_proj = c2.select_slider("Projections K (estimate)", [4, 8, 16, 32, 64], value=JACOBIAN_VIEW.n_proj, key="jac_k",
+view = cached.JACOBIAN_VIEW  # the defaults; a shipped checkpoint's first view is stored for them
+n_proj = c2.select_slider("Projections K (estimate)", [4, 8, 16, 32, 64], value=view.n_proj, key="jac_k",
                           disabled=method == "exact")
-probe = c3.select_slider("Samples per set", [64, 128, 256, 512], value=JACOBIAN_VIEW.probe_size, key="jac_probe")
+probe = c3.select_slider("Samples per set", [64, 128, 256, 512], value=view.probe_size, key="jac_probe")
 ood_names = widgets.or_stop(cached.ood_set_names, path, version, widgets.user_ood())
-chosen = widgets.url_multiselect("OOD sets", ood_names, default=jacobian_view_sets(ood_names)[1:], key="jac_sets",
-                                 param="ood")
+chosen = widgets.url_multiselect("OOD sets", ood_names, default=cached.jacobian_view_sets(ood_names)[1:],
+                                 key="jac_sets", param="ood")
 every = st.checkbox("JND of every OOD set in the table", key="jac_every",
                     help="Off: the norms of the sets shown above only (faster: each set is a few hundred "
                          "backward passes, more for exact); on: every OOD set, one set at a time")
